@@ -1,0 +1,35 @@
+// nbdmgrd: flags -> DaemonConfig -> Daemon::Create() -> Run().
+
+#include <cstdio>
+
+#include "lib/daemon/daemon.h"
+#include "lib/daemon/daemon_config.h"
+#include "spdlog/spdlog.h"
+
+int main(int argc, char** argv) {
+  absl::StatusOr<nbdmgr::DaemonFlags> flags =
+      nbdmgr::ParseDaemonFlags(argc, argv);
+  if (!flags.ok()) {
+    std::fprintf(stderr, "nbdmgrd: %s\n", std::string(flags.status().message()).c_str());
+    return 2;
+  }
+  if (flags->help) {
+    std::fputs(nbdmgr::DaemonUsage().c_str(), stdout);
+    return 0;
+  }
+  if (flags->version) {
+    std::printf("nbdmgrd %s\n", NBDMGR_VERSION);
+    return 0;
+  }
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  spdlog::set_level(spdlog::level::from_str(flags->config.log_level));
+
+  absl::StatusOr<std::unique_ptr<nbdmgr::Daemon>> daemon =
+      nbdmgr::Daemon::Create(std::move(flags->config));
+  if (!daemon.ok()) {
+    std::fprintf(stderr, "nbdmgrd: %s\n", std::string(daemon.status().message()).c_str());
+    return 1;
+  }
+  absl::Status st = (*daemon)->Run();
+  return st.ok() ? 0 : 1;
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package nbdmgr needs to build, test and benchmark.
+# Idempotent: installs only what is missing. Needs root (or sudo) and Debian's mirror.
+set -euo pipefail
+
+PKGS=(
+  # toolchain
+  g++ make cmake ninja-build ccache pkg-config git ca-certificates
+  # libraries
+  libboost1.81-dev libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
+  protobuf-compiler libgtest-dev libgmock-dev libspdlog-dev liburing-dev
+  # interop peers and benchmark tools
+  libnbd-bin python3 python3-libnbd qemu-utils nbdkit fio procps
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,84 @@
+#ifndef NBDMGR_LIB_BACKEND_BACKEND_H_
+#define NBDMGR_LIB_BACKEND_BACKEND_H_
+
+#include <cstdint>
+#include <span>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+
+namespace nbdmgr {
+
+// What a backend can do; the NBD layer advertises flags from this.
+struct BackendCaps {
+  bool can_trim = false;         // Trim() does something useful
+  bool can_zero = true;          // Zero() is supported (always emulatable)
+  bool can_fast_zero = false;    // Zero(fast=true) may succeed
+  bool can_flush = true;         // Flush() and fua are meaningful
+  bool can_multi_conn = false;   // flush on one connection covers all
+  bool can_extents = false;      // Extents() reports real holes
+  bool can_cache = false;        // Cache() prefetches
+  bool blocking = false;         // calls may block on I/O: run off the
+                                 // network threads
+};
+
+// One extent of an export: `length` bytes with base:allocation `flags`
+// (nbd::kStateHole | nbd::kStateZero).
+struct Extent {
+  uint64_t length = 0;
+  uint32_t flags = 0;
+};
+
+struct ZeroOptions {
+  bool may_trim = true;  // false for NBD_CMD_FLAG_NO_HOLE
+  bool fast = false;     // NBD_CMD_FLAG_FAST_ZERO: fail Unimplemented unless
+                         // faster than writing zeroes
+  bool fua = false;
+};
+
+// The storage behind an export. Callers (the NBD layer) have already checked
+// every offset and length against size(): [offset, offset+length) is inside
+// the device and length > 0. Implementations are thread-safe: several
+// connections call them concurrently. Errors are absl::Status values whose
+// code maps to an NBD error (ResourceExhausted -> ENOSPC, PermissionDenied ->
+// EPERM, InvalidArgument -> EINVAL, Unimplemented -> ENOTSUP, else EIO).
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual uint64_t size() const = 0;
+  virtual BackendCaps caps() const = 0;
+
+  // Fills `buf` with the bytes at `offset`; holes read as zeroes.
+  virtual absl::Status Read(uint64_t offset, std::span<uint8_t> buf) = 0;
+  // Stores `data` at `offset`; with `fua`, durable before returning.
+  virtual absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
+                             bool fua) = 0;
+  // Makes every completed write durable.
+  virtual absl::Status Flush() = 0;
+  // Discards the range if it can (a hint; contents afterwards are unspecified
+  // by NBD, but our backends read trimmed ranges as zeroes).
+  virtual absl::Status Trim(uint64_t offset, uint64_t length, bool fua) = 0;
+  // Makes the range read as zeroes.
+  virtual absl::Status Zero(uint64_t offset, uint64_t length,
+                            ZeroOptions options) = 0;
+  // Prefetch hint.
+  virtual absl::Status Cache(uint64_t offset, uint64_t length) {
+    (void)offset;
+    (void)length;
+    return absl::OkStatus();
+  }
+  // Calls `visit` with consecutive extents covering [offset, offset+length),
+  // in order, stopping early when `visit` returns false. The default reports
+  // one allocated extent.
+  virtual absl::Status Extents(uint64_t offset, uint64_t length,
+                               absl::FunctionRef<bool(Extent)> visit) {
+    (void)offset;
+    visit(Extent{length, 0});
+    return absl::OkStatus();
+  }
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_BACKEND_BACKEND_H_

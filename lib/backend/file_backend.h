@@ -1,0 +1,60 @@
+#ifndef NBDMGR_LIB_BACKEND_FILE_BACKEND_H_
+#define NBDMGR_LIB_BACKEND_FILE_BACKEND_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "lib/backend/backend.h"
+
+namespace nbdmgr {
+
+struct FileBackendOptions {
+  std::string path;
+  bool read_only = false;
+  // When set and the file does not exist, it is created (sparse) with this
+  // size. When set and the file exists, its size must match.
+  std::optional<uint64_t> size;
+};
+
+// A regular file or block device. FLUSH is fdatasync, FUA writes use
+// RWF_DSYNC, TRIM punches holes, WRITE_ZEROES uses fallocate (or
+// BLKZEROOUT on a block device), and block status comes from
+// SEEK_DATA/SEEK_HOLE. Calls block on I/O (caps().blocking): the NBD layer
+// runs them on a thread pool. Thread-safe: positional I/O on one descriptor.
+class FileBackend final : public Backend {
+ public:
+  // NotFound if the file is missing and no size was given; InvalidArgument
+  // for a size mismatch or a path that is neither a regular file nor a
+  // block device; the errno-derived status if open fails.
+  static absl::StatusOr<std::unique_ptr<FileBackend>> Open(
+      const FileBackendOptions& options);
+  ~FileBackend() override;
+
+  uint64_t size() const override { return size_; }
+  BackendCaps caps() const override;
+  absl::Status Read(uint64_t offset, std::span<uint8_t> buf) override;
+  absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
+                     bool fua) override;
+  absl::Status Flush() override;
+  absl::Status Trim(uint64_t offset, uint64_t length, bool fua) override;
+  absl::Status Zero(uint64_t offset, uint64_t length,
+                    ZeroOptions options) override;
+  absl::Status Cache(uint64_t offset, uint64_t length) override;
+  absl::Status Extents(uint64_t offset, uint64_t length,
+                       absl::FunctionRef<bool(Extent)> visit) override;
+
+ private:
+  FileBackend(int fd, uint64_t size, bool is_block_device, std::string path);
+  absl::Status WriteZeroesSlowly(uint64_t offset, uint64_t length);
+
+  const int fd_;
+  const uint64_t size_;
+  const bool is_block_device_;
+  const std::string path_;
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_BACKEND_FILE_BACKEND_H_

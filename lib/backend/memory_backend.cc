@@ -1,0 +1,199 @@
+#include "lib/backend/memory_backend.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "lib/nbd/wire.h"
+#include "lib/util/size.h"
+
+namespace nbdmgr {
+
+absl::StatusOr<std::unique_ptr<MemoryBackend>> MemoryBackend::Create(
+    uint64_t size) {
+  if (size == 0) {
+    return absl::InvalidArgumentError("memory export size must be > 0");
+  }
+  if (size > kMaxSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("memory export size ", FormatSize(size),
+                     " is above the maximum of ", FormatSize(kMaxSize)));
+  }
+  return std::unique_ptr<MemoryBackend>(new MemoryBackend(size));
+}
+
+MemoryBackend::MemoryBackend(uint64_t size)
+    : size_(size),
+      tables_((size + kPageSize * kPagesPerTable - 1) /
+              (kPageSize * kPagesPerTable)) {}
+
+MemoryBackend::~MemoryBackend() {
+  for (auto& t : tables_) {
+    Table* table = t.load();
+    if (table == nullptr) continue;
+    for (auto& p : table->pages) std::free(p.load());
+    delete table;
+  }
+}
+
+BackendCaps MemoryBackend::caps() const {
+  BackendCaps c;
+  c.can_trim = true;
+  c.can_zero = true;
+  c.can_fast_zero = true;
+  c.can_flush = true;
+  c.can_multi_conn = true;
+  c.can_extents = true;
+  c.can_cache = false;
+  c.blocking = false;
+  return c;
+}
+
+std::atomic<uint8_t*>* MemoryBackend::Slot(uint64_t page, bool create) {
+  std::atomic<Table*>& entry = tables_[page / kPagesPerTable];
+  Table* table = entry.load(std::memory_order_acquire);
+  if (table == nullptr) {
+    if (!create) return nullptr;
+    auto* fresh = new Table();
+    if (entry.compare_exchange_strong(table, fresh,
+                                      std::memory_order_acq_rel)) {
+      table = fresh;
+    } else {
+      delete fresh;  // another thread won; `table` now holds its table
+    }
+  }
+  return &table->pages[page % kPagesPerTable];
+}
+
+uint8_t* MemoryBackend::GetOrAllocate(std::atomic<uint8_t*>& slot) {
+  uint8_t* p = slot.load(std::memory_order_acquire);
+  if (p != nullptr) return p;
+  auto* fresh = static_cast<uint8_t*>(std::calloc(1, kPageSize));
+  if (fresh == nullptr) return nullptr;
+  if (slot.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) {
+    allocated_.fetch_add(kPageSize, std::memory_order_relaxed);
+    return fresh;
+  }
+  std::free(fresh);
+  return p;
+}
+
+absl::Status MemoryBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    uint64_t pos = offset + done;
+    uint64_t page = pos / kPageSize;
+    size_t in_page = pos % kPageSize;
+    size_t n = std::min<size_t>(buf.size() - done, kPageSize - in_page);
+    std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
+    std::shared_lock lock(StripeOf(page));
+    uint8_t* p = slot ? slot->load(std::memory_order_acquire) : nullptr;
+    if (p != nullptr) {
+      std::memcpy(buf.data() + done, p + in_page, n);
+    } else {
+      std::memset(buf.data() + done, 0, n);
+    }
+    done += n;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MemoryBackend::Write(uint64_t offset,
+                                  std::span<const uint8_t> data, bool fua) {
+  (void)fua;  // RAM is as durable as it gets
+  size_t done = 0;
+  while (done < data.size()) {
+    uint64_t pos = offset + done;
+    uint64_t page = pos / kPageSize;
+    size_t in_page = pos % kPageSize;
+    size_t n = std::min<size_t>(data.size() - done, kPageSize - in_page);
+    std::atomic<uint8_t*>* slot = Slot(page, /*create=*/true);
+    std::shared_lock lock(StripeOf(page));
+    uint8_t* p = GetOrAllocate(*slot);
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError("out of memory for memory export");
+    }
+    std::memcpy(p + in_page, data.data() + done, n);
+    done += n;
+  }
+  return absl::OkStatus();
+}
+
+void MemoryBackend::ZeroRange(uint64_t offset, uint64_t length,
+                              bool free_pages) {
+  uint64_t end = offset + length;
+  uint64_t pos = offset;
+  while (pos < end) {
+    uint64_t page = pos / kPageSize;
+    size_t in_page = pos % kPageSize;
+    size_t n = std::min<uint64_t>(end - pos, kPageSize - in_page);
+    std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
+    if (slot != nullptr) {
+      if (free_pages && n == kPageSize) {
+        std::unique_lock lock(StripeOf(page));
+        uint8_t* p = slot->exchange(nullptr, std::memory_order_acq_rel);
+        if (p != nullptr) {
+          std::free(p);
+          allocated_.fetch_sub(kPageSize, std::memory_order_relaxed);
+        }
+      } else {
+        std::shared_lock lock(StripeOf(page));
+        uint8_t* p = slot->load(std::memory_order_acquire);
+        if (p != nullptr) std::memset(p + in_page, 0, n);
+      }
+    }
+    pos += n;
+  }
+}
+
+absl::Status MemoryBackend::Trim(uint64_t offset, uint64_t length, bool fua) {
+  (void)fua;
+  ZeroRange(offset, length, /*free_pages=*/true);
+  return absl::OkStatus();
+}
+
+absl::Status MemoryBackend::Zero(uint64_t offset, uint64_t length,
+                                 ZeroOptions options) {
+  if (options.may_trim) {
+    ZeroRange(offset, length, /*free_pages=*/true);
+    return absl::OkStatus();
+  }
+  // NO_HOLE: the range must end up allocated (and zero).
+  ZeroRange(offset, length, /*free_pages=*/false);
+  for (uint64_t page = offset / kPageSize; page * kPageSize < offset + length;
+       ++page) {
+    std::atomic<uint8_t*>* slot = Slot(page, /*create=*/true);
+    std::shared_lock lock(StripeOf(page));
+    if (GetOrAllocate(*slot) == nullptr) {
+      return absl::ResourceExhaustedError("out of memory for memory export");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MemoryBackend::Extents(uint64_t offset, uint64_t length,
+                                    absl::FunctionRef<bool(Extent)> visit) {
+  uint64_t end = offset + length;
+  uint64_t pos = offset;
+  Extent current{0, 0};
+  while (pos < end) {
+    uint64_t page = pos / kPageSize;
+    uint64_t n = std::min<uint64_t>(end - pos, kPageSize - pos % kPageSize);
+    std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
+    bool allocated =
+        slot != nullptr && slot->load(std::memory_order_acquire) != nullptr;
+    uint32_t flags = allocated ? 0 : (nbd::kStateHole | nbd::kStateZero);
+    if (current.length > 0 && current.flags != flags) {
+      if (!visit(current)) return absl::OkStatus();
+      current = Extent{0, 0};
+    }
+    current.flags = flags;
+    current.length += n;
+    pos += n;
+  }
+  if (current.length > 0) visit(current);
+  return absl::OkStatus();
+}
+
+}  // namespace nbdmgr

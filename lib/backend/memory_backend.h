@@ -1,0 +1,75 @@
+#ifndef NBDMGR_LIB_BACKEND_MEMORY_BACKEND_H_
+#define NBDMGR_LIB_BACKEND_MEMORY_BACKEND_H_
+
+#include <array>
+#include <atomic>
+#include <memory>
+#include <shared_mutex>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "lib/backend/backend.h"
+
+namespace nbdmgr {
+
+// A sparse RAM disk. Memory is allocated in 64 KiB pages on first write and
+// freed again by TRIM and WRITE_ZEROES (unless NO_HOLE), so block status
+// reports exactly which pages hold data. Thread-safe. Data is lost when the
+// backend is destroyed.
+class MemoryBackend final : public Backend {
+ public:
+  static constexpr uint64_t kPageSize = 64 * 1024;
+  static constexpr uint64_t kMaxSize = uint64_t{64} << 40;  // 64 TiB
+
+  // InvalidArgument if size is 0 or above kMaxSize.
+  static absl::StatusOr<std::unique_ptr<MemoryBackend>> Create(uint64_t size);
+  ~MemoryBackend() override;
+
+  uint64_t size() const override { return size_; }
+  BackendCaps caps() const override;
+  absl::Status Read(uint64_t offset, std::span<uint8_t> buf) override;
+  absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
+                     bool fua) override;
+  absl::Status Flush() override { return absl::OkStatus(); }
+  absl::Status Trim(uint64_t offset, uint64_t length, bool fua) override;
+  absl::Status Zero(uint64_t offset, uint64_t length,
+                    ZeroOptions options) override;
+  absl::Status Extents(uint64_t offset, uint64_t length,
+                       absl::FunctionRef<bool(Extent)> visit) override;
+
+  // Bytes of page memory currently allocated.
+  uint64_t allocated_bytes() const {
+    return allocated_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  static constexpr uint64_t kPagesPerTable = 4096;  // 256 MiB per table
+  struct Table {
+    std::array<std::atomic<uint8_t*>, kPagesPerTable> pages{};
+  };
+
+  explicit MemoryBackend(uint64_t size);
+
+  // The page's slot, creating its table when `create`; nullptr if the table
+  // does not exist and !create.
+  std::atomic<uint8_t*>* Slot(uint64_t page, bool create);
+  // Returns the page's memory, allocating a zeroed page if absent. Caller
+  // holds the page's stripe lock (shared is enough).
+  uint8_t* GetOrAllocate(std::atomic<uint8_t*>& slot);
+  // Zeroes or frees [offset, offset+length).
+  void ZeroRange(uint64_t offset, uint64_t length, bool free_pages);
+  std::shared_mutex& StripeOf(uint64_t page) {
+    return stripes_[page % stripes_.size()];
+  }
+
+  const uint64_t size_;
+  std::vector<std::atomic<Table*>> tables_;
+  // Readers and writers take a page's stripe shared; freeing a page takes it
+  // exclusive, so no page is freed while someone copies from it.
+  std::array<std::shared_mutex, 512> stripes_;
+  std::atomic<uint64_t> allocated_{0};
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_BACKEND_MEMORY_BACKEND_H_

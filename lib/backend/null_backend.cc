@@ -1,0 +1,40 @@
+#include "lib/backend/null_backend.h"
+
+#include <cstring>
+
+#include "lib/nbd/wire.h"
+
+namespace nbdmgr {
+
+absl::StatusOr<std::unique_ptr<NullBackend>> NullBackend::Create(
+    uint64_t size) {
+  if (size == 0) return absl::InvalidArgumentError("null export size must be > 0");
+  return std::unique_ptr<NullBackend>(new NullBackend(size));
+}
+
+BackendCaps NullBackend::caps() const {
+  BackendCaps c;
+  c.can_trim = true;
+  c.can_zero = true;
+  c.can_fast_zero = true;
+  c.can_multi_conn = true;
+  c.can_extents = true;
+  return c;
+}
+
+absl::Status NullBackend::Read(uint64_t, std::span<uint8_t> buf) {
+  std::memset(buf.data(), 0, buf.size());
+  return absl::OkStatus();
+}
+
+absl::Status NullBackend::Write(uint64_t, std::span<const uint8_t>, bool) {
+  return absl::OkStatus();
+}
+
+absl::Status NullBackend::Extents(uint64_t, uint64_t length,
+                                  absl::FunctionRef<bool(Extent)> visit) {
+  visit(Extent{length, nbd::kStateHole | nbd::kStateZero});
+  return absl::OkStatus();
+}
+
+}  // namespace nbdmgr

@@ -1,0 +1,109 @@
+#include "lib/daemon/daemon.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "lib/util/errors.h"
+#include "lib/util/size.h"
+#include "lib/util/strings.h"
+#include "spdlog/spdlog.h"
+
+namespace nbdmgr {
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
+  auto registry = std::make_shared<ExportRegistry>();
+  for (const ExportConfig& ec : config.exports) {
+    absl::StatusOr<std::shared_ptr<Export>> e = Export::Create(ec);
+    if (!e.ok()) {
+      return absl::Status(e.status().code(),
+                          absl::StrCat("export \"", ec.name, "\": ",
+                                       e.status().message()));
+    }
+    if (absl::Status st = registry->Add(*e); !st.ok()) return st;
+  }
+  registry->SetDefault(config.default_export);
+
+  nbd::ServerOptions so;
+  so.listen = config.nbd_listen;
+  so.io_threads = config.io_threads;
+  so.blocking_threads = config.blocking_threads;
+  absl::StatusOr<std::unique_ptr<nbd::Server>> server =
+      nbd::Server::Create(so, registry);
+  if (!server.ok()) return server.status();
+  return std::unique_ptr<Daemon>(
+      new Daemon(std::move(config), std::move(registry), std::move(*server)));
+}
+
+Daemon::Daemon(DaemonConfig config, std::shared_ptr<ExportRegistry> registry,
+               std::unique_ptr<nbd::Server> server)
+    : config_(std::move(config)),
+      registry_(std::move(registry)),
+      server_(std::move(server)) {}
+
+Daemon::~Daemon() = default;
+
+absl::Status Daemon::WriteReadyFile() const {
+  if (config_.ready_file.empty()) return absl::OkStatus();
+  std::string text;
+  for (const ListenAddress& a : server_->bound()) {
+    absl::StrAppend(&text, a.ToString(), "\n");
+  }
+  std::string tmp = absl::StrCat(config_.ready_file, ".tmp");
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("create ", tmp));
+  bool ok = ::write(fd, text.data(), text.size()) ==
+            static_cast<ssize_t>(text.size());
+  ok = ::fsync(fd) == 0 && ok;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), config_.ready_file.c_str()) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("write ", config_.ready_file));
+  }
+  return absl::OkStatus();
+}
+
+void Daemon::RequestStop() {
+  boost::asio::post(main_, [this] { main_.stop(); });
+}
+
+absl::Status Daemon::Run() {
+  boost::asio::signal_set signals(main_, SIGINT, SIGTERM);
+  signals.async_wait([this](const boost::system::error_code& ec, int sig) {
+    if (!ec) spdlog::info("received {}, draining", strsignal(sig));
+    main_.stop();
+  });
+  std::signal(SIGPIPE, SIG_IGN);
+  server_->Start();
+  for (const auto& e : registry_->List()) {
+    spdlog::info("serving export \"{}\": {} {}{}{}", e->name(),
+                 NameOf(e->config().backend), FormatSize(e->size()),
+                 e->read_only() ? ", read-only" : "",
+                 e->name() == registry_->default_name() ? " (default)" : "");
+  }
+  if (absl::Status st = WriteReadyFile(); !st.ok()) {
+    spdlog::error("{}", st.message());
+  }
+  main_.run();
+
+  server_->Shutdown(config_.drain_timeout);
+  absl::Status result = absl::OkStatus();
+  for (const auto& e : registry_->List()) {
+    if (e->read_only()) continue;
+    absl::Status st = e->backend().Flush();
+    if (!st.ok()) {
+      spdlog::error("flushing export \"{}\" failed: {}", e->name(), st.message());
+      if (result.ok()) result = st;
+    }
+  }
+  spdlog::info("stopped");
+  return result;
+}
+
+}  // namespace nbdmgr

@@ -1,0 +1,155 @@
+#include "lib/daemon/daemon_config.h"
+#include "lib/util/strings.h"
+
+#include <set>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "lib/util/duration.h"
+
+namespace nbdmgr {
+namespace {
+
+absl::Status FlagError(std::string_view flag, std::string_view message) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(ToAbsl(flag), ": ",
+                   ToAbsl(message)));
+}
+
+absl::StatusOr<int> ParseThreads(std::string_view flag, const std::string& v) {
+  int n = 0;
+  if (!absl::SimpleAtoi(v, &n) || n < 0 || n > 1024) {
+    return FlagError(flag, absl::StrCat("expected a number from 0 to 1024, got \"", v, "\""));
+  }
+  return n;
+}
+
+}  // namespace
+
+std::string DaemonUsage() {
+  return R"(Usage: nbdmgrd [flags]
+
+Serves block devices over the NBD protocol.
+
+Flags:
+  --nbd-listen ADDR       Where to accept NBD clients: tcp:HOST:PORT or
+                          unix:/PATH. Repeatable. Default tcp:127.0.0.1:10809.
+  --export SPEC           An export to serve. Repeatable. SPEC is comma-separated
+                          key=value pairs:
+                            name=NAME          (required) letters, digits, . _ : -
+                            backend=KIND       (required) memory, file or null
+                            size=SIZE          e.g. 1GiB; required for memory/null;
+                                               for file, creates a missing file
+                            path=/FILE         the file or block device (file)
+                            read-only=true     refuse writes
+                            description=TEXT   shown by nbdinfo --list
+                          Example: --export name=scratch,backend=memory,size=1GiB
+  --default-export NAME   Export served to clients that ask for the empty name
+                          (nbd://host/). Default: the first --export.
+  --io-threads N          Network threads (0 = one per core).
+  --blocking-threads N    Threads for file I/O (0 = automatic).
+  --drain-timeout DUR     On SIGINT/SIGTERM, how long in-flight requests may take
+                          to finish before connections are closed. Default 30s.
+  --log-level LEVEL       trace, debug, info, warn, error. Default info.
+  --ready-file PATH       Once serving, write the bound addresses there (one per
+                          line; useful with port 0).
+  --help                  Show this help.
+  --version               Show the version.
+)";
+}
+
+absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
+                                             const char* const* argv) {
+  DaemonFlags out;
+  DaemonConfig& c = out.config;
+  bool default_given = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      out.help = true;
+      continue;
+    }
+    if (arg == "--version") {
+      out.version = true;
+      continue;
+    }
+    if (!arg.starts_with("--")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected argument \"", arg, "\" (see --help)"));
+    }
+    std::string flag = arg, value;
+    bool has_value = false;
+    if (size_t eq = arg.find('='); eq != std::string::npos) {
+      flag = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+      has_value = true;
+    }
+    static const std::set<std::string> kKnown = {
+        "--nbd-listen", "--export",      "--default-export",
+        "--io-threads", "--blocking-threads", "--drain-timeout",
+        "--log-level",  "--ready-file"};
+    if (!kKnown.contains(flag)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag ", flag, " (see --help)"));
+    }
+    if (!has_value) {
+      if (i + 1 >= argc) return FlagError(flag, "missing value");
+      value = argv[++i];
+    }
+    if (flag == "--nbd-listen") {
+      absl::StatusOr<ListenAddress> a = ParseListenAddress(value);
+      if (!a.ok()) return FlagError(flag, ToStd(a.status().message()));
+      c.nbd_listen.push_back(*a);
+    } else if (flag == "--export") {
+      absl::StatusOr<ExportConfig> e = ParseExportSpec(value);
+      if (!e.ok()) return FlagError(flag, ToStd(e.status().message()));
+      c.exports.push_back(*e);
+    } else if (flag == "--default-export") {
+      c.default_export = value;
+      default_given = true;
+    } else if (flag == "--io-threads") {
+      absl::StatusOr<int> n = ParseThreads(flag, value);
+      if (!n.ok()) return n.status();
+      c.io_threads = *n;
+    } else if (flag == "--blocking-threads") {
+      absl::StatusOr<int> n = ParseThreads(flag, value);
+      if (!n.ok()) return n.status();
+      c.blocking_threads = *n;
+    } else if (flag == "--drain-timeout") {
+      absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
+      if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
+      c.drain_timeout = *d;
+    } else if (flag == "--log-level") {
+      static const std::set<std::string> kLevels = {"trace", "debug", "info",
+                                                    "warn", "error"};
+      if (!kLevels.contains(value)) {
+        return FlagError(flag, absl::StrCat("unknown level \"", value,
+                                            "\" (trace, debug, info, warn, error)"));
+      }
+      c.log_level = value;
+    } else if (flag == "--ready-file") {
+      c.ready_file = value;
+    }
+  }
+  if (c.nbd_listen.empty()) {
+    c.nbd_listen.push_back(*ParseListenAddress("tcp:127.0.0.1:10809"));
+  }
+  std::set<std::string> names;
+  for (const ExportConfig& e : c.exports) {
+    if (!names.insert(e.name).second) {
+      return FlagError("--export", absl::StrCat("export \"", e.name,
+                                               "\" is declared twice"));
+    }
+  }
+  if (default_given) {
+    if (!c.default_export.empty() && !names.contains(c.default_export)) {
+      return FlagError("--default-export",
+                       absl::StrCat("no --export named \"", c.default_export, "\""));
+    }
+  } else if (!c.exports.empty()) {
+    c.default_export = c.exports.front().name;
+  }
+  return out;
+}
+
+}  // namespace nbdmgr

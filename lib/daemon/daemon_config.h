@@ -1,0 +1,47 @@
+#ifndef NBDMGR_LIB_DAEMON_DAEMON_CONFIG_H_
+#define NBDMGR_LIB_DAEMON_DAEMON_CONFIG_H_
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "lib/export/export_config.h"
+#include "lib/util/listen_address.h"
+
+namespace nbdmgr {
+
+// Everything nbdmgrd is started with.
+struct DaemonConfig {
+  std::vector<ListenAddress> nbd_listen;  // default: tcp:127.0.0.1:10809
+  std::vector<ExportConfig> exports;
+  // The export clients get when they ask for the empty name; default: the
+  // first --export.
+  std::string default_export;
+  int io_threads = 0;        // 0: one per core
+  int blocking_threads = 0;  // 0: automatic
+  std::chrono::milliseconds drain_timeout{30000};
+  std::string log_level = "info";
+  // Written (atomically) with one bound address per line once serving.
+  std::string ready_file;
+};
+
+// The outcome of parsing the command line.
+struct DaemonFlags {
+  DaemonConfig config;
+  bool help = false;
+  bool version = false;
+};
+
+// Parses nbdmgrd's arguments (argv[0] is skipped). Flags take their value
+// as "--flag value" or "--flag=value". InvalidArgument naming the flag for
+// unknown flags, missing or bad values, duplicate export names, or a
+// --default-export that names no export.
+absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc, const char* const* argv);
+
+// The --help text.
+std::string DaemonUsage();
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_DAEMON_DAEMON_CONFIG_H_

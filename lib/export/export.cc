@@ -1,0 +1,70 @@
+#include "lib/export/export.h"
+
+#include "lib/backend/file_backend.h"
+#include "lib/backend/memory_backend.h"
+#include "lib/backend/null_backend.h"
+#include "lib/nbd/wire.h"
+
+namespace nbdmgr {
+namespace {
+
+absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const ExportConfig& c) {
+  switch (c.backend) {
+    case BackendKind::kMemory: {
+      auto b = MemoryBackend::Create(*c.size);
+      if (!b.ok()) return b.status();
+      return std::unique_ptr<Backend>(std::move(*b));
+    }
+    case BackendKind::kNull: {
+      auto b = NullBackend::Create(*c.size);
+      if (!b.ok()) return b.status();
+      return std::unique_ptr<Backend>(std::move(*b));
+    }
+    case BackendKind::kFile: {
+      auto b = FileBackend::Open(
+          FileBackendOptions{c.path, c.read_only, c.size});
+      if (!b.ok()) return b.status();
+      return std::unique_ptr<Backend>(std::move(*b));
+    }
+  }
+  return absl::InvalidArgumentError("unknown backend");
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Export>> Export::Create(ExportConfig config) {
+  if (absl::Status st = ValidateExportConfig(config); !st.ok()) return st;
+  absl::StatusOr<std::unique_ptr<Backend>> backend = OpenBackend(config);
+  if (!backend.ok()) return backend.status();
+  return FromBackend(std::move(config), std::move(*backend));
+}
+
+std::shared_ptr<Export> Export::FromBackend(ExportConfig config,
+                                            std::unique_ptr<Backend> backend) {
+  return std::shared_ptr<Export>(
+      new Export(std::move(config), std::move(backend)));
+}
+
+Export::Export(ExportConfig config, std::unique_ptr<Backend> backend)
+    : config_(std::move(config)),
+      backend_(std::move(backend)),
+      size_(backend_->size()),
+      caps_(backend_->caps()),
+      block_sizes_() {}
+
+uint16_t Export::TransmissionFlags(bool structured_replies) const {
+  uint16_t f = nbd::kTxHasFlags | nbd::kTxSendFlush;
+  if (config_.read_only) {
+    f |= nbd::kTxReadOnly;
+  } else {
+    f |= nbd::kTxSendFua | nbd::kTxSendWriteZeroes;
+    if (caps_.can_trim) f |= nbd::kTxSendTrim;
+    if (caps_.can_fast_zero) f |= nbd::kTxSendFastZero;
+  }
+  if (caps_.can_multi_conn) f |= nbd::kTxCanMultiConn;
+  if (caps_.can_cache) f |= nbd::kTxSendCache;
+  if (structured_replies) f |= nbd::kTxSendDf;
+  return f;
+}
+
+}  // namespace nbdmgr

@@ -1,0 +1,66 @@
+#ifndef NBDMGR_LIB_EXPORT_EXPORT_H_
+#define NBDMGR_LIB_EXPORT_EXPORT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "lib/backend/backend.h"
+#include "lib/export/export_config.h"
+
+namespace nbdmgr {
+
+// Block size constraints advertised with NBD_INFO_BLOCK_SIZE.
+struct BlockSizes {
+  uint32_t minimum = 1;
+  uint32_t preferred = 4096;
+  uint32_t maximum_payload = 32 * 1024 * 1024;
+};
+
+// One served export: its configuration, its open backend and live state.
+// Thread-safe: config and backend are immutable after Create(); the client
+// count is atomic. Shared by the registry and every session using it
+// (std::shared_ptr), so it outlives its removal from the registry until the
+// last session ends.
+class Export {
+ public:
+  // Validates `config` and opens its backend. Returns the validation or
+  // backend-open error unchanged.
+  static absl::StatusOr<std::shared_ptr<Export>> Create(ExportConfig config);
+
+  // For tests and decorators: serve an already-built backend.
+  static std::shared_ptr<Export> FromBackend(ExportConfig config,
+                                             std::unique_ptr<Backend> backend);
+
+  const ExportConfig& config() const { return config_; }
+  const std::string& name() const { return config_.name; }
+  Backend& backend() const { return *backend_; }
+  uint64_t size() const { return size_; }
+  const BackendCaps& caps() const { return caps_; }
+  bool read_only() const { return config_.read_only; }
+  const BlockSizes& block_sizes() const { return block_sizes_; }
+
+  // NBD transmission flags for a client that has (or has not) negotiated
+  // structured replies (NBD_FLAG_SEND_DF needs them).
+  uint16_t TransmissionFlags(bool structured_replies) const;
+
+  // Connected clients (sessions in transmission on this export).
+  int clients() const { return clients_.load(std::memory_order_relaxed); }
+  void AddClient() { clients_.fetch_add(1, std::memory_order_relaxed); }
+  void RemoveClient() { clients_.fetch_sub(1, std::memory_order_relaxed); }
+
+ private:
+  Export(ExportConfig config, std::unique_ptr<Backend> backend);
+
+  const ExportConfig config_;
+  const std::unique_ptr<Backend> backend_;
+  const uint64_t size_;
+  const BackendCaps caps_;
+  const BlockSizes block_sizes_;
+  std::atomic<int> clients_{0};
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_EXPORT_EXPORT_H_

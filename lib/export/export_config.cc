@@ -1,0 +1,165 @@
+#include "lib/export/export_config.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "lib/util/size.h"
+#include "lib/util/strings.h"
+
+namespace nbdmgr {
+namespace {
+
+// Splits on unescaped commas and unescapes "\,".
+std::vector<std::string> SplitSpec(std::string_view spec) {
+  std::vector<std::string> parts(1);
+  for (size_t i = 0; i < spec.size(); ++i) {
+    if (spec[i] == '\\' && i + 1 < spec.size() && spec[i + 1] == ',') {
+      parts.back() += ',';
+      ++i;
+    } else if (spec[i] == ',') {
+      parts.emplace_back();
+    } else {
+      parts.back() += spec[i];
+    }
+  }
+  return parts;
+}
+
+absl::StatusOr<bool> ParseBool(std::string_view key, std::string_view v) {
+  if (v == "true" || v == "1" || v == "yes" || v == "on") return true;
+  if (v == "false" || v == "0" || v == "no" || v == "off") return false;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "export key ", ToAbsl(key), ": expected true or false, got \"", ToAbsl(v), "\""));
+}
+
+}  // namespace
+
+std::string_view NameOf(BackendKind kind) {
+  switch (kind) {
+    case BackendKind::kMemory: return "memory";
+    case BackendKind::kFile: return "file";
+    case BackendKind::kNull: return "null";
+  }
+  return "unknown";
+}
+
+absl::Status ValidateExportName(std::string_view name) {
+  if (name.empty()) return absl::InvalidArgumentError("export name is empty");
+  if (name.size() > 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export name is ", name.size(),
+                     " characters long; the maximum is 128"));
+  }
+  auto alnum = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9');
+  };
+  if (!alnum(name[0])) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "export name \"", ToAbsl(name), "\" must start with a letter or digit"));
+  }
+  for (char c : name) {
+    if (!alnum(c) && c != '.' && c != '_' && c != ':' && c != '-') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "export name \"", ToAbsl(name),
+          "\" may contain only letters, digits and . _ : -"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateExportConfig(const ExportConfig& c) {
+  if (absl::Status st = ValidateExportName(c.name); !st.ok()) return st;
+  if (c.description.size() > 4096) {
+    return absl::InvalidArgumentError("export description longer than 4096 bytes");
+  }
+  switch (c.backend) {
+    case BackendKind::kMemory:
+    case BackendKind::kNull:
+      if (!c.size.has_value() || *c.size == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "export ", c.name, ": backend ", ToAbsl(NameOf(c.backend)),
+            " needs a size > 0 (e.g. size=1GiB)"));
+      }
+      if (!c.path.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "export ", c.name, ": path is only for the file backend"));
+      }
+      break;
+    case BackendKind::kFile:
+      if (c.path.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("export ", c.name, ": backend file needs a path"));
+      }
+      if (c.path.front() != '/') {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "export ", c.name, ": path must be absolute: ", c.path));
+      }
+      if (c.size.has_value() && *c.size == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("export ", c.name, ": size must be > 0"));
+      }
+      break;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
+  ExportConfig c;
+  bool have_name = false, have_backend = false;
+  for (const std::string& part : SplitSpec(spec)) {
+    if (part.empty()) continue;
+    size_t eq = part.find('=');
+    if (eq == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "export spec \"", ToAbsl(spec), "\": \"", part, "\" is not key=value"));
+    }
+    std::string key = part.substr(0, eq);
+    std::string value = part.substr(eq + 1);
+    if (key == "name") {
+      c.name = value;
+      have_name = true;
+    } else if (key == "backend") {
+      if (value == "memory") c.backend = BackendKind::kMemory;
+      else if (value == "file") c.backend = BackendKind::kFile;
+      else if (value == "null") c.backend = BackendKind::kNull;
+      else {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "export key backend: unknown backend \"", value,
+            "\" (memory, file or null)"));
+      }
+      have_backend = true;
+    } else if (key == "path") {
+      c.path = value;
+    } else if (key == "size") {
+      absl::StatusOr<uint64_t> size = ParseSize(value);
+      if (!size.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("export key size: ", size.status().message()));
+      }
+      c.size = *size;
+    } else if (key == "read-only" || key == "readonly") {
+      absl::StatusOr<bool> b = ParseBool(key, value);
+      if (!b.ok()) return b.status();
+      c.read_only = *b;
+    } else if (key == "description") {
+      c.description = value;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "export spec \"", ToAbsl(spec), "\": unknown key \"", key,
+          "\" (name, backend, path, size, read-only, description)"));
+    }
+  }
+  if (!have_name) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export spec \"", ToAbsl(spec), "\": missing name="));
+  }
+  if (!have_backend) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "export spec \"", ToAbsl(spec), "\": missing backend= (memory, file, null)"));
+  }
+  if (absl::Status st = ValidateExportConfig(c); !st.ok()) return st;
+  return c;
+}
+
+}  // namespace nbdmgr

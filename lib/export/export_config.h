@@ -1,0 +1,45 @@
+#ifndef NBDMGR_LIB_EXPORT_EXPORT_CONFIG_H_
+#define NBDMGR_LIB_EXPORT_EXPORT_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace nbdmgr {
+
+enum class BackendKind { kMemory, kFile, kNull };
+std::string_view NameOf(BackendKind kind);
+
+// Everything that defines an export, as given by an operator. Plain data;
+// validated by ValidateExportConfig before anything is opened.
+struct ExportConfig {
+  std::string name;
+  std::string description;
+  BackendKind backend = BackendKind::kMemory;
+  std::string path;              // kFile
+  std::optional<uint64_t> size;  // required for kMemory and kNull; for kFile,
+                                 // creates a missing file of this size
+  bool read_only = false;
+};
+
+// Export names: 1 to 128 characters of [A-Za-z0-9._:-], starting with a
+// letter or digit (they appear in resource names and metric labels).
+absl::Status ValidateExportName(std::string_view name);
+
+// Checks names, required keys and sizes. InvalidArgument naming the field.
+absl::Status ValidateExportConfig(const ExportConfig& config);
+
+// Parses a command-line export spec: comma-separated key=value pairs, e.g.
+// "name=disk0,backend=file,path=/var/lib/disk0.img" or
+// "name=scratch,backend=memory,size=1GiB,read-only=true,description=Scratch".
+// A literal comma inside a value is written "\,". Returns InvalidArgument
+// naming the bad key or value; the result is also validated.
+absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec);
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_EXPORT_EXPORT_CONFIG_H_

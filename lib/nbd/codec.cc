@@ -1,0 +1,229 @@
+#include "lib/nbd/codec.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace nbdmgr::nbd {
+
+ByteWriter& ByteWriter::U16(uint16_t v) {
+  uint8_t b[2];
+  PutU16(b, v);
+  out_->insert(out_->end(), b, b + 2);
+  return *this;
+}
+ByteWriter& ByteWriter::U32(uint32_t v) {
+  uint8_t b[4];
+  PutU32(b, v);
+  out_->insert(out_->end(), b, b + 4);
+  return *this;
+}
+ByteWriter& ByteWriter::U64(uint64_t v) {
+  uint8_t b[8];
+  PutU64(b, v);
+  out_->insert(out_->end(), b, b + 8);
+  return *this;
+}
+ByteWriter& ByteWriter::Bytes(std::string_view s) {
+  out_->insert(out_->end(), s.begin(), s.end());
+  return *this;
+}
+ByteWriter& ByteWriter::Zeroes(size_t n) {
+  out_->insert(out_->end(), n, 0);
+  return *this;
+}
+
+std::optional<uint16_t> ByteReader::U16() {
+  if (remaining() < 2) return std::nullopt;
+  uint16_t v = GetU16(in_.data() + pos_);
+  pos_ += 2;
+  return v;
+}
+std::optional<uint32_t> ByteReader::U32() {
+  if (remaining() < 4) return std::nullopt;
+  uint32_t v = GetU32(in_.data() + pos_);
+  pos_ += 4;
+  return v;
+}
+std::optional<uint64_t> ByteReader::U64() {
+  if (remaining() < 8) return std::nullopt;
+  uint64_t v = GetU64(in_.data() + pos_);
+  pos_ += 8;
+  return v;
+}
+std::optional<std::string> ByteReader::String(size_t n) {
+  if (remaining() < n) return std::nullopt;
+  std::string s(reinterpret_cast<const char*>(in_.data() + pos_), n);
+  pos_ += n;
+  return s;
+}
+
+std::array<uint8_t, kGreetingSize> EncodeGreeting(uint16_t handshake_flags) {
+  std::array<uint8_t, kGreetingSize> out;
+  PutU64(out.data(), kNbdMagic);
+  PutU64(out.data() + 8, kIHaveOpt);
+  PutU16(out.data() + 16, handshake_flags);
+  return out;
+}
+
+OptionHeader DecodeOptionHeader(
+    std::span<const uint8_t, kOptionHeaderSize> in) {
+  return OptionHeader{GetU64(in.data()), GetU32(in.data() + 8),
+                      GetU32(in.data() + 12)};
+}
+
+std::array<uint8_t, kOptionReplyHeaderSize> EncodeOptionReplyHeader(
+    uint32_t option, uint32_t reply_type, uint32_t length) {
+  std::array<uint8_t, kOptionReplyHeaderSize> out;
+  PutU64(out.data(), kOptionReplyMagic);
+  PutU32(out.data() + 8, option);
+  PutU32(out.data() + 12, reply_type);
+  PutU32(out.data() + 16, length);
+  return out;
+}
+
+absl::StatusOr<RequestHeader> DecodeRequestHeader(
+    std::span<const uint8_t, kRequestHeaderSize> in) {
+  uint32_t magic = GetU32(in.data());
+  if (magic != kRequestMagic) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad request magic 0x", absl::Hex(magic)));
+  }
+  RequestHeader h;
+  h.flags = GetU16(in.data() + 4);
+  h.type = GetU16(in.data() + 6);
+  h.cookie = GetU64(in.data() + 8);
+  h.offset = GetU64(in.data() + 16);
+  h.length = GetU32(in.data() + 24);
+  return h;
+}
+
+std::array<uint8_t, kRequestHeaderSize> EncodeRequestHeader(
+    const RequestHeader& h) {
+  std::array<uint8_t, kRequestHeaderSize> out;
+  PutU32(out.data(), kRequestMagic);
+  PutU16(out.data() + 4, h.flags);
+  PutU16(out.data() + 6, h.type);
+  PutU64(out.data() + 8, h.cookie);
+  PutU64(out.data() + 16, h.offset);
+  PutU32(out.data() + 24, h.length);
+  return out;
+}
+
+void EncodeSimpleReply(uint8_t* out, uint32_t error, uint64_t cookie) {
+  PutU32(out, kSimpleReplyMagic);
+  PutU32(out + 4, error);
+  PutU64(out + 8, cookie);
+}
+
+void EncodeChunkHeader(uint8_t* out, uint16_t flags, uint16_t type,
+                       uint64_t cookie, uint32_t length) {
+  PutU32(out, kStructuredReplyMagic);
+  PutU16(out + 4, flags);
+  PutU16(out + 6, type);
+  PutU64(out + 8, cookie);
+  PutU32(out + 16, length);
+}
+
+absl::StatusOr<InfoRequest> ParseInfoRequest(
+    std::span<const uint8_t> payload) {
+  ByteReader r(payload);
+  std::optional<uint32_t> name_len = r.U32();
+  if (!name_len) return absl::InvalidArgumentError("payload too short");
+  if (*name_len > kMaxStringLength) {
+    return absl::InvalidArgumentError("export name too long");
+  }
+  std::optional<std::string> name = r.String(*name_len);
+  if (!name) return absl::InvalidArgumentError("name length past payload");
+  std::optional<uint16_t> count = r.U16();
+  if (!count) return absl::InvalidArgumentError("missing info request count");
+  if (r.remaining() != size_t{*count} * 2) {
+    return absl::InvalidArgumentError("info request count disagrees with length");
+  }
+  InfoRequest req;
+  req.name = std::move(*name);
+  req.info_types.reserve(*count);
+  for (uint16_t i = 0; i < *count; ++i) req.info_types.push_back(*r.U16());
+  return req;
+}
+
+absl::StatusOr<MetaContextRequest> ParseMetaContextRequest(
+    std::span<const uint8_t> payload) {
+  ByteReader r(payload);
+  std::optional<uint32_t> name_len = r.U32();
+  if (!name_len) return absl::InvalidArgumentError("payload too short");
+  if (*name_len > kMaxStringLength) {
+    return absl::InvalidArgumentError("export name too long");
+  }
+  std::optional<std::string> name = r.String(*name_len);
+  if (!name) return absl::InvalidArgumentError("name length past payload");
+  std::optional<uint32_t> count = r.U32();
+  if (!count) return absl::InvalidArgumentError("missing query count");
+  // Each query needs at least its 4-byte length: bound the count by the
+  // payload before reserving anything.
+  if (*count > r.remaining() / 4) {
+    return absl::InvalidArgumentError("query count past payload");
+  }
+  MetaContextRequest req;
+  req.export_name = std::move(*name);
+  req.queries.reserve(*count);
+  for (uint32_t i = 0; i < *count; ++i) {
+    std::optional<uint32_t> len = r.U32();
+    if (!len) return absl::InvalidArgumentError("query length past payload");
+    if (*len > kMaxStringLength) {
+      return absl::InvalidArgumentError("query too long");
+    }
+    std::optional<std::string> q = r.String(*len);
+    if (!q) return absl::InvalidArgumentError("query past payload");
+    req.queries.push_back(std::move(*q));
+  }
+  if (r.remaining() != 0) {
+    return absl::InvalidArgumentError("trailing bytes after queries");
+  }
+  return req;
+}
+
+std::vector<uint8_t> EncodeInfoExport(uint64_t size, uint16_t tx_flags) {
+  std::vector<uint8_t> out;
+  ByteWriter(&out).U16(kInfoExport).U64(size).U16(tx_flags);
+  return out;
+}
+
+std::vector<uint8_t> EncodeInfoString(uint16_t info_type, std::string_view s) {
+  std::vector<uint8_t> out;
+  ByteWriter(&out).U16(info_type).Bytes(s);
+  return out;
+}
+
+std::vector<uint8_t> EncodeInfoBlockSize(uint32_t minimum, uint32_t preferred,
+                                         uint32_t maximum) {
+  std::vector<uint8_t> out;
+  ByteWriter(&out).U16(kInfoBlockSize).U32(minimum).U32(preferred).U32(maximum);
+  return out;
+}
+
+std::vector<uint8_t> EncodeServerReply(std::string_view name,
+                                       std::string_view description) {
+  std::vector<uint8_t> out;
+  ByteWriter(&out)
+      .U32(static_cast<uint32_t>(name.size()))
+      .Bytes(name)
+      .Bytes(description);
+  return out;
+}
+
+std::vector<uint8_t> EncodeMetaContextReply(uint32_t id,
+                                            std::string_view name) {
+  std::vector<uint8_t> out;
+  ByteWriter(&out).U32(id).Bytes(name);
+  return out;
+}
+
+std::vector<uint8_t> EncodeExportNameReply(uint64_t size, uint16_t tx_flags,
+                                           bool no_zeroes) {
+  std::vector<uint8_t> out;
+  ByteWriter w(&out);
+  w.U64(size).U16(tx_flags);
+  if (!no_zeroes) w.Zeroes(kExportNameZeroes);
+  return out;
+}
+
+}  // namespace nbdmgr::nbd

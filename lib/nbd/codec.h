@@ -1,0 +1,133 @@
+#ifndef NBDMGR_LIB_NBD_CODEC_H_
+#define NBDMGR_LIB_NBD_CODEC_H_
+
+// Pure encoding and decoding of NBD wire structures: no I/O, no state, safe
+// to feed arbitrary bytes (fuzzable). Every length read from the wire is
+// checked against the bytes actually present before it is used.
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "lib/nbd/wire.h"
+
+namespace nbdmgr::nbd {
+
+// Big-endian loads and stores.
+inline void PutU16(uint8_t* p, uint16_t v) {
+  p[0] = static_cast<uint8_t>(v >> 8);
+  p[1] = static_cast<uint8_t>(v);
+}
+inline void PutU32(uint8_t* p, uint32_t v) {
+  PutU16(p, static_cast<uint16_t>(v >> 16));
+  PutU16(p + 2, static_cast<uint16_t>(v));
+}
+inline void PutU64(uint8_t* p, uint64_t v) {
+  PutU32(p, static_cast<uint32_t>(v >> 32));
+  PutU32(p + 4, static_cast<uint32_t>(v));
+}
+inline uint16_t GetU16(const uint8_t* p) {
+  return static_cast<uint16_t>((uint16_t{p[0]} << 8) | p[1]);
+}
+inline uint32_t GetU32(const uint8_t* p) {
+  return (uint32_t{GetU16(p)} << 16) | GetU16(p + 2);
+}
+inline uint64_t GetU64(const uint8_t* p) {
+  return (uint64_t{GetU32(p)} << 32) | GetU32(p + 4);
+}
+
+// Appends big-endian values to a byte vector it does not own.
+class ByteWriter {
+ public:
+  explicit ByteWriter(std::vector<uint8_t>* out) : out_(out) {}
+  ByteWriter& U16(uint16_t v);
+  ByteWriter& U32(uint32_t v);
+  ByteWriter& U64(uint64_t v);
+  ByteWriter& Bytes(std::string_view s);
+  ByteWriter& Zeroes(size_t n);
+
+ private:
+  std::vector<uint8_t>* out_;
+};
+
+// Reads big-endian values from a span it does not own. Each getter returns
+// nullopt, and consumes nothing, when fewer bytes remain than it needs.
+class ByteReader {
+ public:
+  explicit ByteReader(std::span<const uint8_t> in) : in_(in) {}
+  std::optional<uint16_t> U16();
+  std::optional<uint32_t> U32();
+  std::optional<uint64_t> U64();
+  std::optional<std::string> String(size_t n);
+  size_t remaining() const { return in_.size() - pos_; }
+
+ private:
+  std::span<const uint8_t> in_;
+  size_t pos_ = 0;
+};
+
+// Server greeting: NBDMAGIC, IHAVEOPT, handshake flags.
+std::array<uint8_t, kGreetingSize> EncodeGreeting(uint16_t handshake_flags);
+
+// Client option header: IHAVEOPT, option, length.
+struct OptionHeader {
+  uint64_t magic = 0;
+  uint32_t option = 0;
+  uint32_t length = 0;
+};
+OptionHeader DecodeOptionHeader(std::span<const uint8_t, kOptionHeaderSize> in);
+
+// Option reply header: magic, option, reply type, payload length.
+std::array<uint8_t, kOptionReplyHeaderSize> EncodeOptionReplyHeader(
+    uint32_t option, uint32_t reply_type, uint32_t length);
+
+// Transmission request header. Returns InvalidArgument on a bad magic (the
+// stream is then out of sync and the connection must close).
+absl::StatusOr<RequestHeader> DecodeRequestHeader(
+    std::span<const uint8_t, kRequestHeaderSize> in);
+std::array<uint8_t, kRequestHeaderSize> EncodeRequestHeader(
+    const RequestHeader& h);
+
+// Reply headers, written into `out` (which must have room).
+void EncodeSimpleReply(uint8_t* out, uint32_t error, uint64_t cookie);
+void EncodeChunkHeader(uint8_t* out, uint16_t flags, uint16_t type,
+                       uint64_t cookie, uint32_t length);
+
+// NBD_OPT_INFO / NBD_OPT_GO payload: u32 name length, name, u16 count,
+// count x u16 info types. InvalidArgument if lengths disagree with the
+// payload size or the name is longer than kMaxStringLength.
+struct InfoRequest {
+  std::string name;
+  std::vector<uint16_t> info_types;
+};
+absl::StatusOr<InfoRequest> ParseInfoRequest(std::span<const uint8_t> payload);
+
+// NBD_OPT_{LIST,SET}_META_CONTEXT payload: u32 name length, name, u32 query
+// count, each query u32 length + string. InvalidArgument on any mismatch.
+struct MetaContextRequest {
+  std::string export_name;
+  std::vector<std::string> queries;
+};
+absl::StatusOr<MetaContextRequest> ParseMetaContextRequest(
+    std::span<const uint8_t> payload);
+
+// Option reply payloads.
+std::vector<uint8_t> EncodeInfoExport(uint64_t size, uint16_t tx_flags);
+std::vector<uint8_t> EncodeInfoString(uint16_t info_type, std::string_view s);
+std::vector<uint8_t> EncodeInfoBlockSize(uint32_t minimum, uint32_t preferred,
+                                         uint32_t maximum);
+std::vector<uint8_t> EncodeServerReply(std::string_view name,
+                                       std::string_view description);
+std::vector<uint8_t> EncodeMetaContextReply(uint32_t id, std::string_view name);
+// Reply to NBD_OPT_EXPORT_NAME: size, flags and (unless no_zeroes) 124 zeroes.
+std::vector<uint8_t> EncodeExportNameReply(uint64_t size, uint16_t tx_flags,
+                                           bool no_zeroes);
+
+}  // namespace nbdmgr::nbd
+
+#endif  // NBDMGR_LIB_NBD_CODEC_H_

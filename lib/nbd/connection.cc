@@ -1,0 +1,111 @@
+#include "lib/nbd/connection.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace nbdmgr::nbd {
+namespace {
+constexpr auto kAsTuple = asio::as_tuple(asio::use_awaitable);
+}  // namespace
+
+Connection::Connection(Socket socket)
+    : socket_(std::move(socket)), rbuf_(new uint8_t[kReadBufferSize]) {
+  ErrorCode ec;
+  auto ep = socket_.remote_endpoint(ec);
+  if (!ec && ep.protocol().family() == AF_INET) {
+    is_tcp_ = true;
+    auto* sin = reinterpret_cast<const sockaddr_in*>(ep.data());
+    asio::ip::address_v4 a(ntohl(sin->sin_addr.s_addr));
+    peer_ = absl::StrCat("tcp:", a.to_string(), ":", ntohs(sin->sin_port));
+  } else if (!ec && ep.protocol().family() == AF_INET6) {
+    is_tcp_ = true;
+    auto* sin6 = reinterpret_cast<const sockaddr_in6*>(ep.data());
+    asio::ip::address_v6::bytes_type b;
+    std::memcpy(b.data(), &sin6->sin6_addr, 16);
+    peer_ = absl::StrCat("tcp:[", asio::ip::address_v6(b).to_string(), "]:",
+                         ntohs(sin6->sin6_port));
+  } else {
+    peer_ = "unix";
+  }
+  if (is_tcp_) {
+    int one = 1;
+    ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one,
+                 sizeof(one));
+  }
+}
+
+asio::awaitable<ErrorCode> Connection::ReadExact(std::span<uint8_t> dst) {
+  size_t have = std::min(rend_ - rpos_, dst.size());
+  std::memcpy(dst.data(), rbuf_.get() + rpos_, have);
+  rpos_ += have;
+  size_t need = dst.size() - have;
+  if (need == 0) co_return ErrorCode{};
+  // rbuf_ is empty here. Large reads go straight to the destination.
+  rpos_ = rend_ = 0;
+  if (need >= kReadBufferSize / 2) {
+    auto [ec, n] = co_await asio::async_read(
+        socket_, asio::buffer(dst.data() + have, need), kAsTuple);
+    co_return ec;
+  }
+  auto [ec, n] = co_await asio::async_read(
+      socket_, asio::buffer(rbuf_.get(), kReadBufferSize),
+      asio::transfer_at_least(need), kAsTuple);
+  if (ec && n < need) co_return ec;
+  std::memcpy(dst.data() + have, rbuf_.get(), need);
+  rpos_ = need;
+  rend_ = n;
+  co_return ErrorCode{};
+}
+
+asio::awaitable<ErrorCode> Connection::Skip(uint64_t n) {
+  while (n > 0) {
+    if (rpos_ == rend_) {
+      rpos_ = 0;
+      auto [ec, got] = co_await socket_.async_read_some(
+          asio::buffer(rbuf_.get(), kReadBufferSize), kAsTuple);
+      rend_ = got;
+      if (ec && got == 0) co_return ec;
+    }
+    size_t take = std::min<uint64_t>(n, rend_ - rpos_);
+    rpos_ += take;
+    n -= take;
+  }
+  co_return ErrorCode{};
+}
+
+asio::awaitable<ErrorCode> Connection::WriteAll(
+    std::span<const asio::const_buffer> buffers) {
+  auto [ec, n] = co_await asio::async_write(socket_, buffers, kAsTuple);
+  co_return ec;
+}
+
+asio::awaitable<ErrorCode> Connection::WriteAll(std::span<const uint8_t> bytes) {
+  auto [ec, n] = co_await asio::async_write(
+      socket_, asio::buffer(bytes.data(), bytes.size()), kAsTuple);
+  co_return ec;
+}
+
+void Connection::ShutdownRead() {
+  ErrorCode ec;
+  socket_.shutdown(asio::socket_base::shutdown_receive, ec);
+}
+
+void Connection::Close() {
+  ErrorCode ec;
+  socket_.shutdown(asio::socket_base::shutdown_both, ec);
+  socket_.close(ec);
+}
+
+}  // namespace nbdmgr::nbd

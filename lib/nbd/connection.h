@@ -1,0 +1,60 @@
+#ifndef NBDMGR_LIB_NBD_CONNECTION_H_
+#define NBDMGR_LIB_NBD_CONNECTION_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+
+namespace nbdmgr::nbd {
+
+namespace asio = boost::asio;
+using Socket = asio::generic::stream_protocol::socket;
+using ErrorCode = boost::system::error_code;
+
+// One client's byte stream (TCP or Unix socket) with a read buffer, so a
+// burst of small request headers costs one system call. Not thread-safe:
+// used only from its session's executor. All operations report failure as
+// an ErrorCode (never by throwing); end of stream is asio::error::eof.
+class Connection {
+ public:
+  explicit Connection(Socket socket);
+
+  // Reads exactly dst.size() bytes.
+  asio::awaitable<ErrorCode> ReadExact(std::span<uint8_t> dst);
+  // Reads and throws away `n` bytes, without allocating for them.
+  asio::awaitable<ErrorCode> Skip(uint64_t n);
+  // Writes every byte of `buffers` (a gather write).
+  asio::awaitable<ErrorCode> WriteAll(std::span<const asio::const_buffer> buffers);
+  asio::awaitable<ErrorCode> WriteAll(std::span<const uint8_t> bytes);
+
+  // Stops further reads: pending and later reads see end of stream; writes
+  // still work (used to drain a session).
+  void ShutdownRead();
+  // Closes the socket; pending operations complete with operation_aborted.
+  void Close();
+  bool is_open() const { return socket_.is_open(); }
+
+  // "tcp:1.2.3.4:5678" or "unix" for logs.
+  const std::string& peer() const { return peer_; }
+  bool is_tcp() const { return is_tcp_; }
+  Socket& socket() { return socket_; }
+
+ private:
+  static constexpr size_t kReadBufferSize = 64 * 1024;
+
+  Socket socket_;
+  std::unique_ptr<uint8_t[]> rbuf_;
+  size_t rpos_ = 0;  // next unread byte in rbuf_
+  size_t rend_ = 0;  // end of buffered bytes
+  std::string peer_;
+  bool is_tcp_ = false;
+};
+
+}  // namespace nbdmgr::nbd
+
+#endif  // NBDMGR_LIB_NBD_CONNECTION_H_

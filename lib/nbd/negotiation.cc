@@ -1,0 +1,319 @@
+#include "lib/nbd/negotiation.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "lib/nbd/codec.h"
+#include "lib/util/strings.h"
+#include "spdlog/spdlog.h"
+
+namespace nbdmgr::nbd {
+namespace {
+
+absl::Status IoError(const ErrorCode& ec, std::string_view what) {
+  if (ec == asio::error::eof || ec == asio::error::connection_reset ||
+      ec == asio::error::operation_aborted) {
+    return absl::CancelledError(
+        absl::StrCat("client closed the connection during ", ToAbsl(what)));
+  }
+  return absl::UnavailableError(
+      absl::StrCat(ToAbsl(what), ": ", ec.message()));
+}
+
+// State of one negotiation.
+class Negotiator {
+ public:
+  Negotiator(Connection& conn, const ExportRegistry& registry,
+             const NegotiationLimits& limits)
+      : conn_(conn), registry_(registry), limits_(limits) {}
+
+  asio::awaitable<absl::StatusOr<NegotiationResult>> Run();
+
+ private:
+  asio::awaitable<ErrorCode> Reply(uint32_t option, uint32_t type,
+                                   std::span<const uint8_t> payload = {});
+  asio::awaitable<ErrorCode> ReplyError(uint32_t option, uint32_t type,
+                                        std::string_view message);
+  // Handlers return true when transmission should begin.
+  asio::awaitable<absl::StatusOr<bool>> HandleOption(uint32_t option,
+                                                     std::vector<uint8_t> data);
+  asio::awaitable<absl::StatusOr<bool>> HandleInfoOrGo(
+      uint32_t option, const std::vector<uint8_t>& data);
+  asio::awaitable<absl::StatusOr<bool>> HandleExportName(
+      const std::vector<uint8_t>& data);
+  asio::awaitable<absl::StatusOr<bool>> HandleMetaContext(
+      uint32_t option, const std::vector<uint8_t>& data);
+  asio::awaitable<absl::StatusOr<bool>> HandleList(
+      const std::vector<uint8_t>& data);
+
+  Connection& conn_;
+  const ExportRegistry& registry_;
+  const NegotiationLimits& limits_;
+  NegotiationResult result_;
+  // The export the last SET_META_CONTEXT named, if it selected base:allocation.
+  std::shared_ptr<Export> meta_export_;
+};
+
+asio::awaitable<ErrorCode> Negotiator::Reply(uint32_t option, uint32_t type,
+                                             std::span<const uint8_t> payload) {
+  auto header = EncodeOptionReplyHeader(option, type,
+                                        static_cast<uint32_t>(payload.size()));
+  asio::const_buffer bufs[2] = {asio::buffer(header),
+                                asio::buffer(payload.data(), payload.size())};
+  co_return co_await conn_.WriteAll(bufs);
+}
+
+asio::awaitable<ErrorCode> Negotiator::ReplyError(uint32_t option,
+                                                  uint32_t type,
+                                                  std::string_view message) {
+  SPDLOG_DEBUG("{}: option {} -> {}: {}", conn_.peer(), NameOfOption(option),
+               NameOfOptionReply(type), message);
+  co_return co_await Reply(
+      option, type,
+      std::span(reinterpret_cast<const uint8_t*>(message.data()),
+                message.size()));
+}
+
+asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiator::Run() {
+  auto greeting = EncodeGreeting(kFlagFixedNewstyle | kFlagNoZeroes);
+  if (ErrorCode ec = co_await conn_.WriteAll(greeting); ec) {
+    co_return IoError(ec, "greeting");
+  }
+  uint8_t client_flags_buf[4];
+  if (ErrorCode ec = co_await conn_.ReadExact(client_flags_buf); ec) {
+    co_return IoError(ec, "handshake");
+  }
+  uint32_t client_flags = GetU32(client_flags_buf);
+  if (client_flags & ~(kClientFlagFixedNewstyle | kClientFlagNoZeroes)) {
+    co_return absl::InvalidArgumentError(
+        absl::StrCat("unknown client flags 0x", absl::Hex(client_flags)));
+  }
+  if (!(client_flags & kClientFlagFixedNewstyle)) {
+    co_return absl::InvalidArgumentError(
+        "client does not support fixed newstyle negotiation");
+  }
+  result_.no_zeroes = (client_flags & kClientFlagNoZeroes) != 0;
+
+  for (int count = 0;; ++count) {
+    if (count >= limits_.max_options) {
+      co_return absl::InvalidArgumentError(absl::StrCat(
+          "more than ", limits_.max_options, " options without choosing an export"));
+    }
+    uint8_t hdr[kOptionHeaderSize];
+    if (ErrorCode ec = co_await conn_.ReadExact(hdr); ec) {
+      co_return IoError(ec, "option haggling");
+    }
+    OptionHeader oh = DecodeOptionHeader(hdr);
+    if (oh.magic != kIHaveOpt) {
+      co_return absl::InvalidArgumentError(
+          absl::StrCat("bad option magic 0x", absl::Hex(oh.magic)));
+    }
+    SPDLOG_DEBUG("{}: option {} ({}), {} bytes", conn_.peer(),
+                 NameOfOption(oh.option), oh.option, oh.length);
+    if (oh.length > limits_.max_option_length) {
+      if (oh.option == kOptExportName) {
+        // EXPORT_NAME has no way to report an error: close.
+        co_return absl::InvalidArgumentError(
+            absl::StrCat("EXPORT_NAME of ", oh.length, " bytes"));
+      }
+      if (ErrorCode ec = co_await conn_.Skip(oh.length); ec) {
+        co_return IoError(ec, "skipping an over-long option");
+      }
+      if (ErrorCode ec = co_await ReplyError(oh.option, kRepErrTooBig,
+                                             "option payload too long");
+          ec) {
+        co_return IoError(ec, "option reply");
+      }
+      continue;
+    }
+    std::vector<uint8_t> data(oh.length);
+    if (ErrorCode ec = co_await conn_.ReadExact(data); ec) {
+      co_return IoError(ec, "option payload");
+    }
+    absl::StatusOr<bool> done = co_await HandleOption(oh.option, std::move(data));
+    if (!done.ok()) co_return done.status();
+    if (*done) break;
+  }
+  co_return std::move(result_);
+}
+
+asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleOption(
+    uint32_t option, std::vector<uint8_t> data) {
+  ErrorCode ec;
+  switch (option) {
+    case kOptExportName:
+      co_return co_await HandleExportName(data);
+    case kOptAbort:
+      // The client may already have closed; a failed ACK does not matter.
+      co_await Reply(option, kRepAck);
+      co_return absl::CancelledError("client sent ABORT");
+    case kOptList:
+      co_return co_await HandleList(data);
+    case kOptInfo:
+    case kOptGo:
+      co_return co_await HandleInfoOrGo(option, data);
+    case kOptStructuredReply:
+      if (!data.empty()) {
+        ec = co_await ReplyError(option, kRepErrInvalid,
+                                 "STRUCTURED_REPLY takes no data");
+      } else if (result_.structured_replies) {
+        ec = co_await ReplyError(option, kRepErrInvalid,
+                                 "structured replies already negotiated");
+      } else {
+        result_.structured_replies = true;
+        ec = co_await Reply(option, kRepAck);
+      }
+      break;
+    case kOptListMetaContext:
+    case kOptSetMetaContext:
+      co_return co_await HandleMetaContext(option, data);
+    case kOptStartTls:
+      ec = co_await ReplyError(option, kRepErrUnsup,
+                               "TLS is not configured on this server");
+      break;
+    default:
+      ec = co_await ReplyError(option, kRepErrUnsup, "option not supported");
+      break;
+  }
+  if (ec) co_return IoError(ec, "option reply");
+  co_return false;
+}
+
+asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleList(
+    const std::vector<uint8_t>& data) {
+  ErrorCode ec;
+  if (!data.empty()) {
+    ec = co_await ReplyError(kOptList, kRepErrInvalid, "LIST takes no data");
+  } else {
+    for (const auto& e : registry_.List()) {
+      std::vector<uint8_t> payload =
+          EncodeServerReply(e->name(), e->config().description);
+      if ((ec = co_await Reply(kOptList, kRepServer, payload))) break;
+    }
+    if (!ec) ec = co_await Reply(kOptList, kRepAck);
+  }
+  if (ec) co_return IoError(ec, "LIST reply");
+  co_return false;
+}
+
+asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleExportName(
+    const std::vector<uint8_t>& data) {
+  std::string name(data.begin(), data.end());
+  if (name.size() > kMaxStringLength) {
+    co_return absl::InvalidArgumentError("EXPORT_NAME longer than 4096 bytes");
+  }
+  std::shared_ptr<Export> e = registry_.Find(name);
+  if (e == nullptr) {
+    // The protocol has no error reply for EXPORT_NAME: close.
+    co_return absl::InvalidArgumentError(
+        absl::StrCat("EXPORT_NAME for unknown export \"", name, "\""));
+  }
+  std::vector<uint8_t> reply = EncodeExportNameReply(
+      e->size(), e->TransmissionFlags(result_.structured_replies),
+      result_.no_zeroes);
+  if (ErrorCode ec = co_await conn_.WriteAll(reply); ec) {
+    co_return IoError(ec, "EXPORT_NAME reply");
+  }
+  result_.export_ = e;
+  result_.base_allocation = meta_export_ != nullptr && meta_export_ == e;
+  result_.base_allocation_id = kBaseAllocationId;
+  co_return true;
+}
+
+asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleInfoOrGo(
+    uint32_t option, const std::vector<uint8_t>& data) {
+  ErrorCode ec;
+  absl::StatusOr<InfoRequest> req = ParseInfoRequest(data);
+  if (!req.ok()) {
+    ec = co_await ReplyError(option, kRepErrInvalid, ToStd(req.status().message()));
+    if (ec) co_return IoError(ec, "option reply");
+    co_return false;
+  }
+  std::shared_ptr<Export> e = registry_.Find(req->name);
+  if (e == nullptr) {
+    ec = co_await ReplyError(option, kRepErrUnknown,
+                             absl::StrCat("no export named \"", req->name, "\""));
+    if (ec) co_return IoError(ec, "option reply");
+    co_return false;
+  }
+  const BlockSizes& bs = e->block_sizes();
+  std::vector<std::vector<uint8_t>> infos;
+  infos.push_back(EncodeInfoExport(
+      e->size(), e->TransmissionFlags(result_.structured_replies)));
+  // Block sizes are always sent: clients that did not ask may still use them.
+  infos.push_back(
+      EncodeInfoBlockSize(bs.minimum, bs.preferred, bs.maximum_payload));
+  for (uint16_t type : req->info_types) {
+    if (type == kInfoName) {
+      infos.push_back(EncodeInfoString(kInfoName, e->name()));
+    } else if (type == kInfoDescription && !e->config().description.empty()) {
+      infos.push_back(
+          EncodeInfoString(kInfoDescription, e->config().description));
+    }
+  }
+  for (const auto& info : infos) {
+    if ((ec = co_await Reply(option, kRepInfo, info))) {
+      co_return IoError(ec, "INFO reply");
+    }
+  }
+  if ((ec = co_await Reply(option, kRepAck))) co_return IoError(ec, "ACK");
+  if (option == kOptInfo) co_return false;
+  result_.export_ = e;
+  result_.base_allocation = meta_export_ != nullptr && meta_export_ == e;
+  result_.base_allocation_id = kBaseAllocationId;
+  co_return true;
+}
+
+asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleMetaContext(
+    uint32_t option, const std::vector<uint8_t>& data) {
+  const bool set = option == kOptSetMetaContext;
+  ErrorCode ec;
+  auto finish = [&](ErrorCode e) -> absl::StatusOr<bool> {
+    if (e) return IoError(e, "META_CONTEXT reply");
+    return false;
+  };
+  if (set && !result_.structured_replies) {
+    co_return finish(co_await ReplyError(
+        option, kRepErrInvalid,
+        "SET_META_CONTEXT needs structured replies first"));
+  }
+  absl::StatusOr<MetaContextRequest> req = ParseMetaContextRequest(data);
+  if (!req.ok()) {
+    co_return finish(
+        co_await ReplyError(option, kRepErrInvalid, ToStd(req.status().message())));
+  }
+  std::shared_ptr<Export> e = registry_.Find(req->export_name);
+  if (e == nullptr) {
+    if (set) meta_export_ = nullptr;
+    co_return finish(co_await ReplyError(
+        option, kRepErrUnknown,
+        absl::StrCat("no export named \"", req->export_name, "\"")));
+  }
+  bool match = false;
+  if (req->queries.empty()) {
+    match = !set;  // LIST with no query lists everything; SET selects nothing
+  }
+  for (const std::string& q : req->queries) {
+    if (q == kBaseAllocation || (!set && q == "base:")) match = true;
+  }
+  if (set) meta_export_ = match ? e : nullptr;
+  if (match) {
+    std::vector<uint8_t> payload =
+        EncodeMetaContextReply(set ? kBaseAllocationId : 0, kBaseAllocation);
+    if ((ec = co_await Reply(option, kRepMetaContext, payload))) {
+      co_return finish(ec);
+    }
+  }
+  co_return finish(co_await Reply(option, kRepAck));
+}
+
+}  // namespace
+
+asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiate(
+    Connection& conn, const ExportRegistry& registry,
+    const NegotiationLimits& limits) {
+  Negotiator n(conn, registry, limits);
+  co_return co_await n.Run();
+}
+
+}  // namespace nbdmgr::nbd

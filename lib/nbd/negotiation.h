@@ -1,0 +1,51 @@
+#ifndef NBDMGR_LIB_NBD_NEGOTIATION_H_
+#define NBDMGR_LIB_NBD_NEGOTIATION_H_
+
+#include <cstdint>
+#include <memory>
+
+#include <boost/asio/awaitable.hpp>
+
+#include "absl/status/statusor.h"
+#include "lib/export/export.h"
+#include "lib/export/export_registry.h"
+#include "lib/nbd/connection.h"
+
+namespace nbdmgr::nbd {
+
+struct NegotiationLimits {
+  // Longest option payload read into memory; longer ones are answered with
+  // ERR_TOO_BIG and skipped without being stored.
+  uint32_t max_option_length = 64 * 1024;
+  // Options a client may send before choosing an export; past this the
+  // connection is closed.
+  int max_options = 256;
+};
+
+// What the client and server agreed on.
+struct NegotiationResult {
+  std::shared_ptr<Export> export_;
+  bool structured_replies = false;
+  bool no_zeroes = false;
+  // base:allocation was selected with SET_META_CONTEXT for this export.
+  bool base_allocation = false;
+  uint32_t base_allocation_id = 0;
+};
+
+// The context id we hand out for base:allocation.
+inline constexpr uint32_t kBaseAllocationId = 1;
+
+// Runs the fixed-newstyle handshake and option haggling on `conn` until the
+// client picks an export with GO or EXPORT_NAME. Every client-supplied
+// length is checked before it sizes anything.
+// Errors: Cancelled if the client sent ABORT or closed the connection;
+// InvalidArgument for a protocol violation that ends the connection (bad
+// magic, unknown client flags, unknown EXPORT_NAME, too many options);
+// Unavailable for socket errors. On error the caller closes `conn`.
+asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiate(
+    Connection& conn, const ExportRegistry& registry,
+    const NegotiationLimits& limits);
+
+}  // namespace nbdmgr::nbd
+
+#endif  // NBDMGR_LIB_NBD_NEGOTIATION_H_

@@ -1,0 +1,44 @@
+#ifndef NBDMGR_LIB_NBD_OFFLOAD_H_
+#define NBDMGR_LIB_NBD_OFFLOAD_H_
+
+#include <utility>
+
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+namespace nbdmgr::nbd {
+
+// Runs `fn` (which may block) on `pool` and resumes the awaiting coroutine
+// on its own executor with fn's result. `fn` must be callable once with no
+// arguments and must not throw; references it captures must stay valid
+// until the co_await completes (they do: the caller is suspended).
+template <typename Fn>
+boost::asio::awaitable<decltype(std::declval<Fn&>()())> RunBlocking(
+    boost::asio::thread_pool& pool, Fn fn) {
+  using Result = decltype(fn());
+  namespace asio = boost::asio;
+  co_return co_await asio::async_initiate<decltype(asio::use_awaitable),
+                                          void(Result)>(
+      [&pool](auto handler, Fn f) {
+        auto work = asio::make_work_guard(asio::get_associated_executor(handler));
+        asio::post(pool, [f = std::move(f), handler = std::move(handler),
+                          work = std::move(work)]() mutable {
+          Result r = f();
+          auto ex = work.get_executor();
+          asio::dispatch(ex, [handler = std::move(handler),
+                              r = std::move(r)]() mutable {
+            std::move(handler)(std::move(r));
+          });
+        });
+      },
+      asio::use_awaitable, std::move(fn));
+}
+
+}  // namespace nbdmgr::nbd
+
+#endif  // NBDMGR_LIB_NBD_OFFLOAD_H_

@@ -1,0 +1,127 @@
+#include "lib/nbd/reply_writer.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "lib/nbd/codec.h"
+#include "spdlog/spdlog.h"
+
+namespace nbdmgr::nbd {
+
+uint8_t* Reply::AddBytes(size_t n) {
+  size_t offset = bytes_.size();
+  bytes_.resize(offset + n);
+  if (!segments_.empty() && segments_.back().data == nullptr) {
+    segments_.back().length += n;  // extend the previous owned segment
+  } else {
+    segments_.push_back(Segment{nullptr, offset, n});
+  }
+  return bytes_.data() + offset;
+}
+
+void Reply::AddData(std::span<const uint8_t> data) {
+  if (data.empty()) return;
+  segments_.push_back(Segment{data.data(), 0, data.size()});
+}
+
+void Reply::AddSimpleReply(uint32_t error, uint64_t cookie) {
+  EncodeSimpleReply(AddBytes(kSimpleReplySize), error, cookie);
+}
+
+void Reply::AddChunkHeader(uint16_t flags, uint16_t type, uint64_t cookie,
+                           uint32_t payload_length) {
+  EncodeChunkHeader(AddBytes(kChunkHeaderSize), flags, type, cookie,
+                    payload_length);
+}
+
+void Reply::Gather(std::vector<asio::const_buffer>* out) const {
+  for (const Segment& s : segments_) {
+    const uint8_t* p = s.data != nullptr ? s.data : bytes_.data() + s.offset;
+    out->emplace_back(p, s.length);
+  }
+}
+
+void Reply::Reset() {
+  bytes_.clear();
+  segments_.clear();
+  lease_.Reset();
+}
+
+ReplyWriter::ReplyWriter(Connection& conn)
+    : conn_(conn),
+      writer_wake_(conn.socket().get_executor()),
+      reader_wake_(conn.socket().get_executor()) {}
+
+std::unique_ptr<Reply> ReplyWriter::NewReply() {
+  if (free_.empty()) return std::make_unique<Reply>();
+  std::unique_ptr<Reply> r = std::move(free_.back());
+  free_.pop_back();
+  return r;
+}
+
+void ReplyWriter::Recycle(std::unique_ptr<Reply> reply) {
+  reply->Reset();
+  if (free_.size() < kMaxFreeReplies) free_.push_back(std::move(reply));
+}
+
+void ReplyWriter::Send(std::unique_ptr<Reply> reply) {
+  if (failed_) {
+    // Nobody can read it: drop it, and its request is over.
+    Recycle(std::move(reply));
+    --in_flight_;
+    Notify(reader_wake_);
+    Notify(writer_wake_);
+    return;
+  }
+  queue_.push_back(std::move(reply));
+  Notify(writer_wake_);
+}
+
+asio::awaitable<void> ReplyWriter::Wait(asio::steady_timer& t) {
+  t.expires_at(asio::steady_timer::time_point::max());
+  co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+}
+
+asio::awaitable<void> ReplyWriter::WaitInFlightBelow(size_t limit) {
+  while (in_flight_ >= limit) co_await Wait(reader_wake_);
+}
+
+void ReplyWriter::Finish() {
+  finishing_ = true;
+  Notify(writer_wake_);
+}
+
+asio::awaitable<void> ReplyWriter::Run() {
+  for (;;) {
+    while (queue_.empty()) {
+      if (failed_ || (finishing_ && in_flight_ == 0)) co_return;
+      co_await Wait(writer_wake_);
+    }
+    batch_.clear();
+    iov_.clear();
+    while (!queue_.empty() &&
+           (batch_.empty() ||
+            iov_.size() + queue_.front()->segment_count() <= kMaxBatchSegments)) {
+      queue_.front()->Gather(&iov_);
+      batch_.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    ErrorCode ec = co_await conn_.WriteAll(iov_);
+    in_flight_ -= batch_.size();
+    for (auto& r : batch_) Recycle(std::move(r));
+    batch_.clear();
+    if (ec) {
+      if (ec != asio::error::operation_aborted) {
+        spdlog::info("{}: writing replies failed: {}", conn_.peer(), ec.message());
+      }
+      failed_ = true;
+      conn_.Close();  // wakes a reader blocked on the socket
+      in_flight_ -= queue_.size();
+      for (auto& r : queue_) Recycle(std::move(r));
+      queue_.clear();
+    }
+    Notify(reader_wake_);
+  }
+}
+
+}  // namespace nbdmgr::nbd

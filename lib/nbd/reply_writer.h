@@ -1,0 +1,105 @@
+#ifndef NBDMGR_LIB_NBD_REPLY_WRITER_H_
+#define NBDMGR_LIB_NBD_REPLY_WRITER_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "lib/buffer/buffer_lease.h"
+#include "lib/nbd/connection.h"
+
+namespace nbdmgr::nbd {
+
+// One reply on its way to the socket: a list of byte segments, each either
+// copied into the reply (headers) or borrowed from the reply's buffer lease
+// (data). Not thread-safe.
+class Reply {
+ public:
+  // Appends `n` bytes owned by the reply and returns where to write them;
+  // the pointer is valid until the next Add call.
+  uint8_t* AddBytes(size_t n);
+  // Appends borrowed bytes; they must stay valid until the reply is written
+  // (point them into lease()).
+  void AddData(std::span<const uint8_t> data);
+
+  // Simple reply header.
+  void AddSimpleReply(uint32_t error, uint64_t cookie);
+  // Structured chunk header; `payload_length` counts what follows it.
+  void AddChunkHeader(uint16_t flags, uint16_t type, uint64_t cookie,
+                      uint32_t payload_length);
+
+  BufferLease& lease() { return lease_; }
+  void set_lease(BufferLease lease) { lease_ = std::move(lease); }
+
+  // Appends this reply's segments to `out`.
+  void Gather(std::vector<asio::const_buffer>* out) const;
+  size_t segment_count() const { return segments_.size(); }
+  // Clears segments and releases the lease, keeping allocated capacity.
+  void Reset();
+
+ private:
+  struct Segment {
+    const uint8_t* data;  // nullptr: bytes_[offset, offset+length)
+    size_t offset;
+    size_t length;
+  };
+  std::vector<uint8_t> bytes_;
+  std::vector<Segment> segments_;
+  BufferLease lease_;
+};
+
+// The only writer of a session's socket in transmission. Requests are
+// counted in flight from BeginRequest() until their reply has been written
+// (or dropped because the connection failed). Run() batches every queued
+// reply into one gather write. Not thread-safe: all calls on the session's
+// executor.
+class ReplyWriter {
+ public:
+  explicit ReplyWriter(Connection& conn);
+
+  // A cleared Reply, recycled when possible.
+  std::unique_ptr<Reply> NewReply();
+  void BeginRequest() { ++in_flight_; }
+  // Queues the reply of a begun request. Replies go out in the order Send is
+  // called, which need not be the order requests arrived in.
+  void Send(std::unique_ptr<Reply> reply);
+
+  // Suspends until fewer than `limit` requests are in flight.
+  asio::awaitable<void> WaitInFlightBelow(size_t limit);
+  // No more requests will begin; Run() returns once every one is answered.
+  void Finish();
+  asio::awaitable<void> Run();
+
+  size_t in_flight() const { return in_flight_; }
+  // True once a write failed; later replies are dropped.
+  bool failed() const { return failed_; }
+
+ private:
+  void Recycle(std::unique_ptr<Reply> reply);
+  static void Notify(asio::steady_timer& t) { t.cancel(); }
+  static asio::awaitable<void> Wait(asio::steady_timer& t);
+
+  static constexpr size_t kMaxBatchSegments = 512;
+  static constexpr size_t kMaxFreeReplies = 64;
+
+  Connection& conn_;
+  std::deque<std::unique_ptr<Reply>> queue_;
+  std::vector<std::unique_ptr<Reply>> free_;
+  std::vector<std::unique_ptr<Reply>> batch_;
+  std::vector<asio::const_buffer> iov_;
+  size_t in_flight_ = 0;
+  bool finishing_ = false;
+  bool failed_ = false;
+  // Used as condition variables: waiters sleep until cancel().
+  asio::steady_timer writer_wake_;
+  asio::steady_timer reader_wake_;
+};
+
+}  // namespace nbdmgr::nbd
+
+#endif  // NBDMGR_LIB_NBD_REPLY_WRITER_H_

@@ -1,0 +1,224 @@
+#include "lib/nbd/server.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "lib/util/strings.h"
+#include "spdlog/spdlog.h"
+
+namespace nbdmgr::nbd {
+namespace {
+
+int DefaultIoThreads() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+int DefaultBlockingThreads() { return std::max(8, 4 * DefaultIoThreads()); }
+
+}  // namespace
+
+Server::Server(ServerOptions options, std::shared_ptr<ExportRegistry> registry)
+    : options_(std::move(options)),
+      registry_(std::move(registry)),
+      blocking_pool_(options_.blocking_threads > 0 ? options_.blocking_threads
+                                                   : DefaultBlockingThreads()) {
+  int n = options_.io_threads > 0 ? options_.io_threads : DefaultIoThreads();
+  for (int i = 0; i < n; ++i) {
+    // Concurrency hint 1: each context is run by exactly one thread.
+    contexts_.push_back(std::make_unique<asio::io_context>(1));
+    guards_.push_back(asio::make_work_guard(*contexts_.back()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(
+    ServerOptions options, std::shared_ptr<ExportRegistry> registry) {
+  if (options.listen.empty()) {
+    return absl::InvalidArgumentError("no NBD listen address");
+  }
+  std::unique_ptr<Server> server(
+      new Server(std::move(options), std::move(registry)));
+  for (const ListenAddress& addr : server->options_.listen) {
+    if (absl::Status st = server->Listen(addr); !st.ok()) return st;
+  }
+  return server;
+}
+
+absl::Status Server::Listen(const ListenAddress& addr) {
+  auto acceptor = std::make_unique<Acceptor>(*contexts_[0]);
+  ErrorCode ec;
+  asio::generic::stream_protocol::endpoint endpoint;
+  ListenAddress bound = addr;
+  if (addr.kind == ListenAddress::Kind::kUnix) {
+    std::filesystem::path path(addr.path);
+    std::error_code fs_ec;
+    std::filesystem::create_directories(path.parent_path(), fs_ec);
+    struct stat st;
+    if (::lstat(addr.path.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            addr.ToString(), ": path exists and is not a socket"));
+      }
+      ::unlink(addr.path.c_str());  // stale socket from an earlier run
+    }
+    endpoint = asio::local::stream_protocol::endpoint(addr.path);
+  } else {
+    std::string host = addr.host == "localhost" ? "127.0.0.1" : addr.host;
+    asio::ip::address ip = asio::ip::make_address(host, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          addr.ToString(), ": host must be a numeric address or localhost"));
+    }
+    endpoint = asio::ip::tcp::endpoint(ip, addr.port);
+  }
+  acceptor->open(endpoint.protocol(), ec);
+  if (!ec && addr.kind == ListenAddress::Kind::kTcp) {
+    acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+  }
+  if (!ec) acceptor->bind(endpoint, ec);
+  if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", addr.ToString(), ": ", ec.message()));
+  }
+  if (addr.kind == ListenAddress::Kind::kTcp) {
+    auto local = acceptor->local_endpoint(ec);
+    if (!ec) {
+      asio::ip::tcp::endpoint tcp_ep;
+      std::memcpy(tcp_ep.data(), local.data(), local.size());
+      bound.port = tcp_ep.port();
+    }
+  }
+  bound_.push_back(bound);
+  acceptors_.push_back(std::move(acceptor));
+  return absl::OkStatus();
+}
+
+Server::~Server() { Shutdown(std::chrono::milliseconds(0)); }
+
+asio::io_context& Server::NextContext() {
+  size_t i = next_context_.fetch_add(1, std::memory_order_relaxed);
+  return *contexts_[i % contexts_.size()];
+}
+
+void Server::Start() {
+  if (started_) return;
+  started_ = true;
+  for (auto& ctx : contexts_) {
+    threads_.emplace_back([c = ctx.get()] { c->run(); });
+  }
+  for (size_t i = 0; i < acceptors_.size(); ++i) {
+    Acceptor& acc = *acceptors_[i];
+    spdlog::info("listening for NBD on {}", bound_[i].ToString());
+    asio::co_spawn(acc.get_executor(), AcceptLoop(acc),
+                   [addr = bound_[i].ToString()](std::exception_ptr e) {
+                     if (e) spdlog::error("acceptor {} failed", addr);
+                   });
+  }
+}
+
+asio::awaitable<void> Server::AcceptLoop(Acceptor& acceptor) {
+  for (;;) {
+    asio::any_io_executor ex = NextContext().get_executor();
+    auto [ec, socket] = co_await acceptor.async_accept(
+        ex, asio::as_tuple(asio::use_awaitable));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) {
+        co_return;
+      }
+      spdlog::warn("accept failed: {}", ec.message());
+      // Out of descriptors and the like: back off instead of spinning.
+      asio::steady_timer t(acceptor.get_executor(), std::chrono::milliseconds(100));
+      co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+      continue;
+    }
+    auto session =
+        std::make_shared<Session>(std::move(socket), *registry_, options_.session);
+    {
+      std::lock_guard lock(mu_);
+      sessions_.emplace(session.get(), session);
+    }
+    asio::co_spawn(session->executor(), session->Run(),
+                   [this, session](std::exception_ptr e) {
+                     if (e) spdlog::error("{}: session ended with an exception",
+                                          session->peer());
+                     Forget(session.get());
+                   });
+  }
+}
+
+void Server::Forget(Session* s) {
+  std::lock_guard lock(mu_);
+  sessions_.erase(s);
+  sessions_changed_.notify_all();
+}
+
+size_t Server::session_count() const {
+  std::lock_guard lock(mu_);
+  return sessions_.size();
+}
+
+void Server::Shutdown(std::chrono::milliseconds grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (started_) {
+    for (auto& acc : acceptors_) {
+      asio::post(acc->get_executor(), [a = acc.get()] {
+        ErrorCode ec;
+        a->close(ec);
+      });
+    }
+    // Ask every session to stop reading; repeat for any accepted meanwhile.
+    auto for_each_session = [this](auto fn) {
+      std::vector<std::shared_ptr<Session>> live;
+      {
+        std::lock_guard lock(mu_);
+        for (auto& [p, w] : sessions_) {
+          if (auto s = w.lock()) live.push_back(std::move(s));
+        }
+      }
+      for (auto& s : live) asio::post(s->executor(), [s, fn] { fn(*s); });
+    };
+    auto deadline = std::chrono::steady_clock::now() + grace;
+    std::unique_lock lock(mu_);
+    while (!sessions_.empty() && std::chrono::steady_clock::now() < deadline) {
+      lock.unlock();
+      for_each_session([](Session& s) { s.Stop(); });
+      lock.lock();
+      sessions_changed_.wait_for(lock, std::chrono::milliseconds(100));
+    }
+    if (!sessions_.empty()) {
+      spdlog::warn("{} session(s) still busy after the drain deadline; closing",
+                   sessions_.size());
+      lock.unlock();
+      for_each_session([](Session& s) { s.Abort(); });
+      lock.lock();
+      sessions_changed_.wait_for(lock, std::chrono::seconds(5),
+                                 [this] { return sessions_.empty(); });
+    }
+  }
+  // Sessions still waiting on the pool need it to finish before the
+  // contexts stop.
+  blocking_pool_.join();
+  guards_.clear();
+  for (auto& ctx : contexts_) ctx->stop();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  for (const ListenAddress& a : bound_) {
+    if (a.kind == ListenAddress::Kind::kUnix) ::unlink(a.path.c_str());
+  }
+}
+
+}  // namespace nbdmgr::nbd

@@ -1,0 +1,90 @@
+#ifndef NBDMGR_LIB_NBD_SERVER_H_
+#define NBDMGR_LIB_NBD_SERVER_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/basic_socket_acceptor.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "lib/export/export_registry.h"
+#include "lib/nbd/session.h"
+#include "lib/util/listen_address.h"
+
+namespace nbdmgr::nbd {
+
+struct ServerOptions {
+  std::vector<ListenAddress> listen;
+  int io_threads = 0;        // 0: one per core
+  int blocking_threads = 0;  // 0: 4 per core, at least 8
+  SessionOptions session;
+};
+
+// The NBD listeners, the io_context threads and the set of live sessions.
+// Each accepted connection is pinned round-robin to one single-threaded
+// io_context, so a session needs no locks. Thread-safe: Shutdown() and the
+// accessors may be called from any thread. `registry` must outlive it.
+class Server {
+ public:
+  // Binds every listen address (a stale Unix socket file is replaced; a
+  // regular file in its place is an error). FailedPrecondition/Unavailable
+  // naming the address if binding fails.
+  static absl::StatusOr<std::unique_ptr<Server>> Create(
+      ServerOptions options, std::shared_ptr<ExportRegistry> registry);
+  ~Server();
+
+  // Starts the threads and begins accepting.
+  void Start();
+  // Stops accepting, lets every session answer what it has read (no new
+  // requests are read) for up to `grace`, then closes what remains, and
+  // joins all threads. Idempotent.
+  void Shutdown(std::chrono::milliseconds grace);
+
+  // The bound addresses, with real port numbers for port 0.
+  const std::vector<ListenAddress>& bound() const { return bound_; }
+  size_t session_count() const;
+
+ private:
+  using Acceptor =
+      boost::asio::basic_socket_acceptor<boost::asio::generic::stream_protocol>;
+  using WorkGuard =
+      boost::asio::executor_work_guard<boost::asio::io_context::executor_type>;
+
+  Server(ServerOptions options, std::shared_ptr<ExportRegistry> registry);
+  absl::Status Listen(const ListenAddress& addr);
+  asio::awaitable<void> AcceptLoop(Acceptor& acceptor);
+  boost::asio::io_context& NextContext();
+  void Forget(Session* s);
+
+  const ServerOptions options_;
+  const std::shared_ptr<ExportRegistry> registry_;
+  std::vector<std::unique_ptr<boost::asio::io_context>> contexts_;
+  std::vector<WorkGuard> guards_;
+  std::vector<std::thread> threads_;
+  boost::asio::thread_pool blocking_pool_;
+  std::vector<std::unique_ptr<Acceptor>> acceptors_;
+  std::vector<ListenAddress> bound_;
+  std::atomic<size_t> next_context_{0};
+  bool started_ = false;
+  bool shut_down_ = false;
+
+  mutable std::mutex mu_;
+  std::condition_variable sessions_changed_;
+  std::unordered_map<Session*, std::weak_ptr<Session>> sessions_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace nbdmgr::nbd
+
+#endif  // NBDMGR_LIB_NBD_SERVER_H_

@@ -1,0 +1,68 @@
+#include "lib/nbd/session.h"
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+
+#include "lib/buffer/exact_buffers.h"
+#include "lib/nbd/reply_writer.h"
+#include "lib/util/strings.h"
+#include "spdlog/spdlog.h"
+
+namespace nbdmgr::nbd {
+
+using namespace boost::asio::experimental::awaitable_operators;
+
+Session::Session(Socket socket, const ExportRegistry& registry,
+                 SessionOptions options)
+    : conn_(std::move(socket)), registry_(registry), options_(options) {}
+
+Session::~Session() = default;
+
+asio::awaitable<void> Session::Run() {
+  absl::StatusOr<NegotiationResult> agreed =
+      co_await Negotiate(conn_, registry_, options_.negotiation);
+  if (!agreed.ok()) {
+    if (absl::IsCancelled(agreed.status())) {
+      spdlog::debug("{}: {}", conn_.peer(), agreed.status().message());
+    } else {
+      spdlog::info("{}: handshake failed: {}", conn_.peer(),
+                   agreed.status().message());
+    }
+    conn_.Close();
+    co_return;
+  }
+  if (stopped_) {  // Stop() raced with the last option
+    conn_.Close();
+    co_return;
+  }
+  std::shared_ptr<Export> e = agreed->export_;
+  spdlog::info("{}: connected to export \"{}\"{}", conn_.peer(), e->name(),
+               agreed->structured_replies ? " (structured replies)" : "");
+  transmitting_ = true;
+  e->AddClient();
+  {
+    ExactBuffers buffers;
+    ReplyWriter writer(conn_);
+    Transmission tx(conn_, writer, buffers, *agreed, options_.transmission);
+    co_await (tx.ReadLoop() && writer.Run());
+    spdlog::info("{}: export \"{}\" session ended ({})", conn_.peer(),
+                 e->name(), tx.end_reason());
+  }
+  e->RemoveClient();
+  conn_.Close();
+}
+
+void Session::Stop() {
+  stopped_ = true;
+  if (transmitting_) {
+    conn_.ShutdownRead();
+  } else {
+    conn_.Close();
+  }
+}
+
+void Session::Abort() {
+  stopped_ = true;
+  conn_.Close();
+}
+
+}  // namespace nbdmgr::nbd

@@ -1,0 +1,93 @@
+#ifndef NBDMGR_LIB_NBD_TRANSMISSION_H_
+#define NBDMGR_LIB_NBD_TRANSMISSION_H_
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include "absl/status/status.h"
+#include "lib/buffer/buffer_lease.h"
+#include "lib/buffer/buffer_source.h"
+#include "lib/nbd/connection.h"
+#include "lib/nbd/negotiation.h"
+#include "lib/nbd/reply_writer.h"
+#include "lib/nbd/wire.h"
+
+namespace nbdmgr::nbd {
+
+// What a request is checked against.
+struct RequestLimits {
+  uint64_t export_size = 0;
+  uint16_t tx_flags = 0;  // as advertised to this client
+  bool structured_replies = false;
+  bool base_allocation = false;
+  uint32_t max_payload = 32 * 1024 * 1024;
+};
+
+// The verdict on one request: error is kOk or the NBD error to reply with;
+// message says why (for logs and structured error chunks).
+struct RequestCheck {
+  uint32_t error = kOk;
+  std::string_view message;
+};
+
+// Checks a request against the spec and the export before anything is
+// allocated or read for it: known command, flags valid for that command and
+// advertised, writes on a read-only export (EPERM), zero length (EINVAL),
+// payload above the maximum (EINVAL), range past the end (ENOSPC for writes,
+// EINVAL otherwise), BLOCK_STATUS without a negotiated context (EINVAL).
+// DISC is not checked here.
+RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l);
+
+// Maps a backend error to the NBD error sent to the client.
+uint32_t NbdErrorFromStatus(const absl::Status& status);
+
+struct TransmissionOptions {
+  // Requests read ahead of their replies; the reader stops reading the
+  // socket at this many.
+  size_t max_in_flight = 64;
+  // Where blocking backend calls run. Required when the backend blocks.
+  asio::thread_pool* blocking_pool = nullptr;
+};
+
+// The request loop of one connection: reads requests, validates them, runs
+// them against the export's backend and hands replies to the ReplyWriter.
+// Backends that do not block run inline on the session thread; blocking ones
+// run on the pool and may complete out of order. Not thread-safe: lives on
+// its session's executor. `conn`, `writer` and `buffers` must outlive it.
+class Transmission {
+ public:
+  Transmission(Connection& conn, ReplyWriter& writer,
+               RequestBufferSource& buffers, const NegotiationResult& agreed,
+               TransmissionOptions options);
+
+  // Returns when the client sent DISC or closed, the stream broke (bad
+  // magic, short read), or the connection was shut down for reading; every
+  // request read by then has been answered (or dropped if the socket
+  // failed), and writer.Finish() has been called.
+  asio::awaitable<void> ReadLoop();
+
+  // Why ReadLoop ended, for logs: "disconnect", "closed", or an error.
+  std::string_view end_reason() const { return end_reason_; }
+
+ private:
+  // Runs one validated request and sends its reply.
+  asio::awaitable<void> Execute(RequestHeader h, BufferLease lease);
+  asio::awaitable<void> ReplyError(const RequestHeader& h, uint32_t error,
+                                   std::string_view message);
+
+  Connection& conn_;
+  ReplyWriter& writer_;
+  RequestBufferSource& buffers_;
+  std::shared_ptr<Export> export_;
+  RequestLimits limits_;
+  TransmissionOptions options_;
+  std::string_view end_reason_ = "closed";
+};
+
+}  // namespace nbdmgr::nbd
+
+#endif  // NBDMGR_LIB_NBD_TRANSMISSION_H_
