@@ -34,11 +34,16 @@ Server::Server(ServerOptions options, std::shared_ptr<ExportRegistry> registry)
     : options_(std::move(options)),
       registry_(std::move(registry)),
       blocking_pool_(options_.blocking_threads > 0 ? options_.blocking_threads
-                                                   : DefaultBlockingThreads()) {
+                                                   : DefaultBlockingThreads()),
+      pool_(64 * 1024 * 1024) {
+  options_.session.pool = &pool_;
+  options_.session.transmission.blocking_pool = &blocking_pool_;
+
   int n = options_.io_threads > 0 ? options_.io_threads : DefaultIoThreads();
   for (int i = 0; i < n; ++i) {
     // Concurrency hint 1: each context is run by exactly one thread.
     contexts_.push_back(std::make_unique<asio::io_context>(1));
+    load_.emplace_back(0);
     guards_.push_back(asio::make_work_guard(*contexts_.back()));
   }
 }
@@ -108,9 +113,18 @@ absl::Status Server::Listen(const ListenAddress& addr) {
 
 Server::~Server() { Shutdown(std::chrono::milliseconds(0)); }
 
-asio::io_context& Server::NextContext() {
-  size_t i = next_context_.fetch_add(1, std::memory_order_relaxed);
-  return *contexts_[i % contexts_.size()];
+size_t Server::NextContext() {
+  // The context with the fewest live sessions; ties go round-robin.
+  size_t start = next_context_.fetch_add(1, std::memory_order_relaxed);
+  size_t best = start % contexts_.size();
+  for (size_t k = 1; k < contexts_.size(); ++k) {
+    size_t i = (start + k) % contexts_.size();
+    if (load_[i].load(std::memory_order_relaxed) <
+        load_[best].load(std::memory_order_relaxed)) {
+      best = i;
+    }
+  }
+  return best;
 }
 
 void Server::Start() {
@@ -131,7 +145,8 @@ void Server::Start() {
 
 asio::awaitable<void> Server::AcceptLoop(Acceptor& acceptor) {
   for (;;) {
-    asio::any_io_executor ex = NextContext().get_executor();
+    size_t ctx = NextContext();
+    asio::any_io_executor ex = contexts_[ctx]->get_executor();
     auto [ec, socket] = co_await acceptor.async_accept(
         ex, asio::as_tuple(asio::use_awaitable));
     if (ec) {
@@ -150,10 +165,12 @@ asio::awaitable<void> Server::AcceptLoop(Acceptor& acceptor) {
       std::lock_guard lock(mu_);
       sessions_.emplace(session.get(), session);
     }
+    load_[ctx].fetch_add(1, std::memory_order_relaxed);
     asio::co_spawn(session->executor(), session->Run(),
-                   [this, session](std::exception_ptr e) {
+                   [this, session, ctx](std::exception_ptr e) {
                      if (e) spdlog::error("{}: session ended with an exception",
                                           session->peer());
+                     load_[ctx].fetch_sub(1, std::memory_order_relaxed);
                      Forget(session.get());
                    });
   }

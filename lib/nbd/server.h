@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -32,7 +33,7 @@ struct ServerOptions {
 };
 
 // The NBD listeners, the io_context threads and the set of live sessions.
-// Each accepted connection is pinned round-robin to one single-threaded
+// Each accepted connection is pinned to the least-loaded single-threaded
 // io_context, so a session needs no locks. Thread-safe: Shutdown() and the
 // accessors may be called from any thread. `registry` must outlive it.
 class Server {
@@ -64,18 +65,21 @@ class Server {
   Server(ServerOptions options, std::shared_ptr<ExportRegistry> registry);
   absl::Status Listen(const ListenAddress& addr);
   asio::awaitable<void> AcceptLoop(Acceptor& acceptor);
-  boost::asio::io_context& NextContext();
+  // Index of the io_context the next connection is pinned to.
+  size_t NextContext();
   void Forget(Session* s);
 
-  const ServerOptions options_;
+  ServerOptions options_;
   const std::shared_ptr<ExportRegistry> registry_;
   std::vector<std::unique_ptr<boost::asio::io_context>> contexts_;
   std::vector<WorkGuard> guards_;
   std::vector<std::thread> threads_;
   boost::asio::thread_pool blocking_pool_;
+  BufferPool pool_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::vector<ListenAddress> bound_;
   std::atomic<size_t> next_context_{0};
+  std::deque<std::atomic<int>> load_;  // live sessions per context
   bool started_ = false;
   bool shut_down_ = false;
 

@@ -2,7 +2,7 @@
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
-#include "lib/buffer/exact_buffers.h"
+#include "lib/buffer/pool_buffers.h"
 #include "lib/nbd/reply_writer.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
@@ -40,7 +40,7 @@ asio::awaitable<void> Session::Run() {
   transmitting_ = true;
   e->AddClient();
   {
-    ExactBuffers buffers;
+    PoolBuffers buffers(*options_.pool);
     ReplyWriter writer(conn_);
     Transmission tx(conn_, writer, buffers, *agreed, options_.transmission);
     co_await (tx.ReadLoop() && writer.Run());

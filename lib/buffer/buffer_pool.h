@@ -1,0 +1,82 @@
+#ifndef NBDMGR_LIB_BUFFER_BUFFER_POOL_H_
+#define NBDMGR_LIB_BUFFER_BUFFER_POOL_H_
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+
+namespace nbdmgr {
+
+// Counters of a BufferPool; a consistent-enough snapshot (each field is read
+// atomically, not all together).
+struct BufferPoolStats {
+  uint64_t bytes_in_use = 0;   // handed out and not yet returned
+  uint64_t bytes_cached = 0;   // idle in the free lists
+  uint64_t allocations = 0;    // buffers obtained from the OS
+  uint64_t reuses = 0;         // requests served from a free list
+  uint64_t releases_to_os = 0; // idle buffers given back to the OS
+};
+
+// Power-of-two size classes from 4 KiB up to a maximum, shared by every
+// connection of the daemon. Buffers come from mmap, so freeing one really
+// returns its memory to the OS. Idle buffers are kept for reuse and freed by
+// ReleaseIdle() once unused for longer than the idle time. Thread-safe (one
+// mutex per size class).
+class BufferPool {
+ public:
+  static constexpr size_t kMinClassSize = 4096;
+
+  // `max_buffer` is rounded up to a power of two (>= kMinClassSize).
+  explicit BufferPool(size_t max_buffer);
+  ~BufferPool();
+  BufferPool(const BufferPool&) = delete;
+  BufferPool& operator=(const BufferPool&) = delete;
+
+  // The capacity a request of `size` bytes gets (its class size).
+  static size_t ClassSize(size_t size);
+
+  // A buffer of ClassSize(size) bytes, or nullptr if size is 0, larger
+  // than the maximum, or the OS refuses memory.
+  uint8_t* Get(size_t size);
+  // Returns a buffer obtained from Get with that capacity.
+  void Put(uint8_t* data, size_t capacity);
+
+  // Frees every cached buffer idle for at least `idle`; returns the bytes
+  // freed. idle == 0 frees all cached buffers.
+  uint64_t ReleaseIdle(std::chrono::steady_clock::duration idle);
+
+  BufferPoolStats stats() const;
+  size_t max_buffer() const { return max_buffer_; }
+
+ private:
+  struct Cached {
+    uint8_t* data;
+    std::chrono::steady_clock::time_point since;
+  };
+  struct SizeClass {
+    std::mutex mu;
+    std::vector<Cached> free ABSL_GUARDED_BY(mu);  // LIFO: hottest last
+  };
+  static int ClassIndex(size_t capacity);
+
+  const size_t max_buffer_;
+  std::array<SizeClass, 32> classes_;
+  std::atomic<uint64_t> in_use_{0};
+  std::atomic<uint64_t> cached_{0};
+  std::atomic<uint64_t> allocations_{0};
+  std::atomic<uint64_t> reuses_{0};
+  std::atomic<uint64_t> released_{0};
+};
+
+// Allocates `size` bytes straight from the OS (mmap); nullptr on failure.
+uint8_t* AllocatePages(size_t size);
+void FreePages(uint8_t* p, size_t size);
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_BUFFER_BUFFER_POOL_H_
