@@ -1,0 +1,98 @@
+#include "lib/backend/file_backend.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "lib/nbd/wire.h"
+
+namespace nbdmgr {
+namespace {
+
+class FileBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/nbdmgr-file-test-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    path_ = dir_ + "/disk.img";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string dir_, path_;
+};
+
+TEST_F(FileBackendTest, MissingFileWithoutSizeIsNotFound) {
+  auto b = FileBackend::Open({path_, false, std::nullopt});
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(FileBackendTest, CreatesSparseFileOfSize) {
+  auto b = FileBackend::Open({path_, false, 8 << 20});
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ((*b)->size(), 8u << 20);
+  struct stat st;
+  ASSERT_EQ(::stat(path_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 8 << 20);
+  EXPECT_EQ(st.st_mode & 0777, 0600);
+}
+
+TEST_F(FileBackendTest, SizeMismatchIsRefused) {
+  ASSERT_TRUE(FileBackend::Open({path_, false, 1 << 20}).ok());
+  auto b = FileBackend::Open({path_, false, 2 << 20});
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(FileBackendTest, NotARegularFile) {
+  auto b = FileBackend::Open({dir_, true, std::nullopt});
+  EXPECT_FALSE(b.ok());
+}
+
+TEST_F(FileBackendTest, WriteReadFuaFlush) {
+  auto b = *FileBackend::Open({path_, false, 1 << 20});
+  std::vector<uint8_t> data(10000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i);
+  ASSERT_TRUE(b->Write(777, data, /*fua=*/true).ok());
+  ASSERT_TRUE(b->Flush().ok());
+  std::vector<uint8_t> back(data.size());
+  ASSERT_TRUE(b->Read(777, back).ok());
+  EXPECT_EQ(back, data);
+  // Another descriptor sees the bytes on disk.
+  int fd = ::open(path_.c_str(), O_RDONLY);
+  std::vector<uint8_t> disk(data.size());
+  ASSERT_EQ(::pread(fd, disk.data(), disk.size(), 777), static_cast<ssize_t>(disk.size()));
+  ::close(fd);
+  EXPECT_EQ(disk, data);
+}
+
+TEST_F(FileBackendTest, ExtentsTrimAndZero) {
+  auto b = *FileBackend::Open({path_, false, 4 << 20});
+  std::vector<uint8_t> data(1 << 20, 0x5a);
+  ASSERT_TRUE(b->Write(1 << 20, data, false).ok());
+  std::vector<Extent> ex;
+  ASSERT_TRUE(b->Extents(0, 4 << 20, [&](Extent e) { ex.push_back(e); return true; }).ok());
+  ASSERT_EQ(ex.size(), 3u);
+  EXPECT_EQ(ex[0].flags, nbd::kStateHole | nbd::kStateZero);
+  EXPECT_EQ(ex[1].length, 1u << 20);
+  EXPECT_EQ(ex[1].flags, 0u);
+  ASSERT_TRUE(b->Trim(1 << 20, 1 << 20, false).ok());
+  std::vector<uint8_t> back(1 << 20);
+  ASSERT_TRUE(b->Read(1 << 20, back).ok());
+  EXPECT_EQ(back, std::vector<uint8_t>(1 << 20, 0));
+  ASSERT_TRUE(b->Write(0, data, false).ok());
+  ASSERT_TRUE(b->Zero(0, 1 << 20, ZeroOptions{false, true, true}).ok());
+  ASSERT_TRUE(b->Read(0, back).ok());
+  EXPECT_EQ(back, std::vector<uint8_t>(1 << 20, 0));
+}
+
+TEST_F(FileBackendTest, ReadOnlyOpen) {
+  ASSERT_TRUE(FileBackend::Open({path_, false, 1 << 20}).ok());
+  auto b = *FileBackend::Open({path_, true, std::nullopt});
+  std::vector<uint8_t> d(10, 1);
+  EXPECT_FALSE(b->Write(0, d, false).ok());  // EBADF from a read-only fd
+}
+
+}  // namespace
+}  // namespace nbdmgr

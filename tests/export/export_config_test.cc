@@ -1,0 +1,66 @@
+#include "lib/export/export_config.h"
+
+#include <gtest/gtest.h>
+
+namespace nbdmgr {
+namespace {
+
+TEST(ParseExportSpecTest, Memory) {
+  auto c = ParseExportSpec("name=scratch,backend=memory,size=1GiB");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->name, "scratch");
+  EXPECT_EQ(c->backend, BackendKind::kMemory);
+  EXPECT_EQ(*c->size, 1ull << 30);
+  EXPECT_FALSE(c->read_only);
+}
+
+TEST(ParseExportSpecTest, FileWithAllKeys) {
+  auto c = ParseExportSpec(
+      "name=disk0,backend=file,path=/var/lib/disk0.img,read-only=true,"
+      "description=VM disk\\, primary");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->path, "/var/lib/disk0.img");
+  EXPECT_TRUE(c->read_only);
+  EXPECT_EQ(c->description, "VM disk, primary");
+  EXPECT_FALSE(c->size.has_value());
+}
+
+TEST(ParseExportSpecTest, ErrorsNameTheProblem) {
+  struct Case {
+    const char* spec;
+    const char* mentions;
+  } cases[] = {
+      {"backend=memory,size=1GiB", "missing name"},
+      {"name=a,size=1GiB", "missing backend"},
+      {"name=a,backend=tape", "unknown backend"},
+      {"name=a,backend=memory", "needs a size"},
+      {"name=a,backend=memory,size=0", "needs a size"},
+      {"name=a,backend=memory,size=lots", "size"},
+      {"name=a,backend=file", "needs a path"},
+      {"name=a,backend=file,path=rel.img", "absolute"},
+      {"name=a,backend=memory,size=1M,colour=red", "unknown key"},
+      {"name=a,backend=memory,size=1M,read-only=maybe", "true or false"},
+      {"name=,backend=memory,size=1M", "empty"},
+      {"name=a/b,backend=memory,size=1M", "only letters"},
+      {"name=a,backend=memory,size=1M,path=/x", "only for the file"},
+      {"name=a,backend=memory,junk", "not key=value"},
+  };
+  for (const Case& c : cases) {
+    auto r = ParseExportSpec(c.spec);
+    ASSERT_FALSE(r.ok()) << c.spec;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(c.mentions), absl::string_view::npos)
+        << c.spec << " -> " << r.status().message();
+  }
+}
+
+TEST(ValidateExportNameTest, Limits) {
+  EXPECT_TRUE(ValidateExportName("vm-01.disk_0:a").ok());
+  EXPECT_FALSE(ValidateExportName(std::string(129, 'a')).ok());
+  EXPECT_TRUE(ValidateExportName(std::string(128, 'a')).ok());
+  EXPECT_FALSE(ValidateExportName("-x").ok());
+  EXPECT_FALSE(ValidateExportName("a b").ok());
+}
+
+}  // namespace
+}  // namespace nbdmgr

@@ -1,0 +1,251 @@
+// Negotiation fed raw bytes: a real Session on one end of a socketpair.
+
+#include "lib/nbd/negotiation.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/nbd/harness.h"
+
+namespace nbdmgr::nbd {
+namespace {
+
+using testing::Cat;
+using testing::Str;
+using testing::U32;
+
+std::vector<uint8_t> InfoPayload(std::string_view name,
+                                 std::vector<uint16_t> infos = {}) {
+  std::vector<uint8_t> p = Cat({U32(static_cast<uint32_t>(name.size())), Str(name)});
+  p.push_back(static_cast<uint8_t>(infos.size() >> 8));
+  p.push_back(static_cast<uint8_t>(infos.size()));
+  for (uint16_t i : infos) {
+    p.push_back(static_cast<uint8_t>(i >> 8));
+    p.push_back(static_cast<uint8_t>(i));
+  }
+  return p;
+}
+
+class NegotiationTest : public testing::SessionFixture {
+ protected:
+  void SetUp() override { StartSession(); }
+};
+
+TEST_F(NegotiationTest, GreetingAdvertisesFixedNewstyleAndNoZeroes) {
+  auto g = peer().Read(kGreetingSize);
+  ASSERT_TRUE(g.has_value());
+  EXPECT_EQ(GetU16(g->data() + 16), kFlagFixedNewstyle | kFlagNoZeroes);
+}
+
+TEST_F(NegotiationTest, UnknownClientFlagsCloseConnection) {
+  peer().Hello(kClientFlagFixedNewstyle | 0x80);
+  EXPECT_TRUE(peer().SeesEof());
+  EXPECT_TRUE(SessionEnds());
+}
+
+TEST_F(NegotiationTest, ListSendsNameAndDescription) {
+  peer().Hello();
+  peer().SendOption(kOptList, {});
+  auto r = peer().ReadOptReply();
+  ASSERT_EQ(r.type, kRepServer);
+  ASSERT_GE(r.data.size(), 4u);
+  EXPECT_EQ(GetU32(r.data.data()), 3u);
+  EXPECT_EQ(std::string(r.data.begin() + 4, r.data.end()), "memtest disk");
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+}
+
+TEST_F(NegotiationTest, ListWithDataIsInvalidAndNegotiationContinues) {
+  peer().Hello();
+  peer().SendOption(kOptList, {1, 2, 3});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrInvalid);
+  peer().SendOption(kOptList, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepServer);
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+}
+
+TEST_F(NegotiationTest, UnknownOptionIsUnsupportedAndNegotiationContinues) {
+  peer().Hello();
+  peer().SendOption(99, {1, 2, 3, 4});
+  auto r = peer().ReadOptReply();
+  EXPECT_EQ(r.option, 99u);
+  EXPECT_EQ(r.type, kRepErrUnsup);
+  peer().SendOption(kOptStartTls, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrUnsup);
+  peer().SendOption(kOptExtendedHeaders, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrUnsup);
+  peer().SendOption(kOptAbort, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+  EXPECT_TRUE(peer().SeesEof());
+}
+
+TEST_F(NegotiationTest, InfoReportsExportAndStaysInNegotiation) {
+  peer().Hello();
+  peer().SendOption(kOptInfo, InfoPayload("mem", {kInfoName, kInfoDescription}));
+  bool saw_export = false, saw_name = false, saw_desc = false, saw_bs = false;
+  for (;;) {
+    auto r = peer().ReadOptReply();
+    if (r.type == kRepAck) break;
+    ASSERT_EQ(r.type, kRepInfo);
+    ASSERT_GE(r.data.size(), 2u);
+    uint16_t type = GetU16(r.data.data());
+    if (type == kInfoExport) {
+      saw_export = true;
+      ASSERT_EQ(r.data.size(), 12u);
+      EXPECT_EQ(GetU64(r.data.data() + 2), kSize);
+      uint16_t flags = GetU16(r.data.data() + 10);
+      EXPECT_TRUE(flags & kTxHasFlags);
+      EXPECT_TRUE(flags & kTxSendFlush);
+      EXPECT_TRUE(flags & kTxSendTrim);
+      EXPECT_TRUE(flags & kTxCanMultiConn);
+      EXPECT_FALSE(flags & kTxReadOnly);
+      EXPECT_FALSE(flags & kTxSendDf);  // no structured replies yet
+    } else if (type == kInfoName) {
+      saw_name = std::string(r.data.begin() + 2, r.data.end()) == "mem";
+    } else if (type == kInfoDescription) {
+      saw_desc = std::string(r.data.begin() + 2, r.data.end()) == "test disk";
+    } else if (type == kInfoBlockSize) {
+      ASSERT_EQ(r.data.size(), 14u);
+      EXPECT_EQ(GetU32(r.data.data() + 2), 1u);
+      EXPECT_EQ(GetU32(r.data.data() + 6), 4096u);
+      EXPECT_EQ(GetU32(r.data.data() + 10), 32u << 20);
+      saw_bs = true;
+    }
+  }
+  EXPECT_TRUE(saw_export && saw_name && saw_desc && saw_bs);
+  // Still negotiating: another option works.
+  peer().SendOption(kOptList, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepServer);
+}
+
+TEST_F(NegotiationTest, InfoUnknownExport) {
+  peer().Hello();
+  peer().SendOption(kOptInfo, InfoPayload("nope"));
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrUnknown);
+  peer().SendOption(kOptGo, InfoPayload("nope"));
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrUnknown);
+}
+
+TEST_F(NegotiationTest, InfoMalformedIsInvalid) {
+  peer().Hello();
+  peer().SendOption(kOptGo, Cat({U32(100), Str("mem")}));
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrInvalid);
+  peer().SendOption(kOptGo, {1});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrInvalid);
+}
+
+TEST_F(NegotiationTest, OverlongOptionIsTooBigAndSkipped) {
+  peer().Hello();
+  peer().SendOption(kOptInfo, std::vector<uint8_t>(200 * 1024, 'x'));
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrTooBig);
+  // The stream is still in sync.
+  peer().SendOption(kOptList, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepServer);
+}
+
+TEST_F(NegotiationTest, BadOptionMagicCloses) {
+  peer().Hello();
+  std::vector<uint8_t> junk(16, 0x42);
+  peer().Write(junk);
+  EXPECT_TRUE(peer().SeesEof());
+}
+
+TEST_F(NegotiationTest, StructuredReplyOnceThenInvalid) {
+  peer().Hello();
+  peer().SendOption(kOptStructuredReply, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+  peer().SendOption(kOptStructuredReply, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrInvalid);
+  peer().SendOption(kOptStructuredReply, {1});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrInvalid);
+}
+
+TEST_F(NegotiationTest, SetMetaContextNeedsStructuredReplies) {
+  peer().Hello();
+  peer().SendOption(kOptSetMetaContext,
+                    Cat({U32(3), Str("mem"), U32(1), U32(15), Str("base:allocation")}));
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrInvalid);
+}
+
+TEST_F(NegotiationTest, ListMetaContextWithoutQueriesListsBaseAllocation) {
+  peer().Hello();
+  peer().SendOption(kOptListMetaContext, Cat({U32(3), Str("mem"), U32(0)}));
+  auto r = peer().ReadOptReply();
+  ASSERT_EQ(r.type, kRepMetaContext);
+  EXPECT_EQ(GetU32(r.data.data()), 0u);
+  EXPECT_EQ(std::string(r.data.begin() + 4, r.data.end()), "base:allocation");
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+  // An unknown namespace matches nothing.
+  peer().SendOption(kOptListMetaContext,
+                    Cat({U32(3), Str("mem"), U32(1), U32(6), Str("qemu:x")}));
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+}
+
+TEST_F(NegotiationTest, SetMetaContextUnknownExport) {
+  peer().Hello();
+  peer().SendOption(kOptStructuredReply, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+  peer().SendOption(kOptSetMetaContext,
+                    Cat({U32(2), Str("no"), U32(1), U32(15), Str("base:allocation")}));
+  EXPECT_EQ(peer().ReadOptReply().type, kRepErrUnknown);
+}
+
+TEST_F(NegotiationTest, ExportNameUnknownCloses) {
+  peer().Hello();
+  peer().SendOption(kOptExportName, Str("nope"));
+  EXPECT_TRUE(peer().SeesEof());
+}
+
+TEST_F(NegotiationTest, ExportNameEntersTransmission) {
+  peer().Hello();
+  peer().SendOption(kOptExportName, Str("mem"));
+  auto r = peer().Read(10);  // NO_ZEROES: size and flags only
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(GetU64(r->data()), kSize);
+  peer().SendRequest(kCmdRead, 7, 0, 512);
+  auto reply = peer().ReadSimpleReply();
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->first, kOk);
+  EXPECT_EQ(reply->second, 7u);
+  EXPECT_EQ(*peer().Read(512), std::vector<uint8_t>(512, 0));
+}
+
+TEST_F(NegotiationTest, ExportNameWithZeroesWhenClientDidNotOptOut) {
+  peer().Hello(kClientFlagFixedNewstyle);
+  peer().SendOption(kOptExportName, Str("mem"));
+  auto r = peer().Read(134);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(std::vector<uint8_t>(r->begin() + 10, r->end()),
+            std::vector<uint8_t>(124, 0));
+}
+
+TEST_F(NegotiationTest, EmptyNameGoesToDefaultExport) {
+  GoTo("", /*structured=*/false, /*meta=*/false);
+  peer().SendRequest(kCmdFlush, 1, 0, 0);
+  EXPECT_EQ(peer().ReadSimpleReply()->first, kOk);
+}
+
+TEST_F(NegotiationTest, TooManyOptionsCloses) {
+  peer().Hello();
+  for (int i = 0; i < 300; ++i) peer().SendOption(99, {});
+  int replies = 0;
+  while (auto h = peer().Read(kOptionReplyHeaderSize, 2000)) {
+    ASSERT_EQ(GetU32(h->data() + 12), kRepErrUnsup);
+    ASSERT_TRUE(peer().Read(GetU32(h->data() + 16)).has_value());
+    ++replies;
+  }
+  EXPECT_EQ(replies, NegotiationLimits{}.max_options);
+  EXPECT_TRUE(SessionEnds());
+}
+
+TEST_F(NegotiationTest, ClientVanishingMidOptionEndsSession) {
+  peer().Hello();
+  std::vector<uint8_t> h(16);
+  PutU64(h.data(), kIHaveOpt);
+  PutU32(h.data() + 8, kOptGo);
+  PutU32(h.data() + 12, 100);
+  peer().Write(h);  // promises 100 bytes, sends none
+  server_.ClosePeer();
+  EXPECT_TRUE(SessionEnds());
+}
+
+}  // namespace
+}  // namespace nbdmgr::nbd

@@ -1,0 +1,262 @@
+// The transmission phase fed raw bytes: requests in, replies checked.
+
+#include "lib/nbd/transmission.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "tests/nbd/harness.h"
+
+namespace nbdmgr::nbd {
+namespace {
+
+std::vector<uint8_t> Pattern(size_t n, uint8_t seed) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(seed + i * 7);
+  return v;
+}
+
+class TransmissionTest : public testing::SessionFixture {
+ protected:
+  void Go(bool structured = false, bool meta = false, bool read_only = false) {
+    StartSession(read_only);
+    GoTo("mem", structured, meta);
+  }
+  // Sends a request and expects a simple reply with `error`.
+  void Expect(uint32_t error, uint16_t type, uint64_t offset, uint32_t length,
+              uint16_t flags = 0, const std::vector<uint8_t>& payload = {}) {
+    static uint64_t cookie = 100;
+    ++cookie;
+    peer().SendRequest(type, cookie, offset, length, flags, payload);
+    auto r = peer().ReadSimpleReply();
+    ASSERT_TRUE(r.has_value()) << NameOfCommand(type) << ": no reply";
+    EXPECT_EQ(r->first, error) << NameOfCommand(type);
+    EXPECT_EQ(r->second, cookie);
+  }
+  std::vector<uint8_t> SimpleRead(uint64_t offset, uint32_t length) {
+    peer().SendRequest(kCmdRead, 1, offset, length);
+    auto r = peer().ReadSimpleReply();
+    EXPECT_TRUE(r.has_value());
+    if (!r) return {};
+    EXPECT_EQ(r->first, kOk);
+    return peer().Read(length).value_or(std::vector<uint8_t>{});
+  }
+};
+
+TEST_F(TransmissionTest, WriteThenReadBack) {
+  Go();
+  auto data = Pattern(65536 + 100, 3);
+  Expect(kOk, kCmdWrite, 1000, static_cast<uint32_t>(data.size()), 0, data);
+  EXPECT_EQ(SimpleRead(1000, static_cast<uint32_t>(data.size())), data);
+  // Unwritten space reads as zeroes.
+  EXPECT_EQ(SimpleRead(kSize - 512, 512), std::vector<uint8_t>(512, 0));
+}
+
+TEST_F(TransmissionTest, BadRequestsGetErrorsAndConnectionStaysUsable) {
+  Go();
+  Expect(kEinval, kCmdRead, kSize, 1);                  // past the end
+  Expect(kEinval, 42, 0, 1);                            // unknown command
+  Expect(kEinval, kCmdRead, 0, 1, 1 << 12);             // unknown flag
+  Expect(kEinval, kCmdRead, 0, 0);                      // zero length
+  Expect(kEinval, kCmdRead, 0, (32u << 20) + 1);        // above max payload
+  Expect(kEinval, kCmdWrite, 0, 1, kCmdFlagReqOne, {9}); // flag for another command
+  Expect(kEinval, kCmdBlockStatus, 0, 512);             // no meta context
+  auto data = Pattern(512, 9);
+  Expect(kOk, kCmdWrite, 0, 512, kCmdFlagFua, data);
+  EXPECT_EQ(SimpleRead(0, 512), data);
+}
+
+TEST_F(TransmissionTest, RejectedWritePayloadIsConsumed) {
+  Go();
+  // The payload of a rejected WRITE is read and discarded, so the bytes
+  // that follow are parsed as the next request.
+  auto junk = std::vector<uint8_t>(100000, 0x25);  // looks like request magic
+  Expect(kEnospc, kCmdWrite, kSize - 10, static_cast<uint32_t>(junk.size()), 0, junk);
+  auto big = std::vector<uint8_t>((32u << 20) + 8, 0x61);
+  Expect(kEinval, kCmdWrite, 0, static_cast<uint32_t>(big.size()), 0, big);
+  Expect(kOk, kCmdFlush, 0, 0);
+}
+
+TEST_F(TransmissionTest, BadMagicClosesConnection) {
+  Go();
+  std::vector<uint8_t> garbage(28, 0xee);
+  peer().Write(garbage);
+  EXPECT_TRUE(peer().SeesEof());
+  EXPECT_TRUE(SessionEnds());
+}
+
+TEST_F(TransmissionTest, TruncatedPayloadEndsSession) {
+  Go();
+  peer().SendRequest(kCmdWrite, 5, 0, 4096, 0, std::vector<uint8_t>(100, 1));
+  server_.ClosePeer();
+  EXPECT_TRUE(SessionEnds());
+  EXPECT_EQ(export_->clients(), 0);
+}
+
+TEST_F(TransmissionTest, DiscAnswersOutstandingRequestsThenCloses) {
+  Go();
+  auto data = Pattern(4096, 1);
+  peer().SendRequest(kCmdWrite, 1, 0, 4096, 0, data);
+  peer().SendRequest(kCmdRead, 2, 0, 4096);
+  peer().SendRequest(kCmdDisc, 3, 0, 0);
+  auto w = peer().ReadSimpleReply();
+  ASSERT_TRUE(w && w->second == 1u && w->first == kOk);
+  auto r = peer().ReadSimpleReply();
+  ASSERT_TRUE(r && r->second == 2u && r->first == kOk);
+  EXPECT_EQ(*peer().Read(4096), data);
+  EXPECT_TRUE(peer().SeesEof());
+  EXPECT_TRUE(SessionEnds());
+}
+
+TEST_F(TransmissionTest, ManyRequestsInFlight) {
+  Go();
+  // 300 pipelined writes, more than the in-flight limit, before reading any
+  // reply; then every cookie must be answered exactly once.
+  constexpr int kN = 300;
+  std::thread writer([&] {
+    for (int i = 0; i < kN; ++i) {
+      peer().SendRequest(kCmdWrite, 1000 + i, i * 4096, 4096, 0,
+                         Pattern(4096, static_cast<uint8_t>(i)));
+    }
+  });
+  std::set<uint64_t> cookies;
+  for (int i = 0; i < kN; ++i) {
+    auto r = peer().ReadSimpleReply();
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->first, kOk);
+    cookies.insert(r->second);
+  }
+  writer.join();
+  EXPECT_EQ(cookies.size(), static_cast<size_t>(kN));
+  EXPECT_EQ(SimpleRead(299 * 4096, 4096), Pattern(4096, 299 % 256));
+}
+
+TEST_F(TransmissionTest, TrimAndZeroReadBackAsZeroes) {
+  Go(/*structured=*/false);
+  Expect(kOk, kCmdWrite, 0, 200000, 0, Pattern(200000, 5));
+  Expect(kOk, kCmdTrim, 0, 100000);
+  EXPECT_EQ(SimpleRead(0, 100000), std::vector<uint8_t>(100000, 0));
+  Expect(kOk, kCmdWriteZeroes, 100000, 50000, kCmdFlagNoHole);
+  Expect(kOk, kCmdWriteZeroes, 150000, 50000, kCmdFlagFastZero | kCmdFlagFua);
+  EXPECT_EQ(SimpleRead(100000, 100000), std::vector<uint8_t>(100000, 0));
+}
+
+TEST_F(TransmissionTest, ReadOnlyExportRefusesWrites) {
+  Go(false, false, /*read_only=*/true);
+  Expect(kEperm, kCmdWrite, 0, 512, 0, std::vector<uint8_t>(512, 1));
+  Expect(kEperm, kCmdTrim, 0, 512);
+  Expect(kEperm, kCmdWriteZeroes, 0, 512);
+  Expect(kEinval, kCmdRead, 0, 512, kCmdFlagFua);  // FUA not advertised
+  EXPECT_EQ(SimpleRead(0, 512), std::vector<uint8_t>(512, 0));
+}
+
+TEST_F(TransmissionTest, StructuredReadOfHoleIsOneHoleChunk) {
+  Go(/*structured=*/true);
+  peer().SendRequest(kCmdRead, 9, 0, 1 << 20);
+  auto c = peer().ReadChunk();
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->type, kChunkOffsetHole);
+  EXPECT_EQ(c->flags, kReplyFlagDone);
+  EXPECT_EQ(c->cookie, 9u);
+  ASSERT_EQ(c->payload.size(), 12u);
+  EXPECT_EQ(GetU64(c->payload.data()), 0u);
+  EXPECT_EQ(GetU32(c->payload.data() + 8), 1u << 20);
+}
+
+TEST_F(TransmissionTest, StructuredReadMixesDataAndHoles) {
+  Go(/*structured=*/true);
+  const uint32_t page = 64 * 1024;
+  auto data = Pattern(page, 7);
+  Expect(kOk, kCmdWrite, page, page, 0, data);  // page 1 has data
+  peer().SendRequest(kCmdRead, 10, 0, 3 * page);
+  std::vector<uint8_t> image(3 * page, 0xff);
+  uint64_t covered = 0;
+  for (;;) {
+    auto c = peer().ReadChunk();
+    ASSERT_TRUE(c.has_value());
+    EXPECT_EQ(c->cookie, 10u);
+    uint64_t off = GetU64(c->payload.data());
+    if (c->type == kChunkOffsetHole) {
+      uint32_t len = GetU32(c->payload.data() + 8);
+      std::fill_n(image.begin() + off, len, 0);
+      covered += len;
+    } else {
+      ASSERT_EQ(c->type, kChunkOffsetData);
+      std::copy(c->payload.begin() + 8, c->payload.end(), image.begin() + off);
+      covered += c->payload.size() - 8;
+    }
+    if (c->flags & kReplyFlagDone) break;
+  }
+  EXPECT_EQ(covered, 3u * page);
+  std::vector<uint8_t> want(3 * page, 0);
+  std::copy(data.begin(), data.end(), want.begin() + page);
+  EXPECT_EQ(image, want);
+}
+
+TEST_F(TransmissionTest, StructuredReadWithDfIsOneDataChunk) {
+  Go(/*structured=*/true);
+  Expect(kOk, kCmdWrite, 0, 100, 0, Pattern(100, 1));
+  peer().SendRequest(kCmdRead, 11, 0, 200000, kCmdFlagDf);
+  auto c = peer().ReadChunk();
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->type, kChunkOffsetData);
+  EXPECT_EQ(c->flags, kReplyFlagDone);
+  EXPECT_EQ(c->payload.size(), 8u + 200000);
+}
+
+TEST_F(TransmissionTest, StructuredReadErrorIsErrorChunk) {
+  Go(/*structured=*/true);
+  peer().SendRequest(kCmdRead, 12, kSize, 512);
+  auto c = peer().ReadChunk();
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->type, kChunkError);
+  EXPECT_EQ(c->flags, kReplyFlagDone);
+  ASSERT_GE(c->payload.size(), 6u);
+  EXPECT_EQ(GetU32(c->payload.data()), kEinval);
+  uint16_t msg_len = GetU16(c->payload.data() + 4);
+  EXPECT_EQ(c->payload.size(), 6u + msg_len);
+  EXPECT_GT(msg_len, 0);
+}
+
+TEST_F(TransmissionTest, BlockStatusReportsExtents) {
+  Go(/*structured=*/true, /*meta=*/true);
+  const uint32_t page = 64 * 1024;
+  Expect(kOk, kCmdWrite, 2 * page, page, 0, Pattern(page, 2));
+  peer().SendRequest(kCmdBlockStatus, 20, 0, 4 * page);
+  auto c = peer().ReadChunk();
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->type, kChunkBlockStatus);
+  EXPECT_EQ(c->flags, kReplyFlagDone);
+  ASSERT_EQ(c->payload.size(), 4u + 3 * 8);
+  EXPECT_EQ(GetU32(c->payload.data()), kBaseAllocationId);
+  auto desc = [&](int i) {
+    return std::make_pair(GetU32(c->payload.data() + 4 + 8 * i),
+                          GetU32(c->payload.data() + 8 + 8 * i));
+  };
+  EXPECT_EQ(desc(0), std::make_pair(2 * page, kStateHole | kStateZero));
+  EXPECT_EQ(desc(1), std::make_pair(page, 0u));
+  EXPECT_EQ(desc(2), std::make_pair(page, kStateHole | kStateZero));
+
+  peer().SendRequest(kCmdBlockStatus, 21, 0, 4 * page, kCmdFlagReqOne);
+  auto one = peer().ReadChunk();
+  ASSERT_TRUE(one.has_value());
+  ASSERT_EQ(one->payload.size(), 12u);
+  EXPECT_EQ(GetU32(one->payload.data() + 4), 2 * page);
+}
+
+TEST_F(TransmissionTest, NoHoleZeroStaysAllocated) {
+  Go(true, true);
+  const uint32_t page = 64 * 1024;
+  Expect(kOk, kCmdWriteZeroes, 0, page, kCmdFlagNoHole);
+  Expect(kOk, kCmdWriteZeroes, page, page);
+  peer().SendRequest(kCmdBlockStatus, 22, 0, 2 * page);
+  auto c = peer().ReadChunk();
+  ASSERT_TRUE(c.has_value());
+  ASSERT_EQ(c->payload.size(), 4u + 2 * 8);
+  EXPECT_EQ(GetU32(c->payload.data() + 8), 0u);  // allocated
+  EXPECT_EQ(GetU32(c->payload.data() + 16), kStateHole | kStateZero);
+}
+
+}  // namespace
+}  // namespace nbdmgr::nbd
