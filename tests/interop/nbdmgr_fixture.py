@@ -1,0 +1,155 @@
+"""Starts a real nbdmgrd on loopback and a Unix socket for interop tests.
+
+Runs with Debian's /usr/bin/python3 (for the `nbd` module of python3-libnbd).
+"""
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+NBDMGRD = os.environ.get("NBDMGRD") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build", "daemon", "nbdmgrd")
+
+
+def run(*cmd, check=True, timeout=120, **kw):
+    """Runs a client tool; on failure the assertion shows its output."""
+    p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n"
+                             f"stdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def random_file(path, size):
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+
+
+class Daemon:
+    """One nbdmgrd process with the given --export specs."""
+
+    def __init__(self, exports, extra=(), workdir=None):
+        self.dir = workdir or tempfile.mkdtemp(prefix="nbdmgr-test-")
+        self.sock = os.path.join(self.dir, "nbd.sock")
+        self.ready = os.path.join(self.dir, "ready")
+        self.log_path = os.path.join(self.dir, "nbdmgrd.log")
+        self.args = [NBDMGRD, "--nbd-listen", "tcp:127.0.0.1:0",
+                     "--nbd-listen", f"unix:{self.sock}",
+                     "--ready-file", self.ready, "--drain-timeout", "5s"]
+        for e in exports:
+            self.args += ["--export", e]
+        self.args += list(extra)
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        if os.path.exists(self.ready):
+            os.unlink(self.ready)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=self.log)
+        deadline = time.time() + 15
+        while not os.path.exists(self.ready):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nbdmgrd exited {self.proc.returncode}:\n{self.logs()}")
+            if time.time() > deadline:
+                raise AssertionError("nbdmgrd did not become ready:\n" + self.logs())
+            time.sleep(0.02)
+        for line in open(self.ready).read().split():
+            if line.startswith("tcp:"):
+                self.port = int(line.rsplit(":", 1)[1])
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Stops the daemon; returns its exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.log.close()
+
+    def logs(self):
+        try:
+            return open(self.log_path, errors="replace").read()
+        except OSError:
+            return ""
+
+    def uri(self, name="", transport="unix"):
+        if transport == "unix":
+            return f"nbd+unix:///{name}?socket={self.sock}"
+        return f"nbd://127.0.0.1:{self.port}/{name}"
+
+    def cleanup(self):
+        self.stop(signal.SIGKILL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RawClient:
+    """Speaks NBD by hand, for requests no real client will send."""
+
+    def __init__(self, daemon, name, structured=False):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(10)
+        self.s.connect(daemon.sock)
+        greeting = self.recv(18)
+        assert greeting[:8] == b"NBDMAGIC", greeting
+        self.s.sendall(struct.pack(">I", 3))  # FIXED_NEWSTYLE | NO_ZEROES
+        if structured:
+            self.option(8, b"")
+            assert self.option_reply()[1] == 1
+        data = struct.pack(">I", len(name)) + name.encode() + struct.pack(">H", 0)
+        self.option(7, data)
+        while True:
+            _, rtype, payload = self.option_reply()
+            if rtype == 1:
+                break
+            assert rtype == 3, hex(rtype)
+            if struct.unpack(">H", payload[:2])[0] == 0:
+                self.size = struct.unpack(">Q", payload[2:10])[0]
+
+    def recv(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.s.recv(n - len(buf))
+            if not chunk:
+                raise EOFError("server closed the connection")
+            buf += chunk
+        return buf
+
+    def option(self, opt, data):
+        self.s.sendall(struct.pack(">QII", 0x49484156454F5054, opt, len(data)) + data)
+
+    def option_reply(self):
+        magic, opt, rtype, length = struct.unpack(">QIII", self.recv(20))
+        assert magic == 0x0003E889045565A9
+        return opt, rtype, self.recv(length)
+
+    def request(self, cmd, offset, length, flags=0, cookie=1, payload=b""):
+        self.s.sendall(struct.pack(">IHHQQI", 0x25609513, flags, cmd, cookie,
+                                   offset, length) + payload)
+
+    def simple_reply(self):
+        magic, error, cookie = struct.unpack(">IIQ", self.recv(16))
+        assert magic == 0x67446698, hex(magic)
+        return error, cookie
+
+    def close(self):
+        self.s.close()
