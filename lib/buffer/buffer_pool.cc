@@ -29,7 +29,7 @@ int BufferPool::ClassIndex(size_t capacity) {
   return std::countr_zero(capacity) - std::countr_zero(kMinClassSize);
 }
 
-uint8_t* BufferPool::Get(size_t size) {
+uint8_t* BufferPool::Get(size_t size, uint64_t cache_limit) {
   if (size == 0 || size > max_buffer_) return nullptr;
   size_t capacity = ClassSize(size);
   SizeClass& c = classes_[ClassIndex(capacity)];
@@ -45,6 +45,9 @@ uint8_t* BufferPool::Get(size_t size) {
     cached_.fetch_sub(capacity, std::memory_order_relaxed);
     reuses_.fetch_add(1, std::memory_order_relaxed);
   } else {
+    if (cached_.load(std::memory_order_relaxed) > cache_limit) {
+      TrimCacheTo(cache_limit);
+    }
     p = AllocatePages(capacity);
     if (p == nullptr) return nullptr;
     allocations_.fetch_add(1, std::memory_order_relaxed);
@@ -53,39 +56,72 @@ uint8_t* BufferPool::Get(size_t size) {
   return p;
 }
 
-void BufferPool::Put(uint8_t* data, size_t capacity) {
+void BufferPool::Put(uint8_t* data, size_t capacity,
+                     std::chrono::steady_clock::duration keep) {
   if (data == nullptr) return;
   SizeClass& c = classes_[ClassIndex(capacity)];
   in_use_.fetch_sub(capacity, std::memory_order_relaxed);
   cached_.fetch_add(capacity, std::memory_order_relaxed);
+  auto now = std::chrono::steady_clock::now();
+  auto expires = keep >= std::chrono::hours(24 * 365)
+                     ? std::chrono::steady_clock::time_point::max()
+                     : now + keep;
   std::lock_guard lock(c.mu);
-  c.free.push_back(Cached{data, std::chrono::steady_clock::now()});
+  c.free.push_back(Cached{data, now, expires});
+}
+
+template <typename Pred>
+uint64_t BufferPool::FreeIf(size_t i, Pred pred) {
+  size_t capacity = kMinClassSize << i;
+  std::vector<uint8_t*> victims;
+  {
+    std::lock_guard lock(classes_[i].mu);
+    auto& free = classes_[i].free;
+    std::erase_if(free, [&](const Cached& c) {
+      if (!pred(c)) return false;
+      victims.push_back(c.data);
+      return true;
+    });
+  }
+  for (uint8_t* p : victims) FreePages(p, capacity);
+  cached_.fetch_sub(victims.size() * capacity, std::memory_order_relaxed);
+  released_.fetch_add(victims.size(), std::memory_order_relaxed);
+  return victims.size() * capacity;
+}
+
+uint64_t BufferPool::ReleaseExpired() {
+  auto now = std::chrono::steady_clock::now();
+  uint64_t freed = 0;
+  for (size_t i = 0; i < classes_.size(); ++i) {
+    if ((kMinClassSize << i) > max_buffer_) break;
+    freed += FreeIf(i, [&](const Cached& c) { return c.expires <= now; });
+  }
+  return freed;
+}
+
+uint64_t BufferPool::TrimCacheTo(uint64_t limit) {
+  uint64_t freed = 0;
+  // Largest classes first: fewest frees for the most bytes.
+  for (size_t i = classes_.size(); i-- > 0;) {
+    if ((kMinClassSize << i) > max_buffer_) continue;
+    if (cached_.load(std::memory_order_relaxed) <= limit) break;
+    freed += FreeIf(i, [&](const Cached&) {
+      return cached_.load(std::memory_order_relaxed) > limit;
+    });
+  }
+  return freed;
 }
 
 uint64_t BufferPool::ReleaseIdle(std::chrono::steady_clock::duration idle) {
-  auto cutoff = std::chrono::steady_clock::now() - idle;
+  auto now = std::chrono::steady_clock::now();
+  auto cutoff = now - idle;
+  const bool all = idle == std::chrono::steady_clock::duration::zero();
   uint64_t freed = 0;
   for (size_t i = 0; i < classes_.size(); ++i) {
-    size_t capacity = kMinClassSize << i;
-    if (capacity > max_buffer_) break;
-    std::vector<uint8_t*> victims;
-    {
-      std::lock_guard lock(classes_[i].mu);
-      auto& free = classes_[i].free;
-      // Oldest entries are at the front (LIFO pushes to the back).
-      size_t n = 0;
-      while (n < free.size() &&
-             (idle == std::chrono::steady_clock::duration::zero() ||
-              free[n].since <= cutoff)) {
-        victims.push_back(free[n].data);
-        ++n;
-      }
-      free.erase(free.begin(), free.begin() + static_cast<ptrdiff_t>(n));
-    }
-    for (uint8_t* p : victims) FreePages(p, capacity);
-    freed += victims.size() * capacity;
-    cached_.fetch_sub(victims.size() * capacity, std::memory_order_relaxed);
-    released_.fetch_add(victims.size(), std::memory_order_relaxed);
+    if ((kMinClassSize << i) > max_buffer_) break;
+    freed += FreeIf(i, [&](const Cached& c) {
+      return all || c.since <= cutoff || c.expires <= now;
+    });
   }
   return freed;
 }

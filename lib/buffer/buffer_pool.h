@@ -41,14 +41,25 @@ class BufferPool {
   static size_t ClassSize(size_t size);
 
   // A buffer of ClassSize(size) bytes, or nullptr if size is 0, larger
-  // than the maximum, or the OS refuses memory.
-  uint8_t* Get(size_t size);
-  // Returns a buffer obtained from Get with that capacity.
-  void Put(uint8_t* data, size_t capacity);
+  // than the maximum, or the OS refuses memory. When no cached buffer fits
+  // and a new one must be allocated, cached buffers are first freed until
+  // at most `cache_limit` bytes stay cached (bounding total memory).
+  uint8_t* Get(size_t size, uint64_t cache_limit = UINT64_MAX);
+  // Returns a buffer obtained from Get with that capacity; it is kept for
+  // reuse for at least `keep` (see ReleaseIdle).
+  void Put(uint8_t* data, size_t capacity,
+           std::chrono::steady_clock::duration keep =
+               std::chrono::steady_clock::duration::max());
 
-  // Frees every cached buffer idle for at least `idle`; returns the bytes
-  // freed. idle == 0 frees all cached buffers.
+  // Frees every cached buffer idle for at least `idle`, or longer than the
+  // `keep` it was Put with; returns the bytes freed. idle == 0 frees all
+  // cached buffers.
   uint64_t ReleaseIdle(std::chrono::steady_clock::duration idle);
+  // Frees cached buffers whose `keep` has run out; returns the bytes freed.
+  uint64_t ReleaseExpired();
+  // Frees cached buffers, oldest first, until at most `limit` bytes are
+  // cached; returns the bytes freed.
+  uint64_t TrimCacheTo(uint64_t limit);
 
   BufferPoolStats stats() const;
   size_t max_buffer() const { return max_buffer_; }
@@ -57,7 +68,11 @@ class BufferPool {
   struct Cached {
     uint8_t* data;
     std::chrono::steady_clock::time_point since;
+    std::chrono::steady_clock::time_point expires;
   };
+  // Frees the cached buffers of class `i` for which `pred` holds.
+  template <typename Pred>
+  uint64_t FreeIf(size_t i, Pred pred);
   struct SizeClass {
     std::mutex mu;
     std::vector<Cached> free ABSL_GUARDED_BY(mu);  // LIFO: hottest last

@@ -19,9 +19,11 @@
 namespace nbdmgr {
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
+  auto buffers = std::make_unique<BufferSystem>(BlockSizes{}.maximum_payload,
+                                                config.memory_cap_bytes);
   auto registry = std::make_shared<ExportRegistry>();
   for (const ExportConfig& ec : config.exports) {
-    absl::StatusOr<std::shared_ptr<Export>> e = Export::Create(ec);
+    absl::StatusOr<std::shared_ptr<Export>> e = Export::Create(ec, *buffers);
     if (!e.ok()) {
       return absl::Status(e.status().code(),
                           absl::StrCat("export \"", ec.name, "\": ",
@@ -38,17 +40,32 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
   absl::StatusOr<std::unique_ptr<nbd::Server>> server =
       nbd::Server::Create(so, registry);
   if (!server.ok()) return server.status();
-  return std::unique_ptr<Daemon>(
-      new Daemon(std::move(config), std::move(registry), std::move(*server)));
+  return std::unique_ptr<Daemon>(new Daemon(std::move(config), std::move(buffers),
+                                            std::move(registry),
+                                            std::move(*server)));
 }
 
-Daemon::Daemon(DaemonConfig config, std::shared_ptr<ExportRegistry> registry,
+Daemon::Daemon(DaemonConfig config, std::unique_ptr<BufferSystem> buffers,
+               std::shared_ptr<ExportRegistry> registry,
                std::unique_ptr<nbd::Server> server)
     : config_(std::move(config)),
+      buffers_(std::move(buffers)),
       registry_(std::move(registry)),
       server_(std::move(server)) {}
 
-Daemon::~Daemon() = default;
+Daemon::~Daemon() {
+  server_.reset();  // sessions end before exports and buffers go
+  registry_.reset();
+}
+
+void Daemon::ScheduleIdleRelease() {
+  idle_timer_.expires_after(std::chrono::seconds(1));
+  idle_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec) return;
+    buffers_->ReleaseIdle();
+    ScheduleIdleRelease();
+  });
+}
 
 absl::Status Daemon::WriteReadyFile() const {
   if (config_.ready_file.empty()) return absl::OkStatus();
@@ -81,10 +98,15 @@ absl::Status Daemon::Run() {
   });
   std::signal(SIGPIPE, SIG_IGN);
   server_->Start();
+  ScheduleIdleRelease();
   for (const auto& e : registry_->List()) {
-    spdlog::info("serving export \"{}\": {} {}{}{}", e->name(),
+    BufferSettings bs = e->buffers().settings();
+    spdlog::info("serving export \"{}\": {} {}{}, buffers {}{}{}", e->name(),
                  NameOf(e->config().backend), FormatSize(e->size()),
-                 e->read_only() ? ", read-only" : "",
+                 e->read_only() ? ", read-only" : "", NameOf(bs.strategy),
+                 bs.memory_cap_bytes
+                     ? absl::StrCat(" capped at ", FormatSize(bs.memory_cap_bytes))
+                     : std::string(),
                  e->name() == registry_->default_name() ? " (default)" : "");
   }
   if (absl::Status st = WriteReadyFile(); !st.ok()) {

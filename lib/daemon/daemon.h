@@ -4,8 +4,10 @@
 #include <memory>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include "absl/status/statusor.h"
+#include "lib/buffer/buffer_policy.h"
 #include "lib/daemon/daemon_config.h"
 #include "lib/export/export_registry.h"
 #include "lib/nbd/server.h"
@@ -29,16 +31,22 @@ class Daemon {
 
   const std::vector<ListenAddress>& bound() const { return server_->bound(); }
   ExportRegistry& registry() { return *registry_; }
+  BufferSystem& buffers() { return *buffers_; }
 
  private:
-  Daemon(DaemonConfig config, std::shared_ptr<ExportRegistry> registry,
+  Daemon(DaemonConfig config, std::unique_ptr<BufferSystem> buffers,
+         std::shared_ptr<ExportRegistry> registry,
          std::unique_ptr<nbd::Server> server);
+  void ScheduleIdleRelease();
   absl::Status WriteReadyFile() const;
 
   const DaemonConfig config_;
+  // Declared before the registry: exports (and their leases) go first.
+  std::unique_ptr<BufferSystem> buffers_;
   std::shared_ptr<ExportRegistry> registry_;
   std::unique_ptr<nbd::Server> server_;
   boost::asio::io_context main_;
+  boost::asio::steady_timer idle_timer_{main_};
 };
 
 }  // namespace nbdmgr

@@ -6,6 +6,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "lib/util/duration.h"
+#include "lib/util/size.h"
 
 namespace nbdmgr {
 namespace {
@@ -43,9 +44,18 @@ Flags:
                             path=/FILE         the file or block device (file)
                             read-only=true     refuse writes
                             description=TEXT   shown by nbdinfo --list
+                            buffer-strategy=S  pool (default), exact, fixed,
+                                               grow or stream
+                            memory-cap=SIZE    cap on this export's request
+                                               buffers (requests wait for it)
+                            pool-idle-release=DUR  free idle pool buffers after
+                                               DUR (default 5s)
                           Example: --export name=scratch,backend=memory,size=1GiB
   --default-export NAME   Export served to clients that ask for the empty name
                           (nbd://host/). Default: the first --export.
+  --memory-cap SIZE       Daemon-wide cap on request-buffer memory, e.g. 1GiB.
+                          Requests wait (backpressure) instead of failing;
+                          one larger than the cap is streamed in chunks.
   --io-threads N          Network threads (0 = one per core).
   --blocking-threads N    Threads for file I/O (0 = automatic).
   --drain-timeout DUR     On SIGINT/SIGTERM, how long in-flight requests may take
@@ -87,7 +97,7 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
     static const std::set<std::string> kKnown = {
         "--nbd-listen", "--export",      "--default-export",
         "--io-threads", "--blocking-threads", "--drain-timeout",
-        "--log-level",  "--ready-file"};
+        "--log-level",  "--ready-file", "--memory-cap"};
     if (!kKnown.contains(flag)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag ", flag, " (see --help)"));
@@ -127,6 +137,10 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
                                             "\" (trace, debug, info, warn, error)"));
       }
       c.log_level = value;
+    } else if (flag == "--memory-cap") {
+      absl::StatusOr<uint64_t> cap = ParseSize(value);
+      if (!cap.ok()) return FlagError(flag, ToStd(cap.status().message()));
+      c.memory_cap_bytes = *cap;
     } else if (flag == "--ready-file") {
       c.ready_file = value;
     }

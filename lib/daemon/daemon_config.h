@@ -21,6 +21,7 @@ struct DaemonConfig {
   int io_threads = 0;        // 0: one per core
   int blocking_threads = 0;  // 0: automatic
   std::chrono::milliseconds drain_timeout{30000};
+  uint64_t memory_cap_bytes = 0;  // daemon-wide request-buffer cap; 0: none
   std::string log_level = "info";
   // Written (atomically) with one bound address per line once serving.
   std::string ready_file;

@@ -32,25 +32,29 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const ExportConfig& c) {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Export>> Export::Create(ExportConfig config) {
+absl::StatusOr<std::shared_ptr<Export>> Export::Create(ExportConfig config,
+                                                       BufferSystem& buffers) {
   if (absl::Status st = ValidateExportConfig(config); !st.ok()) return st;
   absl::StatusOr<std::unique_ptr<Backend>> backend = OpenBackend(config);
   if (!backend.ok()) return backend.status();
-  return FromBackend(std::move(config), std::move(*backend));
+  return FromBackend(std::move(config), std::move(*backend), buffers);
 }
 
 std::shared_ptr<Export> Export::FromBackend(ExportConfig config,
-                                            std::unique_ptr<Backend> backend) {
+                                            std::unique_ptr<Backend> backend,
+                                            BufferSystem& buffers) {
   return std::shared_ptr<Export>(
-      new Export(std::move(config), std::move(backend)));
+      new Export(std::move(config), std::move(backend), buffers));
 }
 
-Export::Export(ExportConfig config, std::unique_ptr<Backend> backend)
+Export::Export(ExportConfig config, std::unique_ptr<Backend> backend,
+               BufferSystem& buffers)
     : config_(std::move(config)),
       backend_(std::move(backend)),
       size_(backend_->size()),
       caps_(backend_->caps()),
-      block_sizes_() {}
+      block_sizes_(),
+      buffers_(buffers, config_.buffers) {}
 
 uint16_t Export::TransmissionFlags(bool structured_replies) const {
   uint16_t f = nbd::kTxHasFlags | nbd::kTxSendFlush;

@@ -26,12 +26,14 @@ struct BlockSizes {
 class Export {
  public:
   // Validates `config` and opens its backend. Returns the validation or
-  // backend-open error unchanged.
-  static absl::StatusOr<std::shared_ptr<Export>> Create(ExportConfig config);
+  // backend-open error unchanged. `buffers` must outlive the export.
+  static absl::StatusOr<std::shared_ptr<Export>> Create(ExportConfig config,
+                                                        BufferSystem& buffers);
 
   // For tests and decorators: serve an already-built backend.
   static std::shared_ptr<Export> FromBackend(ExportConfig config,
-                                             std::unique_ptr<Backend> backend);
+                                             std::unique_ptr<Backend> backend,
+                                             BufferSystem& buffers);
 
   const ExportConfig& config() const { return config_; }
   const std::string& name() const { return config_.name; }
@@ -40,6 +42,8 @@ class Export {
   const BackendCaps& caps() const { return caps_; }
   bool read_only() const { return config_.read_only; }
   const BlockSizes& block_sizes() const { return block_sizes_; }
+  // Request buffers: strategy, cap and counters; settings change at run time.
+  ExportBuffers& buffers() { return buffers_; }
 
   // NBD transmission flags for a client that has (or has not) negotiated
   // structured replies (NBD_FLAG_SEND_DF needs them).
@@ -51,13 +55,15 @@ class Export {
   void RemoveClient() { clients_.fetch_sub(1, std::memory_order_relaxed); }
 
  private:
-  Export(ExportConfig config, std::unique_ptr<Backend> backend);
+  Export(ExportConfig config, std::unique_ptr<Backend> backend,
+         BufferSystem& buffers);
 
   const ExportConfig config_;
   const std::unique_ptr<Backend> backend_;
   const uint64_t size_;
   const BackendCaps caps_;
   const BlockSizes block_sizes_;
+  ExportBuffers buffers_;
   std::atomic<int> clients_{0};
 };
 

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "lib/util/duration.h"
 #include "lib/util/size.h"
 #include "lib/util/strings.h"
 
@@ -144,10 +145,32 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       c.read_only = *b;
     } else if (key == "description") {
       c.description = value;
+    } else if (key == "buffer-strategy") {
+      absl::StatusOr<BufferStrategy> st = ParseBufferStrategy(value);
+      if (!st.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("export key buffer-strategy: ", st.status().message()));
+      }
+      c.buffers.strategy = *st;
+    } else if (key == "memory-cap") {
+      absl::StatusOr<uint64_t> cap = ParseSize(value);
+      if (!cap.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("export key memory-cap: ", cap.status().message()));
+      }
+      c.buffers.memory_cap_bytes = *cap;
+    } else if (key == "pool-idle-release") {
+      absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
+      if (!d.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("export key pool-idle-release: ", d.status().message()));
+      }
+      c.buffers.pool_idle_release = *d;
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "export spec \"", ToAbsl(spec), "\": unknown key \"", key,
-          "\" (name, backend, path, size, read-only, description)"));
+          "\" (name, backend, path, size, read-only, description, "
+          "buffer-strategy, memory-cap, pool-idle-release)"));
     }
   }
   if (!have_name) {

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "lib/buffer/buffer_policy.h"
 
 namespace nbdmgr {
 
@@ -24,6 +25,7 @@ struct ExportConfig {
   std::optional<uint64_t> size;  // required for kMemory and kNull; for kFile,
                                  // creates a missing file of this size
   bool read_only = false;
+  BufferSettings buffers;
 };
 
 // Export names: 1 to 128 characters of [A-Za-z0-9._:-], starting with a
@@ -35,7 +37,9 @@ absl::Status ValidateExportConfig(const ExportConfig& config);
 
 // Parses a command-line export spec: comma-separated key=value pairs, e.g.
 // "name=disk0,backend=file,path=/var/lib/disk0.img" or
-// "name=scratch,backend=memory,size=1GiB,read-only=true,description=Scratch".
+// "name=scratch,backend=memory,size=1GiB,read-only=true,description=Scratch",
+// plus buffer keys: buffer-strategy=pool, memory-cap=256MiB,
+// pool-idle-release=5s.
 // A literal comma inside a value is written "\,". Returns InvalidArgument
 // naming the bad key or value; the result is also validated.
 absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec);

@@ -45,6 +45,7 @@ void Reply::Reset() {
   bytes_.clear();
   segments_.clear();
   lease_.Reset();
+  producer_ = nullptr;
 }
 
 ReplyWriter::ReplyWriter(Connection& conn)
@@ -99,14 +100,22 @@ asio::awaitable<void> ReplyWriter::Run() {
     }
     batch_.clear();
     iov_.clear();
-    while (!queue_.empty() &&
-           (batch_.empty() ||
-            iov_.size() + queue_.front()->segment_count() <= kMaxBatchSegments)) {
-      queue_.front()->Gather(&iov_);
+    ErrorCode ec;
+    if (queue_.front()->streamed()) {
+      // A streamed reply owns the socket until it is complete.
       batch_.push_back(std::move(queue_.front()));
       queue_.pop_front();
+      ec = co_await batch_.front()->producer()();
+    } else {
+      while (!queue_.empty() && !queue_.front()->streamed() &&
+             (batch_.empty() || iov_.size() + queue_.front()->segment_count() <=
+                                    kMaxBatchSegments)) {
+        queue_.front()->Gather(&iov_);
+        batch_.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      ec = co_await conn_.WriteAll(iov_);
     }
-    ErrorCode ec = co_await conn_.WriteAll(iov_);
     in_flight_ -= batch_.size();
     for (auto& r : batch_) Recycle(std::move(r));
     batch_.clear();

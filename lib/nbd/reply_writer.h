@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -33,6 +34,15 @@ class Reply {
   void AddChunkHeader(uint16_t flags, uint16_t type, uint64_t cookie,
                       uint32_t payload_length);
 
+  // A streamed reply: instead of segments, the writer calls `producer` when
+  // this reply's turn comes; it writes the whole reply to the connection
+  // itself (nothing else is written meanwhile) and returns the write error,
+  // if any.
+  using Producer = std::function<asio::awaitable<ErrorCode>()>;
+  void set_producer(Producer p) { producer_ = std::move(p); }
+  bool streamed() const { return producer_ != nullptr; }
+  Producer& producer() { return producer_; }
+
   BufferLease& lease() { return lease_; }
   void set_lease(BufferLease lease) { lease_ = std::move(lease); }
 
@@ -51,6 +61,7 @@ class Reply {
   std::vector<uint8_t> bytes_;
   std::vector<Segment> segments_;
   BufferLease lease_;
+  Producer producer_;
 };
 
 // The only writer of a session's socket in transmission. Requests are

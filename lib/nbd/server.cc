@@ -34,9 +34,7 @@ Server::Server(ServerOptions options, std::shared_ptr<ExportRegistry> registry)
     : options_(std::move(options)),
       registry_(std::move(registry)),
       blocking_pool_(options_.blocking_threads > 0 ? options_.blocking_threads
-                                                   : DefaultBlockingThreads()),
-      pool_(64 * 1024 * 1024) {
-  options_.session.pool = &pool_;
+                                                   : DefaultBlockingThreads()) {
   options_.session.transmission.blocking_pool = &blocking_pool_;
 
   int n = options_.io_threads > 0 ? options_.io_threads : DefaultIoThreads();

@@ -75,7 +75,6 @@ class Server {
   std::vector<WorkGuard> guards_;
   std::vector<std::thread> threads_;
   boost::asio::thread_pool blocking_pool_;
-  BufferPool pool_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::vector<ListenAddress> bound_;
   std::atomic<size_t> next_context_{0};

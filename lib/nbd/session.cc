@@ -2,7 +2,6 @@
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
-#include "lib/buffer/pool_buffers.h"
 #include "lib/nbd/reply_writer.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
@@ -40,9 +39,9 @@ asio::awaitable<void> Session::Run() {
   transmitting_ = true;
   e->AddClient();
   {
-    PoolBuffers buffers(*options_.pool);
+    std::unique_ptr<ConnectionBuffers> buffers = e->buffers().NewConnection();
     ReplyWriter writer(conn_);
-    Transmission tx(conn_, writer, buffers, *agreed, options_.transmission);
+    Transmission tx(conn_, writer, *buffers, *agreed, options_.transmission);
     co_await (tx.ReadLoop() && writer.Run());
     spdlog::info("{}: export \"{}\" session ended ({})", conn_.peer(),
                  e->name(), tx.end_reason());

@@ -6,7 +6,6 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/thread_pool.hpp>
 
-#include "lib/buffer/buffer_pool.h"
 #include "lib/export/export_registry.h"
 #include "lib/nbd/connection.h"
 #include "lib/nbd/negotiation.h"
@@ -17,8 +16,6 @@ namespace nbdmgr::nbd {
 struct SessionOptions {
   NegotiationLimits negotiation;
   TransmissionOptions transmission;
-  // Daemon-wide request buffer pool; must outlive the session.
-  BufferPool* pool = nullptr;
 };
 
 // One client connection: negotiation, then transmission with one reader

@@ -8,6 +8,7 @@
 #include "lib/nbd/codec.h"
 #include "lib/nbd/offload.h"
 #include "lib/util/strings.h"
+#include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
 
 namespace nbdmgr::nbd {
@@ -126,16 +127,106 @@ asio::awaitable<void> Transmission::ReplyError(const RequestHeader& h,
   co_return;
 }
 
+template <typename Fn>
+asio::awaitable<absl::Status> Transmission::RunBackend(Fn fn) {
+  if (export_->caps().blocking) {
+    co_return co_await RunBlocking(*options_.blocking_pool, std::move(fn));
+  }
+  co_return fn();
+}
+
+asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h) {
+  Backend& be = export_->backend();
+  BufferLease chunk = buffers_.AcquireChunk();
+  absl::Status st;
+  if (!chunk) st = absl::ResourceExhaustedError("out of memory for buffers");
+  uint64_t pos = h.offset;
+  uint64_t remaining = h.length;
+  while (remaining > 0) {
+    size_t n = std::min<uint64_t>(remaining, chunk ? chunk.size() : 0);
+    if (!st.ok()) {
+      // Keep the stream in sync after a failure: drain the rest.
+      if (co_await conn_.Skip(remaining)) co_return false;
+      break;
+    }
+    auto piece = chunk.span().first(n);
+    if (co_await conn_.ReadExact(piece)) co_return false;
+    st = co_await RunBackend([&] { return be.Write(pos, piece, false); });
+    pos += n;
+    remaining -= n;
+  }
+  if (st.ok() && (h.flags & kCmdFlagFua)) {
+    st = co_await RunBackend([&] { return be.Flush(); });
+  }
+  chunk.Reset();
+  writer_.BeginRequest();
+  if (!st.ok()) {
+    co_await ReplyError(h, NbdErrorFromStatus(st), ToStd(st.message()));
+  } else {
+    std::unique_ptr<Reply> reply = writer_.NewReply();
+    reply->AddSimpleReply(kOk, h.cookie);
+    writer_.Send(std::move(reply));
+  }
+  co_return true;
+}
+
+asio::awaitable<ErrorCode> Transmission::StreamRead(RequestHeader h) {
+  Backend& be = export_->backend();
+  BufferLease chunk = buffers_.AcquireChunk();
+  const bool structured = limits_.structured_replies;
+  uint64_t pos = h.offset;
+  const uint64_t end = h.offset + h.length;
+  bool first = true;
+  while (pos < end) {
+    size_t n = std::min<uint64_t>(end - pos, chunk ? chunk.size() : 0);
+    absl::Status st =
+        !chunk ? absl::ResourceExhaustedError("out of memory for buffers")
+               : co_await RunBackend([&] {
+                   return be.Read(pos, chunk.span().first(n));
+                 });
+    uint8_t header[kChunkHeaderSize + 8];
+    if (!st.ok()) {
+      if (!structured && !first) {
+        // A simple reply cannot report an error once its data started.
+        spdlog::warn("{}: streamed READ failed mid-reply: {}; closing",
+                     conn_.peer(), st.message());
+        co_return asio::error::make_error_code(asio::error::connection_aborted);
+      }
+      uint32_t err = NbdErrorFromStatus(st);
+      if (structured) {
+        uint8_t e[kChunkHeaderSize + 6];
+        EncodeChunkHeader(e, kReplyFlagDone, kChunkError, h.cookie, 6);
+        PutU32(e + kChunkHeaderSize, err);
+        PutU16(e + kChunkHeaderSize + 4, 0);
+        co_return co_await conn_.WriteAll(e);
+      }
+      EncodeSimpleReply(header, err, h.cookie);
+      co_return co_await conn_.WriteAll(std::span(header, kSimpleReplySize));
+    }
+    size_t header_len = 0;
+    if (structured) {
+      uint16_t flags = pos + n == end ? kReplyFlagDone : 0;
+      EncodeChunkHeader(header, flags, kChunkOffsetData, h.cookie,
+                        static_cast<uint32_t>(8 + n));
+      PutU64(header + kChunkHeaderSize, pos);
+      header_len = kChunkHeaderSize + 8;
+    } else if (first) {
+      EncodeSimpleReply(header, kOk, h.cookie);
+      header_len = kSimpleReplySize;
+    }
+    asio::const_buffer bufs[2] = {asio::buffer(header, header_len),
+                                  asio::buffer(chunk.data(), n)};
+    if (ErrorCode ec = co_await conn_.WriteAll(bufs); ec) co_return ec;
+    first = false;
+    pos += n;
+  }
+  co_return ErrorCode{};
+}
+
 asio::awaitable<void> Transmission::Execute(RequestHeader h,
                                             BufferLease lease) {
   Backend& be = export_->backend();
-  // Runs `fn` inline for in-memory backends, on the pool for blocking ones.
-  auto run = [this](auto fn) -> asio::awaitable<absl::Status> {
-    if (export_->caps().blocking) {
-      co_return co_await RunBlocking(*options_.blocking_pool, std::move(fn));
-    }
-    co_return fn();
-  };
+  auto run = [this](auto fn) { return RunBackend(std::move(fn)); };
   const bool fua = (h.flags & kCmdFlagFua) != 0;
   absl::Status st;
   std::unique_ptr<Reply> reply;
@@ -310,7 +401,26 @@ asio::awaitable<void> Transmission::ReadLoop() {
     }
     BufferLease lease;
     if (h.type == kCmdRead || h.type == kCmdWrite) {
-      lease = co_await buffers_.Acquire(h.length);
+      // May suspend while a memory cap is full: backpressure, this
+      // connection reads no further requests meanwhile.
+      if (!buffers_.ShouldStream(h.length)) {
+        lease = co_await buffers_.Acquire(h.length);
+      }
+      if (!lease) {
+        // Streaming path: bounded chunks, always makes progress.
+        if (h.type == kCmdWrite) {
+          if (!co_await StreamWrite(h)) {
+            end_reason_ = "closed during payload";
+            break;
+          }
+        } else {
+          writer_.BeginRequest();
+          std::unique_ptr<Reply> reply = writer_.NewReply();
+          reply->set_producer([this, h] { return StreamRead(h); });
+          writer_.Send(std::move(reply));
+        }
+        continue;
+      }
       if (h.type == kCmdWrite) {
         if (ErrorCode ec = co_await conn_.ReadExact(lease.span()); ec) {
           end_reason_ = "closed during payload";

@@ -74,6 +74,15 @@ class Transmission {
   std::string_view end_reason() const { return end_reason_; }
 
  private:
+  // Runs `fn` (backend work returning absl::Status) inline for in-memory
+  // backends and on the blocking pool for ones that block.
+  template <typename Fn>
+  asio::awaitable<absl::Status> RunBackend(Fn fn);
+  // Streaming path (no request-sized buffer): a WRITE's payload moves to the
+  // backend in chunks as it is read; returns false if the stream broke.
+  asio::awaitable<bool> StreamWrite(const RequestHeader& h);
+  // Produces a streamed READ reply chunk by chunk (runs in the writer).
+  asio::awaitable<ErrorCode> StreamRead(RequestHeader h);
   // Runs one validated request and sends its reply.
   asio::awaitable<void> Execute(RequestHeader h, BufferLease lease);
   asio::awaitable<void> ReplyError(const RequestHeader& h, uint32_t error,

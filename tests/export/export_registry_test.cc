@@ -13,7 +13,8 @@ std::shared_ptr<Export> Mem(const std::string& name, bool ro = false) {
   c.backend = BackendKind::kMemory;
   c.size = 1 << 20;
   c.read_only = ro;
-  return *Export::Create(c);
+  static BufferSystem buffers(32 << 20);
+  return *Export::Create(c, buffers);
 }
 
 TEST(ExportRegistryTest, AddFindRemove) {

@@ -22,7 +22,7 @@
 #include <gtest/gtest.h>
 
 #include "lib/backend/memory_backend.h"
-#include "lib/buffer/buffer_pool.h"
+#include "lib/buffer/buffer_policy.h"
 #include "lib/export/export_registry.h"
 #include "lib/nbd/codec.h"
 #include "lib/nbd/connection.h"
@@ -187,20 +187,20 @@ class SessionFixture : public ::testing::Test {
  protected:
   static constexpr uint64_t kSize = 4 * 1024 * 1024;
 
-  void StartSession(bool read_only = false) {
+  void StartSession(bool read_only = false, BufferSettings buffers = {}) {
     ExportConfig c;
     c.name = "mem";
     c.backend = BackendKind::kMemory;
     c.size = kSize;
     c.read_only = read_only;
     c.description = "test disk";
-    auto e = Export::Create(c);
+    c.buffers = buffers;
+    auto e = Export::Create(c, buffer_system_);
     ASSERT_TRUE(e.ok()) << e.status();
     export_ = *e;
     ASSERT_TRUE(registry_.Add(export_).ok());
     registry_.SetDefault("mem");
     SessionOptions opts;
-    opts.pool = &pool_;
     opts.transmission.blocking_pool = &server_.pool();
     session_ = std::make_shared<Session>(server_.TakeSocket(), registry_, opts);
     boost::asio::co_spawn(server_.ioc(), session_->Run(),
@@ -247,7 +247,7 @@ class SessionFixture : public ::testing::Test {
   RawPeer& peer() { return server_.peer(); }
 
   ServerThread server_;
-  BufferPool pool_{64 * 1024 * 1024};
+  BufferSystem buffer_system_{32 * 1024 * 1024};
   ExportRegistry registry_;
   std::shared_ptr<Export> export_;
   std::shared_ptr<Session> session_;

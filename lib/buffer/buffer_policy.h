@@ -1,0 +1,146 @@
+#ifndef NBDMGR_LIB_BUFFER_BUFFER_POLICY_H_
+#define NBDMGR_LIB_BUFFER_BUFFER_POLICY_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "lib/buffer/buffer_pool.h"
+#include "lib/buffer/buffer_source.h"
+#include "lib/buffer/memory_budget.h"
+
+namespace nbdmgr {
+
+// How an export gets request buffers.
+enum class BufferStrategy {
+  kFixed,   // one max-payload buffer per request slot of a connection, held
+            // for the connection's life (go-nbd); the baseline
+  kGrow,    // per connection, grown to the largest request, never shrunk
+            // (nbdkit)
+  kExact,   // exactly the request length, freed after the reply
+  kPool,    // shared power-of-two size classes, idle buffers freed (default)
+  kStream,  // no request-sized buffer: data moves in small chunks
+};
+std::string_view NameOf(BufferStrategy s);
+// InvalidArgument listing the valid names.
+absl::StatusOr<BufferStrategy> ParseBufferStrategy(std::string_view name);
+
+struct BufferSettings {
+  BufferStrategy strategy = BufferStrategy::kPool;
+  uint64_t memory_cap_bytes = 0;  // 0: no per-export cap
+  std::chrono::milliseconds pool_idle_release{std::chrono::seconds(5)};
+};
+
+// Chunk size of the streaming path.
+inline constexpr size_t kStreamChunk = 256 * 1024;
+
+// Daemon-wide buffer state: the shared pool and the daemon cap. Thread-safe.
+class BufferSystem {
+ public:
+  explicit BufferSystem(size_t max_payload, uint64_t memory_cap = 0);
+
+  BufferPool& pool() { return pool_; }
+  MemoryBudget& budget() { return budget_; }
+  size_t max_payload() const { return max_payload_; }
+
+  // Changes the daemon-wide cap (0: none). Lowering it below what is in use
+  // takes effect as buffers come back; idle pool memory above the new cap is
+  // freed now.
+  void set_memory_cap(uint64_t cap);
+  // Frees pool buffers whose idle time has run out. Call periodically.
+  void ReleaseIdle();
+
+ private:
+  const size_t max_payload_;
+  BufferPool pool_;
+  MemoryBudget budget_;
+};
+
+// Counters of one export's buffers (all bytes).
+struct ExportBufferStats {
+  uint64_t in_use = 0;       // charged to the export now
+  uint64_t cached = 0;       // held idle by connections (fixed, grow)
+  uint64_t allocations = 0;  // buffers obtained from the OS
+  uint64_t reuses = 0;       // requests served by an existing buffer
+  uint64_t cap_waits = 0;    // requests that waited for a cap
+  uint64_t wait_ns = 0;      // total time waited
+  uint64_t streamed = 0;     // requests served through the streaming path
+};
+
+class ConnectionBuffers;
+
+// One export's buffer settings, budget and counters. Settings can change
+// while clients are connected: new requests use the new ones, requests in
+// flight finish with theirs. Thread-safe. `system` must outlive it.
+class ExportBuffers {
+ public:
+  ExportBuffers(BufferSystem& system, BufferSettings settings);
+  ~ExportBuffers();
+
+  // A buffer source for one connection of this export.
+  std::unique_ptr<ConnectionBuffers> NewConnection();
+
+  void Update(const BufferSettings& settings);
+  BufferSettings settings() const;
+  ExportBufferStats stats() const;
+
+ private:
+  friend class ConnectionBuffers;
+  class HeapReleaser;
+  class PoolReleaser;
+
+  // Charges `n` to the export and daemon budgets, waiting as needed.
+  boost::asio::awaitable<void> Charge(uint64_t n);
+  void Uncharge(uint64_t n);
+  bool Fits(uint64_t n) const;
+
+  BufferSystem& system_;
+  mutable std::mutex mu_;
+  std::shared_ptr<const BufferSettings> settings_;  // guarded by mu_
+  MemoryBudget budget_;
+  std::unique_ptr<HeapReleaser> heap_;
+  std::unique_ptr<PoolReleaser> pool_;
+  std::atomic<uint64_t> cached_{0};
+  std::atomic<uint64_t> allocations_{0};
+  std::atomic<uint64_t> reuses_{0};
+  std::atomic<uint64_t> streamed_{0};
+  std::atomic<uint64_t> daemon_waits_{0};
+  std::atomic<uint64_t> daemon_wait_ns_{0};
+};
+
+// Request buffers for one connection, by the export's current strategy.
+// Used on the connection's executor only; its leases must be released before
+// it is destroyed.
+class ConnectionBuffers final : public RequestBufferSource,
+                                public BufferReleaser {
+ public:
+  explicit ConnectionBuffers(ExportBuffers& owner);
+  ~ConnectionBuffers() override;
+
+  bool ShouldStream(size_t size) override;
+  boost::asio::awaitable<BufferLease> Acquire(size_t size) override;
+  BufferLease AcquireChunk() override;
+
+  // BufferReleaser, for fixed and grow buffers kept by this connection.
+  void Release(uint8_t* data, size_t capacity, size_t charged) override;
+
+ private:
+  struct Held {
+    uint8_t* data;
+    size_t capacity;
+  };
+  void FreeHeld(const Held& h);
+
+  ExportBuffers& owner_;
+  std::vector<Held> idle_;  // fixed/grow buffers not in use
+  BufferStrategy idle_strategy_ = BufferStrategy::kPool;
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_BUFFER_BUFFER_POLICY_H_
