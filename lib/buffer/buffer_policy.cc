@@ -164,7 +164,9 @@ bool ConnectionBuffers::ShouldStream(size_t size) {
   BufferSettings s = owner_.settings();
   size_t charge = size;
   switch (s.strategy) {
-    case BufferStrategy::kStream: return true;
+    case BufferStrategy::kStream:
+      owner_.streamed_.fetch_add(1, std::memory_order_relaxed);
+      return true;
     case BufferStrategy::kFixed: charge = owner_.system_.max_payload(); break;
     case BufferStrategy::kGrow: charge = RoundUpPage(size); break;
     case BufferStrategy::kExact: charge = size; break;
@@ -225,9 +227,13 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
       // Held buffers never come back while the connection lives, so waiting
       // for a cap could wait forever: if it does not fit now, the caller
       // streams this request instead.
-      if (!owner_.budget_.TryCharge(capacity)) co_return BufferLease();
+      if (!owner_.budget_.TryCharge(capacity)) {
+        owner_.streamed_.fetch_add(1, std::memory_order_relaxed);
+        co_return BufferLease();
+      }
       if (!owner_.system_.budget().TryCharge(capacity)) {
         owner_.budget_.Release(capacity);
+        owner_.streamed_.fetch_add(1, std::memory_order_relaxed);
         co_return BufferLease();
       }
       uint8_t* p = AllocatePages(capacity);
