@@ -124,6 +124,10 @@ absl::Status Daemon::Run() {
       if (result.ok()) result = st;
     }
   }
+  MemoryBudgetStats b = buffers_->budget().stats();
+  spdlog::info("request buffers: peak {} bytes in use (cap {}), {} waits for the cap",
+               b.peak, b.cap == 0 ? std::string("none") : std::to_string(b.cap),
+               b.waits);
   spdlog::info("stopped");
   return result;
 }

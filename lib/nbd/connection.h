@@ -45,7 +45,8 @@ class Connection {
   Socket& socket() { return socket_; }
 
  private:
-  static constexpr size_t kReadBufferSize = 64 * 1024;
+  // Holds bursts of headers and small payloads; 8 KiB+ payloads bypass it.
+  static constexpr size_t kReadBufferSize = 16 * 1024;
 
   Socket socket_;
   std::unique_ptr<uint8_t[]> rbuf_;
