@@ -79,13 +79,25 @@ uint8_t* MemoryBackend::GetOrAllocate(std::atomic<uint8_t*>& slot) {
   return p;
 }
 
-absl::Status MemoryBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
-  size_t done = 0;
-  while (done < buf.size()) {
+template <typename Fn>
+absl::Status MemoryBackend::ForEachPiece(uint64_t offset, uint64_t length,
+                                         Fn fn) {
+  uint64_t done = 0;
+  while (done < length) {
     uint64_t pos = offset + done;
-    uint64_t page = pos / kPageSize;
     size_t in_page = pos % kPageSize;
-    size_t n = std::min<size_t>(buf.size() - done, kPageSize - in_page);
+    size_t n = std::min<uint64_t>(length - done, kPageSize - in_page);
+    if (absl::Status st = fn(pos / kPageSize, in_page, n, done); !st.ok()) {
+      return st;
+    }
+    done += n;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MemoryBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
+  return ForEachPiece(offset, buf.size(), [&](uint64_t page, size_t in_page,
+                                              size_t n, uint64_t done) {
     std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
     std::shared_lock lock(StripeOf(page));
     uint8_t* p = slot ? slot->load(std::memory_order_acquire) : nullptr;
@@ -94,20 +106,15 @@ absl::Status MemoryBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
     } else {
       std::memset(buf.data() + done, 0, n);
     }
-    done += n;
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  });
 }
 
 absl::Status MemoryBackend::Write(uint64_t offset,
                                   std::span<const uint8_t> data, bool fua) {
   (void)fua;  // RAM is as durable as it gets
-  size_t done = 0;
-  while (done < data.size()) {
-    uint64_t pos = offset + done;
-    uint64_t page = pos / kPageSize;
-    size_t in_page = pos % kPageSize;
-    size_t n = std::min<size_t>(data.size() - done, kPageSize - in_page);
+  return ForEachPiece(offset, data.size(), [&](uint64_t page, size_t in_page,
+                                               size_t n, uint64_t done) {
     std::atomic<uint8_t*>* slot = Slot(page, /*create=*/true);
     std::shared_lock lock(StripeOf(page));
     uint8_t* p = GetOrAllocate(*slot);
@@ -115,19 +122,14 @@ absl::Status MemoryBackend::Write(uint64_t offset,
       return absl::ResourceExhaustedError("out of memory for memory export");
     }
     std::memcpy(p + in_page, data.data() + done, n);
-    done += n;
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  });
 }
 
 void MemoryBackend::ZeroRange(uint64_t offset, uint64_t length,
                               bool free_pages) {
-  uint64_t end = offset + length;
-  uint64_t pos = offset;
-  while (pos < end) {
-    uint64_t page = pos / kPageSize;
-    size_t in_page = pos % kPageSize;
-    size_t n = std::min<uint64_t>(end - pos, kPageSize - in_page);
+  (void)ForEachPiece(offset, length, [&](uint64_t page, size_t in_page,
+                                         size_t n, uint64_t) {
     std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
     if (slot != nullptr) {
       if (free_pages && n == kPageSize) {
@@ -143,8 +145,8 @@ void MemoryBackend::ZeroRange(uint64_t offset, uint64_t length,
         if (p != nullptr) std::memset(p + in_page, 0, n);
       }
     }
-    pos += n;
-  }
+    return absl::OkStatus();
+  });
 }
 
 absl::Status MemoryBackend::Trim(uint64_t offset, uint64_t length, bool fua) {

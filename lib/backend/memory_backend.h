@@ -56,6 +56,10 @@ class MemoryBackend final : public Backend {
   // Returns the page's memory, allocating a zeroed page if absent. Caller
   // holds the page's stripe lock (shared is enough).
   uint8_t* GetOrAllocate(std::atomic<uint8_t*>& slot);
+  // Calls fn(page, offset_in_page, n, done) for each page-sized piece of
+  // [offset, offset+length), in order; stops at the first non-OK status.
+  template <typename Fn>
+  static absl::Status ForEachPiece(uint64_t offset, uint64_t length, Fn fn);
   // Zeroes or frees [offset, offset+length).
   void ZeroRange(uint64_t offset, uint64_t length, bool free_pages);
   std::shared_mutex& StripeOf(uint64_t page) {

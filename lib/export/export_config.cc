@@ -26,6 +26,12 @@ std::vector<std::string> SplitSpec(std::string_view spec) {
   return parts;
 }
 
+// "export key KEY: <message>" for a value that failed to parse.
+absl::Status KeyError(std::string_view key, const absl::Status& st) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("export key ", ToAbsl(key), ": ", st.message()));
+}
+
 absl::StatusOr<bool> ParseBool(std::string_view key, std::string_view v) {
   if (v == "true" || v == "1" || v == "yes" || v == "on") return true;
   if (v == "false" || v == "0" || v == "no" || v == "off") return false;
@@ -134,10 +140,7 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       c.path = value;
     } else if (key == "size") {
       absl::StatusOr<uint64_t> size = ParseSize(value);
-      if (!size.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("export key size: ", size.status().message()));
-      }
+      if (!size.ok()) return KeyError("size", size.status());
       c.size = *size;
     } else if (key == "read-only" || key == "readonly") {
       absl::StatusOr<bool> b = ParseBool(key, value);
@@ -147,24 +150,15 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       c.description = value;
     } else if (key == "buffer-strategy") {
       absl::StatusOr<BufferStrategy> st = ParseBufferStrategy(value);
-      if (!st.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("export key buffer-strategy: ", st.status().message()));
-      }
+      if (!st.ok()) return KeyError("buffer-strategy", st.status());
       c.buffers.strategy = *st;
     } else if (key == "memory-cap") {
       absl::StatusOr<uint64_t> cap = ParseSize(value);
-      if (!cap.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("export key memory-cap: ", cap.status().message()));
-      }
+      if (!cap.ok()) return KeyError("memory-cap", cap.status());
       c.buffers.memory_cap_bytes = *cap;
     } else if (key == "pool-idle-release") {
       absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
-      if (!d.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("export key pool-idle-release: ", d.status().message()));
-      }
+      if (!d.ok()) return KeyError("pool-idle-release", d.status());
       c.buffers.pool_idle_release = *d;
     } else {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -123,9 +123,10 @@ void EncodeChunkHeader(uint8_t* out, uint16_t flags, uint16_t type,
   PutU32(out + 16, length);
 }
 
-absl::StatusOr<InfoRequest> ParseInfoRequest(
-    std::span<const uint8_t> payload) {
-  ByteReader r(payload);
+namespace {
+
+// u32 length + export name, as INFO, GO and the META_CONTEXT options start.
+absl::StatusOr<std::string> ReadExportName(ByteReader& r) {
   std::optional<uint32_t> name_len = r.U32();
   if (!name_len) return absl::InvalidArgumentError("payload too short");
   if (*name_len > kMaxStringLength) {
@@ -133,6 +134,16 @@ absl::StatusOr<InfoRequest> ParseInfoRequest(
   }
   std::optional<std::string> name = r.String(*name_len);
   if (!name) return absl::InvalidArgumentError("name length past payload");
+  return std::move(*name);
+}
+
+}  // namespace
+
+absl::StatusOr<InfoRequest> ParseInfoRequest(
+    std::span<const uint8_t> payload) {
+  ByteReader r(payload);
+  absl::StatusOr<std::string> name = ReadExportName(r);
+  if (!name.ok()) return name.status();
   std::optional<uint16_t> count = r.U16();
   if (!count) return absl::InvalidArgumentError("missing info request count");
   if (r.remaining() != size_t{*count} * 2) {
@@ -148,13 +159,8 @@ absl::StatusOr<InfoRequest> ParseInfoRequest(
 absl::StatusOr<MetaContextRequest> ParseMetaContextRequest(
     std::span<const uint8_t> payload) {
   ByteReader r(payload);
-  std::optional<uint32_t> name_len = r.U32();
-  if (!name_len) return absl::InvalidArgumentError("payload too short");
-  if (*name_len > kMaxStringLength) {
-    return absl::InvalidArgumentError("export name too long");
-  }
-  std::optional<std::string> name = r.String(*name_len);
-  if (!name) return absl::InvalidArgumentError("name length past payload");
+  absl::StatusOr<std::string> name = ReadExportName(r);
+  if (!name.ok()) return name.status();
   std::optional<uint32_t> count = r.U32();
   if (!count) return absl::InvalidArgumentError("missing query count");
   // Each query needs at least its 4-byte length: bound the count by the

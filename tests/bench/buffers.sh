@@ -56,15 +56,16 @@ for cfg in $CONFIGS; do
            --output-format=json 2>/dev/null | sed -n '/^{/,$p' |
          $PY -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))')
   small_rss=$(hwm)
-  # Throughput rows (after the RSS reading: they use the whole 1 GiB).
-  rd=$(fio --name=tp --ioengine=nbd --uri="$(URI)" --rw=read --bs=1M --iodepth=8 --numjobs=4 \
-         --thread --group_reporting --size=1G --time_based --runtime=5 --output-format=json \
-         2>/dev/null | sed -n '/^{/,$p' |
-       $PY -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1e6))')
+  # Throughput rows (after the RSS reading: they use the whole 1 GiB; the
+  # writes come first so the reads return data, not holes).
   wr=$(fio --name=tp --ioengine=nbd --uri="$(URI)" --rw=write --bs=1M --iodepth=8 --numjobs=4 \
          --thread --group_reporting --size=1G --time_based --runtime=5 --output-format=json \
          2>/dev/null | sed -n '/^{/,$p' |
        $PY -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"]/1e6))')
+  rd=$(fio --name=tp --ioengine=nbd --uri="$(URI)" --rw=read --bs=1M --iodepth=8 --numjobs=4 \
+         --thread --group_reporting --size=1G --time_based --runtime=5 --output-format=json \
+         2>/dev/null | sed -n '/^{/,$p' |
+       $PY -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1e6))')
   stop
   field() { $PY -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
   printf '%-13s %8sM %8sM %8sM %8sM %8s %7sM %9s %9s\n' "$cfg" \

@@ -8,8 +8,9 @@
       peak RSS (VmHWM of --pid) and its RSS 10 s later, connections still open.
 
 All connections write the same region (offset 0), so the export holds SIZE
-bytes; within a wave every connection writes the same pattern (different per
-wave), so the data read back is fully determined and checked.
+bytes; within a wave every connection writes the same pattern (the two
+patterns alternate between waves), so the data read back is fully
+determined and checked.
 """
 import argparse
 import json
@@ -71,21 +72,23 @@ def spike(args):
     t0 = time.time()
     wave = args.wave or args.connections
     verified = 0
+    # Buffers are reused across waves (the bindings keep them alive): two
+    # write patterns alternate, so data left over from the previous wave
+    # fails verification; one read buffer per connection of a wave.
+    patterns = [pattern(args.size, 0), pattern(args.size, 1)]
+    wbufs = [nbd.Buffer.from_bytearray(p) for p in patterns]
+    rbufs = [nbd.Buffer(args.size) for _ in range(wave if args.wave else 1)]
     for w, first in enumerate(range(0, len(handles), wave)):
         group = handles[first:first + wave]
-        data = pattern(args.size, w)
-        wbuf = nbd.Buffer.from_bytearray(data)
+        wbuf = wbufs[w % 2]
         run_all(group, lambda h: h.aio_pwrite(wbuf, 0))
+        slot = {h: rbufs[i % len(rbufs)] for i, h in enumerate(group)}
+        run_all(group, lambda h: h.aio_pread(slot[h], 0))
         if args.wave:
-            rbufs = {h: nbd.Buffer(args.size) for h in group}
-            run_all(group, lambda h: h.aio_pread(rbufs[h], 0))
             for h in group:
-                if rbufs[h].to_bytearray() != data:
+                if slot[h].to_bytearray() != patterns[w % 2]:
                     sys.exit(f"data mismatch in wave {w}")
                 verified += args.size
-        else:
-            rbuf = nbd.Buffer(args.size)  # shared: contents not checked
-            run_all(group, lambda h: h.aio_pread(rbuf, 0))
     elapsed = time.time() - t0
     peak = status(args.pid, "VmHWM") if args.pid else 0
     time.sleep(args.settle)
