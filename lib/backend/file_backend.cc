@@ -25,7 +25,7 @@ absl::StatusOr<std::unique_ptr<FileBackend>> FileBackend::Open(
   }
   int flags = (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
   int fd = ::open(options.path.c_str(), flags);
-  if (fd < 0 && errno == ENOENT && options.size.has_value()) {
+  if (fd < 0 && errno == ENOENT && options.size.has_value() && options.create) {
     if (options.read_only) {
       return absl::NotFoundError(
           absl::StrCat(options.path, ": does not exist (and export is read-only)"));
@@ -42,7 +42,8 @@ absl::StatusOr<std::unique_ptr<FileBackend>> FileBackend::Open(
     int err = errno;
     if (err == ENOENT) {
       return absl::NotFoundError(absl::StrCat(
-          options.path, ": no such file (give a size to create it)"));
+          options.path, options.create ? ": no such file (give a size to create it)"
+                                       : ": no such file"));
     }
     return ErrnoStatus(err, absl::StrCat("open ", options.path));
   }

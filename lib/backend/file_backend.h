@@ -13,9 +13,11 @@ namespace nbdmgr {
 struct FileBackendOptions {
   std::string path;
   bool read_only = false;
-  // When set and the file does not exist, it is created (sparse) with this
-  // size. When set and the file exists, its size must match.
+  // When set and the file does not exist (and `create`), it is created
+  // (sparse) with this size. When set and the file exists, its size must
+  // match.
   std::optional<uint64_t> size;
+  bool create = true;
 };
 
 // A regular file or block device. FLUSH is fdatasync, FUA writes use

@@ -17,6 +17,21 @@
 #include "spdlog/spdlog.h"
 
 namespace nbdmgr {
+namespace {
+
+// Lets the export manager reach the NBD server's sessions.
+class ServerSessionControl final : public SessionControl {
+ public:
+  explicit ServerSessionControl(nbd::Server& server) : server_(server) {}
+  void StopSessionsOf(const Export& e, bool hard) override {
+    server_.StopSessionsOf(e, hard);
+  }
+
+ private:
+  nbd::Server& server_;
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
   auto buffers = std::make_unique<BufferSystem>(BlockSizes{}.maximum_payload,
@@ -33,28 +48,83 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
   }
   registry->SetDefault(config.default_export);
 
+  std::unique_ptr<Daemon> d(new Daemon(std::move(config), std::move(buffers),
+                                       std::move(registry)));
+  const DaemonConfig& cfg = d->config_;
+  absl::StatusOr<std::unique_ptr<ExportManager>> manager = ExportManager::Create(
+      ExportManagerOptions{cfg.state_dir, cfg.allow_paths}, *d->registry_,
+      *d->buffers_);
+  if (!manager.ok()) return manager.status();
+  d->manager_ = std::move(*manager);
+
   nbd::ServerOptions so;
-  so.listen = config.nbd_listen;
-  so.io_threads = config.io_threads;
-  so.blocking_threads = config.blocking_threads;
+  so.listen = cfg.nbd_listen;
+  so.io_threads = cfg.io_threads;
+  so.blocking_threads = cfg.blocking_threads;
   absl::StatusOr<std::unique_ptr<nbd::Server>> server =
-      nbd::Server::Create(so, registry);
+      nbd::Server::Create(so, d->registry_);
   if (!server.ok()) return server.status();
-  return std::unique_ptr<Daemon>(new Daemon(std::move(config), std::move(buffers),
-                                            std::move(registry),
-                                            std::move(*server)));
+  d->server_ = std::move(*server);
+  d->session_control_ = std::make_unique<ServerSessionControl>(*d->server_);
+  d->manager_->set_session_control(d->session_control_.get());
+  if (absl::Status st = d->StartControl(); !st.ok()) return st;
+  return d;
 }
 
 Daemon::Daemon(DaemonConfig config, std::unique_ptr<BufferSystem> buffers,
-               std::shared_ptr<ExportRegistry> registry,
-               std::unique_ptr<nbd::Server> server)
+               std::shared_ptr<ExportRegistry> registry)
     : config_(std::move(config)),
       buffers_(std::move(buffers)),
-      registry_(std::move(registry)),
-      server_(std::move(server)) {}
+      registry_(std::move(registry)) {}
+
+absl::Status Daemon::StartControl() {
+  if (!config_.control_listen) return absl::OkStatus();
+  export_service_ = std::make_unique<ExportServiceImpl>(*manager_);
+  daemon_service_ = std::make_unique<DaemonServiceImpl>(
+      [this] { return Snapshot(); },
+      [this](uint64_t cap) {
+        buffers_->set_memory_cap(cap);
+        spdlog::info("daemon memory cap set to {}", cap ? FormatSize(cap) : "none");
+      });
+  ControlServerOptions o;
+  o.listen = *config_.control_listen;
+  o.tls_cert_file = config_.control_tls_cert;
+  o.tls_key_file = config_.control_tls_key;
+  o.tls_client_ca_file = config_.control_tls_ca;
+  o.insecure = config_.control_insecure;
+  absl::StatusOr<std::unique_ptr<ControlServer>> control =
+      ControlServer::Start(o, {export_service_.get(), daemon_service_.get()});
+  if (!control.ok()) return control.status();
+  control_ = std::move(*control);
+  return absl::OkStatus();
+}
+
+std::optional<ListenAddress> Daemon::control_address() const {
+  if (control_ == nullptr) return std::nullopt;
+  return control_->bound();
+}
+
+DaemonSnapshot Daemon::Snapshot() const {
+  DaemonSnapshot s;
+  for (const ListenAddress& a : server_->bound()) s.nbd_listen.push_back(a.ToString());
+  if (control_) s.control_listen = control_->bound().ToString();
+  MemoryBudgetStats b = buffers_->budget().stats();
+  s.memory_cap_bytes = b.cap;
+  s.buffer_bytes_in_use = b.used;
+  s.buffer_bytes_cached = buffers_->pool().stats().bytes_cached;
+  s.uptime = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - started_);
+  for (const auto& e : registry_->List()) {
+    ++s.exports;
+    s.clients += static_cast<uint32_t>(e->clients());
+  }
+  return s;
+}
 
 Daemon::~Daemon() {
-  server_.reset();  // sessions end before exports and buffers go
+  control_.reset();  // no API calls into what follows
+  server_.reset();   // sessions end before exports and buffers go
+  manager_.reset();
   registry_.reset();
 }
 
@@ -73,6 +143,7 @@ absl::Status Daemon::WriteReadyFile() const {
   for (const ListenAddress& a : server_->bound()) {
     absl::StrAppend(&text, a.ToString(), "\n");
   }
+  if (control_) absl::StrAppend(&text, "control=", control_->bound().ToString(), "\n");
   std::string tmp = absl::StrCat(config_.ready_file, ".tmp");
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("create ", tmp));
@@ -112,8 +183,10 @@ absl::Status Daemon::Run() {
   if (absl::Status st = WriteReadyFile(); !st.ok()) {
     spdlog::error("{}", st.message());
   }
+  if (control_) spdlog::info("control API on {}", control_->bound().ToString());
   main_.run();
 
+  if (control_) control_->Shutdown();
   server_->Shutdown(config_.drain_timeout);
   absl::Status result = absl::OkStatus();
   for (const auto& e : registry_->List()) {

@@ -8,6 +8,9 @@
 
 #include "absl/status/statusor.h"
 #include "lib/buffer/buffer_policy.h"
+#include "lib/control/control_server.h"
+#include "lib/control/export_manager.h"
+#include "lib/control/grpc_service.h"
 #include "lib/daemon/daemon_config.h"
 #include "lib/export/export_registry.h"
 #include "lib/nbd/server.h"
@@ -31,12 +34,15 @@ class Daemon {
 
   const std::vector<ListenAddress>& bound() const { return server_->bound(); }
   ExportRegistry& registry() { return *registry_; }
+  // The control address actually bound, if the control plane is on.
+  std::optional<ListenAddress> control_address() const;
   BufferSystem& buffers() { return *buffers_; }
 
  private:
   Daemon(DaemonConfig config, std::unique_ptr<BufferSystem> buffers,
-         std::shared_ptr<ExportRegistry> registry,
-         std::unique_ptr<nbd::Server> server);
+         std::shared_ptr<ExportRegistry> registry);
+  absl::Status StartControl();
+  DaemonSnapshot Snapshot() const;
   void ScheduleIdleRelease();
   absl::Status WriteReadyFile() const;
 
@@ -44,7 +50,14 @@ class Daemon {
   // Declared before the registry: exports (and their leases) go first.
   std::unique_ptr<BufferSystem> buffers_;
   std::shared_ptr<ExportRegistry> registry_;
+  std::unique_ptr<ExportManager> manager_;
   std::unique_ptr<nbd::Server> server_;
+  std::unique_ptr<SessionControl> session_control_;
+  std::unique_ptr<ExportServiceImpl> export_service_;
+  std::unique_ptr<DaemonServiceImpl> daemon_service_;
+  std::unique_ptr<ControlServer> control_;
+  const std::chrono::steady_clock::time_point started_ =
+      std::chrono::steady_clock::now();
   boost::asio::io_context main_;
   boost::asio::steady_timer idle_timer_{main_};
 };

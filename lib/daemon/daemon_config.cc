@@ -60,6 +60,18 @@ Flags:
   --blocking-threads N    Threads for file I/O (0 = automatic).
   --drain-timeout DUR     On SIGINT/SIGTERM, how long in-flight requests may take
                           to finish before connections are closed. Default 30s.
+  --control-listen ADDR   gRPC control API (nbdctl): unix:/PATH (mode 0600) or
+                          tcp:HOST:PORT (needs TLS or --control-insecure), or
+                          none. Default unix:/run/nbdmgr/control.sock.
+  --control-tls-cert F, --control-tls-key F
+                          TLS certificate and key for a TCP control address.
+  --control-tls-ca F      Require client certificates signed by this CA.
+  --control-insecure      Allow a TCP control address without TLS.
+  --state-dir DIR         Where exports created over the API are persisted and
+                          recreated from at start. Default /var/lib/nbdmgr;
+                          none disables persistence.
+  --allow-path DIR        File exports created over the API must live under
+                          DIR (repeatable; .. and symlink escapes are refused).
   --log-level LEVEL       trace, debug, info, warn, error. Default info.
   --ready-file PATH       Once serving, write the bound addresses there (one per
                           line; useful with port 0).
@@ -73,6 +85,7 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
   DaemonFlags out;
   DaemonConfig& c = out.config;
   bool default_given = false;
+  bool control_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -81,6 +94,10 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
     }
     if (arg == "--version") {
       out.version = true;
+      continue;
+    }
+    if (arg == "--control-insecure") {  // the one flag without a value
+      c.control_insecure = true;
       continue;
     }
     if (!arg.starts_with("--")) {
@@ -97,7 +114,9 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
     static const std::set<std::string> kKnown = {
         "--nbd-listen", "--export",      "--default-export",
         "--io-threads", "--blocking-threads", "--drain-timeout",
-        "--log-level",  "--ready-file", "--memory-cap"};
+        "--log-level",  "--ready-file", "--memory-cap", "--control-listen",
+        "--control-tls-cert", "--control-tls-key", "--control-tls-ca",
+        "--state-dir", "--allow-path"};
     if (!kKnown.contains(flag)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag ", flag, " (see --help)"));
@@ -143,7 +162,41 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       c.memory_cap_bytes = *cap;
     } else if (flag == "--ready-file") {
       c.ready_file = value;
+    } else if (flag == "--control-listen") {
+      control_given = true;
+      if (value == "none") {
+        c.control_listen.reset();
+      } else {
+        absl::StatusOr<ListenAddress> a = ParseListenAddress(value);
+        if (!a.ok()) return FlagError(flag, ToStd(a.status().message()));
+        c.control_listen = *a;
+      }
+    } else if (flag == "--control-tls-cert") {
+      c.control_tls_cert = value;
+    } else if (flag == "--control-tls-key") {
+      c.control_tls_key = value;
+    } else if (flag == "--control-tls-ca") {
+      c.control_tls_ca = value;
+    } else if (flag == "--state-dir") {
+      if (value != "none" && (value.empty() || value.front() != '/')) {
+        return FlagError(flag, "must be an absolute path (or none)");
+      }
+      c.state_dir = value == "none" ? "" : value;
+    } else if (flag == "--allow-path") {
+      if (value.empty() || value.front() != '/') {
+        return FlagError(flag, absl::StrCat("must be an absolute directory: \"", value, "\""));
+      }
+      c.allow_paths.push_back(value);
     }
+  }
+  if (!control_given) {
+    c.control_listen = *ParseListenAddress("unix:/run/nbdmgr/control.sock");
+  }
+  if (c.control_listen && c.control_listen->kind == ListenAddress::Kind::kTcp &&
+      c.control_tls_cert.empty() && !c.control_insecure) {
+    return FlagError("--control-listen",
+                     "a TCP control address needs --control-tls-cert and "
+                     "--control-tls-key (or --control-insecure)");
   }
   if (c.nbd_listen.empty()) {
     c.nbd_listen.push_back(*ParseListenAddress("tcp:127.0.0.1:10809"));

@@ -2,6 +2,7 @@
 #define NBDMGR_LIB_DAEMON_DAEMON_CONFIG_H_
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,15 @@ struct DaemonConfig {
   std::string log_level = "info";
   // Written (atomically) with one bound address per line once serving.
   std::string ready_file;
+
+  // Control plane (gRPC). Empty control_listen: disabled ("none").
+  std::optional<ListenAddress> control_listen;  // default unix:/run/nbdmgr/control.sock
+  std::string control_tls_cert;
+  std::string control_tls_key;
+  std::string control_tls_ca;
+  bool control_insecure = false;
+  std::string state_dir = "/var/lib/nbdmgr";  // "" : nothing persisted
+  std::vector<std::string> allow_paths;
 };
 
 // The outcome of parsing the command line.

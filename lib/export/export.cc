@@ -22,7 +22,7 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const ExportConfig& c) {
     }
     case BackendKind::kFile: {
       auto b = FileBackend::Open(
-          FileBackendOptions{c.path, c.read_only, c.size});
+          FileBackendOptions{c.path, c.read_only, c.size, c.create});
       if (!b.ok()) return b.status();
       return std::unique_ptr<Backend>(std::move(*b));
     }
@@ -54,7 +54,19 @@ Export::Export(ExportConfig config, std::unique_ptr<Backend> backend,
       size_(backend_->size()),
       caps_(backend_->caps()),
       block_sizes_(),
-      buffers_(buffers, config_.buffers) {}
+      buffers_(buffers, config_.buffers),
+      description_(config_.description),
+      created_(std::chrono::system_clock::now()) {}
+
+std::string Export::description() const {
+  std::lock_guard lock(mu_);
+  return description_;
+}
+
+void Export::set_description(std::string d) {
+  std::lock_guard lock(mu_);
+  description_ = std::move(d);
+}
 
 uint16_t Export::TransmissionFlags(bool structured_replies) const {
   uint16_t f = nbd::kTxHasFlags | nbd::kTxSendFlush;

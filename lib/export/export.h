@@ -2,9 +2,13 @@
 #define NBDMGR_LIB_EXPORT_EXPORT_H_
 
 #include <atomic>
+#include <chrono>
+#include <mutex>
+#include <string>
 #include <cstdint>
 #include <memory>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "lib/backend/backend.h"
 #include "lib/export/export_config.h"
@@ -35,7 +39,16 @@ class Export {
                                              std::unique_ptr<Backend> backend,
                                              BufferSystem& buffers);
 
+  // The configuration the export was created with. Buffer settings and the
+  // description may have changed since: see buffers() and description().
   const ExportConfig& config() const { return config_; }
+  std::string description() const;
+  void set_description(std::string d);
+  std::chrono::system_clock::time_point created() const { return created_; }
+  // A draining export is invisible to new clients (LIST, INFO, GO) while
+  // connected ones finish; set by ExportManager::Delete.
+  bool draining() const { return draining_.load(std::memory_order_acquire); }
+  void set_draining() { draining_.store(true, std::memory_order_release); }
   const std::string& name() const { return config_.name; }
   Backend& backend() const { return *backend_; }
   uint64_t size() const { return size_; }
@@ -65,6 +78,10 @@ class Export {
   const BlockSizes block_sizes_;
   ExportBuffers buffers_;
   std::atomic<int> clients_{0};
+  std::atomic<bool> draining_{false};
+  mutable std::mutex mu_;
+  std::string description_ ABSL_GUARDED_BY(mu_);
+  const std::chrono::system_clock::time_point created_;
 };
 
 }  // namespace nbdmgr

@@ -23,7 +23,8 @@ struct ExportConfig {
   BackendKind backend = BackendKind::kMemory;
   std::string path;              // kFile
   std::optional<uint64_t> size;  // required for kMemory and kNull; for kFile,
-                                 // creates a missing file of this size
+                                 // the size a created file gets, or must have
+  bool create = true;            // kFile: create a missing file (needs size)
   bool read_only = false;
   BufferSettings buffers;
 };

@@ -46,6 +46,12 @@ class Negotiator {
   asio::awaitable<absl::StatusOr<bool>> HandleList(
       const std::vector<uint8_t>& data);
 
+  // The export clients may use under `name`: not draining.
+  std::shared_ptr<Export> FindServing(const std::string& name) const {
+    std::shared_ptr<Export> e = registry_.Find(name);
+    return e != nullptr && !e->draining() ? e : nullptr;
+  }
+
   Connection& conn_;
   const ExportRegistry& registry_;
   const NegotiationLimits& limits_;
@@ -186,8 +192,8 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleList(
     ec = co_await ReplyError(kOptList, kRepErrInvalid, "LIST takes no data");
   } else {
     for (const auto& e : registry_.List()) {
-      std::vector<uint8_t> payload =
-          EncodeServerReply(e->name(), e->config().description);
+      if (e->draining()) continue;
+      std::vector<uint8_t> payload = EncodeServerReply(e->name(), e->description());
       if ((ec = co_await Reply(kOptList, kRepServer, payload))) break;
     }
     if (!ec) ec = co_await Reply(kOptList, kRepAck);
@@ -202,7 +208,7 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleExportName(
   if (name.size() > kMaxStringLength) {
     co_return absl::InvalidArgumentError("EXPORT_NAME longer than 4096 bytes");
   }
-  std::shared_ptr<Export> e = registry_.Find(name);
+  std::shared_ptr<Export> e = FindServing(name);
   if (e == nullptr) {
     // The protocol has no error reply for EXPORT_NAME: close.
     co_return absl::InvalidArgumentError(
@@ -229,7 +235,7 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleInfoOrGo(
     if (ec) co_return IoError(ec, "option reply");
     co_return false;
   }
-  std::shared_ptr<Export> e = registry_.Find(req->name);
+  std::shared_ptr<Export> e = FindServing(req->name);
   if (e == nullptr) {
     ec = co_await ReplyError(option, kRepErrUnknown,
                              absl::StrCat("no export named \"", req->name, "\""));
@@ -246,9 +252,11 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleInfoOrGo(
   for (uint16_t type : req->info_types) {
     if (type == kInfoName) {
       infos.push_back(EncodeInfoString(kInfoName, e->name()));
-    } else if (type == kInfoDescription && !e->config().description.empty()) {
-      infos.push_back(
-          EncodeInfoString(kInfoDescription, e->config().description));
+    } else if (type == kInfoDescription) {
+      std::string description = e->description();
+      if (!description.empty()) {
+        infos.push_back(EncodeInfoString(kInfoDescription, description));
+      }
     }
   }
   for (const auto& info : infos) {
@@ -282,7 +290,7 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleMetaContext(
     co_return finish(
         co_await ReplyError(option, kRepErrInvalid, ToStd(req.status().message())));
   }
-  std::shared_ptr<Export> e = registry_.Find(req->export_name);
+  std::shared_ptr<Export> e = FindServing(req->export_name);
   if (e == nullptr) {
     if (set) meta_export_ = nullptr;
     co_return finish(co_await ReplyError(

@@ -174,6 +174,28 @@ asio::awaitable<void> Server::AcceptLoop(Acceptor& acceptor) {
   }
 }
 
+void Server::PostToSessions(std::function<void(Session&)> fn) {
+  std::vector<std::shared_ptr<Session>> live;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [p, w] : sessions_) {
+      if (auto s = w.lock()) live.push_back(std::move(s));
+    }
+  }
+  for (auto& s : live) asio::post(s->executor(), [s, fn] { fn(*s); });
+}
+
+void Server::StopSessionsOf(const Export& e, bool hard) {
+  PostToSessions([target = &e, hard](Session& s) {
+    if (s.export_in_use() != target) return;
+    if (hard) {
+      s.Abort();
+    } else {
+      s.Stop();
+    }
+  });
+}
+
 void Server::Forget(Session* s) {
   std::lock_guard lock(mu_);
   sessions_.erase(s);
@@ -196,21 +218,11 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
       });
     }
     // Ask every session to stop reading; repeat for any accepted meanwhile.
-    auto for_each_session = [this](auto fn) {
-      std::vector<std::shared_ptr<Session>> live;
-      {
-        std::lock_guard lock(mu_);
-        for (auto& [p, w] : sessions_) {
-          if (auto s = w.lock()) live.push_back(std::move(s));
-        }
-      }
-      for (auto& s : live) asio::post(s->executor(), [s, fn] { fn(*s); });
-    };
     auto deadline = std::chrono::steady_clock::now() + grace;
     std::unique_lock lock(mu_);
     while (!sessions_.empty() && std::chrono::steady_clock::now() < deadline) {
       lock.unlock();
-      for_each_session([](Session& s) { s.Stop(); });
+      PostToSessions([](Session& s) { s.Stop(); });
       lock.lock();
       sessions_changed_.wait_for(lock, std::chrono::milliseconds(100));
     }
@@ -218,7 +230,7 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
       spdlog::warn("{} session(s) still busy after the drain deadline; closing",
                    sessions_.size());
       lock.unlock();
-      for_each_session([](Session& s) { s.Abort(); });
+      PostToSessions([](Session& s) { s.Abort(); });
       lock.lock();
       sessions_changed_.wait_for(lock, std::chrono::seconds(5),
                                  [this] { return sessions_.empty(); });

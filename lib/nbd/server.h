@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -52,6 +53,11 @@ class Server {
   // joins all threads. Idempotent.
   void Shutdown(std::chrono::milliseconds grace);
 
+  // Asks the sessions transmitting on `e` to stop: gracefully (no new
+  // requests read, in-flight ones answered, then closed) or, with `hard`,
+  // by closing their sockets now. Returns at once; watch e.clients().
+  void StopSessionsOf(const Export& e, bool hard);
+
   // The bound addresses, with real port numbers for port 0.
   const std::vector<ListenAddress>& bound() const { return bound_; }
   size_t session_count() const;
@@ -68,6 +74,8 @@ class Server {
   // Index of the io_context the next connection is pinned to.
   size_t NextContext();
   void Forget(Session* s);
+  // Runs fn on each live session, on that session's executor.
+  void PostToSessions(std::function<void(Session&)> fn);
 
   ServerOptions options_;
   const std::shared_ptr<ExportRegistry> registry_;

@@ -37,6 +37,7 @@ asio::awaitable<void> Session::Run() {
   spdlog::info("{}: connected to export \"{}\"{}", conn_.peer(), e->name(),
                agreed->structured_replies ? " (structured replies)" : "");
   transmitting_ = true;
+  export_in_use_ = e.get();
   e->AddClient();
   {
     std::unique_ptr<ConnectionBuffers> buffers = e->buffers().NewConnection();
@@ -47,6 +48,7 @@ asio::awaitable<void> Session::Run() {
                  e->name(), tx.end_reason());
   }
   e->RemoveClient();
+  export_in_use_ = nullptr;
   conn_.Close();
 }
 

@@ -36,6 +36,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // Closes the socket now.
   void Abort();
 
+  // The export this session is transmitting on, or nullptr. Read it on
+  // the session's executor.
+  const Export* export_in_use() const { return export_in_use_; }
+
   Socket::executor_type executor() { return conn_.socket().get_executor(); }
   const std::string& peer() const { return conn_.peer(); }
 
@@ -44,6 +48,7 @@ class Session : public std::enable_shared_from_this<Session> {
   const ExportRegistry& registry_;
   SessionOptions options_;
   bool transmitting_ = false;
+  const Export* export_in_use_ = nullptr;
   bool stopped_ = false;
 };
 

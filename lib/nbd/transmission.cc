@@ -6,6 +6,7 @@
 
 #include "absl/container/inlined_vector.h"
 #include "lib/nbd/codec.h"
+#include "lib/buffer/buffer_policy.h"
 #include "lib/nbd/offload.h"
 #include "lib/util/strings.h"
 #include "lib/util/strings.h"
@@ -19,13 +20,6 @@ namespace {
 constexpr size_t kMaxReadChunks = 16;
 // BLOCK_STATUS replies carry at most this many descriptors.
 constexpr size_t kMaxDescriptors = 1024;
-
-struct ReadPiece {
-  uint64_t offset;
-  uint32_t length;
-  bool zero;  // sent as OFFSET_HOLE
-};
-using ReadPieces = absl::InlinedVector<ReadPiece, 4>;
 
 }  // namespace
 
@@ -223,6 +217,77 @@ asio::awaitable<ErrorCode> Transmission::StreamRead(RequestHeader h) {
   co_return ErrorCode{};
 }
 
+ReadPieces Transmission::PlanRead(const RequestHeader& h) {
+  ReadPieces pieces;
+  const bool sparse = limits_.structured_replies && !(h.flags & kCmdFlagDf) &&
+                      export_->caps().can_extents;
+  if (sparse) {
+    uint64_t pos = h.offset;
+    bool too_many = false;
+    absl::Status es = export_->backend().Extents(h.offset, h.length, [&](Extent e) {
+      bool zero = (e.flags & kStateZero) != 0;
+      if (!pieces.empty() && pieces.back().zero == zero) {
+        pieces.back().length += static_cast<uint32_t>(e.length);
+      } else if (pieces.size() == kMaxReadChunks) {
+        too_many = true;
+        return false;
+      } else {
+        pieces.push_back({pos, static_cast<uint32_t>(e.length), zero});
+      }
+      pos += e.length;
+      return true;
+    });
+    if (!es.ok() || too_many || pos != h.offset + h.length) pieces.clear();
+  }
+  if (pieces.empty()) pieces.push_back({h.offset, h.length, false});
+  return pieces;
+}
+
+asio::awaitable<ErrorCode> Transmission::WriteReadInPieces(RequestHeader h,
+                                                           ReadPieces pieces,
+                                                           uint8_t* buf) {
+  Backend& be = export_->backend();
+  const bool structured = limits_.structured_replies;
+  uint8_t header[kChunkHeaderSize + 12];
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const ReadPiece& p = pieces[i];
+    const uint16_t flags = i + 1 == pieces.size() ? kReplyFlagDone : 0;
+    size_t header_len = 0;
+    if (!structured) {
+      EncodeSimpleReply(header, kOk, h.cookie);
+      header_len = kSimpleReplySize;
+    } else if (p.zero) {
+      EncodeChunkHeader(header, flags, kChunkOffsetHole, h.cookie, 12);
+      PutU64(header + kChunkHeaderSize, p.offset);
+      PutU32(header + kChunkHeaderSize + 8, p.length);
+      if (ErrorCode ec = co_await conn_.WriteAll(std::span(header, kChunkHeaderSize + 12)); ec) {
+        co_return ec;
+      }
+      continue;
+    } else {
+      EncodeChunkHeader(header, flags, kChunkOffsetData, h.cookie, 8 + p.length);
+      PutU64(header + kChunkHeaderSize, p.offset);
+      header_len = kChunkHeaderSize + 8;
+    }
+    for (uint64_t off = p.offset; off < p.offset + p.length;) {
+      size_t n = std::min<uint64_t>(kStreamChunk, p.offset + p.length - off);
+      uint8_t* piece = buf + (off - h.offset);
+      if (absl::Status st = be.Read(off, std::span(piece, n)); !st.ok()) {
+        // The reply header is already out: the only honest move is to close.
+        spdlog::warn("{}: READ failed mid-reply: {}; closing", conn_.peer(),
+                     st.message());
+        co_return asio::error::make_error_code(asio::error::connection_aborted);
+      }
+      asio::const_buffer bufs[2] = {asio::buffer(header, header_len),
+                                    asio::buffer(piece, n)};
+      if (ErrorCode ec = co_await conn_.WriteAll(bufs); ec) co_return ec;
+      header_len = 0;
+      off += n;
+    }
+  }
+  co_return ErrorCode{};
+}
+
 asio::awaitable<void> Transmission::Execute(RequestHeader h,
                                             BufferLease lease) {
   Backend& be = export_->backend();
@@ -234,31 +299,20 @@ asio::awaitable<void> Transmission::Execute(RequestHeader h,
   switch (h.type) {
     case kCmdRead: {
       ReadPieces pieces;
-      const bool sparse = limits_.structured_replies &&
-                          !(h.flags & kCmdFlagDf) &&
-                          export_->caps().can_extents;
+      if (!export_->caps().blocking && h.length > kStreamChunk) {
+        // In-memory data: copy and send it a cache-sized piece at a time,
+        // in the writer (same reply on the wire, data still hot in cache).
+        pieces = PlanRead(h);
+        reply = writer_.NewReply();
+        uint8_t* buf = lease.data();
+        reply->set_lease(std::move(lease));
+        reply->set_producer([this, h, pieces, buf] {
+          return WriteReadInPieces(h, pieces, buf);
+        });
+        break;
+      }
       st = co_await run([&]() -> absl::Status {
-        if (sparse) {
-          uint64_t pos = h.offset;
-          bool too_many = false;
-          absl::Status es = be.Extents(h.offset, h.length, [&](Extent e) {
-            bool zero = (e.flags & kStateZero) != 0;
-            if (!pieces.empty() && pieces.back().zero == zero) {
-              pieces.back().length += static_cast<uint32_t>(e.length);
-            } else if (pieces.size() == kMaxReadChunks) {
-              too_many = true;
-              return false;
-            } else {
-              pieces.push_back({pos, static_cast<uint32_t>(e.length), zero});
-            }
-            pos += e.length;
-            return true;
-          });
-          if (!es.ok() || too_many || pos != h.offset + h.length) {
-            pieces.clear();
-          }
-        }
-        if (pieces.empty()) pieces.push_back({h.offset, h.length, false});
+        pieces = PlanRead(h);
         for (const ReadPiece& p : pieces) {
           if (p.zero) continue;
           absl::Status rs = be.Read(

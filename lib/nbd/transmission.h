@@ -8,6 +8,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "lib/buffer/buffer_lease.h"
 #include "lib/buffer/buffer_source.h"
@@ -17,6 +18,15 @@
 #include "lib/nbd/wire.h"
 
 namespace nbdmgr::nbd {
+
+// One piece of a READ reply: data, or (structured replies) a zero range
+// sent as OFFSET_HOLE.
+struct ReadPiece {
+  uint64_t offset;
+  uint32_t length;
+  bool zero;
+};
+using ReadPieces = absl::InlinedVector<ReadPiece, 4>;
 
 // What a request is checked against.
 struct RequestLimits {
@@ -83,6 +93,14 @@ class Transmission {
   asio::awaitable<bool> StreamWrite(const RequestHeader& h);
   // Produces a streamed READ reply chunk by chunk (runs in the writer).
   asio::awaitable<ErrorCode> StreamRead(RequestHeader h);
+  // How a READ is split into data and hole pieces (backend extents when
+  // structured replies allow holes; one data piece otherwise).
+  ReadPieces PlanRead(const RequestHeader& h);
+  // Produces a READ reply of an in-memory backend in the writer: each
+  // kStreamChunk piece is copied into `buf` (the request's lease) and sent
+  // at once, while it is still in cache.
+  asio::awaitable<ErrorCode> WriteReadInPieces(RequestHeader h,
+                                               ReadPieces pieces, uint8_t* buf);
   // Runs one validated request and sends its reply.
   asio::awaitable<void> Execute(RequestHeader h, BufferLease lease);
   asio::awaitable<void> ReplyError(const RequestHeader& h, uint32_t error,

@@ -15,6 +15,8 @@ import unittest
 
 NBDMGRD = os.environ.get("NBDMGRD") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "daemon", "nbdmgrd")
+NBDCTL = os.environ.get("NBDCTL") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build", "cli", "nbdctl")
 
 
 def run(*cmd, check=True, timeout=120, **kw):
@@ -47,8 +49,12 @@ class Daemon:
         self.sock = os.path.join(self.dir, "nbd.sock")
         self.ready = os.path.join(self.dir, "ready")
         self.log_path = os.path.join(self.dir, "nbdmgrd.log")
+        self.control = os.path.join(self.dir, "control.sock")
+        self.state_dir = os.path.join(self.dir, "state")
         self.args = [NBDMGRD, "--nbd-listen", "tcp:127.0.0.1:0",
                      "--nbd-listen", f"unix:{self.sock}",
+                     "--control-listen", f"unix:{self.control}",
+                     "--state-dir", self.state_dir,
                      "--ready-file", self.ready, "--drain-timeout", "5s"]
         for e in exports:
             self.args += ["--export", e]
@@ -69,7 +75,7 @@ class Daemon:
                 raise AssertionError("nbdmgrd did not become ready:\n" + self.logs())
             time.sleep(0.02)
         for line in open(self.ready).read().split():
-            if line.startswith("tcp:"):
+            if line.startswith("tcp:"):  # the NBD port (control lines start "control=")
                 self.port = int(line.rsplit(":", 1)[1])
         return self
 
@@ -96,6 +102,10 @@ class Daemon:
         if transport == "unix":
             return f"nbd+unix:///{name}?socket={self.sock}"
         return f"nbd://127.0.0.1:{self.port}/{name}"
+
+    def nbdctl(self, *args, check=True):
+        """Runs nbdctl against this daemon's control socket."""
+        return run(NBDCTL, "--control", f"unix:{self.control}", *args, check=check)
 
     def cleanup(self):
         self.stop(signal.SIGKILL)

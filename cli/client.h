@@ -1,0 +1,39 @@
+#ifndef NBDMGR_CLI_CLIENT_H_
+#define NBDMGR_CLI_CLIENT_H_
+
+#include <memory>
+#include <string>
+
+#include <google/protobuf/message.h>
+#include <grpcpp/grpcpp.h>
+
+namespace nbdmgr::cli {
+
+// Exit codes.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitServerError = 1;  // the daemon answered with an error
+inline constexpr int kExitUsage = 2;        // bad command line
+inline constexpr int kExitUnavailable = 3;  // could not reach the daemon
+
+// Options common to every subcommand.
+struct Global {
+  std::string control = "unix:/run/nbdmgr/control.sock";
+  std::string output = "table";  // table | json
+  std::string tls_ca, tls_cert, tls_key;  // TCP with TLS
+  bool insecure = false;                  // TCP without TLS
+};
+
+// A channel to the daemon's control API.
+std::shared_ptr<grpc::Channel> Connect(const Global& g, std::string* error);
+// A client context with a deadline.
+std::unique_ptr<grpc::ClientContext> Context(int timeout_seconds = 60);
+// Prints "nbdctl: CODE: message" to stderr; returns the exit code.
+int ReportError(const grpc::Status& s);
+// Prints a usage error; returns kExitUsage.
+int UsageError(const std::string& message, const std::string& help);
+// The message as JSON (snake_case names, defaults included).
+std::string ToJson(const google::protobuf::Message& m);
+
+}  // namespace nbdmgr::cli
+
+#endif  // NBDMGR_CLI_CLIENT_H_

@@ -1,0 +1,25 @@
+#ifndef NBDMGR_LIB_CONTROL_EXPORT_INFO_H_
+#define NBDMGR_LIB_CONTROL_EXPORT_INFO_H_
+
+#include <chrono>
+
+#include "lib/export/export.h"
+#include "lib/export/export_config.h"
+
+namespace nbdmgr {
+
+// An export as the control plane reports it.
+struct ExportInfo {
+  ExportConfig config;  // current description and buffer settings
+  uint64_t size = 0;
+  BlockSizes block_sizes;
+  bool multi_conn = false;
+  int clients = 0;
+  std::chrono::system_clock::time_point created;
+  bool draining = false;
+  bool persistent = false;  // created over the API
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_CONTROL_EXPORT_INFO_H_

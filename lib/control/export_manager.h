@@ -1,0 +1,109 @@
+#ifndef NBDMGR_LIB_CONTROL_EXPORT_MANAGER_H_
+#define NBDMGR_LIB_CONTROL_EXPORT_MANAGER_H_
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "lib/buffer/buffer_policy.h"
+#include "lib/control/export_info.h"
+#include "lib/export/export.h"
+#include "lib/export/export_registry.h"
+#include "lib/state/state_store.h"
+
+namespace nbdmgr {
+
+enum class DeleteMode { kSafe, kDrain, kHard };
+
+
+// Fields of a live export that can change; unset ones stay as they are.
+struct ExportUpdate {
+  std::optional<std::string> description;
+  std::optional<BufferStrategy> buffer_strategy;
+  std::optional<uint64_t> memory_cap_bytes;
+  std::optional<std::chrono::milliseconds> pool_idle_release;
+};
+
+// How the manager reaches the connections of an export (nbd::Server).
+class SessionControl {
+ public:
+  virtual ~SessionControl() = default;
+  virtual void StopSessionsOf(const Export& e, bool hard) = 0;
+};
+
+struct ExportManagerOptions {
+  // Where API-created exports are persisted; empty: not persisted.
+  std::string state_dir;
+  // File backends created over the API must resolve under one of these.
+  std::vector<std::string> allow_paths;
+};
+
+// The domain API of the control plane: create, inspect, update and remove
+// exports at run time, and persist the ones created through it. Plain C++
+// (no protobuf); the gRPC service is a thin adapter over it. Thread-safe:
+// mutations are serialized; a DRAIN delete waits without blocking others.
+class ExportManager {
+ public:
+  // Loads the persisted exports and opens them into `registry` (which may
+  // already hold command-line exports). Fails, leaving the state file
+  // untouched, if it cannot be read or parsed, or a persisted export cannot
+  // be opened or clashes with a command-line one; the message names the
+  // file. `registry` and `buffers` must outlive the manager.
+  static absl::StatusOr<std::unique_ptr<ExportManager>> Create(
+      ExportManagerOptions options, ExportRegistry& registry,
+      BufferSystem& buffers);
+
+  // Must be set before Delete is used with clients connected.
+  void set_session_control(SessionControl* control) { sessions_ = control; }
+
+  // InvalidArgument (bad config), AlreadyExists, PermissionDenied (path not
+  // allowed), NotFound (missing file), or the backend's error.
+  absl::StatusOr<ExportInfo> CreateExport(ExportConfig config);
+  // NotFound.
+  absl::StatusOr<ExportInfo> GetExport(const std::string& name) const;
+
+  struct Page {
+    std::vector<ExportInfo> exports;
+    std::string next_page_token;  // empty on the last page
+  };
+  // Sorted by name. InvalidArgument for a bad size or token.
+  absl::StatusOr<Page> ListExports(int page_size,
+                                   const std::string& page_token) const;
+  // NotFound, InvalidArgument.
+  absl::StatusOr<ExportInfo> UpdateExport(const std::string& name,
+                                          const ExportUpdate& update);
+  // SAFE: FailedPrecondition while clients are connected. DRAIN: new
+  // clients are refused, connected ones finish in-flight requests and are
+  // closed; at `timeout` the rest are closed. HARD: flush, then close now.
+  // Returns how many connections were closed. NotFound; FailedPrecondition
+  // if already being deleted.
+  absl::StatusOr<int> DeleteExport(const std::string& name, DeleteMode mode,
+                                   std::chrono::milliseconds timeout);
+
+ private:
+  ExportManager(ExportManagerOptions options, ExportRegistry& registry,
+                BufferSystem& buffers);
+  ExportInfo Describe(const Export& e) const;
+  absl::Status Persist() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckPath(const std::string& path) const;
+
+  const ExportManagerOptions options_;
+  ExportRegistry& registry_;
+  BufferSystem& buffers_;
+  SessionControl* sessions_ = nullptr;
+  std::unique_ptr<StateStore> store_;
+
+  mutable std::mutex mu_;
+  // API-created exports (persisted), by name.
+  std::map<std::string, ExportConfig> persistent_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_CONTROL_EXPORT_MANAGER_H_

@@ -1,0 +1,162 @@
+#include "lib/control/grpc_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "lib/control/proto_convert.h"
+
+namespace nbdmgr {
+
+grpc::Status ToGrpcStatus(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()),
+                      std::string(s.message()));
+}
+
+grpc::Status ExportServiceImpl::CreateExport(grpc::ServerContext*,
+                                             const v1::CreateExportRequest* req,
+                                             v1::Export* out) {
+  absl::StatusOr<ExportConfig> config =
+      ExportConfigFromProto(req->export_(), req->export_id());
+  if (!config.ok()) return ToGrpcStatus(config.status());
+  absl::StatusOr<ExportInfo> info = manager_.CreateExport(*config);
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *out = ExportInfoToProto(*info);
+  return grpc::Status::OK;
+}
+
+grpc::Status ExportServiceImpl::GetExport(grpc::ServerContext*,
+                                          const v1::GetExportRequest* req,
+                                          v1::Export* out) {
+  absl::StatusOr<std::string> id = ExportIdFromName(req->name());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<ExportInfo> info = manager_.GetExport(*id);
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *out = ExportInfoToProto(*info);
+  return grpc::Status::OK;
+}
+
+grpc::Status ExportServiceImpl::ListExports(grpc::ServerContext*,
+                                            const v1::ListExportsRequest* req,
+                                            v1::ListExportsResponse* out) {
+  absl::StatusOr<ExportManager::Page> page =
+      manager_.ListExports(req->page_size(), req->page_token());
+  if (!page.ok()) return ToGrpcStatus(page.status());
+  for (const ExportInfo& info : page->exports) {
+    *out->add_exports() = ExportInfoToProto(info);
+  }
+  out->set_next_page_token(page->next_page_token);
+  return grpc::Status::OK;
+}
+
+grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
+                                             const v1::UpdateExportRequest* req,
+                                             v1::Export* out) {
+  absl::StatusOr<std::string> id = ExportIdFromName(req->export_().name());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  if (req->update_mask().paths().empty()) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        "update_mask is required (description, buffer_strategy, "
+        "memory_cap_bytes, pool_idle_release)"));
+  }
+  ExportUpdate update;
+  const v1::Export& e = req->export_();
+  for (const std::string& path : req->update_mask().paths()) {
+    if (path == "description") {
+      update.description = e.description();
+    } else if (path == "buffer_strategy") {
+      absl::StatusOr<BufferStrategy> s = StrategyFromProto(e.buffer_strategy());
+      if (!s.ok()) return ToGrpcStatus(s.status());
+      update.buffer_strategy = *s;
+    } else if (path == "memory_cap_bytes") {
+      update.memory_cap_bytes = e.memory_cap_bytes();
+    } else if (path == "pool_idle_release") {
+      const auto& d = e.pool_idle_release();
+      if (d.seconds() < 0 || d.nanos() < 0) {
+        return ToGrpcStatus(
+            absl::InvalidArgumentError("pool_idle_release must not be negative"));
+      }
+      update.pool_idle_release =
+          std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+    } else {
+      return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+          "field \"", path, "\" cannot be updated (description, buffer_strategy, "
+          "memory_cap_bytes, pool_idle_release)")));
+    }
+  }
+  absl::StatusOr<ExportInfo> info = manager_.UpdateExport(*id, update);
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *out = ExportInfoToProto(*info);
+  return grpc::Status::OK;
+}
+
+grpc::Status ExportServiceImpl::DeleteExport(grpc::ServerContext*,
+                                             const v1::DeleteExportRequest* req,
+                                             v1::DeleteExportResponse* out) {
+  absl::StatusOr<std::string> id = ExportIdFromName(req->name());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  DeleteMode mode = DeleteMode::kSafe;
+  switch (req->mode()) {
+    case v1::DELETE_MODE_UNSPECIFIED:
+    case v1::SAFE: mode = DeleteMode::kSafe; break;
+    case v1::DRAIN: mode = DeleteMode::kDrain; break;
+    case v1::HARD: mode = DeleteMode::kHard; break;
+    default:
+      return ToGrpcStatus(absl::InvalidArgumentError("mode: unknown value"));
+  }
+  std::chrono::milliseconds timeout(30000);
+  if (req->has_timeout()) {
+    const auto& d = req->timeout();
+    if (d.seconds() < 0 || d.nanos() < 0 || d.seconds() > 3600) {
+      return ToGrpcStatus(
+          absl::InvalidArgumentError("timeout must be between 0 and 1h"));
+    }
+    timeout = std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+  }
+  absl::StatusOr<int> closed = manager_.DeleteExport(*id, mode, timeout);
+  if (!closed.ok()) return ToGrpcStatus(closed.status());
+  out->set_closed_clients(static_cast<uint32_t>(*closed));
+  return grpc::Status::OK;
+}
+
+namespace {
+
+void FillDaemon(const DaemonSnapshot& s, v1::Daemon* out) {
+  out->set_version(NBDMGR_VERSION);
+  for (const auto& a : s.nbd_listen) out->add_nbd_listen(a);
+  out->set_control_listen(s.control_listen);
+  out->set_memory_cap_bytes(s.memory_cap_bytes);
+  out->mutable_uptime()->set_seconds(s.uptime.count() / 1000);
+  out->mutable_uptime()->set_nanos(static_cast<int32_t>(s.uptime.count() % 1000) * 1000000);
+  out->set_exports(s.exports);
+  out->set_connected_clients(s.clients);
+  out->set_buffer_bytes_in_use(s.buffer_bytes_in_use);
+  out->set_buffer_bytes_cached(s.buffer_bytes_cached);
+}
+
+}  // namespace
+
+grpc::Status DaemonServiceImpl::GetDaemon(grpc::ServerContext*,
+                                          const v1::GetDaemonRequest*,
+                                          v1::Daemon* out) {
+  FillDaemon(snapshot_(), out);
+  return grpc::Status::OK;
+}
+
+grpc::Status DaemonServiceImpl::UpdateDaemon(grpc::ServerContext*,
+                                             const v1::UpdateDaemonRequest* req,
+                                             v1::Daemon* out) {
+  if (req->update_mask().paths().empty()) {
+    return ToGrpcStatus(
+        absl::InvalidArgumentError("update_mask is required (memory_cap_bytes)"));
+  }
+  for (const std::string& path : req->update_mask().paths()) {
+    if (path != "memory_cap_bytes") {
+      return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+          "field \"", path, "\" cannot be updated (memory_cap_bytes)")));
+    }
+  }
+  set_memory_cap_(req->daemon().memory_cap_bytes());
+  FillDaemon(snapshot_(), out);
+  return grpc::Status::OK;
+}
+
+}  // namespace nbdmgr

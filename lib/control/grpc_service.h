@@ -1,0 +1,73 @@
+#ifndef NBDMGR_LIB_CONTROL_GRPC_SERVICE_H_
+#define NBDMGR_LIB_CONTROL_GRPC_SERVICE_H_
+
+// Thin gRPC adapters: each RPC converts the request, calls the domain API,
+// and converts the result or maps the absl::Status to a grpc::Status.
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "lib/control/export_manager.h"
+#include "nbdmgr/v1/daemon.grpc.pb.h"
+#include "nbdmgr/v1/export.grpc.pb.h"
+
+namespace nbdmgr {
+
+// absl and gRPC share the canonical code numbering.
+grpc::Status ToGrpcStatus(const absl::Status& s);
+
+class ExportServiceImpl final : public v1::ExportService::Service {
+ public:
+  explicit ExportServiceImpl(ExportManager& manager) : manager_(manager) {}
+
+  grpc::Status CreateExport(grpc::ServerContext*, const v1::CreateExportRequest* req,
+                            v1::Export* out) override;
+  grpc::Status GetExport(grpc::ServerContext*, const v1::GetExportRequest* req,
+                         v1::Export* out) override;
+  grpc::Status ListExports(grpc::ServerContext*, const v1::ListExportsRequest* req,
+                           v1::ListExportsResponse* out) override;
+  grpc::Status UpdateExport(grpc::ServerContext*, const v1::UpdateExportRequest* req,
+                            v1::Export* out) override;
+  grpc::Status DeleteExport(grpc::ServerContext*, const v1::DeleteExportRequest* req,
+                            v1::DeleteExportResponse* out) override;
+
+ private:
+  ExportManager& manager_;
+};
+
+// What DaemonService reports, gathered by the daemon.
+struct DaemonSnapshot {
+  std::vector<std::string> nbd_listen;
+  std::string control_listen;
+  uint64_t memory_cap_bytes = 0;
+  std::chrono::milliseconds uptime{0};
+  uint32_t exports = 0;
+  uint32_t clients = 0;
+  uint64_t buffer_bytes_in_use = 0;
+  uint64_t buffer_bytes_cached = 0;
+};
+
+class DaemonServiceImpl final : public v1::DaemonService::Service {
+ public:
+  DaemonServiceImpl(std::function<DaemonSnapshot()> snapshot,
+                    std::function<void(uint64_t)> set_memory_cap)
+      : snapshot_(std::move(snapshot)), set_memory_cap_(std::move(set_memory_cap)) {}
+
+  grpc::Status GetDaemon(grpc::ServerContext*, const v1::GetDaemonRequest*,
+                         v1::Daemon* out) override;
+  grpc::Status UpdateDaemon(grpc::ServerContext*, const v1::UpdateDaemonRequest* req,
+                            v1::Daemon* out) override;
+
+ private:
+  std::function<DaemonSnapshot()> snapshot_;
+  std::function<void(uint64_t)> set_memory_cap_;
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_CONTROL_GRPC_SERVICE_H_

@@ -1,0 +1,137 @@
+#include "lib/control/proto_convert.h"
+
+#include "absl/strings/str_cat.h"
+#include "lib/control/export_info.h"
+
+namespace nbdmgr {
+
+absl::StatusOr<std::string> ExportIdFromName(const std::string& name) {
+  constexpr std::string_view kPrefix = "exports/";
+  if (!name.starts_with(kPrefix)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "resource name \"", name, "\" must look like exports/{export}"));
+  }
+  std::string id = name.substr(kPrefix.size());
+  if (absl::Status st = ValidateExportName(id); !st.ok()) return st;
+  return id;
+}
+
+std::string ExportResourceName(const std::string& id) {
+  return absl::StrCat("exports/", id);
+}
+
+absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s) {
+  switch (s) {
+    case v1::BUFFER_STRATEGY_UNSPECIFIED:
+    case v1::POOL: return BufferStrategy::kPool;
+    case v1::FIXED: return BufferStrategy::kFixed;
+    case v1::GROW: return BufferStrategy::kGrow;
+    case v1::EXACT: return BufferStrategy::kExact;
+    case v1::STREAM: return BufferStrategy::kStream;
+    default: break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("buffer_strategy: unknown value ", static_cast<int>(s)));
+}
+
+v1::BufferStrategy StrategyToProto(BufferStrategy s) {
+  switch (s) {
+    case BufferStrategy::kFixed: return v1::FIXED;
+    case BufferStrategy::kGrow: return v1::GROW;
+    case BufferStrategy::kExact: return v1::EXACT;
+    case BufferStrategy::kPool: return v1::POOL;
+    case BufferStrategy::kStream: return v1::STREAM;
+  }
+  return v1::BUFFER_STRATEGY_UNSPECIFIED;
+}
+
+absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
+                                                   const std::string& id) {
+  ExportConfig c;
+  c.name = id;
+  c.description = p.description();
+  c.read_only = p.read_only();
+  switch (p.backend_case()) {
+    case v1::Export::kMemory:
+      c.backend = BackendKind::kMemory;
+      c.size = p.memory().size_bytes();
+      break;
+    case v1::Export::kNull:
+      c.backend = BackendKind::kNull;
+      c.size = p.null().size_bytes();
+      break;
+    case v1::Export::kFile:
+      c.backend = BackendKind::kFile;
+      c.path = p.file().path();
+      c.create = p.file().create();
+      if (p.file().size_bytes() != 0) c.size = p.file().size_bytes();
+      if (c.create && !c.size) {
+        return absl::InvalidArgumentError("file.create needs file.size_bytes");
+      }
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          "backend: one of memory, file or null is required");
+  }
+  absl::StatusOr<BufferStrategy> strategy = StrategyFromProto(p.buffer_strategy());
+  if (!strategy.ok()) return strategy.status();
+  c.buffers.strategy = *strategy;
+  c.buffers.memory_cap_bytes = p.memory_cap_bytes();
+  if (p.has_pool_idle_release()) {
+    const auto& d = p.pool_idle_release();
+    if (d.seconds() < 0 || d.nanos() < 0 || d.seconds() > 86400 * 365) {
+      return absl::InvalidArgumentError(
+          "pool_idle_release must be between 0 and a year");
+    }
+    c.buffers.pool_idle_release =
+        std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+  }
+  if (absl::Status st = ValidateExportConfig(c); !st.ok()) return st;
+  return c;
+}
+
+v1::Export ExportConfigToProto(const ExportConfig& c) {
+  v1::Export p;
+  p.set_name(ExportResourceName(c.name));
+  p.set_description(c.description);
+  p.set_read_only(c.read_only);
+  switch (c.backend) {
+    case BackendKind::kMemory:
+      p.mutable_memory()->set_size_bytes(c.size.value_or(0));
+      break;
+    case BackendKind::kNull:
+      p.mutable_null()->set_size_bytes(c.size.value_or(0));
+      break;
+    case BackendKind::kFile:
+      p.mutable_file()->set_path(c.path);
+      p.mutable_file()->set_create(c.create);
+      p.mutable_file()->set_size_bytes(c.size.value_or(0));
+      break;
+  }
+  p.set_buffer_strategy(StrategyToProto(c.buffers.strategy));
+  p.set_memory_cap_bytes(c.buffers.memory_cap_bytes);
+  int64_t ms = c.buffers.pool_idle_release.count();
+  p.mutable_pool_idle_release()->set_seconds(ms / 1000);
+  p.mutable_pool_idle_release()->set_nanos(static_cast<int32_t>(ms % 1000) * 1000000);
+  return p;
+}
+
+v1::Export ExportInfoToProto(const ExportInfo& info) {
+  v1::Export p = ExportConfigToProto(info.config);
+  p.mutable_block_sizes()->set_minimum(info.block_sizes.minimum);
+  p.mutable_block_sizes()->set_preferred(info.block_sizes.preferred);
+  p.mutable_block_sizes()->set_maximum_payload(info.block_sizes.maximum_payload);
+  p.set_multi_conn(info.multi_conn);
+  p.set_size_bytes(info.size);
+  p.set_connected_clients(static_cast<uint32_t>(info.clients));
+  auto since_epoch = info.created.time_since_epoch();
+  auto secs = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
+  p.mutable_create_time()->set_seconds(secs.count());
+  p.mutable_create_time()->set_nanos(static_cast<int32_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs).count()));
+  p.set_state(info.draining ? v1::Export::DRAINING : v1::Export::ACTIVE);
+  p.set_persistent(info.persistent);
+  return p;
+}
+
+}  // namespace nbdmgr

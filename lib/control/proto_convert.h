@@ -1,0 +1,34 @@
+#ifndef NBDMGR_LIB_CONTROL_PROTO_CONVERT_H_
+#define NBDMGR_LIB_CONTROL_PROTO_CONVERT_H_
+
+// The one place protobuf messages meet domain types.
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "lib/buffer/buffer_policy.h"
+#include "lib/control/export_info.h"
+#include "lib/export/export_config.h"
+#include "nbdmgr/v1/export.pb.h"
+
+namespace nbdmgr {
+
+// "exports/{id}" <-> id. InvalidArgument for anything else.
+absl::StatusOr<std::string> ExportIdFromName(const std::string& resource_name);
+std::string ExportResourceName(const std::string& id);
+
+absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s);
+v1::BufferStrategy StrategyToProto(BufferStrategy s);
+
+// The configuration fields of `p` (output-only ones are ignored) as an
+// ExportConfig named `id`. InvalidArgument naming the field at fault.
+absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
+                                                   const std::string& id);
+// Configuration fields only (for the state file).
+v1::Export ExportConfigToProto(const ExportConfig& c);
+// Configuration plus live state (for the API).
+v1::Export ExportInfoToProto(const ExportInfo& info);
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_CONTROL_PROTO_CONVERT_H_

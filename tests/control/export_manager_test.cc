@@ -1,0 +1,151 @@
+#include "lib/control/export_manager.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace nbdmgr {
+namespace {
+
+class FakeSessions : public SessionControl {
+ public:
+  void StopSessionsOf(const Export& e, bool hard) override {
+    calls.push_back({e.name(), hard});
+    // The "sessions" go away at once.
+    while (e.clients() > 0) const_cast<Export&>(e).RemoveClient();
+  }
+  std::vector<std::pair<std::string, bool>> calls;
+};
+
+class ExportManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/nbdmgr-mgr-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    std::filesystem::create_directories(dir_ + "/allowed");
+    std::filesystem::create_directories(dir_ + "/other");
+    Reopen();
+  }
+  void TearDown() override {
+    manager_.reset();
+    registry_ = std::make_unique<ExportRegistry>();
+    std::filesystem::remove_all(dir_);
+  }
+  void Reopen() {
+    manager_.reset();
+    registry_ = std::make_unique<ExportRegistry>();
+    auto m = ExportManager::Create({dir_ + "/state", {dir_ + "/allowed"}},
+                                   *registry_, buffers_);
+    ASSERT_TRUE(m.ok()) << m.status();
+    manager_ = std::move(*m);
+    manager_->set_session_control(&sessions_);
+  }
+  ExportConfig Memory(const std::string& name) {
+    ExportConfig c;
+    c.name = name;
+    c.backend = BackendKind::kMemory;
+    c.size = 1 << 20;
+    return c;
+  }
+  ExportConfig File(const std::string& path) {
+    ExportConfig c;
+    c.name = "f";
+    c.backend = BackendKind::kFile;
+    c.path = path;
+    c.size = 1 << 20;
+    return c;
+  }
+
+  std::string dir_;
+  BufferSystem buffers_{32 << 20};
+  std::unique_ptr<ExportRegistry> registry_;
+  std::unique_ptr<ExportManager> manager_;
+  FakeSessions sessions_;
+};
+
+TEST_F(ExportManagerTest, CreateGetListDelete) {
+  auto info = manager_->CreateExport(Memory("a"));
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->persistent);
+  EXPECT_EQ(info->size, 1u << 20);
+  EXPECT_EQ(manager_->CreateExport(Memory("a")).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(manager_->GetExport("a").ok());
+  EXPECT_EQ(manager_->GetExport("zz").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(manager_->DeleteExport("a", DeleteMode::kSafe, std::chrono::seconds(1)).ok());
+  EXPECT_EQ(manager_->GetExport("a").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ExportManagerTest, ListPages) {
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(manager_->CreateExport(Memory("e" + std::to_string(i))).ok());
+  auto p1 = manager_->ListExports(2, "");
+  ASSERT_TRUE(p1.ok());
+  ASSERT_EQ(p1->exports.size(), 2u);
+  EXPECT_EQ(p1->next_page_token, "e1");
+  auto p2 = manager_->ListExports(2, p1->next_page_token);
+  EXPECT_EQ(p2->exports[0].config.name, "e2");
+  auto p3 = manager_->ListExports(2, p2->next_page_token);
+  EXPECT_EQ(p3->exports.size(), 1u);
+  EXPECT_TRUE(p3->next_page_token.empty());
+  EXPECT_EQ(manager_->ListExports(-1, "").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager_->ListExports(2, "bad token!").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ExportManagerTest, PersistsAcrossRestartWithUpdates) {
+  ASSERT_TRUE(manager_->CreateExport(Memory("keep")).ok());
+  ExportUpdate u;
+  u.buffer_strategy = BufferStrategy::kExact;
+  u.memory_cap_bytes = 8 << 20;
+  u.description = "updated";
+  ASSERT_TRUE(manager_->UpdateExport("keep", u).ok());
+  Reopen();
+  auto info = manager_->GetExport("keep");
+  ASSERT_TRUE(info.ok());
+  EXPECT_TRUE(info->persistent);
+  EXPECT_EQ(info->config.description, "updated");
+  EXPECT_EQ(info->config.buffers.strategy, BufferStrategy::kExact);
+  EXPECT_EQ(info->config.buffers.memory_cap_bytes, 8u << 20);
+}
+
+TEST_F(ExportManagerTest, PathPolicy) {
+  EXPECT_TRUE(manager_->CreateExport(File(dir_ + "/allowed/a.img")).ok());
+  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/other/b.img")).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/allowed/../other/c.img")).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  std::filesystem::create_symlink(dir_ + "/other", dir_ + "/allowed/escape");
+  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/allowed/escape/d.img")).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/other/d.img"));
+}
+
+TEST_F(ExportManagerTest, DeleteModes) {
+  ASSERT_TRUE(manager_->CreateExport(Memory("busy")).ok());
+  auto e = registry_->Find("busy");
+  e->AddClient();
+  EXPECT_EQ(manager_->DeleteExport("busy", DeleteMode::kSafe, std::chrono::seconds(1))
+                .status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto closed = manager_->DeleteExport("busy", DeleteMode::kDrain, std::chrono::seconds(1));
+  ASSERT_TRUE(closed.ok());
+  EXPECT_EQ(*closed, 1);
+  ASSERT_EQ(sessions_.calls.size(), 1u);
+  EXPECT_FALSE(sessions_.calls[0].second);  // graceful
+  ASSERT_TRUE(manager_->CreateExport(Memory("busy")).ok());
+  registry_->Find("busy")->AddClient();
+  ASSERT_TRUE(manager_->DeleteExport("busy", DeleteMode::kHard, std::chrono::seconds(1)).ok());
+  EXPECT_TRUE(sessions_.calls.back().second);  // hard
+}
+
+TEST_F(ExportManagerTest, CorruptStateRefusesStart) {
+  { std::ofstream(dir_ + "/state/exports.textproto") << "garbage {"; }
+  registry_ = std::make_unique<ExportRegistry>();
+  auto m = ExportManager::Create({dir_ + "/state", {}}, *registry_, buffers_);
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("exports.textproto"), absl::string_view::npos);
+}
+
+}  // namespace
+}  // namespace nbdmgr

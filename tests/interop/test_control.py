@@ -1,0 +1,233 @@
+#!/usr/bin/python3
+"""Interop: the control plane (gRPC API and nbdctl) against the real daemon."""
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import nbd
+
+from nbdmgr_fixture import Daemon, random_file, run, sha256
+
+MiB = 1 << 20
+PROTO_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "proto")
+
+
+def raw_api(control_sock):
+    """Generic gRPC calls with message classes made by protoc --python_out."""
+    import grpc  # python3-grpcio
+    out = tempfile.mkdtemp(prefix="nbdmgr-pb-")
+    run("protoc", f"-I{PROTO_DIR}", f"--python_out={out}",
+        "nbdmgr/v1/export.proto", "nbdmgr/v1/daemon.proto")
+    sys.path.insert(0, out)
+    from nbdmgr.v1 import export_pb2  # noqa: E402 (generated above)
+    channel = grpc.insecure_channel(f"unix:{control_sock}")
+
+    def call(method, request, response_cls):
+        stub = channel.unary_unary(
+            f"/nbdmgr.v1.ExportService/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_cls.FromString)
+        return stub(request, timeout=30)
+    return grpc, export_pb2, call
+
+
+class ControlPlaneTest(unittest.TestCase):
+    def setUp(self):
+        self.d = Daemon(["name=cli,backend=memory,size=16MiB"])
+        self.files = os.path.join(self.d.dir, "files")
+        os.makedirs(self.files)
+        self.d.args += ["--allow-path", self.files]
+        self.d.start()
+
+    def tearDown(self):
+        code = self.d.stop()
+        logs = self.d.logs()
+        self.d.cleanup()
+        self.assertEqual(code, 0, logs)
+
+    def ctl_json(self, *args):
+        return json.loads(self.d.nbdctl("-o", "json", *args).stdout)
+
+    def test_control_socket_is_private(self):
+        mode = stat.S_IMODE(os.stat(self.d.control).st_mode)
+        self.assertEqual(mode, 0o600)
+
+    def test_create_serve_persist_restart(self):
+        img = os.path.join(self.files, "vm.img")
+        self.d.nbdctl("create", "vm", "--file", img, "--size", "32MiB",
+                      "--description", "VM disk")
+        listed = json.loads(run("nbdinfo", "--list", "--json", self.d.uri("")).stdout)
+        names = {e["export-name"]: e for e in listed["exports"]}
+        self.assertIn("vm", names)
+        self.assertEqual(names["vm"]["description"], "VM disk")
+        src = os.path.join(self.d.dir, "src.img")
+        random_file(src, 32 * MiB)
+        run("nbdcopy", src, self.d.uri("vm"))
+        # Restart: the API-created export comes back, with its data.
+        self.assertEqual(self.d.stop(), 0)
+        self.d.start()
+        got = self.ctl_json("get", "vm")
+        self.assertTrue(got["persistent"])
+        self.assertEqual(got["description"], "VM disk")
+        back = os.path.join(self.d.dir, "back.img")
+        run("nbdcopy", self.d.uri("vm"), back)
+        self.assertEqual(sha256(src), sha256(back))
+        # The command-line export is not persisted.
+        self.assertFalse(self.ctl_json("get", "cli")["persistent"])
+
+    def test_update_buffer_strategy_during_nbdcopy(self):
+        self.d.nbdctl("create", "live", "--memory", "256MiB")
+        src = os.path.join(self.d.dir, "src.img")
+        random_file(src, 256 * MiB)
+        copier = subprocess.Popen(["nbdcopy", "-C", "4", "--requests", "16", src,
+                                   self.d.uri("live")], stderr=subprocess.PIPE)
+        strategies = ["stream", "exact", "fixed", "grow", "pool"]
+        i = 0
+        while copier.poll() is None and i < 200:
+            self.d.nbdctl("update", "live", "--buffer-strategy", strategies[i % 5],
+                          "--memory-cap", ["0", "8MiB", "64MiB"][i % 3])
+            i += 1
+            time.sleep(0.02)
+        _, err = copier.communicate(timeout=120)
+        self.assertEqual(copier.returncode, 0, err)
+        self.assertGreater(i, 1, "nbdcopy finished before any update")
+        back = os.path.join(self.d.dir, "back.img")
+        run("nbdcopy", self.d.uri("live"), back)
+        self.assertEqual(sha256(src), sha256(back))
+        self.assertEqual(self.ctl_json("get", "live")["buffer_strategy"],
+                         ["STREAM", "EXACT", "FIXED", "GROW", "POOL"][(i - 1) % 5])
+
+    def connect(self, name):
+        h = nbd.NBD()
+        h.connect_uri(self.d.uri(name))
+        return h
+
+    def test_remove_modes(self):
+        for name in ("s", "dr", "hd"):
+            self.d.nbdctl("create", name, "--memory", "8MiB")
+        # SAFE refuses while a client is connected.
+        h = self.connect("s")
+        p = self.d.nbdctl("remove", "s", check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("FAILED_PRECONDITION", p.stderr)
+        h.pwrite(b"x" * 512, 0)  # the client was not disturbed
+        h.shutdown()
+        time.sleep(0.1)
+        self.d.nbdctl("remove", "s")
+        # DRAIN closes the idle client and refuses new ones.
+        h = self.connect("dr")
+        out = self.ctl_json("remove", "dr", "--mode", "drain", "--timeout", "5s")
+        self.assertEqual(out["closed_clients"], 1)
+        with self.assertRaises(nbd.Error):
+            h.pread(512, 0)
+        with self.assertRaises(nbd.Error):
+            self.connect("dr")
+        # HARD closes at once.
+        h = self.connect("hd")
+        h.pwrite(b"y" * 512, 0)
+        self.d.nbdctl("remove", "hd", "--mode", "hard")
+        with self.assertRaises(nbd.Error):
+            h.pread(512, 0)
+        listed = json.loads(run("nbdinfo", "--list", "--json", self.d.uri("")).stdout)
+        self.assertEqual([e["export-name"] for e in listed["exports"]], ["cli"])
+
+    def test_bad_input_through_nbdctl(self):
+        self.d.nbdctl("create", "dup", "--memory", "1MiB")
+        cases = [
+            (["create", "dup", "--memory", "1MiB"], 1, "ALREADY_EXISTS"),
+            (["create", "x" * 200, "--memory", "1MiB"], 1, "INVALID_ARGUMENT"),
+            (["create", "a/b", "--memory", "1MiB"], 1, "INVALID_ARGUMENT"),
+            (["create", "big", "--memory", "100PiB"], 1, "INVALID_ARGUMENT"),
+            (["create", "zero", "--memory", "0"], 1, "INVALID_ARGUMENT"),
+            (["create", "out", "--file", "/etc/passwd"], 1, "PERMISSION_DENIED"),
+            (["create", "esc", "--file", os.path.join(self.files, "..", "x.img"),
+              "--size", "1MiB"], 1, "PERMISSION_DENIED"),
+            (["create", "miss", "--file", os.path.join(self.files, "none.img")], 1, "NOT_FOUND"),
+            (["get", "nope"], 1, "NOT_FOUND"),
+            (["remove", "nope"], 1, "NOT_FOUND"),
+            (["create", "neg", "--memory", "-1"], 2, "invalid size"),
+            (["create", "s", "--memory", "1MiB", "--buffer-strategy", "magic"], 2,
+             "unknown buffer strategy"),
+            (["update", "dup"], 2, "nothing to update"),
+            (["frobnicate"], 2, "unknown command"),
+            (["remove", "dup", "--mode", "gentle"], 2, "--mode"),
+        ]
+        for args, code, message in cases:
+            p = self.d.nbdctl(*args, check=False)
+            self.assertEqual(p.returncode, code, (args, p.stderr))
+            self.assertIn(message, p.stderr, args)
+        # The daemon keeps serving.
+        run("nbdinfo", "--size", self.d.uri("cli"))
+
+    def test_bad_input_through_raw_grpc(self):
+        grpc, pb, call = raw_api(self.d.control)
+
+        def code_of(method, req, resp):
+            try:
+                call(method, req, resp)
+            except grpc.RpcError as e:
+                return e.code()
+            return grpc.StatusCode.OK
+        INVALID = grpc.StatusCode.INVALID_ARGUMENT
+        req = pb.CreateExportRequest(export_id="", export=pb.Export(
+            memory=pb.MemoryBackend(size_bytes=MiB)))
+        self.assertEqual(code_of("CreateExport", req, pb.Export), INVALID)
+        req = pb.CreateExportRequest(export_id="nobackend", export=pb.Export())
+        self.assertEqual(code_of("CreateExport", req, pb.Export), INVALID)
+        req = pb.CreateExportRequest(export_id="enum", export=pb.Export(
+            memory=pb.MemoryBackend(size_bytes=MiB), buffer_strategy=99))
+        self.assertEqual(code_of("CreateExport", req, pb.Export), INVALID)
+        self.assertEqual(code_of("GetExport", pb.GetExportRequest(name="cli"), pb.Export),
+                         INVALID)  # not a resource name
+        self.assertEqual(code_of("ListExports", pb.ListExportsRequest(page_size=-5),
+                                 pb.ListExportsResponse), INVALID)
+        upd = pb.UpdateExportRequest(export=pb.Export(name="exports/cli"))
+        self.assertEqual(code_of("UpdateExport", upd, pb.Export), INVALID)  # no mask
+        upd.update_mask.paths.append("read_only")
+        self.assertEqual(code_of("UpdateExport", upd, pb.Export), INVALID)
+        self.assertEqual(code_of("DeleteExport", pb.DeleteExportRequest(
+            name="exports/cli", mode=9), pb.DeleteExportResponse), INVALID)
+        # Valid requests still work afterwards.
+        req = pb.CreateExportRequest(export_id="ok", export=pb.Export(
+            memory=pb.MemoryBackend(size_bytes=MiB)))
+        created = call("CreateExport", req, pb.Export)
+        self.assertEqual(created.name, "exports/ok")
+        self.assertEqual(created.size_bytes, MiB)
+        page = call("ListExports", pb.ListExportsRequest(page_size=1), pb.ListExportsResponse)
+        self.assertEqual(len(page.exports), 1)
+        self.assertEqual(page.next_page_token, "cli")
+
+    def test_daemon_memory_cap(self):
+        out = self.ctl_json("daemon", "--memory-cap", "256MiB")
+        self.assertEqual(int(out["memory_cap_bytes"]), 256 * MiB)
+        out = self.ctl_json("daemon")
+        self.assertEqual(int(out["exports"]), 1)
+        self.assertIn(f"unix:{self.d.sock}", out["nbd_listen"])
+
+
+class StateFileTest(unittest.TestCase):
+    def test_corrupt_state_file_refuses_start_and_is_kept(self):
+        d = Daemon(["name=m,backend=memory,size=1MiB"])
+        try:
+            os.makedirs(d.state_dir)
+            path = os.path.join(d.state_dir, "exports.textproto")
+            with open(path, "w") as f:
+                f.write("exports { name: ")
+            p = subprocess.run(d.args, capture_output=True, text=True, timeout=30)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn(path, p.stderr)
+            with open(path) as f:
+                self.assertEqual(f.read(), "exports { name: ")
+        finally:
+            d.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main()
