@@ -17,6 +17,7 @@ namespace {
 constexpr char kCreateHelp[] = R"(Usage: nbdctl create NAME (--memory SIZE | --null SIZE | --file PATH [--size SIZE])
                     [--read-only] [--description TEXT] [--buffer-strategy S]
                     [--memory-cap SIZE] [--pool-idle-release DUR]
+                    [--min-block-size N] [--preferred-block-size N] [--max-payload N]
 
 Creates an export and starts serving it. It is persisted in the daemon's state
 directory and recreated when the daemon restarts.
@@ -27,6 +28,9 @@ directory and recreated when the daemon restarts.
   --buffer-strategy S     pool (default), exact, fixed, grow, stream
   --memory-cap SIZE       cap on this export's request buffers
   --pool-idle-release DUR free idle pool buffers after DUR (e.g. 5s)
+  --min-block-size N, --preferred-block-size N, --max-payload N
+                          block sizes advertised to clients (defaults 1, 4KiB,
+                          32MiB); unaligned READ/WRITE get EINVAL
 )";
 constexpr char kListHelp[] = "Usage: nbdctl list\n\nLists every export.\n";
 constexpr char kGetHelp[] = "Usage: nbdctl get NAME\n\nShows one export.\n";
@@ -127,7 +131,8 @@ std::unique_ptr<v1::ExportService::Stub> Stub(const Global& g, int* exit_code) {
 int CreateCommand(const Global& g, const std::vector<std::string>& words) {
   auto a = ParseArgs(words,
                      {"--memory", "--null", "--file", "--size", "--description",
-                      "--buffer-strategy", "--memory-cap", "--pool-idle-release"},
+                      "--buffer-strategy", "--memory-cap", "--pool-idle-release",
+                      "--min-block-size", "--preferred-block-size", "--max-payload"},
                      {"--read-only"});
   if (!a.ok()) return UsageError(std::string(a.status().message()), kCreateHelp);
   if (a->help) return std::printf("%s", kCreateHelp), kExitOk;
@@ -163,6 +168,17 @@ int CreateCommand(const Global& g, const std::vector<std::string>& words) {
     }
   }
   if (!err.empty()) return UsageError(err, kCreateHelp);
+  for (const char* flag : {"--min-block-size", "--preferred-block-size", "--max-payload"}) {
+    if (!a->has(flag)) continue;
+    uint64_t v = 0;
+    if (std::string m = size_of(flag, &v); !m.empty()) return UsageError(m, kCreateHelp);
+    if (v > UINT32_MAX) return UsageError(absl::StrCat(flag, ": too large"), kCreateHelp);
+    v1::BlockSizes* b = e->mutable_block_sizes();
+    std::string f = flag;
+    if (f == "--min-block-size") b->set_minimum(static_cast<uint32_t>(v));
+    else if (f == "--preferred-block-size") b->set_preferred(static_cast<uint32_t>(v));
+    else b->set_maximum_payload(static_cast<uint32_t>(v));
+  }
   std::vector<std::string> paths;
   if (std::string m = ApplyCommonFlags(*a, e, &paths); !m.empty()) {
     return UsageError(m, kCreateHelp);

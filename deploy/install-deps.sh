@@ -11,7 +11,7 @@ PKGS=(
   protobuf-compiler libgtest-dev libgmock-dev libspdlog-dev liburing-dev
   # interop peers and benchmark tools
   libnbd-bin python3 python3-libnbd qemu-utils nbdkit fio procps
-  python3-grpcio python3-protobuf
+  python3-grpcio python3-protobuf openssl
 )
 
 missing=()

@@ -73,6 +73,12 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
       return absl::InvalidArgumentError(
           "backend: one of memory, file or null is required");
   }
+  if (p.has_block_sizes()) {
+    const auto& b = p.block_sizes();
+    if (b.minimum()) c.block_sizes.minimum = b.minimum();
+    if (b.preferred()) c.block_sizes.preferred = b.preferred();
+    if (b.maximum_payload()) c.block_sizes.maximum_payload = b.maximum_payload();
+  }
   absl::StatusOr<BufferStrategy> strategy = StrategyFromProto(p.buffer_strategy());
   if (!strategy.ok()) return strategy.status();
   c.buffers.strategy = *strategy;
@@ -108,6 +114,9 @@ v1::Export ExportConfigToProto(const ExportConfig& c) {
       p.mutable_file()->set_size_bytes(c.size.value_or(0));
       break;
   }
+  p.mutable_block_sizes()->set_minimum(c.block_sizes.minimum);
+  p.mutable_block_sizes()->set_preferred(c.block_sizes.preferred);
+  p.mutable_block_sizes()->set_maximum_payload(c.block_sizes.maximum_payload);
   p.set_buffer_strategy(StrategyToProto(c.buffers.strategy));
   p.set_memory_cap_bytes(c.buffers.memory_cap_bytes);
   int64_t ms = c.buffers.pool_idle_release.count();
@@ -118,9 +127,6 @@ v1::Export ExportConfigToProto(const ExportConfig& c) {
 
 v1::Export ExportInfoToProto(const ExportInfo& info) {
   v1::Export p = ExportConfigToProto(info.config);
-  p.mutable_block_sizes()->set_minimum(info.block_sizes.minimum);
-  p.mutable_block_sizes()->set_preferred(info.block_sizes.preferred);
-  p.mutable_block_sizes()->set_maximum_payload(info.block_sizes.maximum_payload);
   p.set_multi_conn(info.multi_conn);
   p.set_size_bytes(info.size);
   p.set_connected_clients(static_cast<uint32_t>(info.clients));

@@ -50,6 +50,9 @@ Flags:
                                                buffers (requests wait for it)
                             pool-idle-release=DUR  free idle pool buffers after
                                                DUR (default 5s)
+                            min-block-size=N, preferred-block-size=N,
+                            max-payload=N      advertised block sizes
+                                               (defaults 1, 4KiB, 32MiB)
                           Example: --export name=scratch,backend=memory,size=1GiB
   --default-export NAME   Export served to clients that ask for the empty name
                           (nbd://host/). Default: the first --export.

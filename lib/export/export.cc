@@ -53,7 +53,7 @@ Export::Export(ExportConfig config, std::unique_ptr<Backend> backend,
       backend_(std::move(backend)),
       size_(backend_->size()),
       caps_(backend_->caps()),
-      block_sizes_(),
+      block_sizes_(config_.block_sizes),
       buffers_(buffers, config_.buffers),
       description_(config_.description),
       created_(std::chrono::system_clock::now()) {}

@@ -15,13 +15,6 @@
 
 namespace nbdmgr {
 
-// Block size constraints advertised with NBD_INFO_BLOCK_SIZE.
-struct BlockSizes {
-  uint32_t minimum = 1;
-  uint32_t preferred = 4096;
-  uint32_t maximum_payload = 32 * 1024 * 1024;
-};
-
 // One served export: its configuration, its open backend and live state.
 // Thread-safe: config and backend are immutable after Create(); the client
 // count is atomic. Shared by the registry and every session using it

@@ -75,8 +75,33 @@ absl::Status ValidateExportName(std::string_view name) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateBlockSizes(const BlockSizes& b) {
+  auto pow2 = [](uint32_t v) { return v != 0 && (v & (v - 1)) == 0; };
+  if (!pow2(b.minimum) || b.minimum > 65536) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block_sizes.minimum ", b.minimum, " must be a power of two <= 65536"));
+  }
+  if (!pow2(b.preferred) || b.preferred < std::max<uint32_t>(b.minimum, 512)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block_sizes.preferred ", b.preferred,
+        " must be a power of two >= max(minimum, 512)"));
+  }
+  if (b.maximum_payload < b.preferred || b.maximum_payload > kMaxPayloadLimit ||
+      b.maximum_payload % b.minimum != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block_sizes.maximum_payload ", b.maximum_payload,
+        " must be a multiple of minimum, >= preferred and <= ", kMaxPayloadLimit));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateExportConfig(const ExportConfig& c) {
   if (absl::Status st = ValidateExportName(c.name); !st.ok()) return st;
+  if (absl::Status st = ValidateBlockSizes(c.block_sizes); !st.ok()) return st;
+  if (c.size && *c.size % c.block_sizes.minimum != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "export ", c.name, ": size must be a multiple of the minimum block size"));
+  }
   if (c.description.size() > 4096) {
     return absl::InvalidArgumentError("export description longer than 4096 bytes");
   }
@@ -148,6 +173,17 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       c.read_only = *b;
     } else if (key == "description") {
       c.description = value;
+    } else if (key == "min-block-size" || key == "preferred-block-size" ||
+               key == "max-payload") {
+      absl::StatusOr<uint64_t> v = ParseSize(value);
+      if (!v.ok()) return KeyError(key, v.status());
+      if (*v > UINT32_MAX) {
+        return KeyError(key, absl::InvalidArgumentError("too large"));
+      }
+      uint32_t& field = key == "min-block-size" ? c.block_sizes.minimum
+                        : key == "preferred-block-size" ? c.block_sizes.preferred
+                                                        : c.block_sizes.maximum_payload;
+      field = static_cast<uint32_t>(*v);
     } else if (key == "buffer-strategy") {
       absl::StatusOr<BufferStrategy> st = ParseBufferStrategy(value);
       if (!st.ok()) return KeyError("buffer-strategy", st.status());
@@ -164,7 +200,8 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       return absl::InvalidArgumentError(absl::StrCat(
           "export spec \"", ToAbsl(spec), "\": unknown key \"", key,
           "\" (name, backend, path, size, read-only, description, "
-          "buffer-strategy, memory-cap, pool-idle-release)"));
+          "buffer-strategy, memory-cap, pool-idle-release, min-block-size, "
+          "preferred-block-size, max-payload)"));
     }
   }
   if (!have_name) {

@@ -17,6 +17,16 @@ std::string_view NameOf(BackendKind kind);
 
 // Everything that defines an export, as given by an operator. Plain data;
 // validated by ValidateExportConfig before anything is opened.
+// Block size constraints advertised with NBD_INFO_BLOCK_SIZE.
+struct BlockSizes {
+  uint32_t minimum = 1;
+  uint32_t preferred = 4096;
+  uint32_t maximum_payload = 32 * 1024 * 1024;
+};
+// The largest maximum_payload an export may advertise (request buffers are
+// sized for it).
+inline constexpr uint32_t kMaxPayloadLimit = 32 * 1024 * 1024;
+
 struct ExportConfig {
   std::string name;
   std::string description;
@@ -26,8 +36,13 @@ struct ExportConfig {
                                  // the size a created file gets, or must have
   bool create = true;            // kFile: create a missing file (needs size)
   bool read_only = false;
+  BlockSizes block_sizes;
   BufferSettings buffers;
 };
+
+// NBD's rules: minimum a power of two <= 64 KiB; preferred a power of two
+// >= max(minimum, 512); maximum_payload >= preferred and <= kMaxPayloadLimit.
+absl::Status ValidateBlockSizes(const BlockSizes& b);
 
 // Export names: 1 to 128 characters of [A-Za-z0-9._:-], starting with a
 // letter or digit (they appear in resource names and metric labels).

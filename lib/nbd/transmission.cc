@@ -66,6 +66,10 @@ RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l) {
     return {h.type == kCmdWrite || h.type == kCmdWriteZeroes ? kEnospc : kEinval,
             "request past the end of the export"};
   }
+  if ((h.type == kCmdRead || h.type == kCmdWrite) && l.min_block > 1 &&
+      (h.offset % l.min_block != 0 || h.length % l.min_block != 0)) {
+    return {kEinval, "not aligned to the minimum block size"};
+  }
   if (h.type == kCmdBlockStatus && !l.base_allocation) {
     return {kEinval, "no metadata context negotiated"};
   }
@@ -96,6 +100,7 @@ Transmission::Transmission(Connection& conn, ReplyWriter& writer,
   limits_.structured_replies = agreed.structured_replies;
   limits_.base_allocation = agreed.base_allocation;
   limits_.max_payload = export_->block_sizes().maximum_payload;
+  limits_.min_block = export_->block_sizes().minimum;
 }
 
 asio::awaitable<void> Transmission::ReplyError(const RequestHeader& h,

@@ -35,6 +35,7 @@ struct RequestLimits {
   bool structured_replies = false;
   bool base_allocation = false;
   uint32_t max_payload = 32 * 1024 * 1024;
+  uint32_t min_block = 1;  // READ/WRITE offset and length must be multiples
 };
 
 // The verdict on one request: error is kOk or the NBD error to reply with;
@@ -48,7 +49,8 @@ struct RequestCheck {
 // allocated or read for it: known command, flags valid for that command and
 // advertised, writes on a read-only export (EPERM), zero length (EINVAL),
 // payload above the maximum (EINVAL), range past the end (ENOSPC for writes,
-// EINVAL otherwise), BLOCK_STATUS without a negotiated context (EINVAL).
+// EINVAL otherwise), READ/WRITE not aligned to the minimum block size
+// (EINVAL), BLOCK_STATUS without a negotiated context (EINVAL).
 // DISC is not checked here.
 RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l);
 

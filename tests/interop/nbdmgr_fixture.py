@@ -74,7 +74,9 @@ class Daemon:
             if time.time() > deadline:
                 raise AssertionError("nbdmgrd did not become ready:\n" + self.logs())
             time.sleep(0.02)
-        for line in open(self.ready).read().split():
+        with open(self.ready) as f:
+            lines = f.read().split()
+        for line in lines:
             if line.startswith("tcp:"):  # the NBD port (control lines start "control=")
                 self.port = int(line.rsplit(":", 1)[1])
         return self

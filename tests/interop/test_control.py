@@ -13,7 +13,7 @@ import unittest
 
 import nbd
 
-from nbdmgr_fixture import Daemon, random_file, run, sha256
+from nbdmgr_fixture import NBDCTL, Daemon, random_file, run, sha256
 
 MiB = 1 << 20
 PROTO_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "proto")
@@ -204,12 +204,57 @@ class ControlPlaneTest(unittest.TestCase):
         self.assertEqual(len(page.exports), 1)
         self.assertEqual(page.next_page_token, "cli")
 
+    def test_health_and_reflection(self):
+        import grpc
+        channel = grpc.insecure_channel(f"unix:{self.d.control}")
+        raw = dict(request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        # grpc.health.v1.Health/Check with service "": HealthCheckResponse
+        # {status: SERVING} is the bytes 08 01.
+        check = channel.unary_unary("/grpc.health.v1.Health/Check", **raw)
+        self.assertEqual(check(b"", timeout=10), b"\x08\x01")
+        # Server reflection: list_services (field 7) names our services.
+        info = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", **raw)
+        replies = b"".join(info(iter([b"\x3a\x00"]), timeout=10))
+        self.assertIn(b"nbdmgr.v1.ExportService", replies)
+        self.assertIn(b"nbdmgr.v1.DaemonService", replies)
+
     def test_daemon_memory_cap(self):
         out = self.ctl_json("daemon", "--memory-cap", "256MiB")
         self.assertEqual(int(out["memory_cap_bytes"]), 256 * MiB)
         out = self.ctl_json("daemon")
         self.assertEqual(int(out["exports"]), 1)
         self.assertIn(f"unix:{self.d.sock}", out["nbd_listen"])
+
+
+class TcpControlTest(unittest.TestCase):
+    def test_tcp_control_needs_tls_and_works_with_it(self):
+        d = Daemon(["name=m,backend=memory,size=1MiB"])
+        try:
+            # TCP without TLS is refused unless --control-insecure.
+            args = [a if a != f"unix:{d.control}" else "tcp:127.0.0.1:0" for a in d.args]
+            p = subprocess.run(args, capture_output=True, text=True, timeout=30)
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("--control-tls-cert", p.stderr)
+            cert = os.path.join(d.dir, "cert.pem")
+            key = os.path.join(d.dir, "key.pem")
+            run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", key, "-out", cert)
+            d.args = args + ["--control-tls-cert", cert, "--control-tls-key", key]
+            d.start()
+            with open(d.ready) as f:
+                control = [l[len("control="):] for l in f.read().split()
+                           if l.startswith("control=")][0]
+            ok = run(NBDCTL, "--control", control,
+                     "--tls-ca", cert, "-o", "json", "get", "m")
+            self.assertIn('"exports/m"', ok.stdout)
+            plain = run(NBDCTL, "--control", control,
+                        "--insecure", "get", "m", check=False)
+            self.assertNotEqual(plain.returncode, 0)
+            self.assertEqual(d.stop(), 0)
+        finally:
+            d.cleanup()
 
 
 class StateFileTest(unittest.TestCase):

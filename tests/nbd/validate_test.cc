@@ -92,6 +92,15 @@ TEST(ValidateRequestTest, PayloadAboveMaximum) {
   EXPECT_EQ(Check({0, kCmdWriteZeroes, 1, 0, 1u << 31}, l), kOk);
 }
 
+TEST(ValidateRequestTest, MinimumBlockSizeAlignment) {
+  RequestLimits l = Writable();
+  l.min_block = 512;
+  EXPECT_EQ(Check({0, kCmdRead, 1, 512, 1024}, l), kOk);
+  EXPECT_EQ(Check({0, kCmdRead, 1, 100, 512}, l), kEinval);
+  EXPECT_EQ(Check({0, kCmdWrite, 1, 0, 100}, l), kEinval);
+  EXPECT_EQ(Check({0, kCmdTrim, 1, 100, 100}, l), kOk);  // trim may be rounded
+}
+
 TEST(ValidateRequestTest, BlockStatusNeedsContext) {
   EXPECT_EQ(Check({0, kCmdBlockStatus, 1, 0, 1}, Writable(true, false)), kEinval);
 }
