@@ -77,7 +77,7 @@ class ExportBuffers::PoolReleaser final : public BufferReleaser {
   explicit PoolReleaser(ExportBuffers& owner) : owner_(owner) {}
   void Release(uint8_t* data, size_t capacity, size_t charged) override {
     owner_.system_.pool().Put(data, capacity,
-                              owner_.settings().pool_idle_release);
+                              owner_.current()->pool_idle_release);
     owner_.Uncharge(charged);
   }
 
@@ -99,16 +99,9 @@ std::unique_ptr<ConnectionBuffers> ExportBuffers::NewConnection() {
 }
 
 void ExportBuffers::Update(const BufferSettings& settings) {
-  {
-    std::lock_guard lock(mu_);
-    settings_ = std::make_shared<const BufferSettings>(settings);
-  }
+  settings_.store(std::make_shared<const BufferSettings>(settings),
+                  std::memory_order_release);
   budget_.set_cap(settings.memory_cap_bytes);
-}
-
-BufferSettings ExportBuffers::settings() const {
-  std::lock_guard lock(mu_);
-  return *settings_;
 }
 
 ExportBufferStats ExportBuffers::stats() const {
@@ -161,7 +154,7 @@ void ConnectionBuffers::FreeHeld(const Held& h) {
 }
 
 bool ConnectionBuffers::ShouldStream(size_t size) {
-  BufferSettings s = owner_.settings();
+  const BufferSettings& s = *owner_.current();
   size_t charge = size;
   switch (s.strategy) {
     case BufferStrategy::kStream:
@@ -185,7 +178,7 @@ BufferLease ConnectionBuffers::AcquireChunk() {
 }
 
 asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
-  BufferSettings s = owner_.settings();
+  const BufferSettings s = *owner_.current();
   // A strategy change frees what the old one kept.
   if (s.strategy != idle_strategy_) {
     for (const Held& h : idle_) FreeHeld(h);
@@ -249,19 +242,16 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
       size_t capacity = BufferPool::ClassSize(size);
       co_await owner_.Charge(capacity);
       // Keep cached + in-use pool memory within the daemon cap.
-      uint64_t cap = owner_.system_.budget().cap();
-      uint64_t limit = UINT64_MAX;
-      if (cap != 0) {
-        uint64_t used = owner_.system_.budget().stats().used;
-        limit = cap > used ? cap - used : 0;
-      }
-      BufferPoolStats before = owner_.system_.pool().stats();
-      uint8_t* p = owner_.system_.pool().Get(size, limit);
+      uint64_t limit = owner_.system_.budget().cap() == 0
+                           ? UINT64_MAX
+                           : owner_.system_.budget().headroom();
+      bool reused = false;
+      uint8_t* p = owner_.system_.pool().Get(size, limit, &reused);
       if (p == nullptr) {
         owner_.Uncharge(capacity);
         co_return BufferLease();
       }
-      if (owner_.system_.pool().stats().reuses > before.reuses) {
+      if (reused) {
         owner_.reuses_.fetch_add(1, std::memory_order_relaxed);
       } else {
         owner_.allocations_.fetch_add(1, std::memory_order_relaxed);
@@ -275,7 +265,7 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
 void ConnectionBuffers::Release(uint8_t* data, size_t capacity,
                                 size_t charged) {
   (void)charged;  // == capacity for held buffers
-  BufferStrategy now = owner_.settings().strategy;
+  BufferStrategy now = owner_.current()->strategy;
   if (now != idle_strategy_ ||
       (now != BufferStrategy::kFixed && now != BufferStrategy::kGrow)) {
     // The strategy changed while this buffer was in flight: drop it.

@@ -86,7 +86,11 @@ class ExportBuffers {
   std::unique_ptr<ConnectionBuffers> NewConnection();
 
   void Update(const BufferSettings& settings);
-  BufferSettings settings() const;
+  BufferSettings settings() const { return *current(); }
+  // The current settings without copying them (lock-free).
+  std::shared_ptr<const BufferSettings> current() const {
+    return settings_.load(std::memory_order_acquire);
+  }
   ExportBufferStats stats() const;
 
  private:
@@ -100,8 +104,7 @@ class ExportBuffers {
   bool Fits(uint64_t n) const;
 
   BufferSystem& system_;
-  mutable std::mutex mu_;
-  std::shared_ptr<const BufferSettings> settings_;  // guarded by mu_
+  std::atomic<std::shared_ptr<const BufferSettings>> settings_;
   MemoryBudget budget_;
   std::unique_ptr<HeapReleaser> heap_;
   std::unique_ptr<PoolReleaser> pool_;

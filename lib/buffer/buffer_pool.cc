@@ -29,7 +29,7 @@ int BufferPool::ClassIndex(size_t capacity) {
   return std::countr_zero(capacity) - std::countr_zero(kMinClassSize);
 }
 
-uint8_t* BufferPool::Get(size_t size, uint64_t cache_limit) {
+uint8_t* BufferPool::Get(size_t size, uint64_t cache_limit, bool* reused) {
   if (size == 0 || size > max_buffer_) return nullptr;
   size_t capacity = ClassSize(size);
   SizeClass& c = classes_[ClassIndex(capacity)];
@@ -41,6 +41,7 @@ uint8_t* BufferPool::Get(size_t size, uint64_t cache_limit) {
       c.free.pop_back();
     }
   }
+  if (reused != nullptr) *reused = p != nullptr;
   if (p != nullptr) {
     cached_.fetch_sub(capacity, std::memory_order_relaxed);
     reuses_.fetch_add(1, std::memory_order_relaxed);

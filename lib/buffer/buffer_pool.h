@@ -44,7 +44,9 @@ class BufferPool {
   // than the maximum, or the OS refuses memory. When no cached buffer fits
   // and a new one must be allocated, cached buffers are first freed until
   // at most `cache_limit` bytes stay cached (bounding total memory).
-  uint8_t* Get(size_t size, uint64_t cache_limit = UINT64_MAX);
+  // When `reused` is given, it tells whether a cached buffer was reused.
+  uint8_t* Get(size_t size, uint64_t cache_limit = UINT64_MAX,
+               bool* reused = nullptr);
   // Returns a buffer obtained from Get with that capacity; it is kept for
   // reuse for at least `keep` (see ReleaseIdle).
   void Put(uint8_t* data, size_t capacity,

@@ -75,24 +75,21 @@ void MemoryBudget::Release(uint64_t n) {
   Resume(std::move(ready));
 }
 
-bool MemoryBudget::Fits(uint64_t n) const {
-  std::lock_guard lock(mu_);
-  return cap_ == 0 || n <= cap_;
-}
-
 void MemoryBudget::set_cap(uint64_t cap) {
   std::deque<Waiter> ready;
   {
     std::lock_guard lock(mu_);
     cap_ = cap;
+    cap_mirror_.store(cap, std::memory_order_relaxed);
     ready = GrantLocked();
   }
   Resume(std::move(ready));
 }
 
-uint64_t MemoryBudget::cap() const {
+uint64_t MemoryBudget::headroom() const {
   std::lock_guard lock(mu_);
-  return cap_;
+  if (cap_ == 0) return UINT64_MAX;
+  return cap_ > used_ ? cap_ - used_ : 0;
 }
 
 MemoryBudgetStats MemoryBudget::stats() const {

@@ -1,6 +1,7 @@
 #ifndef NBDMGR_LIB_BUFFER_MEMORY_BUDGET_H_
 #define NBDMGR_LIB_BUFFER_MEMORY_BUDGET_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -31,7 +32,7 @@ struct MemoryBudgetStats {
 class MemoryBudget {
  public:
   // cap == 0 means unlimited.
-  explicit MemoryBudget(uint64_t cap = 0) : cap_(cap) {}
+  explicit MemoryBudget(uint64_t cap = 0) : cap_(cap), cap_mirror_(cap) {}
   MemoryBudget(const MemoryBudget&) = delete;
   MemoryBudget& operator=(const MemoryBudget&) = delete;
 
@@ -44,10 +45,15 @@ class MemoryBudget {
   void ForceCharge(uint64_t n);
   void Release(uint64_t n);
 
-  // Whether a charge of n can ever succeed under the current cap.
-  bool Fits(uint64_t n) const;
+  // Whether a charge of n can ever succeed under the current cap. Lock-free.
+  bool Fits(uint64_t n) const {
+    uint64_t cap = cap_mirror_.load(std::memory_order_relaxed);
+    return cap == 0 || n <= cap;
+  }
   void set_cap(uint64_t cap);
-  uint64_t cap() const;
+  uint64_t cap() const { return cap_mirror_.load(std::memory_order_relaxed); }
+  // cap - used (0 if over), or UINT64_MAX without a cap.
+  uint64_t headroom() const;
   MemoryBudgetStats stats() const;
 
  private:
@@ -65,6 +71,7 @@ class MemoryBudget {
 
   mutable std::mutex mu_;
   uint64_t cap_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> cap_mirror_;  // == cap_, for lock-free reads
   uint64_t used_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t peak_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t waits_ ABSL_GUARDED_BY(mu_) = 0;
