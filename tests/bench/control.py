@@ -46,7 +46,7 @@ def main():
         subprocess.run(["fio", "--name=fill", "--ioengine=nbd", f"--uri={d.uri('data')}",
                         "--rw=write", "--bs=1M", "--size=1G"], capture_output=True)
         _, pb, call = raw_api(d.control)
-        create_ms, delete_ms, alone, busy = [], [], [], []
+        create_ms, delete_ms, alone, busy, spin = [], [], [], [], []
 
         def churn(stop):
             i = 0
@@ -66,14 +66,22 @@ def main():
                 if i >= args.exports and stop.is_set():
                     break
 
+        def spinner(stop):
+            # Control condition: a client process burning the same CPU
+            # without calling the daemon.
+            x = 0
+            while not stop.is_set():
+                x += 1
+
         for _ in range(args.rounds):
             alone.append(fio_mbps(d.uri("data"), 8))
-            stop = threading.Event()
-            t = threading.Thread(target=churn, args=(stop,))
-            t.start()
-            busy.append(fio_mbps(d.uri("data"), 8))
-            stop.set()
-            t.join()
+            for target, out in ((churn, busy), (spinner, spin)):
+                stop = threading.Event()
+                t = threading.Thread(target=target, args=(stop,))
+                t.start()
+                out.append(fio_mbps(d.uri("data"), 8))
+                stop.set()
+                t.join()
     finally:
         d.stop()
         d.cleanup()
@@ -84,9 +92,12 @@ def main():
     print(f"{'call':<14} {'count':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, v in (("CreateExport", create_ms), ("DeleteExport", delete_ms)):
         print(f"{name:<14} {len(v):>7} {pct(v, .5):>8.2f} {pct(v, .99):>8.2f} {max(v):>8.2f}")
-    a, b = statistics.median(alone), statistics.median(busy)
-    print(f"\nunrelated export, fio 1 MiB reads qd8: alone {a:.0f} MB/s, during API churn "
-          f"{b:.0f} MB/s ({(b / a - 1) * 100:+.1f}%)  [medians of {args.rounds} rounds]")
+    a, b, c = statistics.median(alone), statistics.median(busy), statistics.median(spin)
+    print(f"\nunrelated export, fio 1 MiB reads qd8 [medians of {args.rounds} rounds]:")
+    print(f"  alone                          {a:8.0f} MB/s")
+    print(f"  during API churn (this client) {b:8.0f} MB/s ({(b / a - 1) * 100:+.1f}%)")
+    print(f"  beside a CPU-bound Python loop {c:8.0f} MB/s ({(c / a - 1) * 100:+.1f}%)"
+          "  <- control: the client's own CPU, no API calls")
     print("(each call persists the export set: temp file, fsync, rename, fsync dir)")
 
 
