@@ -30,7 +30,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& words,
     } else if (with_value.contains(flag)) {
       if (!inline_value) {
         if (i + 1 >= words.size()) {
-          return absl::InvalidArgumentError(absl::StrCat(flag, ": missing value"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(flag, ": missing value"));
         }
         value = words[++i];
       }

@@ -1,11 +1,11 @@
 #ifndef NBDMGR_CLI_CLIENT_H_
 #define NBDMGR_CLI_CLIENT_H_
 
-#include <memory>
-#include <string>
-
 #include <google/protobuf/message.h>
 #include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
 
 namespace nbdmgr::cli {
 
@@ -18,7 +18,7 @@ inline constexpr int kExitUnavailable = 3;  // could not reach the daemon
 // Options common to every subcommand.
 struct Global {
   std::string control = "unix:/run/nbdmgr/control.sock";
-  std::string output = "table";  // table | json
+  std::string output = "table";           // table | json
   std::string tls_ca, tls_cert, tls_key;  // TCP with TLS
   bool insecure = false;                  // TCP without TLS
 };

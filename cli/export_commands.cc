@@ -14,7 +14,8 @@
 namespace nbdmgr::cli {
 namespace {
 
-constexpr char kCreateHelp[] = R"(Usage: nbdctl create NAME (--memory SIZE | --null SIZE | --file PATH [--size SIZE])
+constexpr char kCreateHelp[] =
+    R"(Usage: nbdctl create NAME (--memory SIZE | --null SIZE | --file PATH [--size SIZE])
                     [--read-only] [--description TEXT] [--buffer-strategy S]
                     [--memory-cap SIZE] [--pool-idle-release DUR]
                     [--min-block-size N] [--preferred-block-size N] [--max-payload N]
@@ -34,13 +35,15 @@ directory and recreated when the daemon restarts.
 )";
 constexpr char kListHelp[] = "Usage: nbdctl list\n\nLists every export.\n";
 constexpr char kGetHelp[] = "Usage: nbdctl get NAME\n\nShows one export.\n";
-constexpr char kUpdateHelp[] = R"(Usage: nbdctl update NAME [--buffer-strategy S] [--memory-cap SIZE]
+constexpr char kUpdateHelp[] =
+    R"(Usage: nbdctl update NAME [--buffer-strategy S] [--memory-cap SIZE]
                     [--pool-idle-release DUR] [--description TEXT]
 
 Changes a live export. New requests use the new buffer settings; requests in
 flight finish with theirs; no client is disconnected.
 )";
-constexpr char kRemoveHelp[] = R"(Usage: nbdctl remove NAME [--mode safe|drain|hard] [--timeout DUR]
+constexpr char kRemoveHelp[] =
+    R"(Usage: nbdctl remove NAME [--mode safe|drain|hard] [--timeout DUR]
 
 Removes an export.
   --mode safe    (default) refuse while clients are connected
@@ -66,15 +69,18 @@ std::string ApplyCommonFlags(const Args& a, v1::Export* e,
   }
   if (a.has("--memory-cap")) {
     auto cap = ParseSize(a.get("--memory-cap"));
-    if (!cap.ok()) return absl::StrCat("--memory-cap: ", cap.status().message());
+    if (!cap.ok())
+      return absl::StrCat("--memory-cap: ", cap.status().message());
     e->set_memory_cap_bytes(*cap);
     paths->push_back("memory_cap_bytes");
   }
   if (a.has("--pool-idle-release")) {
     auto d = ParseDuration(a.get("--pool-idle-release"));
-    if (!d.ok()) return absl::StrCat("--pool-idle-release: ", d.status().message());
+    if (!d.ok())
+      return absl::StrCat("--pool-idle-release: ", d.status().message());
     e->mutable_pool_idle_release()->set_seconds(d->count() / 1000);
-    e->mutable_pool_idle_release()->set_nanos(static_cast<int32_t>(d->count() % 1000) * 1000000);
+    e->mutable_pool_idle_release()->set_nanos(
+        static_cast<int32_t>(d->count() % 1000) * 1000000);
     paths->push_back("pool_idle_release");
   }
   return "";
@@ -82,10 +88,14 @@ std::string ApplyCommonFlags(const Args& a, v1::Export* e,
 
 std::string BackendText(const v1::Export& e) {
   switch (e.backend_case()) {
-    case v1::Export::kMemory: return "memory";
-    case v1::Export::kNull: return "null";
-    case v1::Export::kFile: return absl::StrCat("file:", e.file().path());
-    default: return "?";
+    case v1::Export::kMemory:
+      return "memory";
+    case v1::Export::kNull:
+      return "null";
+    case v1::Export::kFile:
+      return absl::StrCat("file:", e.file().path());
+    default:
+      return "?";
   }
 }
 
@@ -95,16 +105,18 @@ std::string StrategyText(v1::BufferStrategy s) {
 }
 
 void PrintTable(const std::vector<const v1::Export*>& exports) {
-  std::printf("%-24s %-28s %10s %7s %-8s %10s %-8s\n", "NAME", "BACKEND", "SIZE",
-              "CLIENTS", "BUFFERS", "MEM CAP", "STATE");
+  std::printf("%-24s %-28s %10s %7s %-8s %10s %-8s\n", "NAME", "BACKEND",
+              "SIZE", "CLIENTS", "BUFFERS", "MEM CAP", "STATE");
   for (const v1::Export* e : exports) {
     std::string id = e->name().substr(e->name().find('/') + 1);
-    std::printf("%-24s %-28s %10s %7u %-8s %10s %-8s\n", id.c_str(),
-                BackendText(*e).c_str(), FormatSize(e->size_bytes()).c_str(),
-                e->connected_clients(), StrategyText(e->buffer_strategy()).c_str(),
-                e->memory_cap_bytes() ? FormatSize(e->memory_cap_bytes()).c_str() : "-",
-                e->state() == v1::Export::DRAINING ? "draining"
-                                                    : (e->read_only() ? "active,ro" : "active"));
+    std::printf(
+        "%-24s %-28s %10s %7u %-8s %10s %-8s\n", id.c_str(),
+        BackendText(*e).c_str(), FormatSize(e->size_bytes()).c_str(),
+        e->connected_clients(), StrategyText(e->buffer_strategy()).c_str(),
+        e->memory_cap_bytes() ? FormatSize(e->memory_cap_bytes()).c_str() : "-",
+        e->state() == v1::Export::DRAINING
+            ? "draining"
+            : (e->read_only() ? "active,ro" : "active"));
   }
 }
 
@@ -129,17 +141,21 @@ std::unique_ptr<v1::ExportService::Stub> Stub(const Global& g, int* exit_code) {
 }  // namespace
 
 int CreateCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a = ParseArgs(words,
-                     {"--memory", "--null", "--file", "--size", "--description",
-                      "--buffer-strategy", "--memory-cap", "--pool-idle-release",
-                      "--min-block-size", "--preferred-block-size", "--max-payload"},
-                     {"--read-only"});
-  if (!a.ok()) return UsageError(std::string(a.status().message()), kCreateHelp);
+  auto a =
+      ParseArgs(words,
+                {"--memory", "--null", "--file", "--size", "--description",
+                 "--buffer-strategy", "--memory-cap", "--pool-idle-release",
+                 "--min-block-size", "--preferred-block-size", "--max-payload"},
+                {"--read-only"});
+  if (!a.ok())
+    return UsageError(std::string(a.status().message()), kCreateHelp);
   if (a->help) return std::printf("%s", kCreateHelp), kExitOk;
-  if (a->positional.size() != 1) return UsageError("create takes one NAME", kCreateHelp);
+  if (a->positional.size() != 1)
+    return UsageError("create takes one NAME", kCreateHelp);
   int backends = a->has("--memory") + a->has("--null") + a->has("--file");
   if (backends != 1) {
-    return UsageError("give exactly one of --memory, --null, --file", kCreateHelp);
+    return UsageError("give exactly one of --memory, --null, --file",
+                      kCreateHelp);
   }
   v1::CreateExportRequest req;
   req.set_export_id(a->positional[0]);
@@ -168,16 +184,22 @@ int CreateCommand(const Global& g, const std::vector<std::string>& words) {
     }
   }
   if (!err.empty()) return UsageError(err, kCreateHelp);
-  for (const char* flag : {"--min-block-size", "--preferred-block-size", "--max-payload"}) {
+  for (const char* flag :
+       {"--min-block-size", "--preferred-block-size", "--max-payload"}) {
     if (!a->has(flag)) continue;
     uint64_t v = 0;
-    if (std::string m = size_of(flag, &v); !m.empty()) return UsageError(m, kCreateHelp);
-    if (v > UINT32_MAX) return UsageError(absl::StrCat(flag, ": too large"), kCreateHelp);
+    if (std::string m = size_of(flag, &v); !m.empty())
+      return UsageError(m, kCreateHelp);
+    if (v > UINT32_MAX)
+      return UsageError(absl::StrCat(flag, ": too large"), kCreateHelp);
     v1::BlockSizes* b = e->mutable_block_sizes();
     std::string f = flag;
-    if (f == "--min-block-size") b->set_minimum(static_cast<uint32_t>(v));
-    else if (f == "--preferred-block-size") b->set_preferred(static_cast<uint32_t>(v));
-    else b->set_maximum_payload(static_cast<uint32_t>(v));
+    if (f == "--min-block-size")
+      b->set_minimum(static_cast<uint32_t>(v));
+    else if (f == "--preferred-block-size")
+      b->set_preferred(static_cast<uint32_t>(v));
+    else
+      b->set_maximum_payload(static_cast<uint32_t>(v));
   }
   std::vector<std::string> paths;
   if (std::string m = ApplyCommonFlags(*a, e, &paths); !m.empty()) {
@@ -197,7 +219,8 @@ int ListCommand(const Global& g, const std::vector<std::string>& words) {
   auto a = ParseArgs(words, {}, {});
   if (!a.ok()) return UsageError(std::string(a.status().message()), kListHelp);
   if (a->help) return std::printf("%s", kListHelp), kExitOk;
-  if (!a->positional.empty()) return UsageError("list takes no arguments", kListHelp);
+  if (!a->positional.empty())
+    return UsageError("list takes no arguments", kListHelp);
   int code = kExitOk;
   auto stub = Stub(g, &code);
   if (!stub) return code;
@@ -227,7 +250,8 @@ int GetCommand(const Global& g, const std::vector<std::string>& words) {
   auto a = ParseArgs(words, {}, {});
   if (!a.ok()) return UsageError(std::string(a.status().message()), kGetHelp);
   if (a->help) return std::printf("%s", kGetHelp), kExitOk;
-  if (a->positional.size() != 1) return UsageError("get takes one NAME", kGetHelp);
+  if (a->positional.size() != 1)
+    return UsageError("get takes one NAME", kGetHelp);
   int code = kExitOk;
   auto stub = Stub(g, &code);
   if (!stub) return code;
@@ -241,15 +265,20 @@ int GetCommand(const Global& g, const std::vector<std::string>& words) {
 }
 
 int UpdateCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a = ParseArgs(words, {"--description", "--buffer-strategy", "--memory-cap",
-                             "--pool-idle-release"}, {});
-  if (!a.ok()) return UsageError(std::string(a.status().message()), kUpdateHelp);
+  auto a = ParseArgs(words,
+                     {"--description", "--buffer-strategy", "--memory-cap",
+                      "--pool-idle-release"},
+                     {});
+  if (!a.ok())
+    return UsageError(std::string(a.status().message()), kUpdateHelp);
   if (a->help) return std::printf("%s", kUpdateHelp), kExitOk;
-  if (a->positional.size() != 1) return UsageError("update takes one NAME", kUpdateHelp);
+  if (a->positional.size() != 1)
+    return UsageError("update takes one NAME", kUpdateHelp);
   v1::UpdateExportRequest req;
   req.mutable_export_()->set_name(ExportResourceName(a->positional[0]));
   std::vector<std::string> paths;
-  if (std::string m = ApplyCommonFlags(*a, req.mutable_export_(), &paths); !m.empty()) {
+  if (std::string m = ApplyCommonFlags(*a, req.mutable_export_(), &paths);
+      !m.empty()) {
     return UsageError(m, kUpdateHelp);
   }
   if (paths.empty()) return UsageError("nothing to update", kUpdateHelp);
@@ -266,22 +295,31 @@ int UpdateCommand(const Global& g, const std::vector<std::string>& words) {
 
 int RemoveCommand(const Global& g, const std::vector<std::string>& words) {
   auto a = ParseArgs(words, {"--mode", "--timeout"}, {});
-  if (!a.ok()) return UsageError(std::string(a.status().message()), kRemoveHelp);
+  if (!a.ok())
+    return UsageError(std::string(a.status().message()), kRemoveHelp);
   if (a->help) return std::printf("%s", kRemoveHelp), kExitOk;
-  if (a->positional.size() != 1) return UsageError("remove takes one NAME", kRemoveHelp);
+  if (a->positional.size() != 1)
+    return UsageError("remove takes one NAME", kRemoveHelp);
   v1::DeleteExportRequest req;
   req.set_name(ExportResourceName(a->positional[0]));
   std::string mode = a->get("--mode", "safe");
-  if (mode == "safe") req.set_mode(v1::SAFE);
-  else if (mode == "drain") req.set_mode(v1::DRAIN);
-  else if (mode == "hard") req.set_mode(v1::HARD);
-  else return UsageError("--mode must be safe, drain or hard", kRemoveHelp);
+  if (mode == "safe")
+    req.set_mode(v1::SAFE);
+  else if (mode == "drain")
+    req.set_mode(v1::DRAIN);
+  else if (mode == "hard")
+    req.set_mode(v1::HARD);
+  else
+    return UsageError("--mode must be safe, drain or hard", kRemoveHelp);
   int timeout_s = 30;
   if (a->has("--timeout")) {
     auto d = ParseDuration(a->get("--timeout"));
-    if (!d.ok()) return UsageError(absl::StrCat("--timeout: ", d.status().message()), kRemoveHelp);
+    if (!d.ok())
+      return UsageError(absl::StrCat("--timeout: ", d.status().message()),
+                        kRemoveHelp);
     req.mutable_timeout()->set_seconds(d->count() / 1000);
-    req.mutable_timeout()->set_nanos(static_cast<int32_t>(d->count() % 1000) * 1000000);
+    req.mutable_timeout()->set_nanos(static_cast<int32_t>(d->count() % 1000) *
+                                     1000000);
     timeout_s = static_cast<int>(d->count() / 1000);
   }
   int code = kExitOk;
@@ -293,8 +331,8 @@ int RemoveCommand(const Global& g, const std::vector<std::string>& words) {
   if (g.output == "json") {
     std::printf("%s", ToJson(out).c_str());
   } else {
-    std::printf("removed %s (%u connection(s) closed)\n", a->positional[0].c_str(),
-                out.closed_clients());
+    std::printf("removed %s (%u connection(s) closed)\n",
+                a->positional[0].c_str(), out.closed_clients());
   }
   return kExitOk;
 }

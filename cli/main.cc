@@ -10,7 +10,8 @@
 
 namespace {
 
-constexpr char kHelp[] = R"(Usage: nbdctl [--control ADDR] [-o table|json] COMMAND [ARGS]
+constexpr char kHelp[] =
+    R"(Usage: nbdctl [--control ADDR] [-o table|json] COMMAND [ARGS]
 
 Manages a running nbdmgrd over its control API.
 
@@ -52,18 +53,21 @@ int main(int argc, char** argv) {
       inline_value = true;
     }
     if (w == "--help" || w == "-h") return std::printf("%s", kHelp), kExitOk;
-    if (w == "--version") return std::printf("nbdctl %s\n", NBDMGR_VERSION), kExitOk;
+    if (w == "--version")
+      return std::printf("nbdctl %s\n", NBDMGR_VERSION), kExitOk;
     if (w == "--insecure") {
       g.insecure = true;
       continue;
     }
     static const std::map<std::string, std::string*> kValued = {
-        {"--control", &g.control}, {"-o", &g.output}, {"--output", &g.output},
-        {"--tls-ca", &g.tls_ca}, {"--tls-cert", &g.tls_cert}, {"--tls-key", &g.tls_key}};
+        {"--control", &g.control},   {"-o", &g.output},
+        {"--output", &g.output},     {"--tls-ca", &g.tls_ca},
+        {"--tls-cert", &g.tls_cert}, {"--tls-key", &g.tls_key}};
     auto it = kValued.find(w);
     if (it == kValued.end()) return UsageError("unknown flag " + w, kHelp);
     if (!inline_value) {
-      if (i + 1 >= words.size()) return UsageError(w + ": missing value", kHelp);
+      if (i + 1 >= words.size())
+        return UsageError(w + ": missing value", kHelp);
       value = words[++i];
     }
     *it->second = value;
@@ -73,7 +77,8 @@ int main(int argc, char** argv) {
   }
   if (i >= words.size()) return UsageError("missing command", kHelp);
   std::string cmd = words[i];
-  std::vector<std::string> rest(words.begin() + static_cast<long>(i) + 1, words.end());
+  std::vector<std::string> rest(words.begin() + static_cast<long>(i) + 1,
+                                words.end());
   if (cmd == "create") return CreateCommand(g, rest);
   if (cmd == "list") return ListCommand(g, rest);
   if (cmd == "get") return GetCommand(g, rest);

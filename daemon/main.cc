@@ -10,7 +10,8 @@ int main(int argc, char** argv) {
   absl::StatusOr<nbdmgr::DaemonFlags> flags =
       nbdmgr::ParseDaemonFlags(argc, argv);
   if (!flags.ok()) {
-    std::fprintf(stderr, "nbdmgrd: %s\n", std::string(flags.status().message()).c_str());
+    std::fprintf(stderr, "nbdmgrd: %s\n",
+                 std::string(flags.status().message()).c_str());
     return 2;
   }
   if (flags->help) {
@@ -27,7 +28,8 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<nbdmgr::Daemon>> daemon =
       nbdmgr::Daemon::Create(std::move(flags->config));
   if (!daemon.ok()) {
-    std::fprintf(stderr, "nbdmgrd: %s\n", std::string(daemon.status().message()).c_str());
+    std::fprintf(stderr, "nbdmgrd: %s\n",
+                 std::string(daemon.status().message()).c_str());
     return 1;
   }
   absl::Status st = (*daemon)->Run();

@@ -11,15 +11,15 @@ namespace nbdmgr {
 
 // What a backend can do; the NBD layer advertises flags from this.
 struct BackendCaps {
-  bool can_trim = false;         // Trim() does something useful
-  bool can_zero = true;          // Zero() is supported (always emulatable)
-  bool can_fast_zero = false;    // Zero(fast=true) may succeed
-  bool can_flush = true;         // Flush() and fua are meaningful
-  bool can_multi_conn = false;   // flush on one connection covers all
-  bool can_extents = false;      // Extents() reports real holes
-  bool can_cache = false;        // Cache() prefetches
-  bool blocking = false;         // calls may block on I/O: run off the
-                                 // network threads
+  bool can_trim = false;        // Trim() does something useful
+  bool can_zero = true;         // Zero() is supported (always emulatable)
+  bool can_fast_zero = false;   // Zero(fast=true) may succeed
+  bool can_flush = true;        // Flush() and fua are meaningful
+  bool can_multi_conn = false;  // flush on one connection covers all
+  bool can_extents = false;     // Extents() reports real holes
+  bool can_cache = false;       // Cache() prefetches
+  bool blocking = false;        // calls may block on I/O: run off the
+                                // network threads
 };
 
 // One extent of an export: `length` bytes with base:allocation `flags`

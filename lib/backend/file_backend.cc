@@ -27,12 +27,13 @@ absl::StatusOr<std::unique_ptr<FileBackend>> FileBackend::Open(
   int fd = ::open(options.path.c_str(), flags);
   if (fd < 0 && errno == ENOENT && options.size.has_value() && options.create) {
     if (options.read_only) {
-      return absl::NotFoundError(
-          absl::StrCat(options.path, ": does not exist (and export is read-only)"));
+      return absl::NotFoundError(absl::StrCat(
+          options.path, ": does not exist (and export is read-only)"));
     }
     fd = ::open(options.path.c_str(), flags | O_CREAT | O_EXCL, 0600);
     if (fd >= 0 && ::ftruncate(fd, static_cast<off_t>(*options.size)) != 0) {
-      absl::Status st = ErrnoStatus(errno, absl::StrCat("ftruncate ", options.path));
+      absl::Status st =
+          ErrnoStatus(errno, absl::StrCat("ftruncate ", options.path));
       ::close(fd);
       ::unlink(options.path.c_str());
       return st;
@@ -42,8 +43,9 @@ absl::StatusOr<std::unique_ptr<FileBackend>> FileBackend::Open(
     int err = errno;
     if (err == ENOENT) {
       return absl::NotFoundError(absl::StrCat(
-          options.path, options.create ? ": no such file (give a size to create it)"
-                                       : ": no such file"));
+          options.path, options.create
+                            ? ": no such file (give a size to create it)"
+                            : ": no such file"));
     }
     return ErrnoStatus(err, absl::StrCat("open ", options.path));
   }
@@ -57,7 +59,8 @@ absl::StatusOr<std::unique_ptr<FileBackend>> FileBackend::Open(
   bool is_block = S_ISBLK(st.st_mode);
   if (is_block) {
     if (::ioctl(fd, BLKGETSIZE64, &size) != 0) {
-      absl::Status s = ErrnoStatus(errno, absl::StrCat("BLKGETSIZE64 ", options.path));
+      absl::Status s =
+          ErrnoStatus(errno, absl::StrCat("BLKGETSIZE64 ", options.path));
       ::close(fd);
       return s;
     }
@@ -65,14 +68,14 @@ absl::StatusOr<std::unique_ptr<FileBackend>> FileBackend::Open(
     size = static_cast<uint64_t>(st.st_size);
   } else {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(
-        options.path, ": not a regular file or block device"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.path, ": not a regular file or block device"));
   }
   if (options.size.has_value() && *options.size != size) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(
-        options.path, ": is ", size, " bytes but size=", *options.size,
-        " was given"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.path, ": is ", size,
+                     " bytes but size=", *options.size, " was given"));
   }
   if (size == 0) {
     ::close(fd);
@@ -85,7 +88,9 @@ absl::StatusOr<std::unique_ptr<FileBackend>> FileBackend::Open(
 
 FileBackend::FileBackend(int fd, uint64_t size, bool is_block_device,
                          std::string path)
-    : fd_(fd), size_(size), is_block_device_(is_block_device),
+    : fd_(fd),
+      size_(size),
+      is_block_device_(is_block_device),
       path_(std::move(path)) {}
 
 FileBackend::~FileBackend() { ::close(fd_); }
@@ -121,13 +126,14 @@ absl::Status FileBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
   return absl::OkStatus();
 }
 
-absl::Status FileBackend::Write(uint64_t offset,
-                                std::span<const uint8_t> data, bool fua) {
+absl::Status FileBackend::Write(uint64_t offset, std::span<const uint8_t> data,
+                                bool fua) {
   bool need_sync = false;
   size_t done = 0;
   while (done < data.size()) {
-    struct iovec iov{const_cast<uint8_t*>(data.data() + done),
-                     data.size() - done};
+    struct iovec iov {
+      const_cast<uint8_t*>(data.data() + done), data.size() - done
+    };
     ssize_t n = ::pwritev2(fd_, &iov, 1, static_cast<off_t>(offset + done),
                            fua && !need_sync ? RWF_DSYNC : 0);
     if (n < 0) {

@@ -96,57 +96,60 @@ absl::Status MemoryBackend::ForEachPiece(uint64_t offset, uint64_t length,
 }
 
 absl::Status MemoryBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
-  return ForEachPiece(offset, buf.size(), [&](uint64_t page, size_t in_page,
-                                              size_t n, uint64_t done) {
-    std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
-    std::shared_lock lock(StripeOf(page));
-    uint8_t* p = slot ? slot->load(std::memory_order_acquire) : nullptr;
-    if (p != nullptr) {
-      std::memcpy(buf.data() + done, p + in_page, n);
-    } else {
-      std::memset(buf.data() + done, 0, n);
-    }
-    return absl::OkStatus();
-  });
+  return ForEachPiece(
+      offset, buf.size(),
+      [&](uint64_t page, size_t in_page, size_t n, uint64_t done) {
+        std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
+        std::shared_lock lock(StripeOf(page));
+        uint8_t* p = slot ? slot->load(std::memory_order_acquire) : nullptr;
+        if (p != nullptr) {
+          std::memcpy(buf.data() + done, p + in_page, n);
+        } else {
+          std::memset(buf.data() + done, 0, n);
+        }
+        return absl::OkStatus();
+      });
 }
 
 absl::Status MemoryBackend::Write(uint64_t offset,
                                   std::span<const uint8_t> data, bool fua) {
   (void)fua;  // RAM is as durable as it gets
-  return ForEachPiece(offset, data.size(), [&](uint64_t page, size_t in_page,
-                                               size_t n, uint64_t done) {
-    std::atomic<uint8_t*>* slot = Slot(page, /*create=*/true);
-    std::shared_lock lock(StripeOf(page));
-    uint8_t* p = GetOrAllocate(*slot);
-    if (p == nullptr) {
-      return absl::ResourceExhaustedError("out of memory for memory export");
-    }
-    std::memcpy(p + in_page, data.data() + done, n);
-    return absl::OkStatus();
-  });
+  return ForEachPiece(
+      offset, data.size(),
+      [&](uint64_t page, size_t in_page, size_t n, uint64_t done) {
+        std::atomic<uint8_t*>* slot = Slot(page, /*create=*/true);
+        std::shared_lock lock(StripeOf(page));
+        uint8_t* p = GetOrAllocate(*slot);
+        if (p == nullptr) {
+          return absl::ResourceExhaustedError(
+              "out of memory for memory export");
+        }
+        std::memcpy(p + in_page, data.data() + done, n);
+        return absl::OkStatus();
+      });
 }
 
 void MemoryBackend::ZeroRange(uint64_t offset, uint64_t length,
                               bool free_pages) {
-  (void)ForEachPiece(offset, length, [&](uint64_t page, size_t in_page,
-                                         size_t n, uint64_t) {
-    std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
-    if (slot != nullptr) {
-      if (free_pages && n == kPageSize) {
-        std::unique_lock lock(StripeOf(page));
-        uint8_t* p = slot->exchange(nullptr, std::memory_order_acq_rel);
-        if (p != nullptr) {
-          std::free(p);
-          allocated_.fetch_sub(kPageSize, std::memory_order_relaxed);
+  (void)ForEachPiece(
+      offset, length, [&](uint64_t page, size_t in_page, size_t n, uint64_t) {
+        std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
+        if (slot != nullptr) {
+          if (free_pages && n == kPageSize) {
+            std::unique_lock lock(StripeOf(page));
+            uint8_t* p = slot->exchange(nullptr, std::memory_order_acq_rel);
+            if (p != nullptr) {
+              std::free(p);
+              allocated_.fetch_sub(kPageSize, std::memory_order_relaxed);
+            }
+          } else {
+            std::shared_lock lock(StripeOf(page));
+            uint8_t* p = slot->load(std::memory_order_acquire);
+            if (p != nullptr) std::memset(p + in_page, 0, n);
+          }
         }
-      } else {
-        std::shared_lock lock(StripeOf(page));
-        uint8_t* p = slot->load(std::memory_order_acquire);
-        if (p != nullptr) std::memset(p + in_page, 0, n);
-      }
-    }
-    return absl::OkStatus();
-  });
+        return absl::OkStatus();
+      });
 }
 
 absl::Status MemoryBackend::Trim(uint64_t offset, uint64_t length, bool fua) {

@@ -8,7 +8,8 @@ namespace nbdmgr {
 
 absl::StatusOr<std::unique_ptr<NullBackend>> NullBackend::Create(
     uint64_t size) {
-  if (size == 0) return absl::InvalidArgumentError("null export size must be > 0");
+  if (size == 0)
+    return absl::InvalidArgumentError("null export size must be > 0");
   return std::unique_ptr<NullBackend>(new NullBackend(size));
 }
 

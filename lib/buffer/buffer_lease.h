@@ -24,7 +24,10 @@ class BufferLease {
   BufferLease() = default;
   BufferLease(BufferReleaser* owner, uint8_t* data, size_t size,
               size_t capacity, size_t charged)
-      : owner_(owner), data_(data), size_(size), capacity_(capacity),
+      : owner_(owner),
+        data_(data),
+        size_(size),
+        capacity_(capacity),
         charged_(charged) {}
   BufferLease(BufferLease&& o) noexcept { *this = std::move(o); }
   BufferLease& operator=(BufferLease&& o) noexcept {

@@ -21,19 +21,24 @@ size_t RoundUpPage(size_t n) { return (n + 4095) & ~size_t{4095}; }
 
 std::string_view NameOf(BufferStrategy s) {
   switch (s) {
-    case BufferStrategy::kFixed: return "fixed";
-    case BufferStrategy::kGrow: return "grow";
-    case BufferStrategy::kExact: return "exact";
-    case BufferStrategy::kPool: return "pool";
-    case BufferStrategy::kStream: return "stream";
+    case BufferStrategy::kFixed:
+      return "fixed";
+    case BufferStrategy::kGrow:
+      return "grow";
+    case BufferStrategy::kExact:
+      return "exact";
+    case BufferStrategy::kPool:
+      return "pool";
+    case BufferStrategy::kStream:
+      return "stream";
   }
   return "unknown";
 }
 
 absl::StatusOr<BufferStrategy> ParseBufferStrategy(std::string_view name) {
-  for (BufferStrategy s : {BufferStrategy::kFixed, BufferStrategy::kGrow,
-                           BufferStrategy::kExact, BufferStrategy::kPool,
-                           BufferStrategy::kStream}) {
+  for (BufferStrategy s :
+       {BufferStrategy::kFixed, BufferStrategy::kGrow, BufferStrategy::kExact,
+        BufferStrategy::kPool, BufferStrategy::kStream}) {
     if (NameOf(s) == name) return s;
   }
   return absl::InvalidArgumentError(
@@ -128,9 +133,10 @@ asio::awaitable<void> ExportBuffers::Charge(uint64_t n) {
     co_await system_.budget().Charge(n);
     daemon_waits_.fetch_add(1, std::memory_order_relaxed);
     daemon_wait_ns_.fetch_add(
-        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                  Clock::now() - start)
-                                  .count()),
+        static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() -
+                                                                 start)
+                .count()),
         std::memory_order_relaxed);
   }
 }
@@ -160,10 +166,18 @@ bool ConnectionBuffers::ShouldStream(size_t size) {
     case BufferStrategy::kStream:
       owner_.streamed_.fetch_add(1, std::memory_order_relaxed);
       return true;
-    case BufferStrategy::kFixed: charge = owner_.system_.max_payload(); break;
-    case BufferStrategy::kGrow: charge = RoundUpPage(size); break;
-    case BufferStrategy::kExact: charge = size; break;
-    case BufferStrategy::kPool: charge = BufferPool::ClassSize(size); break;
+    case BufferStrategy::kFixed:
+      charge = owner_.system_.max_payload();
+      break;
+    case BufferStrategy::kGrow:
+      charge = RoundUpPage(size);
+      break;
+    case BufferStrategy::kExact:
+      charge = size;
+      break;
+    case BufferStrategy::kPool:
+      charge = BufferPool::ClassSize(size);
+      break;
   }
   bool stream = !owner_.Fits(charge);
   if (stream) owner_.streamed_.fetch_add(1, std::memory_order_relaxed);
@@ -173,8 +187,8 @@ bool ConnectionBuffers::ShouldStream(size_t size) {
 BufferLease ConnectionBuffers::AcquireChunk() {
   uint8_t* p = owner_.system_.pool().Get(kStreamChunk);
   // Not charged: the streaming path must always be able to make progress.
-  return BufferLease(owner_.pool_.get(), p, p ? kStreamChunk : 0,
-                     kStreamChunk, 0);
+  return BufferLease(owner_.pool_.get(), p, p ? kStreamChunk : 0, kStreamChunk,
+                     0);
 }
 
 asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
@@ -216,7 +230,8 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
         FreeHeld(idle_.back());
         idle_.pop_back();
       }
-      size_t capacity = fixed ? owner_.system_.max_payload() : RoundUpPage(size);
+      size_t capacity =
+          fixed ? owner_.system_.max_payload() : RoundUpPage(size);
       // Held buffers never come back while the connection lives, so waiting
       // for a cap could wait forever: if it does not fit now, the caller
       // streams this request instead.

@@ -19,7 +19,9 @@ void FreePages(uint8_t* p, size_t size) {
 BufferPool::BufferPool(size_t max_buffer)
     : max_buffer_(ClassSize(max_buffer)) {}
 
-BufferPool::~BufferPool() { ReleaseIdle(std::chrono::steady_clock::duration::zero()); }
+BufferPool::~BufferPool() {
+  ReleaseIdle(std::chrono::steady_clock::duration::zero());
+}
 
 size_t BufferPool::ClassSize(size_t size) {
   return std::bit_ceil(std::max(size, kMinClassSize));

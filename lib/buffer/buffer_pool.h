@@ -15,11 +15,11 @@ namespace nbdmgr {
 // Counters of a BufferPool; a consistent-enough snapshot (each field is read
 // atomically, not all together).
 struct BufferPoolStats {
-  uint64_t bytes_in_use = 0;   // handed out and not yet returned
-  uint64_t bytes_cached = 0;   // idle in the free lists
-  uint64_t allocations = 0;    // buffers obtained from the OS
-  uint64_t reuses = 0;         // requests served from a free list
-  uint64_t releases_to_os = 0; // idle buffers given back to the OS
+  uint64_t bytes_in_use = 0;    // handed out and not yet returned
+  uint64_t bytes_cached = 0;    // idle in the free lists
+  uint64_t allocations = 0;     // buffers obtained from the OS
+  uint64_t reuses = 0;          // requests served from a free list
+  uint64_t releases_to_os = 0;  // idle buffers given back to the OS
 };
 
 // Power-of-two size classes from 4 KiB up to a maximum, shared by every

@@ -1,9 +1,8 @@
 #ifndef NBDMGR_LIB_BUFFER_BUFFER_SOURCE_H_
 #define NBDMGR_LIB_BUFFER_BUFFER_SOURCE_H_
 
-#include <cstddef>
-
 #include <boost/asio/awaitable.hpp>
+#include <cstddef>
 
 #include "lib/buffer/buffer_lease.h"
 
@@ -16,7 +15,10 @@ class RequestBufferSource {
   virtual ~RequestBufferSource() = default;
   // Whether a request of `size` bytes must use the streaming path (the
   // strategy streams, or no cap could ever grant that much).
-  virtual bool ShouldStream(size_t size) { (void)size; return false; }
+  virtual bool ShouldStream(size_t size) {
+    (void)size;
+    return false;
+  }
   // A lease of exactly `size` bytes (size > 0). May suspend until memory
   // is available (backpressure); never fails unless memory is exhausted,
   // then the lease is empty.

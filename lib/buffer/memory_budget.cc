@@ -1,12 +1,11 @@
 #include "lib/buffer/memory_budget.h"
 
-#include <memory>
-
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <memory>
 
 namespace nbdmgr {
 
@@ -36,7 +35,8 @@ asio::awaitable<void> MemoryBudget::Charge(uint64_t n) {
         std::deque<Waiter> ready;
         {
           std::lock_guard lock(mu_);
-          waiters_.push_back(Waiter{n, ex, [shared] { std::move(*shared)(); }});
+          waiters_.push_back(
+              Waiter{n, ex, [shared] { std::move (*shared)(); }});
           ++waits_;
           // The cap may have changed, or bytes come back, since TryCharge.
           ready = GrantLocked();
@@ -94,7 +94,8 @@ uint64_t MemoryBudget::headroom() const {
 
 MemoryBudgetStats MemoryBudget::stats() const {
   std::lock_guard lock(mu_);
-  return MemoryBudgetStats{cap_, used_, peak_, waits_, wait_ns_, waiters_.size()};
+  return MemoryBudgetStats{cap_,   used_,    peak_,
+                           waits_, wait_ns_, waiters_.size()};
 }
 
 }  // namespace nbdmgr

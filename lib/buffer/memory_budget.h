@@ -2,26 +2,25 @@
 #define NBDMGR_LIB_BUFFER_MEMORY_BUDGET_H_
 
 #include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
 #include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <mutex>
 
-#include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/awaitable.hpp>
-
 #include "absl/base/thread_annotations.h"
 
 namespace nbdmgr {
 
 struct MemoryBudgetStats {
-  uint64_t cap = 0;     // 0: unlimited
-  uint64_t used = 0;    // bytes charged now
-  uint64_t peak = 0;    // highest `used` seen
-  uint64_t waits = 0;   // charges that had to wait
-  uint64_t wait_ns = 0; // total time spent waiting
-  uint64_t waiting = 0; // charges waiting now
+  uint64_t cap = 0;      // 0: unlimited
+  uint64_t used = 0;     // bytes charged now
+  uint64_t peak = 0;     // highest `used` seen
+  uint64_t waits = 0;    // charges that had to wait
+  uint64_t wait_ns = 0;  // total time spent waiting
+  uint64_t waiting = 0;  // charges waiting now
 };
 
 // A cap on bytes of request buffers. Charges that do not fit wait in FIFO

@@ -1,5 +1,7 @@
 #include "lib/control/control_server.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -7,20 +9,18 @@
 #include <fstream>
 #include <sstream>
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
-
 #include "absl/strings/str_cat.h"
 
 namespace nbdmgr {
 namespace {
 
-absl::StatusOr<std::string> ReadFile(const std::string& path, std::string_view what) {
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     std::string_view what) {
   std::ifstream in(path);
   if (!in) {
     return absl::InvalidArgumentError(
-        absl::StrCat("cannot read ", absl::string_view(what.data(), what.size()),
-                     " ", path));
+        absl::StrCat("cannot read ",
+                     absl::string_view(what.data(), what.size()), " ", path));
   }
   std::stringstream s;
   s << in.rdbuf();
@@ -83,7 +83,8 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
   mode_t old_umask = ::umask(0077);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   ::umask(old_umask);
-  if (server == nullptr || (o.listen.kind == ListenAddress::Kind::kTcp && port == 0)) {
+  if (server == nullptr ||
+      (o.listen.kind == ListenAddress::Kind::kTcp && port == 0)) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen for control on ", o.listen.ToString()));
   }
@@ -93,7 +94,8 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
   } else {
     bound.port = static_cast<uint16_t>(port);
   }
-  return std::unique_ptr<ControlServer>(new ControlServer(std::move(server), bound));
+  return std::unique_ptr<ControlServer>(
+      new ControlServer(std::move(server), bound));
 }
 
 ControlServer::~ControlServer() { Shutdown(); }

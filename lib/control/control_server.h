@@ -1,11 +1,11 @@
 #ifndef NBDMGR_LIB_CONTROL_CONTROL_SERVER_H_
 #define NBDMGR_LIB_CONTROL_CONTROL_SERVER_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "lib/util/listen_address.h"
@@ -30,7 +30,8 @@ class ControlServer {
   // --control-insecure, or unreadable TLS files; Unavailable if the address
   // cannot be bound.
   static absl::StatusOr<std::unique_ptr<ControlServer>> Start(
-      const ControlServerOptions& options, std::vector<grpc::Service*> services);
+      const ControlServerOptions& options,
+      std::vector<grpc::Service*> services);
   ~ControlServer();
 
   void Shutdown();

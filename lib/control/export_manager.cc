@@ -88,7 +88,8 @@ absl::Status ExportManager::CheckPath(const std::string& path) const {
     if (!allowed.empty() && IsUnder(resolved, allowed)) return absl::OkStatus();
   }
   return absl::PermissionDeniedError(absl::StrCat(
-      "path ", path, resolved != path ? absl::StrCat(" (resolves to ", resolved, ")") : "",
+      "path ", path,
+      resolved != path ? absl::StrCat(" (resolves to ", resolved, ")") : "",
       " is outside the allowed directories"));
 }
 
@@ -147,7 +148,8 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
       // vanish on restart.
       persistent_.erase(config.name);
       (void)registry_.Remove(config.name);
-      return absl::Status(st.code(), absl::StrCat("saving state: ", st.message()));
+      return absl::Status(st.code(),
+                          absl::StrCat("saving state: ", st.message()));
     }
   }
   spdlog::info("created export \"{}\" ({} {})", config.name,
@@ -190,32 +192,36 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
     const std::string& name, const ExportUpdate& update) {
   std::shared_ptr<Export> e;
   {
-  std::lock_guard lock(mu_);
-  e = registry_.Find(name);
-  if (e == nullptr || name.empty()) {
-    return absl::NotFoundError(absl::StrCat("export \"", name, "\" not found"));
-  }
-  if (update.description && update.description->size() > 4096) {
-    return absl::InvalidArgumentError("description longer than 4096 bytes");
-  }
-  BufferSettings settings = e->buffers().settings();
-  if (update.buffer_strategy) settings.strategy = *update.buffer_strategy;
-  if (update.memory_cap_bytes) settings.memory_cap_bytes = *update.memory_cap_bytes;
-  if (update.pool_idle_release) {
-    if (update.pool_idle_release->count() < 0) {
-      return absl::InvalidArgumentError("pool_idle_release must not be negative");
+    std::lock_guard lock(mu_);
+    e = registry_.Find(name);
+    if (e == nullptr || name.empty()) {
+      return absl::NotFoundError(
+          absl::StrCat("export \"", name, "\" not found"));
     }
-    settings.pool_idle_release = *update.pool_idle_release;
-  }
-  if (update.description) e->set_description(*update.description);
-  e->buffers().Update(settings);
-  if (persistent_.contains(name)) {
-    if (absl::Status st = Persist(); !st.ok()) {
-      return absl::Status(st.code(), absl::StrCat("saving state: ", st.message()));
+    if (update.description && update.description->size() > 4096) {
+      return absl::InvalidArgumentError("description longer than 4096 bytes");
     }
-  }
-  spdlog::info("updated export \"{}\": buffers {}, cap {}", name,
-               NameOf(settings.strategy), settings.memory_cap_bytes);
+    BufferSettings settings = e->buffers().settings();
+    if (update.buffer_strategy) settings.strategy = *update.buffer_strategy;
+    if (update.memory_cap_bytes)
+      settings.memory_cap_bytes = *update.memory_cap_bytes;
+    if (update.pool_idle_release) {
+      if (update.pool_idle_release->count() < 0) {
+        return absl::InvalidArgumentError(
+            "pool_idle_release must not be negative");
+      }
+      settings.pool_idle_release = *update.pool_idle_release;
+    }
+    if (update.description) e->set_description(*update.description);
+    e->buffers().Update(settings);
+    if (persistent_.contains(name)) {
+      if (absl::Status st = Persist(); !st.ok()) {
+        return absl::Status(st.code(),
+                            absl::StrCat("saving state: ", st.message()));
+      }
+    }
+    spdlog::info("updated export \"{}\": buffers {}, cap {}", name,
+                 NameOf(settings.strategy), settings.memory_cap_bytes);
   }
   return Describe(*e);  // takes mu_ itself
 }
@@ -228,16 +234,17 @@ absl::StatusOr<int> ExportManager::DeleteExport(
     std::lock_guard lock(mu_);
     e = registry_.Find(name);
     if (e == nullptr || name.empty()) {
-      return absl::NotFoundError(absl::StrCat("export \"", name, "\" not found"));
+      return absl::NotFoundError(
+          absl::StrCat("export \"", name, "\" not found"));
     }
     if (e->draining()) {
       return absl::FailedPreconditionError(
           absl::StrCat("export \"", name, "\" is already being deleted"));
     }
     if (mode == DeleteMode::kSafe && e->clients() > 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "export \"", name, "\" has ", e->clients(),
-          " connected client(s); use mode DRAIN or HARD"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("export \"", name, "\" has ", e->clients(),
+                       " connected client(s); use mode DRAIN or HARD"));
     }
     e->set_draining();  // from here on, no new client gets in
   }
@@ -250,26 +257,32 @@ absl::StatusOr<int> ExportManager::DeleteExport(
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     if (e->clients() > 0) {
-      spdlog::warn("export \"{}\": {} client(s) still busy at the deadline; closing",
-                   name, e->clients());
+      spdlog::warn(
+          "export \"{}\": {} client(s) still busy at the deadline; closing",
+          name, e->clients());
       sessions_->StopSessionsOf(*e, /*hard=*/true);
-      auto hard_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      while (e->clients() > 0 && std::chrono::steady_clock::now() < hard_deadline) {
+      auto hard_deadline =
+          std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (e->clients() > 0 &&
+             std::chrono::steady_clock::now() < hard_deadline) {
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
       }
     }
   }
-  absl::Status flushed = e->read_only() ? absl::OkStatus() : e->backend().Flush();
+  absl::Status flushed =
+      e->read_only() ? absl::OkStatus() : e->backend().Flush();
   std::lock_guard lock(mu_);
   (void)registry_.Remove(name);
   bool was_persistent = persistent_.erase(name) > 0;
   if (was_persistent) {
     if (absl::Status st = Persist(); !st.ok()) {
-      return absl::Status(st.code(), absl::StrCat("saving state: ", st.message()));
+      return absl::Status(st.code(),
+                          absl::StrCat("saving state: ", st.message()));
     }
   }
   if (!flushed.ok()) {
-    spdlog::error("export \"{}\": final flush failed: {}", name, flushed.message());
+    spdlog::error("export \"{}\": final flush failed: {}", name,
+                  flushed.message());
   }
   spdlog::info("deleted export \"{}\" ({} connection(s) closed)", name, closed);
   return closed;

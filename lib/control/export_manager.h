@@ -21,7 +21,6 @@ namespace nbdmgr {
 
 enum class DeleteMode { kSafe, kDrain, kHard };
 
-
 // Fields of a live export that can change; unset ones stay as they are.
 struct ExportUpdate {
   std::optional<std::string> description;

@@ -71,15 +71,16 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
     } else if (path == "pool_idle_release") {
       const auto& d = e.pool_idle_release();
       if (d.seconds() < 0 || d.nanos() < 0) {
-        return ToGrpcStatus(
-            absl::InvalidArgumentError("pool_idle_release must not be negative"));
+        return ToGrpcStatus(absl::InvalidArgumentError(
+            "pool_idle_release must not be negative"));
       }
       update.pool_idle_release =
           std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
     } else {
-      return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-          "field \"", path, "\" cannot be updated (description, buffer_strategy, "
-          "memory_cap_bytes, pool_idle_release)")));
+      return ToGrpcStatus(absl::InvalidArgumentError(
+          absl::StrCat("field \"", path,
+                       "\" cannot be updated (description, buffer_strategy, "
+                       "memory_cap_bytes, pool_idle_release)")));
     }
   }
   absl::StatusOr<ExportInfo> info = manager_.UpdateExport(*id, update);
@@ -96,9 +97,15 @@ grpc::Status ExportServiceImpl::DeleteExport(grpc::ServerContext*,
   DeleteMode mode = DeleteMode::kSafe;
   switch (req->mode()) {
     case v1::DELETE_MODE_UNSPECIFIED:
-    case v1::SAFE: mode = DeleteMode::kSafe; break;
-    case v1::DRAIN: mode = DeleteMode::kDrain; break;
-    case v1::HARD: mode = DeleteMode::kHard; break;
+    case v1::SAFE:
+      mode = DeleteMode::kSafe;
+      break;
+    case v1::DRAIN:
+      mode = DeleteMode::kDrain;
+      break;
+    case v1::HARD:
+      mode = DeleteMode::kHard;
+      break;
     default:
       return ToGrpcStatus(absl::InvalidArgumentError("mode: unknown value"));
   }
@@ -109,7 +116,8 @@ grpc::Status ExportServiceImpl::DeleteExport(grpc::ServerContext*,
       return ToGrpcStatus(
           absl::InvalidArgumentError("timeout must be between 0 and 1h"));
     }
-    timeout = std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+    timeout =
+        std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
   }
   absl::StatusOr<int> closed = manager_.DeleteExport(*id, mode, timeout);
   if (!closed.ok()) return ToGrpcStatus(closed.status());
@@ -125,7 +133,8 @@ void FillDaemon(const DaemonSnapshot& s, v1::Daemon* out) {
   out->set_control_listen(s.control_listen);
   out->set_memory_cap_bytes(s.memory_cap_bytes);
   out->mutable_uptime()->set_seconds(s.uptime.count() / 1000);
-  out->mutable_uptime()->set_nanos(static_cast<int32_t>(s.uptime.count() % 1000) * 1000000);
+  out->mutable_uptime()->set_nanos(
+      static_cast<int32_t>(s.uptime.count() % 1000) * 1000000);
   out->set_exports(s.exports);
   out->set_connected_clients(s.clients);
   out->set_buffer_bytes_in_use(s.buffer_bytes_in_use);
@@ -145,8 +154,8 @@ grpc::Status DaemonServiceImpl::UpdateDaemon(grpc::ServerContext*,
                                              const v1::UpdateDaemonRequest* req,
                                              v1::Daemon* out) {
   if (req->update_mask().paths().empty()) {
-    return ToGrpcStatus(
-        absl::InvalidArgumentError("update_mask is required (memory_cap_bytes)"));
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        "update_mask is required (memory_cap_bytes)"));
   }
   for (const std::string& path : req->update_mask().paths()) {
     if (path != "memory_cap_bytes") {

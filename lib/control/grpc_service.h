@@ -4,12 +4,12 @@
 // Thin gRPC adapters: each RPC converts the request, calls the domain API,
 // and converts the result or maps the absl::Status to a grpc::Status.
 
+#include <grpcpp/grpcpp.h>
+
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
 #include "lib/control/export_manager.h"
@@ -25,15 +25,19 @@ class ExportServiceImpl final : public v1::ExportService::Service {
  public:
   explicit ExportServiceImpl(ExportManager& manager) : manager_(manager) {}
 
-  grpc::Status CreateExport(grpc::ServerContext*, const v1::CreateExportRequest* req,
+  grpc::Status CreateExport(grpc::ServerContext*,
+                            const v1::CreateExportRequest* req,
                             v1::Export* out) override;
   grpc::Status GetExport(grpc::ServerContext*, const v1::GetExportRequest* req,
                          v1::Export* out) override;
-  grpc::Status ListExports(grpc::ServerContext*, const v1::ListExportsRequest* req,
+  grpc::Status ListExports(grpc::ServerContext*,
+                           const v1::ListExportsRequest* req,
                            v1::ListExportsResponse* out) override;
-  grpc::Status UpdateExport(grpc::ServerContext*, const v1::UpdateExportRequest* req,
+  grpc::Status UpdateExport(grpc::ServerContext*,
+                            const v1::UpdateExportRequest* req,
                             v1::Export* out) override;
-  grpc::Status DeleteExport(grpc::ServerContext*, const v1::DeleteExportRequest* req,
+  grpc::Status DeleteExport(grpc::ServerContext*,
+                            const v1::DeleteExportRequest* req,
                             v1::DeleteExportResponse* out) override;
 
  private:
@@ -56,11 +60,13 @@ class DaemonServiceImpl final : public v1::DaemonService::Service {
  public:
   DaemonServiceImpl(std::function<DaemonSnapshot()> snapshot,
                     std::function<void(uint64_t)> set_memory_cap)
-      : snapshot_(std::move(snapshot)), set_memory_cap_(std::move(set_memory_cap)) {}
+      : snapshot_(std::move(snapshot)),
+        set_memory_cap_(std::move(set_memory_cap)) {}
 
   grpc::Status GetDaemon(grpc::ServerContext*, const v1::GetDaemonRequest*,
                          v1::Daemon* out) override;
-  grpc::Status UpdateDaemon(grpc::ServerContext*, const v1::UpdateDaemonRequest* req,
+  grpc::Status UpdateDaemon(grpc::ServerContext*,
+                            const v1::UpdateDaemonRequest* req,
                             v1::Daemon* out) override;
 
  private:

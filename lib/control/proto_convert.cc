@@ -23,12 +23,18 @@ std::string ExportResourceName(const std::string& id) {
 absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s) {
   switch (s) {
     case v1::BUFFER_STRATEGY_UNSPECIFIED:
-    case v1::POOL: return BufferStrategy::kPool;
-    case v1::FIXED: return BufferStrategy::kFixed;
-    case v1::GROW: return BufferStrategy::kGrow;
-    case v1::EXACT: return BufferStrategy::kExact;
-    case v1::STREAM: return BufferStrategy::kStream;
-    default: break;
+    case v1::POOL:
+      return BufferStrategy::kPool;
+    case v1::FIXED:
+      return BufferStrategy::kFixed;
+    case v1::GROW:
+      return BufferStrategy::kGrow;
+    case v1::EXACT:
+      return BufferStrategy::kExact;
+    case v1::STREAM:
+      return BufferStrategy::kStream;
+    default:
+      break;
   }
   return absl::InvalidArgumentError(
       absl::StrCat("buffer_strategy: unknown value ", static_cast<int>(s)));
@@ -36,11 +42,16 @@ absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s) {
 
 v1::BufferStrategy StrategyToProto(BufferStrategy s) {
   switch (s) {
-    case BufferStrategy::kFixed: return v1::FIXED;
-    case BufferStrategy::kGrow: return v1::GROW;
-    case BufferStrategy::kExact: return v1::EXACT;
-    case BufferStrategy::kPool: return v1::POOL;
-    case BufferStrategy::kStream: return v1::STREAM;
+    case BufferStrategy::kFixed:
+      return v1::FIXED;
+    case BufferStrategy::kGrow:
+      return v1::GROW;
+    case BufferStrategy::kExact:
+      return v1::EXACT;
+    case BufferStrategy::kPool:
+      return v1::POOL;
+    case BufferStrategy::kStream:
+      return v1::STREAM;
   }
   return v1::BUFFER_STRATEGY_UNSPECIFIED;
 }
@@ -77,9 +88,11 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
     const auto& b = p.block_sizes();
     if (b.minimum()) c.block_sizes.minimum = b.minimum();
     if (b.preferred()) c.block_sizes.preferred = b.preferred();
-    if (b.maximum_payload()) c.block_sizes.maximum_payload = b.maximum_payload();
+    if (b.maximum_payload())
+      c.block_sizes.maximum_payload = b.maximum_payload();
   }
-  absl::StatusOr<BufferStrategy> strategy = StrategyFromProto(p.buffer_strategy());
+  absl::StatusOr<BufferStrategy> strategy =
+      StrategyFromProto(p.buffer_strategy());
   if (!strategy.ok()) return strategy.status();
   c.buffers.strategy = *strategy;
   c.buffers.memory_cap_bytes = p.memory_cap_bytes();
@@ -121,7 +134,8 @@ v1::Export ExportConfigToProto(const ExportConfig& c) {
   p.set_memory_cap_bytes(c.buffers.memory_cap_bytes);
   int64_t ms = c.buffers.pool_idle_release.count();
   p.mutable_pool_idle_release()->set_seconds(ms / 1000);
-  p.mutable_pool_idle_release()->set_nanos(static_cast<int32_t>(ms % 1000) * 1000000);
+  p.mutable_pool_idle_release()->set_nanos(static_cast<int32_t>(ms % 1000) *
+                                           1000000);
   return p;
 }
 
@@ -134,7 +148,8 @@ v1::Export ExportInfoToProto(const ExportInfo& info) {
   auto secs = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
   p.mutable_create_time()->set_seconds(secs.count());
   p.mutable_create_time()->set_nanos(static_cast<int32_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs).count()));
+      std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs)
+          .count()));
   p.set_state(info.draining ? v1::Export::DRAINING : v1::Export::ACTIVE);
   p.set_persistent(info.persistent);
   return p;

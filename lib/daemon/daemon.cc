@@ -3,11 +3,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <csignal>
-#include <cstdio>
-
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <csignal>
+#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -40,20 +39,21 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
   for (const ExportConfig& ec : config.exports) {
     absl::StatusOr<std::shared_ptr<Export>> e = Export::Create(ec, *buffers);
     if (!e.ok()) {
-      return absl::Status(e.status().code(),
-                          absl::StrCat("export \"", ec.name, "\": ",
-                                       e.status().message()));
+      return absl::Status(
+          e.status().code(),
+          absl::StrCat("export \"", ec.name, "\": ", e.status().message()));
     }
     if (absl::Status st = registry->Add(*e); !st.ok()) return st;
   }
   registry->SetDefault(config.default_export);
 
-  std::unique_ptr<Daemon> d(new Daemon(std::move(config), std::move(buffers),
-                                       std::move(registry)));
+  std::unique_ptr<Daemon> d(
+      new Daemon(std::move(config), std::move(buffers), std::move(registry)));
   const DaemonConfig& cfg = d->config_;
-  absl::StatusOr<std::unique_ptr<ExportManager>> manager = ExportManager::Create(
-      ExportManagerOptions{cfg.state_dir, cfg.allow_paths}, *d->registry_,
-      *d->buffers_);
+  absl::StatusOr<std::unique_ptr<ExportManager>> manager =
+      ExportManager::Create(
+          ExportManagerOptions{cfg.state_dir, cfg.allow_paths}, *d->registry_,
+          *d->buffers_);
   if (!manager.ok()) return manager.status();
   d->manager_ = std::move(*manager);
 
@@ -84,7 +84,8 @@ absl::Status Daemon::StartControl() {
       [this] { return Snapshot(); },
       [this](uint64_t cap) {
         buffers_->set_memory_cap(cap);
-        spdlog::info("daemon memory cap set to {}", cap ? FormatSize(cap) : "none");
+        spdlog::info("daemon memory cap set to {}",
+                     cap ? FormatSize(cap) : "none");
       });
   ControlServerOptions o;
   o.listen = *config_.control_listen;
@@ -106,7 +107,8 @@ std::optional<ListenAddress> Daemon::control_address() const {
 
 DaemonSnapshot Daemon::Snapshot() const {
   DaemonSnapshot s;
-  for (const ListenAddress& a : server_->bound()) s.nbd_listen.push_back(a.ToString());
+  for (const ListenAddress& a : server_->bound())
+    s.nbd_listen.push_back(a.ToString());
   if (control_) s.control_listen = control_->bound().ToString();
   MemoryBudgetStats b = buffers_->budget().stats();
   s.memory_cap_bytes = b.cap;
@@ -143,7 +145,8 @@ absl::Status Daemon::WriteReadyFile() const {
   for (const ListenAddress& a : server_->bound()) {
     absl::StrAppend(&text, a.ToString(), "\n");
   }
-  if (control_) absl::StrAppend(&text, "control=", control_->bound().ToString(), "\n");
+  if (control_)
+    absl::StrAppend(&text, "control=", control_->bound().ToString(), "\n");
   std::string tmp = absl::StrCat(config_.ready_file, ".tmp");
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("create ", tmp));
@@ -172,13 +175,14 @@ absl::Status Daemon::Run() {
   ScheduleIdleRelease();
   for (const auto& e : registry_->List()) {
     BufferSettings bs = e->buffers().settings();
-    spdlog::info("serving export \"{}\": {} {}{}, buffers {}{}{}", e->name(),
-                 NameOf(e->config().backend), FormatSize(e->size()),
-                 e->read_only() ? ", read-only" : "", NameOf(bs.strategy),
-                 bs.memory_cap_bytes
-                     ? absl::StrCat(" capped at ", FormatSize(bs.memory_cap_bytes))
-                     : std::string(),
-                 e->name() == registry_->default_name() ? " (default)" : "");
+    spdlog::info(
+        "serving export \"{}\": {} {}{}, buffers {}{}{}", e->name(),
+        NameOf(e->config().backend), FormatSize(e->size()),
+        e->read_only() ? ", read-only" : "", NameOf(bs.strategy),
+        bs.memory_cap_bytes
+            ? absl::StrCat(" capped at ", FormatSize(bs.memory_cap_bytes))
+            : std::string(),
+        e->name() == registry_->default_name() ? " (default)" : "");
   }
   if (absl::Status st = WriteReadyFile(); !st.ok()) {
     spdlog::error("{}", st.message());
@@ -193,14 +197,16 @@ absl::Status Daemon::Run() {
     if (e->read_only()) continue;
     absl::Status st = e->backend().Flush();
     if (!st.ok()) {
-      spdlog::error("flushing export \"{}\" failed: {}", e->name(), st.message());
+      spdlog::error("flushing export \"{}\" failed: {}", e->name(),
+                    st.message());
       if (result.ok()) result = st;
     }
   }
   MemoryBudgetStats b = buffers_->budget().stats();
-  spdlog::info("request buffers: peak {} bytes in use (cap {}), {} waits for the cap",
-               b.peak, b.cap == 0 ? std::string("none") : std::to_string(b.cap),
-               b.waits);
+  spdlog::info(
+      "request buffers: peak {} bytes in use (cap {}), {} waits for the cap",
+      b.peak, b.cap == 0 ? std::string("none") : std::to_string(b.cap),
+      b.waits);
   spdlog::info("stopped");
   return result;
 }

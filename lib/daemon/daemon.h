@@ -1,10 +1,9 @@
 #ifndef NBDMGR_LIB_DAEMON_DAEMON_H_
 #define NBDMGR_LIB_DAEMON_DAEMON_H_
 
-#include <memory>
-
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <memory>
 
 #include "absl/status/statusor.h"
 #include "lib/buffer/buffer_policy.h"

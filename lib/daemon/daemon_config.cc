@@ -1,5 +1,4 @@
 #include "lib/daemon/daemon_config.h"
-#include "lib/util/strings.h"
 
 #include <set>
 
@@ -7,20 +6,22 @@
 #include "absl/strings/str_cat.h"
 #include "lib/util/duration.h"
 #include "lib/util/size.h"
+#include "lib/util/strings.h"
 
 namespace nbdmgr {
 namespace {
 
 absl::Status FlagError(std::string_view flag, std::string_view message) {
   return absl::InvalidArgumentError(
-      absl::StrCat(ToAbsl(flag), ": ",
-                   ToAbsl(message)));
+      absl::StrCat(ToAbsl(flag), ": ", ToAbsl(message)));
 }
 
 absl::StatusOr<int> ParseThreads(std::string_view flag, const std::string& v) {
   int n = 0;
   if (!absl::SimpleAtoi(v, &n) || n < 0 || n > 1024) {
-    return FlagError(flag, absl::StrCat("expected a number from 0 to 1024, got \"", v, "\""));
+    return FlagError(
+        flag,
+        absl::StrCat("expected a number from 0 to 1024, got \"", v, "\""));
   }
   return n;
 }
@@ -115,11 +116,11 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       has_value = true;
     }
     static const std::set<std::string> kKnown = {
-        "--nbd-listen", "--export",      "--default-export",
-        "--io-threads", "--blocking-threads", "--drain-timeout",
-        "--log-level",  "--ready-file", "--memory-cap", "--control-listen",
-        "--control-tls-cert", "--control-tls-key", "--control-tls-ca",
-        "--state-dir", "--allow-path"};
+        "--nbd-listen",     "--export",           "--default-export",
+        "--io-threads",     "--blocking-threads", "--drain-timeout",
+        "--log-level",      "--ready-file",       "--memory-cap",
+        "--control-listen", "--control-tls-cert", "--control-tls-key",
+        "--control-tls-ca", "--state-dir",        "--allow-path"};
     if (!kKnown.contains(flag)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag ", flag, " (see --help)"));
@@ -155,8 +156,9 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       static const std::set<std::string> kLevels = {"trace", "debug", "info",
                                                     "warn", "error"};
       if (!kLevels.contains(value)) {
-        return FlagError(flag, absl::StrCat("unknown level \"", value,
-                                            "\" (trace, debug, info, warn, error)"));
+        return FlagError(flag,
+                         absl::StrCat("unknown level \"", value,
+                                      "\" (trace, debug, info, warn, error)"));
       }
       c.log_level = value;
     } else if (flag == "--memory-cap") {
@@ -187,7 +189,8 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       c.state_dir = value == "none" ? "" : value;
     } else if (flag == "--allow-path") {
       if (value.empty() || value.front() != '/') {
-        return FlagError(flag, absl::StrCat("must be an absolute directory: \"", value, "\""));
+        return FlagError(flag, absl::StrCat("must be an absolute directory: \"",
+                                            value, "\""));
       }
       c.allow_paths.push_back(value);
     }
@@ -208,13 +211,14 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
   for (const ExportConfig& e : c.exports) {
     if (!names.insert(e.name).second) {
       return FlagError("--export", absl::StrCat("export \"", e.name,
-                                               "\" is declared twice"));
+                                                "\" is declared twice"));
     }
   }
   if (default_given) {
     if (!c.default_export.empty() && !names.contains(c.default_export)) {
-      return FlagError("--default-export",
-                       absl::StrCat("no --export named \"", c.default_export, "\""));
+      return FlagError(
+          "--default-export",
+          absl::StrCat("no --export named \"", c.default_export, "\""));
     }
   } else if (!c.exports.empty()) {
     c.default_export = c.exports.front().name;

@@ -28,7 +28,8 @@ struct DaemonConfig {
   std::string ready_file;
 
   // Control plane (gRPC). Empty control_listen: disabled ("none").
-  std::optional<ListenAddress> control_listen;  // default unix:/run/nbdmgr/control.sock
+  std::optional<ListenAddress>
+      control_listen;  // default unix:/run/nbdmgr/control.sock
   std::string control_tls_cert;
   std::string control_tls_key;
   std::string control_tls_ca;

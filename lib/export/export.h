@@ -3,10 +3,10 @@
 
 #include <atomic>
 #include <chrono>
-#include <mutex>
-#include <string>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"

@@ -35,17 +35,21 @@ absl::Status KeyError(std::string_view key, const absl::Status& st) {
 absl::StatusOr<bool> ParseBool(std::string_view key, std::string_view v) {
   if (v == "true" || v == "1" || v == "yes" || v == "on") return true;
   if (v == "false" || v == "0" || v == "no" || v == "off") return false;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "export key ", ToAbsl(key), ": expected true or false, got \"", ToAbsl(v), "\""));
+  return absl::InvalidArgumentError(
+      absl::StrCat("export key ", ToAbsl(key),
+                   ": expected true or false, got \"", ToAbsl(v), "\""));
 }
 
 }  // namespace
 
 std::string_view NameOf(BackendKind kind) {
   switch (kind) {
-    case BackendKind::kMemory: return "memory";
-    case BackendKind::kFile: return "file";
-    case BackendKind::kNull: return "null";
+    case BackendKind::kMemory:
+      return "memory";
+    case BackendKind::kFile:
+      return "file";
+    case BackendKind::kNull:
+      return "null";
   }
   return "unknown";
 }
@@ -62,14 +66,15 @@ absl::Status ValidateExportName(std::string_view name) {
            (c >= '0' && c <= '9');
   };
   if (!alnum(name[0])) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "export name \"", ToAbsl(name), "\" must start with a letter or digit"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("export name \"", ToAbsl(name),
+                     "\" must start with a letter or digit"));
   }
   for (char c : name) {
     if (!alnum(c) && c != '.' && c != '_' && c != ':' && c != '-') {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "export name \"", ToAbsl(name),
-          "\" may contain only letters, digits and . _ : -"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("export name \"", ToAbsl(name),
+                       "\" may contain only letters, digits and . _ : -"));
     }
   }
   return absl::OkStatus();
@@ -82,15 +87,16 @@ absl::Status ValidateBlockSizes(const BlockSizes& b) {
         "block_sizes.minimum ", b.minimum, " must be a power of two <= 65536"));
   }
   if (!pow2(b.preferred) || b.preferred < std::max<uint32_t>(b.minimum, 512)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "block_sizes.preferred ", b.preferred,
-        " must be a power of two >= max(minimum, 512)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("block_sizes.preferred ", b.preferred,
+                     " must be a power of two >= max(minimum, 512)"));
   }
   if (b.maximum_payload < b.preferred || b.maximum_payload > kMaxPayloadLimit ||
       b.maximum_payload % b.minimum != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "block_sizes.maximum_payload ", b.maximum_payload,
-        " must be a multiple of minimum, >= preferred and <= ", kMaxPayloadLimit));
+    return absl::InvalidArgumentError(
+        absl::StrCat("block_sizes.maximum_payload ", b.maximum_payload,
+                     " must be a multiple of minimum, >= preferred and <= ",
+                     kMaxPayloadLimit));
   }
   return absl::OkStatus();
 }
@@ -99,11 +105,13 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
   if (absl::Status st = ValidateExportName(c.name); !st.ok()) return st;
   if (absl::Status st = ValidateBlockSizes(c.block_sizes); !st.ok()) return st;
   if (c.size && *c.size % c.block_sizes.minimum != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "export ", c.name, ": size must be a multiple of the minimum block size"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("export ", c.name,
+                     ": size must be a multiple of the minimum block size"));
   }
   if (c.description.size() > 4096) {
-    return absl::InvalidArgumentError("export description longer than 4096 bytes");
+    return absl::InvalidArgumentError(
+        "export description longer than 4096 bytes");
   }
   switch (c.backend) {
     case BackendKind::kMemory:
@@ -143,8 +151,9 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
     if (part.empty()) continue;
     size_t eq = part.find('=');
     if (eq == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "export spec \"", ToAbsl(spec), "\": \"", part, "\" is not key=value"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("export spec \"", ToAbsl(spec), "\": \"", part,
+                       "\" is not key=value"));
     }
     std::string key = part.substr(0, eq);
     std::string value = part.substr(eq + 1);
@@ -152,13 +161,16 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       c.name = value;
       have_name = true;
     } else if (key == "backend") {
-      if (value == "memory") c.backend = BackendKind::kMemory;
-      else if (value == "file") c.backend = BackendKind::kFile;
-      else if (value == "null") c.backend = BackendKind::kNull;
+      if (value == "memory")
+        c.backend = BackendKind::kMemory;
+      else if (value == "file")
+        c.backend = BackendKind::kFile;
+      else if (value == "null")
+        c.backend = BackendKind::kNull;
       else {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "export key backend: unknown backend \"", value,
-            "\" (memory, file or null)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("export key backend: unknown backend \"", value,
+                         "\" (memory, file or null)"));
       }
       have_backend = true;
     } else if (key == "path") {
@@ -181,8 +193,9 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
         return KeyError(key, absl::InvalidArgumentError("too large"));
       }
       uint32_t& field = key == "min-block-size" ? c.block_sizes.minimum
-                        : key == "preferred-block-size" ? c.block_sizes.preferred
-                                                        : c.block_sizes.maximum_payload;
+                        : key == "preferred-block-size"
+                            ? c.block_sizes.preferred
+                            : c.block_sizes.maximum_payload;
       field = static_cast<uint32_t>(*v);
     } else if (key == "buffer-strategy") {
       absl::StatusOr<BufferStrategy> st = ParseBufferStrategy(value);
@@ -209,8 +222,9 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
         absl::StrCat("export spec \"", ToAbsl(spec), "\": missing name="));
   }
   if (!have_backend) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "export spec \"", ToAbsl(spec), "\": missing backend= (memory, file, null)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("export spec \"", ToAbsl(spec),
+                     "\": missing backend= (memory, file, null)"));
   }
   if (absl::Status st = ValidateExportConfig(c); !st.ok()) return st;
   return c;

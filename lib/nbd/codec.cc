@@ -139,15 +139,15 @@ absl::StatusOr<std::string> ReadExportName(ByteReader& r) {
 
 }  // namespace
 
-absl::StatusOr<InfoRequest> ParseInfoRequest(
-    std::span<const uint8_t> payload) {
+absl::StatusOr<InfoRequest> ParseInfoRequest(std::span<const uint8_t> payload) {
   ByteReader r(payload);
   absl::StatusOr<std::string> name = ReadExportName(r);
   if (!name.ok()) return name.status();
   std::optional<uint16_t> count = r.U16();
   if (!count) return absl::InvalidArgumentError("missing info request count");
   if (r.remaining() != size_t{*count} * 2) {
-    return absl::InvalidArgumentError("info request count disagrees with length");
+    return absl::InvalidArgumentError(
+        "info request count disagrees with length");
   }
   InfoRequest req;
   req.name = std::move(*name);

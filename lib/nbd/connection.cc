@@ -5,13 +5,12 @@
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <cstring>
-
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -34,8 +33,8 @@ Connection::Connection(Socket socket)
     auto* sin6 = reinterpret_cast<const sockaddr_in6*>(ep.data());
     asio::ip::address_v6::bytes_type b;
     std::memcpy(b.data(), &sin6->sin6_addr, 16);
-    peer_ = absl::StrCat("tcp:[", asio::ip::address_v6(b).to_string(), "]:",
-                         ntohs(sin6->sin6_port));
+    peer_ = absl::StrCat("tcp:[", asio::ip::address_v6(b).to_string(),
+                         "]:", ntohs(sin6->sin6_port));
   } else {
     peer_ = "unix";
   }
@@ -91,7 +90,8 @@ asio::awaitable<ErrorCode> Connection::WriteAll(
   co_return ec;
 }
 
-asio::awaitable<ErrorCode> Connection::WriteAll(std::span<const uint8_t> bytes) {
+asio::awaitable<ErrorCode> Connection::WriteAll(
+    std::span<const uint8_t> bytes) {
   auto [ec, n] = co_await asio::async_write(
       socket_, asio::buffer(bytes.data(), bytes.size()), kAsTuple);
   co_return ec;

@@ -1,14 +1,13 @@
 #ifndef NBDMGR_LIB_NBD_CONNECTION_H_
 #define NBDMGR_LIB_NBD_CONNECTION_H_
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
-
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/buffer.hpp>
-#include <boost/asio/generic/stream_protocol.hpp>
 
 namespace nbdmgr::nbd {
 
@@ -29,7 +28,8 @@ class Connection {
   // Reads and throws away `n` bytes, without allocating for them.
   asio::awaitable<ErrorCode> Skip(uint64_t n);
   // Writes every byte of `buffers` (a gather write).
-  asio::awaitable<ErrorCode> WriteAll(std::span<const asio::const_buffer> buffers);
+  asio::awaitable<ErrorCode> WriteAll(
+      std::span<const asio::const_buffer> buffers);
   asio::awaitable<ErrorCode> WriteAll(std::span<const uint8_t> bytes);
 
   // Stops further reads: pending and later reads see end of stream; writes

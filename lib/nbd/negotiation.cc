@@ -16,8 +16,7 @@ absl::Status IoError(const ErrorCode& ec, std::string_view what) {
     return absl::CancelledError(
         absl::StrCat("client closed the connection during ", ToAbsl(what)));
   }
-  return absl::UnavailableError(
-      absl::StrCat(ToAbsl(what), ": ", ec.message()));
+  return absl::UnavailableError(absl::StrCat(ToAbsl(what), ": ", ec.message()));
 }
 
 // State of one negotiation.
@@ -102,8 +101,9 @@ asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiator::Run() {
 
   for (int count = 0;; ++count) {
     if (count >= limits_.max_options) {
-      co_return absl::InvalidArgumentError(absl::StrCat(
-          "more than ", limits_.max_options, " options without choosing an export"));
+      co_return absl::InvalidArgumentError(
+          absl::StrCat("more than ", limits_.max_options,
+                       " options without choosing an export"));
     }
     uint8_t hdr[kOptionHeaderSize];
     if (ErrorCode ec = co_await conn_.ReadExact(hdr); ec) {
@@ -136,7 +136,8 @@ asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiator::Run() {
     if (ErrorCode ec = co_await conn_.ReadExact(data); ec) {
       co_return IoError(ec, "option payload");
     }
-    absl::StatusOr<bool> done = co_await HandleOption(oh.option, std::move(data));
+    absl::StatusOr<bool> done =
+        co_await HandleOption(oh.option, std::move(data));
     if (!done.ok()) co_return done.status();
     if (*done) break;
   }
@@ -193,7 +194,8 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleList(
   } else {
     for (const auto& e : registry_.List()) {
       if (e->draining()) continue;
-      std::vector<uint8_t> payload = EncodeServerReply(e->name(), e->description());
+      std::vector<uint8_t> payload =
+          EncodeServerReply(e->name(), e->description());
       if ((ec = co_await Reply(kOptList, kRepServer, payload))) break;
     }
     if (!ec) ec = co_await Reply(kOptList, kRepAck);
@@ -231,14 +233,16 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleInfoOrGo(
   ErrorCode ec;
   absl::StatusOr<InfoRequest> req = ParseInfoRequest(data);
   if (!req.ok()) {
-    ec = co_await ReplyError(option, kRepErrInvalid, ToStd(req.status().message()));
+    ec = co_await ReplyError(option, kRepErrInvalid,
+                             ToStd(req.status().message()));
     if (ec) co_return IoError(ec, "option reply");
     co_return false;
   }
   std::shared_ptr<Export> e = FindServing(req->name);
   if (e == nullptr) {
-    ec = co_await ReplyError(option, kRepErrUnknown,
-                             absl::StrCat("no export named \"", req->name, "\""));
+    ec = co_await ReplyError(
+        option, kRepErrUnknown,
+        absl::StrCat("no export named \"", req->name, "\""));
     if (ec) co_return IoError(ec, "option reply");
     co_return false;
   }
@@ -281,14 +285,14 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleMetaContext(
     return false;
   };
   if (set && !result_.structured_replies) {
-    co_return finish(co_await ReplyError(
-        option, kRepErrInvalid,
-        "SET_META_CONTEXT needs structured replies first"));
+    co_return finish(
+        co_await ReplyError(option, kRepErrInvalid,
+                            "SET_META_CONTEXT needs structured replies first"));
   }
   absl::StatusOr<MetaContextRequest> req = ParseMetaContextRequest(data);
   if (!req.ok()) {
-    co_return finish(
-        co_await ReplyError(option, kRepErrInvalid, ToStd(req.status().message())));
+    co_return finish(co_await ReplyError(option, kRepErrInvalid,
+                                         ToStd(req.status().message())));
   }
   std::shared_ptr<Export> e = FindServing(req->export_name);
   if (e == nullptr) {

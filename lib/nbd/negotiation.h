@@ -1,10 +1,9 @@
 #ifndef NBDMGR_LIB_NBD_NEGOTIATION_H_
 #define NBDMGR_LIB_NBD_NEGOTIATION_H_
 
+#include <boost/asio/awaitable.hpp>
 #include <cstdint>
 #include <memory>
-
-#include <boost/asio/awaitable.hpp>
 
 #include "absl/status/statusor.h"
 #include "lib/export/export.h"

@@ -1,8 +1,6 @@
 #ifndef NBDMGR_LIB_NBD_OFFLOAD_H_
 #define NBDMGR_LIB_NBD_OFFLOAD_H_
 
-#include <utility>
-
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -10,6 +8,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <utility>
 
 namespace nbdmgr::nbd {
 
@@ -25,15 +24,16 @@ boost::asio::awaitable<decltype(std::declval<Fn&>()())> RunBlocking(
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable),
                                           void(Result)>(
       [&pool](auto handler, Fn f) {
-        auto work = asio::make_work_guard(asio::get_associated_executor(handler));
+        auto work =
+            asio::make_work_guard(asio::get_associated_executor(handler));
         asio::post(pool, [f = std::move(f), handler = std::move(handler),
                           work = std::move(work)]() mutable {
           Result r = f();
           auto ex = work.get_executor();
-          asio::dispatch(ex, [handler = std::move(handler),
-                              r = std::move(r)]() mutable {
-            std::move(handler)(std::move(r));
-          });
+          asio::dispatch(
+              ex, [handler = std::move(handler), r = std::move(r)]() mutable {
+                std::move(handler)(std::move(r));
+              });
         });
       },
       asio::use_awaitable, std::move(fn));

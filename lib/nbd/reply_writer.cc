@@ -121,7 +121,8 @@ asio::awaitable<void> ReplyWriter::Run() {
     batch_.clear();
     if (ec) {
       if (ec != asio::error::operation_aborted) {
-        spdlog::info("{}: writing replies failed: {}", conn_.peer(), ec.message());
+        spdlog::info("{}: writing replies failed: {}", conn_.peer(),
+                     ec.message());
       }
       failed_ = true;
       conn_.Close();  // wakes a reader blocked on the socket

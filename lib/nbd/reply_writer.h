@@ -1,15 +1,14 @@
 #ifndef NBDMGR_LIB_NBD_REPLY_WRITER_H_
 #define NBDMGR_LIB_NBD_REPLY_WRITER_H_
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
 #include <span>
 #include <vector>
-
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include "lib/buffer/buffer_lease.h"
 #include "lib/nbd/connection.h"

@@ -3,8 +3,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <filesystem>
-
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -13,6 +11,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "lib/util/strings.h"
@@ -71,8 +70,8 @@ absl::Status Server::Listen(const ListenAddress& addr) {
     struct stat st;
     if (::lstat(addr.path.c_str(), &st) == 0) {
       if (!S_ISSOCK(st.st_mode)) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            addr.ToString(), ": path exists and is not a socket"));
+        return absl::FailedPreconditionError(
+            absl::StrCat(addr.ToString(), ": path exists and is not a socket"));
       }
       ::unlink(addr.path.c_str());  // stale socket from an earlier run
     }
@@ -145,20 +144,21 @@ asio::awaitable<void> Server::AcceptLoop(Acceptor& acceptor) {
   for (;;) {
     size_t ctx = NextContext();
     asio::any_io_executor ex = contexts_[ctx]->get_executor();
-    auto [ec, socket] = co_await acceptor.async_accept(
-        ex, asio::as_tuple(asio::use_awaitable));
+    auto [ec, socket] =
+        co_await acceptor.async_accept(ex, asio::as_tuple(asio::use_awaitable));
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) {
         co_return;
       }
       spdlog::warn("accept failed: {}", ec.message());
       // Out of descriptors and the like: back off instead of spinning.
-      asio::steady_timer t(acceptor.get_executor(), std::chrono::milliseconds(100));
+      asio::steady_timer t(acceptor.get_executor(),
+                           std::chrono::milliseconds(100));
       co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
       continue;
     }
-    auto session =
-        std::make_shared<Session>(std::move(socket), *registry_, options_.session);
+    auto session = std::make_shared<Session>(std::move(socket), *registry_,
+                                             options_.session);
     {
       std::lock_guard lock(mu_);
       sessions_.emplace(session.get(), session);
@@ -166,8 +166,9 @@ asio::awaitable<void> Server::AcceptLoop(Acceptor& acceptor) {
     load_[ctx].fetch_add(1, std::memory_order_relaxed);
     asio::co_spawn(session->executor(), session->Run(),
                    [this, session, ctx](std::exception_ptr e) {
-                     if (e) spdlog::error("{}: session ended with an exception",
-                                          session->peer());
+                     if (e)
+                       spdlog::error("{}: session ended with an exception",
+                                     session->peer());
                      load_[ctx].fetch_sub(1, std::memory_order_relaxed);
                      Forget(session.get());
                    });

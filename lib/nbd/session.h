@@ -1,10 +1,9 @@
 #ifndef NBDMGR_LIB_NBD_SESSION_H_
 #define NBDMGR_LIB_NBD_SESSION_H_
 
-#include <memory>
-
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <memory>
 
 #include "lib/export/export_registry.h"
 #include "lib/nbd/connection.h"

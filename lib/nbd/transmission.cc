@@ -1,14 +1,12 @@
 #include "lib/nbd/transmission.h"
 
+#include <boost/asio/co_spawn.hpp>
 #include <vector>
 
-#include <boost/asio/co_spawn.hpp>
-
 #include "absl/container/inlined_vector.h"
-#include "lib/nbd/codec.h"
 #include "lib/buffer/buffer_policy.h"
+#include "lib/nbd/codec.h"
 #include "lib/nbd/offload.h"
-#include "lib/util/strings.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
 
@@ -51,20 +49,20 @@ RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l) {
       break;
   }
   if (h.flags & ~allowed) return {kEinval, "flag not valid for this command"};
-  const bool writes = h.type == kCmdWrite || h.type == kCmdTrim ||
-                      h.type == kCmdWriteZeroes;
+  const bool writes =
+      h.type == kCmdWrite || h.type == kCmdTrim || h.type == kCmdWriteZeroes;
   if (writes && (l.tx_flags & kTxReadOnly)) {
     return {kEperm, "export is read-only"};
   }
   if (h.type == kCmdFlush) return {};
   if (h.length == 0) return {kEinval, "zero-length request"};
-  if ((h.type == kCmdRead || h.type == kCmdWrite) &&
-      h.length > l.max_payload) {
+  if ((h.type == kCmdRead || h.type == kCmdWrite) && h.length > l.max_payload) {
     return {kEinval, "request longer than the maximum payload"};
   }
   if (h.offset > l.export_size || h.length > l.export_size - h.offset) {
-    return {h.type == kCmdWrite || h.type == kCmdWriteZeroes ? kEnospc : kEinval,
-            "request past the end of the export"};
+    return {
+        h.type == kCmdWrite || h.type == kCmdWriteZeroes ? kEnospc : kEinval,
+        "request past the end of the export"};
   }
   if ((h.type == kCmdRead || h.type == kCmdWrite) && l.min_block > 1 &&
       (h.offset % l.min_block != 0 || h.length % l.min_block != 0)) {
@@ -78,14 +76,21 @@ RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l) {
 
 uint32_t NbdErrorFromStatus(const absl::Status& status) {
   switch (status.code()) {
-    case absl::StatusCode::kOk: return kOk;
-    case absl::StatusCode::kResourceExhausted: return kEnospc;
-    case absl::StatusCode::kPermissionDenied: return kEperm;
+    case absl::StatusCode::kOk:
+      return kOk;
+    case absl::StatusCode::kResourceExhausted:
+      return kEnospc;
+    case absl::StatusCode::kPermissionDenied:
+      return kEperm;
     case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kOutOfRange: return kEinval;
-    case absl::StatusCode::kUnimplemented: return kEnotsup;
-    case absl::StatusCode::kUnavailable: return kEshutdown;
-    default: return kEio;
+    case absl::StatusCode::kOutOfRange:
+      return kEinval;
+    case absl::StatusCode::kUnimplemented:
+      return kEnotsup;
+    case absl::StatusCode::kUnavailable:
+      return kEshutdown;
+    default:
+      return kEio;
   }
 }
 
@@ -93,7 +98,10 @@ Transmission::Transmission(Connection& conn, ReplyWriter& writer,
                            RequestBufferSource& buffers,
                            const NegotiationResult& agreed,
                            TransmissionOptions options)
-    : conn_(conn), writer_(writer), buffers_(buffers), export_(agreed.export_),
+    : conn_(conn),
+      writer_(writer),
+      buffers_(buffers),
+      export_(agreed.export_),
       options_(options) {
   limits_.export_size = export_->size();
   limits_.tx_flags = export_->TransmissionFlags(agreed.structured_replies);
@@ -180,9 +188,8 @@ asio::awaitable<ErrorCode> Transmission::StreamRead(RequestHeader h) {
     size_t n = std::min<uint64_t>(end - pos, chunk ? chunk.size() : 0);
     absl::Status st =
         !chunk ? absl::ResourceExhaustedError("out of memory for buffers")
-               : co_await RunBackend([&] {
-                   return be.Read(pos, chunk.span().first(n));
-                 });
+               : co_await RunBackend(
+                     [&] { return be.Read(pos, chunk.span().first(n)); });
     uint8_t header[kChunkHeaderSize + 8];
     if (!st.ok()) {
       if (!structured && !first) {
@@ -229,19 +236,20 @@ ReadPieces Transmission::PlanRead(const RequestHeader& h) {
   if (sparse) {
     uint64_t pos = h.offset;
     bool too_many = false;
-    absl::Status es = export_->backend().Extents(h.offset, h.length, [&](Extent e) {
-      bool zero = (e.flags & kStateZero) != 0;
-      if (!pieces.empty() && pieces.back().zero == zero) {
-        pieces.back().length += static_cast<uint32_t>(e.length);
-      } else if (pieces.size() == kMaxReadChunks) {
-        too_many = true;
-        return false;
-      } else {
-        pieces.push_back({pos, static_cast<uint32_t>(e.length), zero});
-      }
-      pos += e.length;
-      return true;
-    });
+    absl::Status es =
+        export_->backend().Extents(h.offset, h.length, [&](Extent e) {
+          bool zero = (e.flags & kStateZero) != 0;
+          if (!pieces.empty() && pieces.back().zero == zero) {
+            pieces.back().length += static_cast<uint32_t>(e.length);
+          } else if (pieces.size() == kMaxReadChunks) {
+            too_many = true;
+            return false;
+          } else {
+            pieces.push_back({pos, static_cast<uint32_t>(e.length), zero});
+          }
+          pos += e.length;
+          return true;
+        });
     if (!es.ok() || too_many || pos != h.offset + h.length) pieces.clear();
   }
   if (pieces.empty()) pieces.push_back({h.offset, h.length, false});
@@ -265,12 +273,15 @@ asio::awaitable<ErrorCode> Transmission::WriteReadInPieces(RequestHeader h,
       EncodeChunkHeader(header, flags, kChunkOffsetHole, h.cookie, 12);
       PutU64(header + kChunkHeaderSize, p.offset);
       PutU32(header + kChunkHeaderSize + 8, p.length);
-      if (ErrorCode ec = co_await conn_.WriteAll(std::span(header, kChunkHeaderSize + 12)); ec) {
+      if (ErrorCode ec =
+              co_await conn_.WriteAll(std::span(header, kChunkHeaderSize + 12));
+          ec) {
         co_return ec;
       }
       continue;
     } else {
-      EncodeChunkHeader(header, flags, kChunkOffsetData, h.cookie, 8 + p.length);
+      EncodeChunkHeader(header, flags, kChunkOffsetData, h.cookie,
+                        8 + p.length);
       PutU64(header + kChunkHeaderSize, p.offset);
       header_len = kChunkHeaderSize + 8;
     }
@@ -489,11 +500,11 @@ asio::awaitable<void> Transmission::ReadLoop() {
     }
     writer_.BeginRequest();
     if (blocking) {
-      asio::co_spawn(conn_.socket().get_executor(),
-                     Execute(h, std::move(lease)),
-                     [peer = conn_.peer()](std::exception_ptr e) {
-                       if (e) spdlog::error("{}: request failed with an exception", peer);
-                     });
+      asio::co_spawn(
+          conn_.socket().get_executor(), Execute(h, std::move(lease)),
+          [peer = conn_.peer()](std::exception_ptr e) {
+            if (e) spdlog::error("{}: request failed with an exception", peer);
+          });
     } else {
       co_await Execute(h, std::move(lease));
     }

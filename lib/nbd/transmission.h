@@ -1,12 +1,11 @@
 #ifndef NBDMGR_LIB_NBD_TRANSMISSION_H_
 #define NBDMGR_LIB_NBD_TRANSMISSION_H_
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <cstdint>
 #include <memory>
 #include <string_view>
-
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/thread_pool.hpp>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"

@@ -129,8 +129,8 @@ enum Error : uint32_t {
 };
 
 // Sizes of fixed wire structures, in bytes.
-inline constexpr size_t kGreetingSize = 18;       // magic, IHAVEOPT, flags
-inline constexpr size_t kOptionHeaderSize = 16;   // IHAVEOPT, option, length
+inline constexpr size_t kGreetingSize = 18;      // magic, IHAVEOPT, flags
+inline constexpr size_t kOptionHeaderSize = 16;  // IHAVEOPT, option, length
 inline constexpr size_t kOptionReplyHeaderSize = 20;
 inline constexpr size_t kRequestHeaderSize = 28;
 inline constexpr size_t kSimpleReplySize = 16;

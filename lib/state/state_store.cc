@@ -1,6 +1,7 @@
 #include "lib/state/state_store.h"
 
 #include <fcntl.h>
+#include <google/protobuf/text_format.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,8 +9,6 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-
-#include <google/protobuf/text_format.h>
 
 #include "absl/strings/str_cat.h"
 #include "lib/control/proto_convert.h"
@@ -48,7 +47,8 @@ absl::Status WriteFileAtomically(const std::string& path,
     return st;
   }
   std::string dir = std::filesystem::path(path).parent_path().string();
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(),
+                   O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);
     ::close(dfd);
@@ -60,12 +60,15 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(std::string dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) {
-    return absl::Status(absl::ErrnoToStatusCode(ec.value()),
-                        absl::StrCat("state directory ", dir, ": ", ec.message()));
+    return absl::Status(
+        absl::ErrnoToStatusCode(ec.value()),
+        absl::StrCat("state directory ", dir, ": ", ec.message()));
   }
   ::chmod(dir.c_str(), 0700);
-  std::string path = (std::filesystem::path(dir) / "exports.textproto").string();
-  return std::unique_ptr<StateStore>(new StateStore(std::move(dir), std::move(path)));
+  std::string path =
+      (std::filesystem::path(dir) / "exports.textproto").string();
+  return std::unique_ptr<StateStore>(
+      new StateStore(std::move(dir), std::move(path)));
 }
 
 absl::StatusOr<std::vector<ExportConfig>> StateStore::Load() const {
@@ -79,13 +82,15 @@ absl::StatusOr<std::vector<ExportConfig>> StateStore::Load() const {
   v1::PersistedState state;
   if (!google::protobuf::TextFormat::ParseFromString(text.str(), &state)) {
     return absl::DataLossError(absl::StrCat(
-        path_, ": not a valid state file (fix or move it; it was left untouched)"));
+        path_,
+        ": not a valid state file (fix or move it; it was left untouched)"));
   }
   std::vector<ExportConfig> out;
   for (const v1::Export& p : state.exports()) {
     absl::StatusOr<std::string> id = ExportIdFromName(p.name());
     if (!id.ok()) {
-      return absl::DataLossError(absl::StrCat(path_, ": ", id.status().message()));
+      return absl::DataLossError(
+          absl::StrCat(path_, ": ", id.status().message()));
     }
     absl::StatusOr<ExportConfig> c = ExportConfigFromProto(p, *id);
     if (!c.ok()) {
@@ -104,8 +109,11 @@ absl::Status StateStore::Save(const std::vector<ExportConfig>& exports) {
   }
   std::string text;
   google::protobuf::TextFormat::PrintToString(state, &text);
-  return WriteFileAtomically(path_, absl::StrCat(
-      "# nbdmgrd exports created over the API. Written by nbdmgrd.\n", text));
+  return WriteFileAtomically(
+      path_,
+      absl::StrCat(
+          "# nbdmgrd exports created over the API. Written by nbdmgrd.\n",
+          text));
 }
 
 }  // namespace nbdmgr

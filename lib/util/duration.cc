@@ -1,8 +1,8 @@
 #include "lib/util/duration.h"
-#include "lib/util/strings.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "lib/util/strings.h"
 
 namespace nbdmgr {
 
@@ -16,21 +16,29 @@ absl::StatusOr<std::chrono::milliseconds> ParseDuration(std::string_view text) {
   while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
   if (i == 0 || i > 12) return invalid();
   uint64_t n = 0;
-  if (!absl::SimpleAtoi(absl::string_view(text.data(), i), &n)) return invalid();
+  if (!absl::SimpleAtoi(absl::string_view(text.data(), i), &n))
+    return invalid();
   std::string_view unit = text.substr(i);
   uint64_t ms_per_unit;
-  if (unit == "ms") ms_per_unit = 1;
-  else if (unit == "s") ms_per_unit = 1000;
-  else if (unit == "m") ms_per_unit = 60 * 1000;
-  else if (unit == "h") ms_per_unit = 3600 * 1000;
-  else if (unit.empty() && n == 0) ms_per_unit = 1;
-  else return invalid();
+  if (unit == "ms")
+    ms_per_unit = 1;
+  else if (unit == "s")
+    ms_per_unit = 1000;
+  else if (unit == "m")
+    ms_per_unit = 60 * 1000;
+  else if (unit == "h")
+    ms_per_unit = 3600 * 1000;
+  else if (unit.empty() && n == 0)
+    ms_per_unit = 1;
+  else
+    return invalid();
   return std::chrono::milliseconds(n * ms_per_unit);
 }
 
 std::string FormatDuration(std::chrono::milliseconds d) {
   int64_t ms = d.count();
-  if (ms % (3600 * 1000) == 0 && ms != 0) return absl::StrCat(ms / 3600000, "h");
+  if (ms % (3600 * 1000) == 0 && ms != 0)
+    return absl::StrCat(ms / 3600000, "h");
   if (ms % 60000 == 0 && ms != 0) return absl::StrCat(ms / 60000, "m");
   if (ms % 1000 == 0) return absl::StrCat(ms / 1000, "s");
   return absl::StrCat(ms, "ms");

@@ -1,16 +1,16 @@
 #include "lib/util/errors.h"
-#include "lib/util/strings.h"
 
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "lib/util/strings.h"
 
 namespace nbdmgr {
 
 absl::Status ErrnoStatus(int error_number, std::string_view what) {
-  return absl::Status(absl::ErrnoToStatusCode(error_number),
-                      absl::StrCat(ToAbsl(what),
-                                   ": ", std::strerror(error_number)));
+  return absl::Status(
+      absl::ErrnoToStatusCode(error_number),
+      absl::StrCat(ToAbsl(what), ": ", std::strerror(error_number)));
 }
 
 }  // namespace nbdmgr

@@ -1,8 +1,8 @@
 #include "lib/util/listen_address.h"
-#include "lib/util/strings.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "lib/util/strings.h"
 
 namespace nbdmgr {
 
@@ -16,10 +16,9 @@ std::string ListenAddress::ToString() const {
 
 absl::StatusOr<ListenAddress> ParseListenAddress(std::string_view text) {
   auto invalid = [&](std::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "invalid address \"", ToAbsl(text),
-        "\": ", ToAbsl(why),
-        " (expected tcp:HOST:PORT or unix:/PATH)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid address \"", ToAbsl(text), "\": ", ToAbsl(why),
+                     " (expected tcp:HOST:PORT or unix:/PATH)"));
   };
   ListenAddress addr;
   if (text.starts_with("unix:")) {
@@ -54,9 +53,7 @@ absl::StatusOr<ListenAddress> ParseListenAddress(std::string_view text) {
   }
   if (host.empty()) return invalid("missing host");
   uint32_t port_number = 0;
-  if (!absl::SimpleAtoi(ToAbsl(port),
-                        &port_number) ||
-      port_number > 65535) {
+  if (!absl::SimpleAtoi(ToAbsl(port), &port_number) || port_number > 65535) {
     return invalid("port must be a number from 0 to 65535");
   }
   addr.host = std::string(host);

@@ -14,9 +14,9 @@ namespace nbdmgr {
 struct ListenAddress {
   enum class Kind { kTcp, kUnix };
   Kind kind = Kind::kTcp;
-  std::string host;  // kTcp: numeric address or "localhost"
+  std::string host;   // kTcp: numeric address or "localhost"
   uint16_t port = 0;  // kTcp: 0 means "any free port"
-  std::string path;  // kUnix
+  std::string path;   // kUnix
 
   // Round-trips through ParseListenAddress.
   std::string ToString() const;

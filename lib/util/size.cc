@@ -1,5 +1,4 @@
 #include "lib/util/size.h"
-#include "lib/util/strings.h"
 
 #include <cctype>
 #include <cmath>
@@ -8,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "lib/util/strings.h"
 
 namespace nbdmgr {
 namespace {
@@ -23,14 +23,14 @@ constexpr Suffix kSuffixes[] = {
     {"B", 1},
     {"K", kKi},
     {"KiB", kKi},
-    {"M", kKi * kKi},
-    {"MiB", kKi * kKi},
-    {"G", kKi * kKi * kKi},
-    {"GiB", kKi * kKi * kKi},
-    {"T", kKi * kKi * kKi * kKi},
-    {"TiB", kKi * kKi * kKi * kKi},
-    {"P", kKi * kKi * kKi * kKi * kKi},
-    {"PiB", kKi * kKi * kKi * kKi * kKi},
+    {"M", kKi* kKi},
+    {"MiB", kKi* kKi},
+    {"G", kKi* kKi* kKi},
+    {"GiB", kKi* kKi* kKi},
+    {"T", kKi* kKi* kKi* kKi},
+    {"TiB", kKi* kKi* kKi* kKi},
+    {"P", kKi* kKi* kKi* kKi* kKi},
+    {"PiB", kKi* kKi* kKi* kKi* kKi},
     {"kB", 1000},
     {"KB", 1000},
     {"MB", 1000ull * 1000},
@@ -42,13 +42,13 @@ constexpr Suffix kSuffixes[] = {
 
 absl::StatusOr<uint64_t> ParseSize(std::string_view text) {
   auto invalid = [&](std::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "invalid size \"", ToAbsl(text),
-        "\": ", ToAbsl(why)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid size \"", ToAbsl(text), "\": ", ToAbsl(why)));
   };
   size_t i = 0;
-  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) ||
-                             text[i] == '.')) {
+  while (
+      i < text.size() &&
+      (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) {
     ++i;
   }
   std::string_view number = text.substr(0, i);
@@ -65,7 +65,8 @@ absl::StatusOr<uint64_t> ParseSize(std::string_view text) {
     }
   }
   if (found == nullptr) {
-    return invalid("unknown unit (use B, KiB, MiB, GiB, TiB, PiB, kB, MB, GB, TB)");
+    return invalid(
+        "unknown unit (use B, KiB, MiB, GiB, TiB, PiB, kB, MB, GB, TB)");
   }
 
   if (number.find('.') == std::string_view::npos) {
@@ -95,8 +96,8 @@ absl::StatusOr<uint64_t> ParseSize(std::string_view text) {
 }
 
 std::string FormatSize(uint64_t bytes) {
-  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB",
-                                           "PiB", "EiB"};
+  static constexpr const char* kUnits[] = {"B",   "KiB", "MiB", "GiB",
+                                           "TiB", "PiB", "EiB"};
   int unit = 0;
   uint64_t whole = bytes;
   while (whole >= 1024 && whole % 1024 == 0 && unit < 6) {

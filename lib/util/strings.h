@@ -11,8 +11,12 @@
 
 namespace nbdmgr {
 
-inline std::string_view ToStd(absl::string_view s) { return {s.data(), s.size()}; }
-inline absl::string_view ToAbsl(std::string_view s) { return {s.data(), s.size()}; }
+inline std::string_view ToStd(absl::string_view s) {
+  return {s.data(), s.size()};
+}
+inline absl::string_view ToAbsl(std::string_view s) {
+  return {s.data(), s.size()};
+}
 
 }  // namespace nbdmgr
 

@@ -1,10 +1,9 @@
 #include "lib/backend/file_backend.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <filesystem>
 
@@ -62,7 +61,8 @@ TEST_F(FileBackendTest, WriteReadFuaFlush) {
   // Another descriptor sees the bytes on disk.
   int fd = ::open(path_.c_str(), O_RDONLY);
   std::vector<uint8_t> disk(data.size());
-  ASSERT_EQ(::pread(fd, disk.data(), disk.size(), 777), static_cast<ssize_t>(disk.size()));
+  ASSERT_EQ(::pread(fd, disk.data(), disk.size(), 777),
+            static_cast<ssize_t>(disk.size()));
   ::close(fd);
   EXPECT_EQ(disk, data);
 }
@@ -72,7 +72,10 @@ TEST_F(FileBackendTest, ExtentsTrimAndZero) {
   std::vector<uint8_t> data(1 << 20, 0x5a);
   ASSERT_TRUE(b->Write(1 << 20, data, false).ok());
   std::vector<Extent> ex;
-  ASSERT_TRUE(b->Extents(0, 4 << 20, [&](Extent e) { ex.push_back(e); return true; }).ok());
+  ASSERT_TRUE(b->Extents(0, 4 << 20, [&](Extent e) {
+                 ex.push_back(e);
+                 return true;
+               }).ok());
   ASSERT_EQ(ex.size(), 3u);
   EXPECT_EQ(ex[0].flags, nbd::kStateHole | nbd::kStateZero);
   EXPECT_EQ(ex[1].length, 1u << 20);

@@ -15,9 +15,9 @@ constexpr uint64_t kPage = MemoryBackend::kPageSize;
 std::vector<Extent> AllExtents(Backend& b, uint64_t off, uint64_t len) {
   std::vector<Extent> out;
   EXPECT_TRUE(b.Extents(off, len, [&](Extent e) {
-    out.push_back(e);
-    return true;
-  }).ok());
+                 out.push_back(e);
+                 return true;
+               }).ok());
   return out;
 }
 
@@ -79,7 +79,8 @@ TEST(MemoryBackendTest, ExtentsCanStopEarly) {
   ASSERT_TRUE(b->Write(kPage, d, false).ok());
   ASSERT_TRUE(b->Write(3 * kPage, d, false).ok());
   int calls = 0;
-  ASSERT_TRUE(b->Extents(0, 8 * kPage, [&](Extent) { return ++calls < 2; }).ok());
+  ASSERT_TRUE(
+      b->Extents(0, 8 * kPage, [&](Extent) { return ++calls < 2; }).ok());
   EXPECT_EQ(calls, 2);
 }
 

@@ -57,7 +57,10 @@ TEST_F(BufferPolicyTest, PoolReusesAcrossConnectionsAndAccountsExactly) {
 TEST_F(BufferPolicyTest, ExactFreesAfterUse) {
   ExportBuffers eb(system_, With(BufferStrategy::kExact));
   auto c = eb.NewConnection();
-  { BufferLease l = Acquire(*c, 12345); EXPECT_EQ(l.capacity(), 12345u); }
+  {
+    BufferLease l = Acquire(*c, 12345);
+    EXPECT_EQ(l.capacity(), 12345u);
+  }
   EXPECT_EQ(eb.stats().in_use, 0u);
   EXPECT_EQ(system_.budget().stats().used, 0u);
   EXPECT_EQ(system_.pool().stats().bytes_cached, 0u);
@@ -66,11 +69,17 @@ TEST_F(BufferPolicyTest, ExactFreesAfterUse) {
 TEST_F(BufferPolicyTest, FixedHoldsMaxPayloadForConnectionLife) {
   ExportBuffers eb(system_, With(BufferStrategy::kFixed));
   auto c = eb.NewConnection();
-  { BufferLease l = Acquire(*c, 4096); EXPECT_EQ(l.capacity(), kMax); }
+  {
+    BufferLease l = Acquire(*c, 4096);
+    EXPECT_EQ(l.capacity(), kMax);
+  }
   // Returned to the connection, still held and charged.
   EXPECT_EQ(eb.stats().cached, kMax);
   EXPECT_EQ(system_.budget().stats().used, kMax);
-  { BufferLease l = Acquire(*c, 8192); EXPECT_EQ(eb.stats().reuses, 1u); }
+  {
+    BufferLease l = Acquire(*c, 8192);
+    EXPECT_EQ(eb.stats().reuses, 1u);
+  }
   c.reset();  // connection closes
   EXPECT_EQ(eb.stats().cached, 0u);
   EXPECT_EQ(system_.budget().stats().used, 0u);
@@ -79,9 +88,18 @@ TEST_F(BufferPolicyTest, FixedHoldsMaxPayloadForConnectionLife) {
 TEST_F(BufferPolicyTest, GrowGrowsNeverShrinks) {
   ExportBuffers eb(system_, With(BufferStrategy::kGrow));
   auto c = eb.NewConnection();
-  { BufferLease l = Acquire(*c, 10000); EXPECT_EQ(l.capacity(), 12288u); }
-  { BufferLease l = Acquire(*c, 1 << 20); EXPECT_EQ(l.capacity(), 1u << 20); }
-  { BufferLease l = Acquire(*c, 100); EXPECT_EQ(l.capacity(), 1u << 20); }
+  {
+    BufferLease l = Acquire(*c, 10000);
+    EXPECT_EQ(l.capacity(), 12288u);
+  }
+  {
+    BufferLease l = Acquire(*c, 1 << 20);
+    EXPECT_EQ(l.capacity(), 1u << 20);
+  }
+  {
+    BufferLease l = Acquire(*c, 100);
+    EXPECT_EQ(l.capacity(), 1u << 20);
+  }
   EXPECT_EQ(eb.stats().cached, 1u << 20);
   c.reset();
   EXPECT_EQ(system_.budget().stats().used, 0u);
@@ -125,7 +143,10 @@ TEST_F(BufferPolicyTest, StrategySwitchFreesHeldBuffers) {
   { BufferLease l = Acquire(*c, 4096); }  // a second held buffer, now idle
   EXPECT_EQ(eb.stats().cached, kMax);
   eb.Update(With(BufferStrategy::kPool));
-  { BufferLease l = Acquire(*c, 4096); EXPECT_EQ(l.capacity(), 4096u); }
+  {
+    BufferLease l = Acquire(*c, 4096);
+    EXPECT_EQ(l.capacity(), 4096u);
+  }
   EXPECT_EQ(eb.stats().cached, 0u);
   in_flight.Reset();  // finishes with the old strategy, then is freed
   EXPECT_EQ(system_.budget().stats().used, 0u);
@@ -139,7 +160,8 @@ TEST_F(BufferPolicyTest, IdlePoolBuffersAreReleased) {
   { BufferLease l = Acquire(*c, 4 << 20); }
   EXPECT_EQ(system_.pool().stats().bytes_cached, 4u << 20);
   system_.ReleaseIdle();
-  EXPECT_EQ(system_.pool().stats().bytes_cached, 4u << 20);  // not idle long enough
+  EXPECT_EQ(system_.pool().stats().bytes_cached,
+            4u << 20);  // not idle long enough
   std::this_thread::sleep_for(std::chrono::milliseconds(40));
   system_.ReleaseIdle();
   EXPECT_EQ(system_.pool().stats().bytes_cached, 0u);

@@ -3,12 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <thread>
-#include <vector>
-
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <thread>
+#include <vector>
 
 namespace nbdmgr {
 namespace {
@@ -37,10 +36,13 @@ TEST(MemoryBudgetTest, WaitersResumeInFifoOrderWhenBytesReturn) {
   asio::io_context ioc;
   std::vector<int> order;
   for (int i = 0; i < 3; ++i) {
-    asio::co_spawn(ioc, [&, i]() -> asio::awaitable<void> {
-      co_await b.Charge(i == 0 ? 80 : 10);
-      order.push_back(i);
-    }, asio::detached);
+    asio::co_spawn(
+        ioc,
+        [&, i]() -> asio::awaitable<void> {
+          co_await b.Charge(i == 0 ? 80 : 10);
+          order.push_back(i);
+        },
+        asio::detached);
   }
   ioc.poll();
   EXPECT_TRUE(order.empty());
@@ -62,10 +64,13 @@ TEST(MemoryBudgetTest, RaisingCapWakesWaiters) {
   ASSERT_TRUE(b.TryCharge(10));
   asio::io_context ioc;
   bool done = false;
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    co_await b.Charge(50);
-    done = true;
-  }, asio::detached);
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> {
+        co_await b.Charge(50);
+        done = true;
+      },
+      asio::detached);
   ioc.poll();
   EXPECT_FALSE(done);
   b.set_cap(100);
@@ -92,7 +97,8 @@ TEST(MemoryBudgetTest, NeverAboveCapUnderConcurrency) {
       co_await b.Charge(100);
       int64_t now = live.fetch_add(100) + 100;
       int64_t w = worst.load();
-      while (now > w && !worst.compare_exchange_weak(w, now)) {}
+      while (now > w && !worst.compare_exchange_weak(w, now)) {
+      }
       live.fetch_sub(100);
       b.Release(100);
     }

@@ -72,13 +72,18 @@ TEST_F(ExportManagerTest, CreateGetListDelete) {
   EXPECT_EQ(manager_->CreateExport(Memory("a")).status().code(),
             absl::StatusCode::kAlreadyExists);
   EXPECT_TRUE(manager_->GetExport("a").ok());
-  EXPECT_EQ(manager_->GetExport("zz").status().code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(manager_->DeleteExport("a", DeleteMode::kSafe, std::chrono::seconds(1)).ok());
-  EXPECT_EQ(manager_->GetExport("a").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->GetExport("zz").status().code(),
+            absl::StatusCode::kNotFound);
+  ASSERT_TRUE(
+      manager_->DeleteExport("a", DeleteMode::kSafe, std::chrono::seconds(1))
+          .ok());
+  EXPECT_EQ(manager_->GetExport("a").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(ExportManagerTest, ListPages) {
-  for (int i = 0; i < 5; ++i) ASSERT_TRUE(manager_->CreateExport(Memory("e" + std::to_string(i))).ok());
+  for (int i = 0; i < 5; ++i)
+    ASSERT_TRUE(manager_->CreateExport(Memory("e" + std::to_string(i))).ok());
   auto p1 = manager_->ListExports(2, "");
   ASSERT_TRUE(p1.ok());
   ASSERT_EQ(p1->exports.size(), 2u);
@@ -88,7 +93,8 @@ TEST_F(ExportManagerTest, ListPages) {
   auto p3 = manager_->ListExports(2, p2->next_page_token);
   EXPECT_EQ(p3->exports.size(), 1u);
   EXPECT_TRUE(p3->next_page_token.empty());
-  EXPECT_EQ(manager_->ListExports(-1, "").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager_->ListExports(-1, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(manager_->ListExports(2, "bad token!").status().code(),
             absl::StatusCode::kInvalidArgument);
 }
@@ -113,10 +119,14 @@ TEST_F(ExportManagerTest, PathPolicy) {
   EXPECT_TRUE(manager_->CreateExport(File(dir_ + "/allowed/a.img")).ok());
   EXPECT_EQ(manager_->CreateExport(File(dir_ + "/other/b.img")).status().code(),
             absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/allowed/../other/c.img")).status().code(),
+  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/allowed/../other/c.img"))
+                .status()
+                .code(),
             absl::StatusCode::kPermissionDenied);
   std::filesystem::create_symlink(dir_ + "/other", dir_ + "/allowed/escape");
-  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/allowed/escape/d.img")).status().code(),
+  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/allowed/escape/d.img"))
+                .status()
+                .code(),
             absl::StatusCode::kPermissionDenied);
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/other/d.img"));
 }
@@ -125,17 +135,22 @@ TEST_F(ExportManagerTest, DeleteModes) {
   ASSERT_TRUE(manager_->CreateExport(Memory("busy")).ok());
   auto e = registry_->Find("busy");
   e->AddClient();
-  EXPECT_EQ(manager_->DeleteExport("busy", DeleteMode::kSafe, std::chrono::seconds(1))
-                .status().code(),
-            absl::StatusCode::kFailedPrecondition);
-  auto closed = manager_->DeleteExport("busy", DeleteMode::kDrain, std::chrono::seconds(1));
+  EXPECT_EQ(
+      manager_->DeleteExport("busy", DeleteMode::kSafe, std::chrono::seconds(1))
+          .status()
+          .code(),
+      absl::StatusCode::kFailedPrecondition);
+  auto closed = manager_->DeleteExport("busy", DeleteMode::kDrain,
+                                       std::chrono::seconds(1));
   ASSERT_TRUE(closed.ok());
   EXPECT_EQ(*closed, 1);
   ASSERT_EQ(sessions_.calls.size(), 1u);
   EXPECT_FALSE(sessions_.calls[0].second);  // graceful
   ASSERT_TRUE(manager_->CreateExport(Memory("busy")).ok());
   registry_->Find("busy")->AddClient();
-  ASSERT_TRUE(manager_->DeleteExport("busy", DeleteMode::kHard, std::chrono::seconds(1)).ok());
+  ASSERT_TRUE(
+      manager_->DeleteExport("busy", DeleteMode::kHard, std::chrono::seconds(1))
+          .ok());
   EXPECT_TRUE(sessions_.calls.back().second);  // hard
 }
 
@@ -144,7 +159,8 @@ TEST_F(ExportManagerTest, CorruptStateRefusesStart) {
   registry_ = std::make_unique<ExportRegistry>();
   auto m = ExportManager::Create({dir_ + "/state", {}}, *registry_, buffers_);
   ASSERT_FALSE(m.ok());
-  EXPECT_NE(m.status().message().find("exports.textproto"), absl::string_view::npos);
+  EXPECT_NE(m.status().message().find("exports.textproto"),
+            absl::string_view::npos);
 }
 
 }  // namespace

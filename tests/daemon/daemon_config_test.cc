@@ -19,8 +19,9 @@ TEST(DaemonFlagsTest, Defaults) {
 }
 
 TEST(DaemonFlagsTest, FullCommandLine) {
-  auto f = Parse({"--nbd-listen", "tcp:127.0.0.1:10809", "--nbd-listen=unix:/run/x.sock",
-                  "--export", "name=disk0,backend=file,path=/var/lib/disk0.img",
+  auto f = Parse({"--nbd-listen", "tcp:127.0.0.1:10809",
+                  "--nbd-listen=unix:/run/x.sock", "--export",
+                  "name=disk0,backend=file,path=/var/lib/disk0.img",
                   "--export=name=scratch,backend=memory,size=1GiB",
                   "--default-export", "scratch", "--drain-timeout", "5s",
                   "--io-threads", "2", "--log-level", "debug"});
@@ -55,7 +56,8 @@ TEST(DaemonFlagsTest, ErrorsNameTheFlag) {
       {{"--nbd-listen", "ftp:x"}, "--nbd-listen"},
       {{"--export", "name=a"}, "--export"},
       {{"--export", "name=a,backend=null,size=1M", "--export",
-        "name=a,backend=null,size=1M"}, "declared twice"},
+        "name=a,backend=null,size=1M"},
+       "declared twice"},
       {{"--default-export", "x"}, "no --export named"},
       {{"--io-threads", "many"}, "--io-threads"},
       {{"--drain-timeout", "soon"}, "--drain-timeout"},

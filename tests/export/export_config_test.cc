@@ -56,7 +56,8 @@ TEST(ParseExportSpecTest, ErrorsNameTheProblem) {
 
 TEST(ParseExportSpecTest, BlockSizes) {
   auto c = ParseExportSpec(
-      "name=a,backend=memory,size=1MiB,min-block-size=512,preferred-block-size=4KiB,"
+      "name=a,backend=memory,size=1MiB,min-block-size=512,preferred-block-size="
+      "4KiB,"
       "max-payload=1MiB");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->block_sizes.minimum, 512u);
@@ -67,12 +68,14 @@ TEST(ParseExportSpecTest, BlockSizes) {
 TEST(ValidateBlockSizesTest, SpecRules) {
   EXPECT_TRUE(ValidateBlockSizes({1, 4096, 32u << 20}).ok());
   EXPECT_TRUE(ValidateBlockSizes({4096, 4096, 4096}).ok());
-  EXPECT_FALSE(ValidateBlockSizes({3, 4096, 32u << 20}).ok());       // not pow2
-  EXPECT_FALSE(ValidateBlockSizes({1u << 17, 1u << 17, 1u << 20}).ok());  // > 64 KiB
-  EXPECT_FALSE(ValidateBlockSizes({1, 256, 32u << 20}).ok());       // < 512
-  EXPECT_FALSE(ValidateBlockSizes({1024, 512, 32u << 20}).ok());    // < minimum
-  EXPECT_FALSE(ValidateBlockSizes({1, 4096, 2048}).ok());           // max < preferred
-  EXPECT_FALSE(ValidateBlockSizes({1, 4096, (32u << 20) + 4096}).ok());  // > limit
+  EXPECT_FALSE(ValidateBlockSizes({3, 4096, 32u << 20}).ok());  // not pow2
+  EXPECT_FALSE(
+      ValidateBlockSizes({1u << 17, 1u << 17, 1u << 20}).ok());   // > 64 KiB
+  EXPECT_FALSE(ValidateBlockSizes({1, 256, 32u << 20}).ok());     // < 512
+  EXPECT_FALSE(ValidateBlockSizes({1024, 512, 32u << 20}).ok());  // < minimum
+  EXPECT_FALSE(ValidateBlockSizes({1, 4096, 2048}).ok());  // max < preferred
+  EXPECT_FALSE(
+      ValidateBlockSizes({1, 4096, (32u << 20) + 4096}).ok());  // > limit
 }
 
 TEST(ValidateExportNameTest, Limits) {

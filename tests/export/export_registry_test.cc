@@ -54,7 +54,8 @@ TEST(ExportTest, TransmissionFlags) {
   auto ro = Mem("ro", true);
   uint16_t g = ro->TransmissionFlags(false);
   EXPECT_TRUE(g & nbd::kTxReadOnly);
-  EXPECT_FALSE(g & (nbd::kTxSendFua | nbd::kTxSendTrim | nbd::kTxSendWriteZeroes));
+  EXPECT_FALSE(g &
+               (nbd::kTxSendFua | nbd::kTxSendTrim | nbd::kTxSendWriteZeroes));
 }
 
 }  // namespace

@@ -13,13 +13,14 @@ using testing::U32;
 
 TEST(CodecTest, GreetingBytes) {
   auto g = EncodeGreeting(kFlagFixedNewstyle | kFlagNoZeroes);
-  std::vector<uint8_t> want = {'N', 'B', 'D', 'M', 'A', 'G', 'I', 'C',
-                               'I', 'H', 'A', 'V', 'E', 'O', 'P', 'T', 0, 3};
+  std::vector<uint8_t> want = {'N', 'B', 'D', 'M', 'A', 'G', 'I', 'C', 'I',
+                               'H', 'A', 'V', 'E', 'O', 'P', 'T', 0,   3};
   EXPECT_EQ(std::vector<uint8_t>(g.begin(), g.end()), want);
 }
 
 TEST(CodecTest, RequestHeaderRoundTrip) {
-  RequestHeader h{kCmdFlagFua, kCmdWrite, 0x1122334455667788ull, 1ull << 40, 65536};
+  RequestHeader h{kCmdFlagFua, kCmdWrite, 0x1122334455667788ull, 1ull << 40,
+                  65536};
   auto raw = EncodeRequestHeader(h);
   EXPECT_EQ(GetU32(raw.data()), kRequestMagic);
   auto d = DecodeRequestHeader(raw);
@@ -60,13 +61,16 @@ TEST(CodecTest, InfoRequestParses) {
 }
 
 TEST(CodecTest, InfoRequestRejectsMalformed) {
-  EXPECT_FALSE(ParseInfoRequest({}).ok());                           // empty
-  EXPECT_FALSE(ParseInfoRequest(Cat({U32(10), Str("abc")})).ok());   // name past end
-  EXPECT_FALSE(ParseInfoRequest(Cat({U32(0)})).ok());                // no count
-  EXPECT_FALSE(ParseInfoRequest(Cat({U32(0), {0, 2, 0, 1}})).ok());  // count too big
-  EXPECT_FALSE(ParseInfoRequest(Cat({U32(0), {0, 0, 9}})).ok());     // trailing
-  EXPECT_FALSE(ParseInfoRequest(Cat({U32(5000), std::vector<uint8_t>(5000, 'a'),
-                                     {0, 0}})).ok());               // > 4096
+  EXPECT_FALSE(ParseInfoRequest({}).ok());  // empty
+  EXPECT_FALSE(
+      ParseInfoRequest(Cat({U32(10), Str("abc")})).ok());  // name past end
+  EXPECT_FALSE(ParseInfoRequest(Cat({U32(0)})).ok());      // no count
+  EXPECT_FALSE(
+      ParseInfoRequest(Cat({U32(0), {0, 2, 0, 1}})).ok());  // count too big
+  EXPECT_FALSE(ParseInfoRequest(Cat({U32(0), {0, 0, 9}})).ok());  // trailing
+  EXPECT_FALSE(ParseInfoRequest(
+                   Cat({U32(5000), std::vector<uint8_t>(5000, 'a'), {0, 0}}))
+                   .ok());  // > 4096
 }
 
 TEST(CodecTest, MetaContextRequestParses) {
@@ -86,7 +90,8 @@ TEST(CodecTest, MetaContextRequestHugeCountDoesNotAllocate) {
 }
 
 TEST(CodecTest, MetaContextRequestRejectsMalformed) {
-  EXPECT_FALSE(ParseMetaContextRequest(Cat({U32(0), U32(1), U32(9), Str("ab")})).ok());
+  EXPECT_FALSE(
+      ParseMetaContextRequest(Cat({U32(0), U32(1), U32(9), Str("ab")})).ok());
   EXPECT_FALSE(ParseMetaContextRequest(Cat({U32(0), U32(0), U32(0)})).ok());
   EXPECT_FALSE(ParseMetaContextRequest(Cat({U32(2), Str("a")})).ok());
 }

@@ -5,21 +5,20 @@
 // thread over one end of a socketpair; the test speaks raw bytes on the
 // other end with blocking calls (each bounded by a timeout).
 
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <future>
-#include <optional>
-#include <string>
-#include <thread>
-#include <vector>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/thread_pool.hpp>
-#include <gtest/gtest.h>
+#include <future>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "lib/backend/memory_backend.h"
 #include "lib/buffer/buffer_policy.h"
@@ -36,18 +35,23 @@ inline std::vector<uint8_t> U32(uint32_t v) {
   PutU32(b.data(), v);
   return b;
 }
-inline std::vector<uint8_t> Cat(std::initializer_list<std::vector<uint8_t>> parts) {
+inline std::vector<uint8_t> Cat(
+    std::initializer_list<std::vector<uint8_t>> parts) {
   std::vector<uint8_t> out;
   for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
   return out;
 }
-inline std::vector<uint8_t> Str(std::string_view s) { return {s.begin(), s.end()}; }
+inline std::vector<uint8_t> Str(std::string_view s) {
+  return {s.begin(), s.end()};
+}
 
 // The test's end of the socketpair.
 class RawPeer {
  public:
   explicit RawPeer(int fd) : fd_(fd) {}
-  ~RawPeer() { if (fd_ >= 0) ::close(fd_); }
+  ~RawPeer() {
+    if (fd_ >= 0) ::close(fd_);
+  }
 
   void Write(const std::vector<uint8_t>& b) {
     size_t done = 0;
@@ -106,7 +110,8 @@ class RawPeer {
     Write(Cat({h, data}));
   }
   // Greeting + client flags.
-  void Hello(uint32_t client_flags = kClientFlagFixedNewstyle | kClientFlagNoZeroes) {
+  void Hello(uint32_t client_flags = kClientFlagFixedNewstyle |
+                                     kClientFlagNoZeroes) {
     auto g = Read(kGreetingSize);
     ASSERT_TRUE(g.has_value());
     ASSERT_EQ(GetU64(g->data()), kNbdMagic);
@@ -136,7 +141,10 @@ class RawPeer {
     auto h = Read(kChunkHeaderSize);
     if (!h) return std::nullopt;
     EXPECT_EQ(GetU32(h->data()), kStructuredReplyMagic);
-    Chunk c{GetU16(h->data() + 4), GetU16(h->data() + 6), GetU64(h->data() + 8), {}};
+    Chunk c{GetU16(h->data() + 4),
+            GetU16(h->data() + 6),
+            GetU64(h->data() + 8),
+            {}};
     uint32_t len = GetU32(h->data() + 16);
     if (len > 0) c.payload = Read(len).value_or(std::vector<uint8_t>{});
     return c;
@@ -164,7 +172,8 @@ class ServerThread {
     pool_.join();
   }
   Socket TakeSocket() {
-    return Socket(ioc_, boost::asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM),
+    return Socket(ioc_,
+                  boost::asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM),
                   server_fd_);
   }
   boost::asio::io_context& ioc() { return ioc_; }
@@ -174,7 +183,8 @@ class ServerThread {
 
  private:
   boost::asio::io_context ioc_;
-  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> guard_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type>
+      guard_;
   boost::asio::thread_pool pool_{2};
   int server_fd_ = -1;
   std::unique_ptr<RawPeer> peer_;
@@ -216,14 +226,14 @@ class SessionFixture : public ::testing::Test {
     }
     if (meta) {
       p.SendOption(kOptSetMetaContext,
-                   Cat({U32(static_cast<uint32_t>(name.size())), Str(name), U32(1),
-                        U32(15), Str("base:allocation")}));
+                   Cat({U32(static_cast<uint32_t>(name.size())), Str(name),
+                        U32(1), U32(15), Str("base:allocation")}));
       auto r = p.ReadOptReply();
       ASSERT_EQ(r.type, kRepMetaContext);
       ASSERT_EQ(p.ReadOptReply().type, kRepAck);
     }
-    std::vector<uint8_t> go = Cat({U32(static_cast<uint32_t>(name.size())), Str(name),
-                                   std::vector<uint8_t>{0, 0}});
+    std::vector<uint8_t> go = Cat({U32(static_cast<uint32_t>(name.size())),
+                                   Str(name), std::vector<uint8_t>{0, 0}});
     p.SendOption(kOptGo, go);
     for (;;) {
       auto r = p.ReadOptReply();

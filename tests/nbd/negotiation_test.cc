@@ -15,7 +15,8 @@ using testing::U32;
 
 std::vector<uint8_t> InfoPayload(std::string_view name,
                                  std::vector<uint16_t> infos = {}) {
-  std::vector<uint8_t> p = Cat({U32(static_cast<uint32_t>(name.size())), Str(name)});
+  std::vector<uint8_t> p =
+      Cat({U32(static_cast<uint32_t>(name.size())), Str(name)});
   p.push_back(static_cast<uint8_t>(infos.size() >> 8));
   p.push_back(static_cast<uint8_t>(infos.size()));
   for (uint16_t i : infos) {
@@ -79,7 +80,8 @@ TEST_F(NegotiationTest, UnknownOptionIsUnsupportedAndNegotiationContinues) {
 
 TEST_F(NegotiationTest, InfoReportsExportAndStaysInNegotiation) {
   peer().Hello();
-  peer().SendOption(kOptInfo, InfoPayload("mem", {kInfoName, kInfoDescription}));
+  peer().SendOption(kOptInfo,
+                    InfoPayload("mem", {kInfoName, kInfoDescription}));
   bool saw_export = false, saw_name = false, saw_desc = false, saw_bs = false;
   for (;;) {
     auto r = peer().ReadOptReply();
@@ -160,8 +162,8 @@ TEST_F(NegotiationTest, StructuredReplyOnceThenInvalid) {
 
 TEST_F(NegotiationTest, SetMetaContextNeedsStructuredReplies) {
   peer().Hello();
-  peer().SendOption(kOptSetMetaContext,
-                    Cat({U32(3), Str("mem"), U32(1), U32(15), Str("base:allocation")}));
+  peer().SendOption(kOptSetMetaContext, Cat({U32(3), Str("mem"), U32(1),
+                                             U32(15), Str("base:allocation")}));
   EXPECT_EQ(peer().ReadOptReply().type, kRepErrInvalid);
 }
 
@@ -183,8 +185,8 @@ TEST_F(NegotiationTest, SetMetaContextUnknownExport) {
   peer().Hello();
   peer().SendOption(kOptStructuredReply, {});
   EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
-  peer().SendOption(kOptSetMetaContext,
-                    Cat({U32(2), Str("no"), U32(1), U32(15), Str("base:allocation")}));
+  peer().SendOption(kOptSetMetaContext, Cat({U32(2), Str("no"), U32(1), U32(15),
+                                             Str("base:allocation")}));
   EXPECT_EQ(peer().ReadOptReply().type, kRepErrUnknown);
 }
 

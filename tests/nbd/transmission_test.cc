@@ -57,13 +57,14 @@ TEST_F(TransmissionTest, WriteThenReadBack) {
 
 TEST_F(TransmissionTest, BadRequestsGetErrorsAndConnectionStaysUsable) {
   Go();
-  Expect(kEinval, kCmdRead, kSize, 1);                  // past the end
-  Expect(kEinval, 42, 0, 1);                            // unknown command
-  Expect(kEinval, kCmdRead, 0, 1, 1 << 12);             // unknown flag
-  Expect(kEinval, kCmdRead, 0, 0);                      // zero length
-  Expect(kEinval, kCmdRead, 0, (32u << 20) + 1);        // above max payload
-  Expect(kEinval, kCmdWrite, 0, 1, kCmdFlagReqOne, {9}); // flag for another command
-  Expect(kEinval, kCmdBlockStatus, 0, 512);             // no meta context
+  Expect(kEinval, kCmdRead, kSize, 1);            // past the end
+  Expect(kEinval, 42, 0, 1);                      // unknown command
+  Expect(kEinval, kCmdRead, 0, 1, 1 << 12);       // unknown flag
+  Expect(kEinval, kCmdRead, 0, 0);                // zero length
+  Expect(kEinval, kCmdRead, 0, (32u << 20) + 1);  // above max payload
+  Expect(kEinval, kCmdWrite, 0, 1, kCmdFlagReqOne,
+         {9});                               // flag for another command
+  Expect(kEinval, kCmdBlockStatus, 0, 512);  // no meta context
   auto data = Pattern(512, 9);
   Expect(kOk, kCmdWrite, 0, 512, kCmdFlagFua, data);
   EXPECT_EQ(SimpleRead(0, 512), data);
@@ -74,7 +75,8 @@ TEST_F(TransmissionTest, RejectedWritePayloadIsConsumed) {
   // The payload of a rejected WRITE is read and discarded, so the bytes
   // that follow are parsed as the next request.
   auto junk = std::vector<uint8_t>(100000, 0x25);  // looks like request magic
-  Expect(kEnospc, kCmdWrite, kSize - 10, static_cast<uint32_t>(junk.size()), 0, junk);
+  Expect(kEnospc, kCmdWrite, kSize - 10, static_cast<uint32_t>(junk.size()), 0,
+         junk);
   auto big = std::vector<uint8_t>((32u << 20) + 8, 0x61);
   Expect(kEinval, kCmdWrite, 0, static_cast<uint32_t>(big.size()), 0, big);
   Expect(kOk, kCmdFlush, 0, 0);
@@ -300,7 +302,8 @@ TEST_F(StreamingTest, SimpleRepliesRoundTripInChunks) {
 TEST_F(StreamingTest, StructuredReadIsChunkedOffsetData) {
   Go(true, Streaming());
   auto data = Pattern(600 * 1024, 8);
-  peer().SendRequest(kCmdWrite, 1, 0, static_cast<uint32_t>(data.size()), 0, data);
+  peer().SendRequest(kCmdWrite, 1, 0, static_cast<uint32_t>(data.size()), 0,
+                     data);
   ASSERT_EQ(peer().ReadSimpleReply()->first, kOk);
   peer().SendRequest(kCmdRead, 2, 0, static_cast<uint32_t>(data.size()));
   std::vector<uint8_t> got(data.size());
@@ -342,7 +345,8 @@ TEST_F(StreamingTest, SwitchingStrategyAndCapUnderLoadLosesNothing) {
     for (int i = 0; !stop; ++i) {
       BufferSettings b;
       b.strategy = all[i % 5];
-      b.memory_cap_bytes = (i % 3 == 0) ? 0 : (i % 3 == 1 ? (2u << 20) : (512u << 10));
+      b.memory_cap_bytes =
+          (i % 3 == 0) ? 0 : (i % 3 == 1 ? (2u << 20) : (512u << 10));
       export_->buffers().Update(b);
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }

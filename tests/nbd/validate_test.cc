@@ -32,7 +32,9 @@ TEST(ValidateRequestTest, AcceptsValid) {
   EXPECT_EQ(Check({0, kCmdRead, 1, 0, 4096}), kOk);
   EXPECT_EQ(Check({kCmdFlagFua, kCmdWrite, 1, kSize - 1, 1}), kOk);
   EXPECT_EQ(Check({0, kCmdFlush, 1, 0, 0}), kOk);
-  EXPECT_EQ(Check({kCmdFlagNoHole | kCmdFlagFastZero, kCmdWriteZeroes, 1, 0, kSize}), kOk);
+  EXPECT_EQ(
+      Check({kCmdFlagNoHole | kCmdFlagFastZero, kCmdWriteZeroes, 1, 0, kSize}),
+      kOk);
   EXPECT_EQ(Check({kCmdFlagReqOne, kCmdBlockStatus, 1, 0, kSize}), kOk);
   EXPECT_EQ(Check({kCmdFlagDf, kCmdRead, 1, 0, 512}), kOk);
   EXPECT_EQ(Check({0, kCmdCache, 1, 0, 512}), kOk);
@@ -102,7 +104,8 @@ TEST(ValidateRequestTest, MinimumBlockSizeAlignment) {
 }
 
 TEST(ValidateRequestTest, BlockStatusNeedsContext) {
-  EXPECT_EQ(Check({0, kCmdBlockStatus, 1, 0, 1}, Writable(true, false)), kEinval);
+  EXPECT_EQ(Check({0, kCmdBlockStatus, 1, 0, 1}, Writable(true, false)),
+            kEinval);
 }
 
 TEST(NbdErrorFromStatusTest, Maps) {

@@ -1,8 +1,7 @@
 #include "lib/state/state_store.h"
 
-#include <sys/stat.h>
-
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -69,7 +68,8 @@ TEST_F(StateStoreTest, RoundTripsEveryField) {
 
 TEST_F(StateStoreTest, CorruptFileIsRefusedAndLeftUntouched) {
   auto s = *StateStore::Open(dir_);
-  const std::string junk = "exports { name: \"exports/x\" memory { size_bytes: ";
+  const std::string junk =
+      "exports { name: \"exports/x\" memory { size_bytes: ";
   { std::ofstream(s->path()) << junk; }
   auto loaded = s->Load();
   ASSERT_FALSE(loaded.ok());
@@ -82,7 +82,10 @@ TEST_F(StateStoreTest, CorruptFileIsRefusedAndLeftUntouched) {
 
 TEST_F(StateStoreTest, InvalidExportInFileIsRefused) {
   auto s = *StateStore::Open(dir_);
-  { std::ofstream(s->path()) << "exports { name: \"exports/bad name\" memory { size_bytes: 1 } }"; }
+  {
+    std::ofstream(s->path())
+        << "exports { name: \"exports/bad name\" memory { size_bytes: 1 } }";
+  }
   EXPECT_EQ(s->Load().status().code(), absl::StatusCode::kDataLoss);
 }
 
