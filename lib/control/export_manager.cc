@@ -97,7 +97,7 @@ ExportInfo ExportManager::Describe(const Export& e) const {
   ExportInfo info;
   info.config = e.config();
   info.config.description = e.description();
-  info.config.buffers = const_cast<Export&>(e).buffers().settings();
+  info.config.buffers = e.buffers().settings();
   info.size = e.size();
   info.block_sizes = e.block_sizes();
   info.multi_conn = e.caps().can_multi_conn;
@@ -113,6 +113,12 @@ ExportInfo ExportManager::Describe(const Export& e) const {
 
 absl::Status ExportManager::Persist() {
   if (store_ == nullptr) return absl::OkStatus();
+  absl::Status st = SaveState();
+  if (st.ok()) return st;
+  return absl::Status(st.code(), absl::StrCat("saving state: ", st.message()));
+}
+
+absl::Status ExportManager::SaveState() {
   std::vector<ExportConfig> all;
   for (const auto& [name, c] : persistent_) {
     ExportConfig current = c;
@@ -148,8 +154,7 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
       // vanish on restart.
       persistent_.erase(config.name);
       (void)registry_.Remove(config.name);
-      return absl::Status(st.code(),
-                          absl::StrCat("saving state: ", st.message()));
+      return st;
     }
   }
   spdlog::info("created export \"{}\" ({} {})", config.name,
@@ -157,13 +162,20 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
   return Describe(*e);
 }
 
-absl::StatusOr<ExportInfo> ExportManager::GetExport(
+absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindExport(
     const std::string& name) const {
-  std::shared_ptr<Export> e = registry_.Find(name);
-  if (e == nullptr || name.empty()) {
+  std::shared_ptr<Export> e = name.empty() ? nullptr : registry_.Find(name);
+  if (e == nullptr) {
     return absl::NotFoundError(absl::StrCat("export \"", name, "\" not found"));
   }
-  return Describe(*e);
+  return e;
+}
+
+absl::StatusOr<ExportInfo> ExportManager::GetExport(
+    const std::string& name) const {
+  absl::StatusOr<std::shared_ptr<Export>> e = FindExport(name);
+  if (!e.ok()) return e.status();
+  return Describe(**e);
 }
 
 absl::StatusOr<ExportManager::Page> ExportManager::ListExports(
@@ -193,11 +205,9 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
   std::shared_ptr<Export> e;
   {
     std::lock_guard lock(mu_);
-    e = registry_.Find(name);
-    if (e == nullptr || name.empty()) {
-      return absl::NotFoundError(
-          absl::StrCat("export \"", name, "\" not found"));
-    }
+    absl::StatusOr<std::shared_ptr<Export>> found = FindExport(name);
+    if (!found.ok()) return found.status();
+    e = *found;
     if (update.description && update.description->size() > 4096) {
       return absl::InvalidArgumentError("description longer than 4096 bytes");
     }
@@ -216,8 +226,7 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
     e->buffers().Update(settings);
     if (persistent_.contains(name)) {
       if (absl::Status st = Persist(); !st.ok()) {
-        return absl::Status(st.code(),
-                            absl::StrCat("saving state: ", st.message()));
+        return st;
       }
     }
     spdlog::info("updated export \"{}\": buffers {}, cap {}", name,
@@ -232,11 +241,9 @@ absl::StatusOr<int> ExportManager::DeleteExport(
   std::shared_ptr<Export> e;
   {
     std::lock_guard lock(mu_);
-    e = registry_.Find(name);
-    if (e == nullptr || name.empty()) {
-      return absl::NotFoundError(
-          absl::StrCat("export \"", name, "\" not found"));
-    }
+    absl::StatusOr<std::shared_ptr<Export>> found = FindExport(name);
+    if (!found.ok()) return found.status();
+    e = *found;
     if (e->draining()) {
       return absl::FailedPreconditionError(
           absl::StrCat("export \"", name, "\" is already being deleted"));
@@ -276,8 +283,7 @@ absl::StatusOr<int> ExportManager::DeleteExport(
   bool was_persistent = persistent_.erase(name) > 0;
   if (was_persistent) {
     if (absl::Status st = Persist(); !st.ok()) {
-      return absl::Status(st.code(),
-                          absl::StrCat("saving state: ", st.message()));
+      return st;
     }
   }
   if (!flushed.ok()) {

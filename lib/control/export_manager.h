@@ -89,7 +89,12 @@ class ExportManager {
   ExportManager(ExportManagerOptions options, ExportRegistry& registry,
                 BufferSystem& buffers);
   ExportInfo Describe(const Export& e) const;
+  // Writes the persisted set; errors say "saving state: ...".
   absl::Status Persist() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SaveState() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The registered export `name`, or NotFound.
+  absl::StatusOr<std::shared_ptr<Export>> FindExport(
+      const std::string& name) const;
   absl::Status CheckPath(const std::string& path) const;
 
   const ExportManagerOptions options_;

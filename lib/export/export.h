@@ -50,6 +50,7 @@ class Export {
   const BlockSizes& block_sizes() const { return block_sizes_; }
   // Request buffers: strategy, cap and counters; settings change at run time.
   ExportBuffers& buffers() { return buffers_; }
+  const ExportBuffers& buffers() const { return buffers_; }
 
   // NBD transmission flags for a client that has (or has not) negotiated
   // structured replies (NBD_FLAG_SEND_DF needs them).
