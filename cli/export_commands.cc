@@ -78,9 +78,7 @@ std::string ApplyCommonFlags(const Args& a, v1::Export* e,
     auto d = ParseDuration(a.get("--pool-idle-release"));
     if (!d.ok())
       return absl::StrCat("--pool-idle-release: ", d.status().message());
-    e->mutable_pool_idle_release()->set_seconds(d->count() / 1000);
-    e->mutable_pool_idle_release()->set_nanos(
-        static_cast<int32_t>(d->count() % 1000) * 1000000);
+    *e->mutable_pool_idle_release() = DurationToProto(*d);
     paths->push_back("pool_idle_release");
   }
   return "";
@@ -317,9 +315,7 @@ int RemoveCommand(const Global& g, const std::vector<std::string>& words) {
     if (!d.ok())
       return UsageError(absl::StrCat("--timeout: ", d.status().message()),
                         kRemoveHelp);
-    req.mutable_timeout()->set_seconds(d->count() / 1000);
-    req.mutable_timeout()->set_nanos(static_cast<int32_t>(d->count() % 1000) *
-                                     1000000);
+    *req.mutable_timeout() = DurationToProto(*d);
     timeout_s = static_cast<int>(d->count() / 1000);
   }
   int code = kExitOk;

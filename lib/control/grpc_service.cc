@@ -74,8 +74,7 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
         return ToGrpcStatus(absl::InvalidArgumentError(
             "pool_idle_release must not be negative"));
       }
-      update.pool_idle_release =
-          std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+      update.pool_idle_release = DurationFromProto(d);
     } else {
       return ToGrpcStatus(absl::InvalidArgumentError(
           absl::StrCat("field \"", path,
@@ -116,8 +115,7 @@ grpc::Status ExportServiceImpl::DeleteExport(grpc::ServerContext*,
       return ToGrpcStatus(
           absl::InvalidArgumentError("timeout must be between 0 and 1h"));
     }
-    timeout =
-        std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+    timeout = DurationFromProto(d);
   }
   absl::StatusOr<int> closed = manager_.DeleteExport(*id, mode, timeout);
   if (!closed.ok()) return ToGrpcStatus(closed.status());
@@ -132,9 +130,7 @@ void FillDaemon(const DaemonSnapshot& s, v1::Daemon* out) {
   for (const auto& a : s.nbd_listen) out->add_nbd_listen(a);
   out->set_control_listen(s.control_listen);
   out->set_memory_cap_bytes(s.memory_cap_bytes);
-  out->mutable_uptime()->set_seconds(s.uptime.count() / 1000);
-  out->mutable_uptime()->set_nanos(
-      static_cast<int32_t>(s.uptime.count() % 1000) * 1000000);
+  *out->mutable_uptime() = DurationToProto(s.uptime);
   out->set_exports(s.exports);
   out->set_connected_clients(s.clients);
   out->set_buffer_bytes_in_use(s.buffer_bytes_in_use);

@@ -20,6 +20,18 @@ std::string ExportResourceName(const std::string& id) {
   return absl::StrCat("exports/", id);
 }
 
+google::protobuf::Duration DurationToProto(std::chrono::milliseconds d) {
+  google::protobuf::Duration p;
+  p.set_seconds(d.count() / 1000);
+  p.set_nanos(static_cast<int32_t>(d.count() % 1000) * 1000000);
+  return p;
+}
+
+std::chrono::milliseconds DurationFromProto(
+    const google::protobuf::Duration& d) {
+  return std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+}
+
 absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s) {
   switch (s) {
     case v1::BUFFER_STRATEGY_UNSPECIFIED:
@@ -102,8 +114,7 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
       return absl::InvalidArgumentError(
           "pool_idle_release must be between 0 and a year");
     }
-    c.buffers.pool_idle_release =
-        std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+    c.buffers.pool_idle_release = DurationFromProto(d);
   }
   if (absl::Status st = ValidateExportConfig(c); !st.ok()) return st;
   return c;
@@ -132,10 +143,7 @@ v1::Export ExportConfigToProto(const ExportConfig& c) {
   p.mutable_block_sizes()->set_maximum_payload(c.block_sizes.maximum_payload);
   p.set_buffer_strategy(StrategyToProto(c.buffers.strategy));
   p.set_memory_cap_bytes(c.buffers.memory_cap_bytes);
-  int64_t ms = c.buffers.pool_idle_release.count();
-  p.mutable_pool_idle_release()->set_seconds(ms / 1000);
-  p.mutable_pool_idle_release()->set_nanos(static_cast<int32_t>(ms % 1000) *
-                                           1000000);
+  *p.mutable_pool_idle_release() = DurationToProto(c.buffers.pool_idle_release);
   return p;
 }
 

@@ -3,6 +3,7 @@
 
 // The one place protobuf messages meet domain types.
 
+#include <chrono>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -16,6 +17,12 @@ namespace nbdmgr {
 // "exports/{id}" <-> id. InvalidArgument for anything else.
 absl::StatusOr<std::string> ExportIdFromName(const std::string& resource_name);
 std::string ExportResourceName(const std::string& id);
+
+// google.protobuf.Duration <-> milliseconds (sub-millisecond parts are
+// dropped). Range checks stay with the caller, which knows the limits.
+google::protobuf::Duration DurationToProto(std::chrono::milliseconds d);
+std::chrono::milliseconds DurationFromProto(
+    const google::protobuf::Duration& d);
 
 absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s);
 v1::BufferStrategy StrategyToProto(BufferStrategy s);
