@@ -15,6 +15,7 @@ int GetCommand(const Global& g, const std::vector<std::string>& words);
 int UpdateCommand(const Global& g, const std::vector<std::string>& words);
 int RemoveCommand(const Global& g, const std::vector<std::string>& words);
 int DaemonCommand(const Global& g, const std::vector<std::string>& words);
+int StatsCommand(const Global& g, const std::vector<std::string>& words);
 
 }  // namespace nbdmgr::cli
 

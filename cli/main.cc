@@ -22,6 +22,8 @@ Commands:
   update NAME ...   change buffer strategy, memory cap, description
   remove NAME       remove an export (--mode safe|drain|hard)
   daemon            show the daemon; --memory-cap SIZE changes its cap
+  stats [NAME]      I/O rates, latency, buffers (-o table|json|prometheus,
+                    --watch 1s)
 
 Global flags:
   --control ADDR    unix:/PATH or tcp:HOST:PORT
@@ -72,11 +74,13 @@ int main(int argc, char** argv) {
     }
     *it->second = value;
   }
-  if (g.output != "table" && g.output != "json") {
-    return UsageError("-o must be table or json", kHelp);
-  }
   if (i >= words.size()) return UsageError("missing command", kHelp);
   std::string cmd = words[i];
+  if (g.output != "table" && g.output != "json" &&
+      !(cmd == "stats" && g.output == "prometheus")) {
+    return UsageError("-o must be table or json (or prometheus for stats)",
+                      kHelp);
+  }
   std::vector<std::string> rest(words.begin() + static_cast<long>(i) + 1,
                                 words.end());
   if (cmd == "create") return CreateCommand(g, rest);
@@ -85,6 +89,7 @@ int main(int argc, char** argv) {
   if (cmd == "update") return UpdateCommand(g, rest);
   if (cmd == "remove") return RemoveCommand(g, rest);
   if (cmd == "daemon") return DaemonCommand(g, rest);
+  if (cmd == "stats") return StatsCommand(g, rest);
   if (cmd == "help") return std::printf("%s", kHelp), kExitOk;
   return UsageError("unknown command " + cmd, kHelp);
 }

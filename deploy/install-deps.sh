@@ -8,10 +8,10 @@ PKGS=(
   g++ make cmake ninja-build ccache pkg-config git ca-certificates
   # libraries
   libboost1.81-dev libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
-  protobuf-compiler libgtest-dev libgmock-dev libspdlog-dev liburing-dev
+  protobuf-compiler libgtest-dev libgmock-dev libspdlog-dev liburing-dev prometheus-cpp-dev
   # interop peers and benchmark tools
   libnbd-bin python3 python3-libnbd qemu-utils nbdkit fio procps
-  python3-grpcio python3-protobuf openssl
+  python3-grpcio python3-protobuf openssl prometheus
 )
 
 missing=()

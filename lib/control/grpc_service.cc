@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/control/proto_convert.h"
+#include "lib/control/stats_convert.h"
 
 namespace nbdmgr {
 
@@ -161,6 +162,27 @@ grpc::Status DaemonServiceImpl::UpdateDaemon(grpc::ServerContext*,
   }
   set_memory_cap_(req->daemon().memory_cap_bytes());
   FillDaemon(snapshot_(), out);
+  return grpc::Status::OK;
+}
+
+grpc::Status StatsServiceImpl::GetStats(grpc::ServerContext*,
+                                        const v1::GetStatsRequest* req,
+                                        v1::Stats* out) {
+  std::string id;
+  if (!req->name().empty()) {
+    absl::StatusOr<std::string> parsed = ExportIdFromName(req->name());
+    if (!parsed.ok()) return ToGrpcStatus(parsed.status());
+    id = *parsed;
+  }
+  StatsSnapshot s = collect_();
+  if (!id.empty()) {
+    std::erase_if(s.exports, [&](const ExportStats& e) { return e.name != id; });
+    if (s.exports.empty()) {
+      return ToGrpcStatus(
+          absl::NotFoundError(absl::StrCat("export \"", id, "\" not found")));
+    }
+  }
+  *out = StatsToProto(s);
   return grpc::Status::OK;
 }
 

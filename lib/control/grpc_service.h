@@ -13,8 +13,10 @@
 
 #include "absl/status/status.h"
 #include "lib/control/export_manager.h"
+#include "lib/metrics/stats_snapshot.h"
 #include "nbdmgr/v1/daemon.grpc.pb.h"
 #include "nbdmgr/v1/export.grpc.pb.h"
+#include "nbdmgr/v1/stats.grpc.pb.h"
 
 namespace nbdmgr {
 
@@ -72,6 +74,19 @@ class DaemonServiceImpl final : public v1::DaemonService::Service {
  private:
   std::function<DaemonSnapshot()> snapshot_;
   std::function<void(uint64_t)> set_memory_cap_;
+};
+
+// StatsService over a sampling function (thread-safe, called per request).
+class StatsServiceImpl final : public v1::StatsService::Service {
+ public:
+  explicit StatsServiceImpl(std::function<StatsSnapshot()> collect)
+      : collect_(std::move(collect)) {}
+
+  grpc::Status GetStats(grpc::ServerContext*, const v1::GetStatsRequest* req,
+                        v1::Stats* out) override;
+
+ private:
+  std::function<StatsSnapshot()> collect_;
 };
 
 }  // namespace nbdmgr

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <csignal>
@@ -10,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "lib/metrics/process_stats.h"
 #include "lib/util/errors.h"
 #include "lib/util/size.h"
 #include "lib/util/strings.h"
@@ -61,6 +63,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
   so.listen = cfg.nbd_listen;
   so.io_threads = cfg.io_threads;
   so.blocking_threads = cfg.blocking_threads;
+  so.session.count_requests = cfg.request_stats;
   absl::StatusOr<std::unique_ptr<nbd::Server>> server =
       nbd::Server::Create(so, d->registry_);
   if (!server.ok()) return server.status();
@@ -68,6 +71,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
   d->session_control_ = std::make_unique<ServerSessionControl>(*d->server_);
   d->manager_->set_session_control(d->session_control_.get());
   if (absl::Status st = d->StartControl(); !st.ok()) return st;
+  if (!cfg.metrics_listen.empty()) {
+    Daemon* self = d.get();
+    absl::StatusOr<std::unique_ptr<MetricsServer>> metrics =
+        MetricsServer::Start(cfg.metrics_listen,
+                             [self] { return self->CollectStats(); });
+    if (!metrics.ok()) return metrics.status();
+    d->metrics_ = std::move(*metrics);
+  }
   return d;
 }
 
@@ -87,6 +98,8 @@ absl::Status Daemon::StartControl() {
         spdlog::info("daemon memory cap set to {}",
                      cap ? FormatSize(cap) : "none");
       });
+  stats_service_ =
+      std::make_unique<StatsServiceImpl>([this] { return CollectStats(); });
   ControlServerOptions o;
   o.listen = *config_.control_listen;
   o.tls_cert_file = config_.control_tls_cert;
@@ -94,7 +107,8 @@ absl::Status Daemon::StartControl() {
   o.tls_client_ca_file = config_.control_tls_ca;
   o.insecure = config_.control_insecure;
   absl::StatusOr<std::unique_ptr<ControlServer>> control =
-      ControlServer::Start(o, {export_service_.get(), daemon_service_.get()});
+      ControlServer::Start(o, {export_service_.get(), daemon_service_.get(),
+                                 stats_service_.get()});
   if (!control.ok()) return control.status();
   control_ = std::move(*control);
   return absl::OkStatus();
@@ -123,7 +137,45 @@ DaemonSnapshot Daemon::Snapshot() const {
   return s;
 }
 
+StatsSnapshot Daemon::CollectStats() const {
+  StatsSnapshot s;
+  s.time_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                  std::chrono::system_clock::now().time_since_epoch())
+                  .count();
+  DaemonStats& d = s.daemon;
+  d.version = NBDMGR_VERSION;
+  d.server = server_->stats().Snapshot();
+  MemoryBudgetStats b = buffers_->budget().stats();
+  d.buffers.bytes_in_use = b.used;
+  d.buffers.bytes_cached = buffers_->pool().stats().bytes_cached;
+  d.buffers.cap_bytes = b.cap;
+  d.buffers.cap_waits = b.waits;
+  d.buffers.cap_wait_seconds = static_cast<double>(b.wait_ns) / 1e9;
+  ProcessStats p = ReadProcessStats();
+  d.resident_memory_bytes = p.resident_memory_bytes;
+  d.open_fds = p.open_fds;
+  d.start_time_seconds =
+      std::chrono::duration<double>(started_wall_.time_since_epoch()).count();
+  for (const auto& e : registry_->List()) {
+    ExportStats& es = s.exports.emplace_back();
+    es.name = e->name();
+    es.backend = std::string(NameOf(e->config().backend));
+    es.draining = e->draining();
+    es.size_bytes = e->size();
+    es.clients = static_cast<uint64_t>(std::max(0, e->clients()));
+    es.io = e->io_stats().Snapshot();
+    ExportBufferStats eb = e->buffers().stats();
+    es.buffers.bytes_in_use = eb.in_use;
+    es.buffers.bytes_cached = eb.cached;
+    es.buffers.cap_bytes = e->buffers().current()->memory_cap_bytes;
+    es.buffers.cap_waits = eb.cap_waits;
+    es.buffers.cap_wait_seconds = static_cast<double>(eb.wait_ns) / 1e9;
+  }
+  return s;
+}
+
 Daemon::~Daemon() {
+  metrics_.reset();  // scrapes read everything below
   control_.reset();  // no API calls into what follows
   server_.reset();   // sessions end before exports and buffers go
   manager_.reset();
@@ -147,6 +199,7 @@ absl::Status Daemon::WriteReadyFile() const {
   }
   if (control_)
     absl::StrAppend(&text, "control=", control_->bound().ToString(), "\n");
+  if (metrics_) absl::StrAppend(&text, "metrics=", metrics_->bound(), "\n");
   std::string tmp = absl::StrCat(config_.ready_file, ".tmp");
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("create ", tmp));
@@ -188,6 +241,7 @@ absl::Status Daemon::Run() {
     spdlog::error("{}", st.message());
   }
   if (control_) spdlog::info("control API on {}", control_->bound().ToString());
+  if (metrics_) spdlog::info("metrics on http://{}/metrics", metrics_->bound());
   main_.run();
 
   if (control_) control_->Shutdown();

@@ -11,6 +11,8 @@
 #include "lib/control/export_manager.h"
 #include "lib/control/grpc_service.h"
 #include "lib/daemon/daemon_config.h"
+#include "lib/metrics/metrics_server.h"
+#include "lib/metrics/stats_snapshot.h"
 #include "lib/export/export_registry.h"
 #include "lib/nbd/server.h"
 
@@ -36,6 +38,9 @@ class Daemon {
   // The control address actually bound, if the control plane is on.
   std::optional<ListenAddress> control_address() const;
   BufferSystem& buffers() { return *buffers_; }
+  // Every counter, sampled now (thread-safe): what /metrics, GetStats and
+  // nbdctl stats report.
+  StatsSnapshot CollectStats() const;
 
  private:
   Daemon(DaemonConfig config, std::unique_ptr<BufferSystem> buffers,
@@ -54,9 +59,13 @@ class Daemon {
   std::unique_ptr<SessionControl> session_control_;
   std::unique_ptr<ExportServiceImpl> export_service_;
   std::unique_ptr<DaemonServiceImpl> daemon_service_;
+  std::unique_ptr<StatsServiceImpl> stats_service_;
+  std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<ControlServer> control_;
   const std::chrono::steady_clock::time_point started_ =
       std::chrono::steady_clock::now();
+  const std::chrono::system_clock::time_point started_wall_ =
+      std::chrono::system_clock::now();
   boost::asio::io_context main_;
   boost::asio::steady_timer idle_timer_{main_};
 };

@@ -76,6 +76,10 @@ Flags:
                           none disables persistence.
   --allow-path DIR        File exports created over the API must live under
                           DIR (repeatable; .. and symlink escapes are refused).
+  --metrics-listen ADDR   Prometheus metrics at http://ADDR/metrics; ADDR is
+                          HOST:PORT or none. Default 127.0.0.1:9810.
+  --request-stats on|off  Count requests, bytes and latency per export (on by
+                          default; off leaves those counters at zero).
   --log-level LEVEL       trace, debug, info, warn, error. Default info.
   --ready-file PATH       Once serving, write the bound addresses there (one per
                           line; useful with port 0).
@@ -120,7 +124,8 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
         "--io-threads",     "--blocking-threads", "--drain-timeout",
         "--log-level",      "--ready-file",       "--memory-cap",
         "--control-listen", "--control-tls-cert", "--control-tls-key",
-        "--control-tls-ca", "--state-dir",        "--allow-path"};
+        "--control-tls-ca", "--state-dir",        "--allow-path",
+        "--metrics-listen", "--request-stats"};
     if (!kKnown.contains(flag)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag ", flag, " (see --help)"));
@@ -193,6 +198,27 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
                                             value, "\""));
       }
       c.allow_paths.push_back(value);
+    } else if (flag == "--metrics-listen") {
+      if (value == "none") {
+        c.metrics_listen.clear();
+      } else {
+        std::string_view v = value;
+        if (v.starts_with("tcp:")) v.remove_prefix(4);
+        absl::StatusOr<ListenAddress> a =
+            ParseListenAddress(absl::StrCat("tcp:", ToAbsl(v)));
+        if (!a.ok() || a->host.find(':') != std::string::npos) {
+          return FlagError(flag, absl::StrCat("expected HOST:PORT or none, "
+                                              "got \"",
+                                              value, "\""));
+        }
+        c.metrics_listen = absl::StrCat(a->host, ":", a->port);
+      }
+    } else if (flag == "--request-stats") {
+      if (value != "on" && value != "off") {
+        return FlagError(flag, absl::StrCat("expected on or off, got \"",
+                                            value, "\""));
+      }
+      c.request_stats = value == "on";
     }
   }
   if (!control_given) {

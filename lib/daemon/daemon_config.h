@@ -36,6 +36,11 @@ struct DaemonConfig {
   bool control_insecure = false;
   std::string state_dir = "/var/lib/nbdmgr";  // "" : nothing persisted
   std::vector<std::string> allow_paths;
+
+  // Prometheus endpoint, HOST:PORT; "" : disabled ("none").
+  std::string metrics_listen = "127.0.0.1:9810";
+  // Per-request counters (requests, bytes, latency). Off: they stay zero.
+  bool request_stats = true;
 };
 
 // The outcome of parsing the command line.

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "lib/backend/backend.h"
 #include "lib/export/export_config.h"
+#include "lib/metrics/io_stats.h"
 
 namespace nbdmgr {
 
@@ -56,6 +57,9 @@ class Export {
   // structured replies (NBD_FLAG_SEND_DF needs them).
   uint16_t TransmissionFlags(bool structured_replies) const;
 
+  // Request counters, merged from the export's connections.
+  ExportIoStats& io_stats() const { return io_stats_; }
+
   // Connected clients (sessions in transmission on this export).
   int clients() const { return clients_.load(std::memory_order_relaxed); }
   void AddClient() { clients_.fetch_add(1, std::memory_order_relaxed); }
@@ -71,6 +75,7 @@ class Export {
   const BackendCaps caps_;
   const BlockSizes block_sizes_;
   ExportBuffers buffers_;
+  mutable ExportIoStats io_stats_;
   std::atomic<int> clients_{0};
   std::atomic<bool> draining_{false};
   mutable std::mutex mu_;

@@ -101,7 +101,7 @@ asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiator::Run() {
 
   for (int count = 0;; ++count) {
     if (count >= limits_.max_options) {
-      co_return absl::InvalidArgumentError(
+      co_return absl::ResourceExhaustedError(
           absl::StrCat("more than ", limits_.max_options,
                        " options without choosing an export"));
     }

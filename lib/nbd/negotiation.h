@@ -39,7 +39,8 @@ inline constexpr uint32_t kBaseAllocationId = 1;
 // length is checked before it sizes anything.
 // Errors: Cancelled if the client sent ABORT or closed the connection;
 // InvalidArgument for a protocol violation that ends the connection (bad
-// magic, unknown client flags, unknown EXPORT_NAME, too many options);
+// magic, unknown client flags, unknown EXPORT_NAME); ResourceExhausted for
+// too many options;
 // Unavailable for socket errors. On error the caller closes `conn`.
 asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiate(
     Connection& conn, const ExportRegistry& registry,

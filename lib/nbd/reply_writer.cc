@@ -1,5 +1,6 @@
 #include "lib/nbd/reply_writer.h"
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -46,10 +47,12 @@ void Reply::Reset() {
   segments_.clear();
   lease_.Reset();
   producer_ = nullptr;
+  record_ = RequestRecord{};
 }
 
-ReplyWriter::ReplyWriter(Connection& conn)
+ReplyWriter::ReplyWriter(Connection& conn, ConnectionIoStats* stats)
     : conn_(conn),
+      stats_(stats),
       writer_wake_(conn.socket().get_executor()),
       reader_wake_(conn.socket().get_executor()) {}
 
@@ -92,6 +95,17 @@ void ReplyWriter::Finish() {
   Notify(writer_wake_);
 }
 
+void ReplyWriter::RecordBatch() {
+  if (stats_ == nullptr) return;
+  const int64_t now = SteadyNowNs();
+  for (const auto& r : batch_) {
+    const RequestRecord& rec = r->record();
+    if (!rec.active) continue;
+    stats_->Record(rec.op, rec.result, rec.bytes,
+                   static_cast<uint64_t>(std::max<int64_t>(0, now - rec.start_ns)));
+  }
+}
+
 asio::awaitable<void> ReplyWriter::Run() {
   for (;;) {
     while (queue_.empty()) {
@@ -116,7 +130,9 @@ asio::awaitable<void> ReplyWriter::Run() {
       }
       ec = co_await conn_.WriteAll(iov_);
     }
+    if (!ec) RecordBatch();
     in_flight_ -= batch_.size();
+    if (stats_ != nullptr) stats_->SetInFlight(in_flight_);
     for (auto& r : batch_) Recycle(std::move(r));
     batch_.clear();
     if (ec) {

@@ -2,6 +2,7 @@
 #define NBDMGR_LIB_NBD_REPLY_WRITER_H_
 
 #include <boost/asio/awaitable.hpp>
+#include <chrono>
 #include <boost/asio/steady_timer.hpp>
 #include <cstdint>
 #include <deque>
@@ -11,9 +12,26 @@
 #include <vector>
 
 #include "lib/buffer/buffer_lease.h"
+#include "lib/metrics/io_stats.h"
 #include "lib/nbd/connection.h"
 
 namespace nbdmgr::nbd {
+
+// What the writer records about a request once its reply is written.
+struct RequestRecord {
+  bool active = false;  // false: not counted (counting off)
+  IoOp op = IoOp::kOther;
+  IoResult result = IoResult::kOk;
+  uint32_t bytes = 0;     // payload length of a READ or WRITE
+  int64_t start_ns = 0;   // steady clock, when the request header was read
+};
+
+// Nanoseconds on the steady clock, for request latencies.
+inline int64_t SteadyNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 // One reply on its way to the socket: a list of byte segments, each either
 // copied into the reply (headers) or borrowed from the reply's buffer lease
@@ -42,6 +60,9 @@ class Reply {
   bool streamed() const { return producer_ != nullptr; }
   Producer& producer() { return producer_; }
 
+  // The request this reply answers, for the connection's counters.
+  RequestRecord& record() { return record_; }
+
   BufferLease& lease() { return lease_; }
   void set_lease(BufferLease lease) { lease_ = std::move(lease); }
 
@@ -61,6 +82,7 @@ class Reply {
   std::vector<Segment> segments_;
   BufferLease lease_;
   Producer producer_;
+  RequestRecord record_;
 };
 
 // The only writer of a session's socket in transmission. Requests are
@@ -70,11 +92,17 @@ class Reply {
 // executor.
 class ReplyWriter {
  public:
-  explicit ReplyWriter(Connection& conn);
+  // `stats` (may be null: not counted) receives each written reply's
+  // RequestRecord and the in-flight count.
+  explicit ReplyWriter(Connection& conn, ConnectionIoStats* stats = nullptr);
 
   // A cleared Reply, recycled when possible.
   std::unique_ptr<Reply> NewReply();
-  void BeginRequest() { ++in_flight_; }
+  void BeginRequest() {
+    ++in_flight_;
+    if (stats_ != nullptr) stats_->SetInFlight(in_flight_);
+  }
+  bool counting() const { return stats_ != nullptr; }
   // Queues the reply of a begun request. Replies go out in the order Send is
   // called, which need not be the order requests arrived in.
   void Send(std::unique_ptr<Reply> reply);
@@ -97,7 +125,11 @@ class ReplyWriter {
   static constexpr size_t kMaxBatchSegments = 512;
   static constexpr size_t kMaxFreeReplies = 64;
 
+  // Counts the written replies of batch_ and updates in-flight.
+  void RecordBatch();
+
   Connection& conn_;
+  ConnectionIoStats* const stats_;
   std::deque<std::unique_ptr<Reply>> queue_;
   std::vector<std::unique_ptr<Reply>> free_;
   std::vector<std::unique_ptr<Reply>> batch_;

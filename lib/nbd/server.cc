@@ -35,6 +35,7 @@ Server::Server(ServerOptions options, std::shared_ptr<ExportRegistry> registry)
       blocking_pool_(options_.blocking_threads > 0 ? options_.blocking_threads
                                                    : DefaultBlockingThreads()) {
   options_.session.transmission.blocking_pool = &blocking_pool_;
+  options_.session.server_stats = &stats_;
 
   int n = options_.io_threads > 0 ? options_.io_threads : DefaultIoThreads();
   for (int i = 0; i < n; ++i) {

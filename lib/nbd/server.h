@@ -20,6 +20,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "lib/export/export_registry.h"
+#include "lib/metrics/server_stats.h"
 #include "lib/nbd/session.h"
 #include "lib/util/listen_address.h"
 
@@ -60,6 +61,8 @@ class Server {
   // The bound addresses, with real port numbers for port 0.
   const std::vector<ListenAddress>& bound() const { return bound_; }
   size_t session_count() const;
+  // Connection counters (accepted, open, failed handshakes).
+  const ServerStats& stats() const { return stats_; }
 
  private:
   using Acceptor =
@@ -76,6 +79,7 @@ class Server {
   // Runs fn on each live session, on that session's executor.
   void PostToSessions(std::function<void(Session&)> fn);
 
+  ServerStats stats_;  // before options_, which points at it
   ServerOptions options_;
   const std::shared_ptr<ExportRegistry> registry_;
   std::vector<std::unique_ptr<boost::asio::io_context>> contexts_;

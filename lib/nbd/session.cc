@@ -16,10 +16,39 @@ Session::Session(Socket socket, const ExportRegistry& registry,
 
 Session::~Session() = default;
 
+namespace {
+
+// Counts a connection as open for its scope.
+class OpenConnection {
+ public:
+  OpenConnection(ServerStats* stats, Transport t) : stats_(stats), t_(t) {
+    if (stats_) stats_->Opened(t_);
+  }
+  ~OpenConnection() {
+    if (stats_) stats_->Closed(t_);
+  }
+  OpenConnection(const OpenConnection&) = delete;
+  OpenConnection& operator=(const OpenConnection&) = delete;
+
+ private:
+  ServerStats* stats_;
+  Transport t_;
+};
+
+}  // namespace
+
 asio::awaitable<void> Session::Run() {
+  ServerStats* stats = options_.server_stats;
+  OpenConnection open(stats,
+                      conn_.is_tcp() ? Transport::kTcp : Transport::kUnix);
   absl::StatusOr<NegotiationResult> agreed =
       co_await Negotiate(conn_, registry_, options_.negotiation);
   if (!agreed.ok()) {
+    if (stats) {
+      stats->HandshakeFailed(stopped_ ? HandshakeFailure::kShutdown
+                                      : HandshakeFailureFromStatus(
+                                            agreed.status()));
+    }
     if (absl::IsCancelled(agreed.status())) {
       spdlog::debug("{}: {}", conn_.peer(), agreed.status().message());
     } else {
@@ -30,6 +59,7 @@ asio::awaitable<void> Session::Run() {
     co_return;
   }
   if (stopped_) {  // Stop() raced with the last option
+    if (stats) stats->HandshakeFailed(HandshakeFailure::kShutdown);
     conn_.Close();
     co_return;
   }
@@ -41,7 +71,8 @@ asio::awaitable<void> Session::Run() {
   e->AddClient();
   {
     std::unique_ptr<ConnectionBuffers> buffers = e->buffers().NewConnection();
-    ReplyWriter writer(conn_);
+    ScopedIoStats io(options_.count_requests ? &e->io_stats() : nullptr);
+    ReplyWriter writer(conn_, io.get());
     Transmission tx(conn_, writer, *buffers, *agreed, options_.transmission);
     co_await (tx.ReadLoop() && writer.Run());
     spdlog::info("{}: export \"{}\" session ended ({})", conn_.peer(),

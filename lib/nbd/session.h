@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "lib/export/export_registry.h"
+#include "lib/metrics/server_stats.h"
 #include "lib/nbd/connection.h"
 #include "lib/nbd/negotiation.h"
 #include "lib/nbd/transmission.h"
@@ -15,6 +16,10 @@ namespace nbdmgr::nbd {
 struct SessionOptions {
   NegotiationLimits negotiation;
   TransmissionOptions transmission;
+  // Daemon-wide connection counters; may be null.
+  ServerStats* server_stats = nullptr;
+  // Per-request counters (the export's io_stats()); off saves their cost.
+  bool count_requests = true;
 };
 
 // One client connection: negotiation, then transmission with one reader

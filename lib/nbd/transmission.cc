@@ -74,6 +74,52 @@ RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l) {
   return {};
 }
 
+IoOp IoOpOfCommand(uint16_t type) {
+  switch (type) {
+    case kCmdRead:
+      return IoOp::kRead;
+    case kCmdWrite:
+      return IoOp::kWrite;
+    case kCmdFlush:
+      return IoOp::kFlush;
+    case kCmdTrim:
+      return IoOp::kTrim;
+    case kCmdWriteZeroes:
+      return IoOp::kWriteZeroes;
+    case kCmdCache:
+      return IoOp::kCache;
+    case kCmdBlockStatus:
+      return IoOp::kBlockStatus;
+    default:
+      return IoOp::kOther;
+  }
+}
+
+IoResult IoResultOfError(uint32_t nbd_error) {
+  switch (nbd_error) {
+    case kOk:
+      return IoResult::kOk;
+    case kEperm:
+      return IoResult::kEperm;
+    case kEio:
+      return IoResult::kEio;
+    case kEnomem:
+      return IoResult::kEnomem;
+    case kEinval:
+      return IoResult::kEinval;
+    case kEnospc:
+      return IoResult::kEnospc;
+    case kEoverflow:
+      return IoResult::kEoverflow;
+    case kEnotsup:
+      return IoResult::kEnotsup;
+    case kEshutdown:
+      return IoResult::kEshutdown;
+    default:
+      return IoResult::kOtherError;
+  }
+}
+
 uint32_t NbdErrorFromStatus(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kOk:
@@ -111,9 +157,21 @@ Transmission::Transmission(Connection& conn, ReplyWriter& writer,
   limits_.min_block = export_->block_sizes().minimum;
 }
 
+void Transmission::Track(Reply& reply, const RequestHeader& h,
+                         uint32_t nbd_error, int64_t start) const {
+  if (!writer_.counting()) return;
+  RequestRecord& r = reply.record();
+  r.active = true;
+  r.op = IoOpOfCommand(h.type);
+  r.result = IoResultOfError(nbd_error);
+  r.bytes = h.length;
+  r.start_ns = start;
+}
+
 asio::awaitable<void> Transmission::ReplyError(const RequestHeader& h,
                                                uint32_t error,
-                                               std::string_view message) {
+                                               std::string_view message,
+                                               int64_t start) {
   SPDLOG_DEBUG("{}: {} offset={} length={} -> {}: {}", conn_.peer(),
                NameOfCommand(h.type), h.offset, h.length, NameOfError(error),
                message);
@@ -130,6 +188,7 @@ asio::awaitable<void> Transmission::ReplyError(const RequestHeader& h,
   } else {
     reply->AddSimpleReply(error, h.cookie);
   }
+  Track(*reply, h, error, start);
   writer_.Send(std::move(reply));
   co_return;
 }
@@ -142,7 +201,8 @@ asio::awaitable<absl::Status> Transmission::RunBackend(Fn fn) {
   co_return fn();
 }
 
-asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h) {
+asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h,
+                                               int64_t start) {
   Backend& be = export_->backend();
   BufferLease chunk = buffers_.AcquireChunk();
   absl::Status st;
@@ -168,16 +228,19 @@ asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h) {
   chunk.Reset();
   writer_.BeginRequest();
   if (!st.ok()) {
-    co_await ReplyError(h, NbdErrorFromStatus(st), ToStd(st.message()));
+    co_await ReplyError(h, NbdErrorFromStatus(st), ToStd(st.message()),
+                        start);
   } else {
     std::unique_ptr<Reply> reply = writer_.NewReply();
     reply->AddSimpleReply(kOk, h.cookie);
+    Track(*reply, h, kOk, start);
     writer_.Send(std::move(reply));
   }
   co_return true;
 }
 
-asio::awaitable<ErrorCode> Transmission::StreamRead(RequestHeader h) {
+asio::awaitable<ErrorCode> Transmission::StreamRead(RequestHeader h,
+                                                    RequestRecord& record) {
   Backend& be = export_->backend();
   BufferLease chunk = buffers_.AcquireChunk();
   const bool structured = limits_.structured_replies;
@@ -199,6 +262,7 @@ asio::awaitable<ErrorCode> Transmission::StreamRead(RequestHeader h) {
         co_return asio::error::make_error_code(asio::error::connection_aborted);
       }
       uint32_t err = NbdErrorFromStatus(st);
+      record.result = IoResultOfError(err);
       if (structured) {
         uint8_t e[kChunkHeaderSize + 6];
         EncodeChunkHeader(e, kReplyFlagDone, kChunkError, h.cookie, 6);
@@ -305,7 +369,7 @@ asio::awaitable<ErrorCode> Transmission::WriteReadInPieces(RequestHeader h,
 }
 
 asio::awaitable<void> Transmission::Execute(RequestHeader h,
-                                            BufferLease lease) {
+                                            BufferLease lease, int64_t start) {
   Backend& be = export_->backend();
   auto run = [this](auto fn) { return RunBackend(std::move(fn)); };
   const bool fua = (h.flags & kCmdFlagFua) != 0;
@@ -325,6 +389,7 @@ asio::awaitable<void> Transmission::Execute(RequestHeader h,
         reply->set_producer([this, h, pieces, buf] {
           return WriteReadInPieces(h, pieces, buf);
         });
+        Track(*reply, h, kOk, start);
         break;
       }
       st = co_await run([&]() -> absl::Status {
@@ -421,13 +486,14 @@ asio::awaitable<void> Transmission::Execute(RequestHeader h,
                    conn_.peer(), NameOfCommand(h.type), export_->name(),
                    h.offset, h.length, st.ToString());
     }
-    co_await ReplyError(h, err, ToStd(st.message()));
+    co_await ReplyError(h, err, ToStd(st.message()), start);
     co_return;
   }
   if (reply == nullptr) {
     reply = writer_.NewReply();
     reply->AddSimpleReply(kOk, h.cookie);
   }
+  if (!reply->record().active) Track(*reply, h, kOk, start);
   writer_.Send(std::move(reply));
 }
 
@@ -452,6 +518,7 @@ asio::awaitable<void> Transmission::ReadLoop() {
       break;
     }
     const RequestHeader h = *decoded;
+    const int64_t start = writer_.counting() ? SteadyNowNs() : 0;
     if (h.type == kCmdDisc) {
       end_reason_ = "disconnect";
       break;
@@ -466,7 +533,7 @@ asio::awaitable<void> Transmission::ReadLoop() {
         }
       }
       writer_.BeginRequest();
-      co_await ReplyError(h, check.error, check.message);
+      co_await ReplyError(h, check.error, check.message, start);
       continue;
     }
     BufferLease lease;
@@ -479,14 +546,17 @@ asio::awaitable<void> Transmission::ReadLoop() {
       if (!lease) {
         // Streaming path: bounded chunks, always makes progress.
         if (h.type == kCmdWrite) {
-          if (!co_await StreamWrite(h)) {
+          if (!co_await StreamWrite(h, start)) {
             end_reason_ = "closed during payload";
             break;
           }
         } else {
           writer_.BeginRequest();
           std::unique_ptr<Reply> reply = writer_.NewReply();
-          reply->set_producer([this, h] { return StreamRead(h); });
+          Track(*reply, h, kOk, start);
+          reply->set_producer([this, h, r = reply.get()] {
+            return StreamRead(h, r->record());
+          });
           writer_.Send(std::move(reply));
         }
         continue;
@@ -501,12 +571,12 @@ asio::awaitable<void> Transmission::ReadLoop() {
     writer_.BeginRequest();
     if (blocking) {
       asio::co_spawn(
-          conn_.socket().get_executor(), Execute(h, std::move(lease)),
+          conn_.socket().get_executor(), Execute(h, std::move(lease), start),
           [peer = conn_.peer()](std::exception_ptr e) {
             if (e) spdlog::error("{}: request failed with an exception", peer);
           });
     } else {
-      co_await Execute(h, std::move(lease));
+      co_await Execute(h, std::move(lease), start);
     }
   }
   // Answer everything already read before the session ends.

@@ -56,6 +56,10 @@ RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l);
 // Maps a backend error to the NBD error sent to the client.
 uint32_t NbdErrorFromStatus(const absl::Status& status);
 
+// The counters' view of a command and of an NBD error code.
+IoOp IoOpOfCommand(uint16_t type);
+IoResult IoResultOfError(uint32_t nbd_error);
+
 struct TransmissionOptions {
   // Requests read ahead of their replies; the reader stops reading the
   // socket at this many.
@@ -91,9 +95,11 @@ class Transmission {
   asio::awaitable<absl::Status> RunBackend(Fn fn);
   // Streaming path (no request-sized buffer): a WRITE's payload moves to the
   // backend in chunks as it is read; returns false if the stream broke.
-  asio::awaitable<bool> StreamWrite(const RequestHeader& h);
+  asio::awaitable<bool> StreamWrite(const RequestHeader& h, int64_t start);
   // Produces a streamed READ reply chunk by chunk (runs in the writer).
-  asio::awaitable<ErrorCode> StreamRead(RequestHeader h);
+  // Sets `record`'s result if the READ fails.
+  asio::awaitable<ErrorCode> StreamRead(RequestHeader h,
+                                        RequestRecord& record);
   // How a READ is split into data and hole pieces (backend extents when
   // structured replies allow holes; one data piece otherwise).
   ReadPieces PlanRead(const RequestHeader& h);
@@ -103,9 +109,15 @@ class Transmission {
   asio::awaitable<ErrorCode> WriteReadInPieces(RequestHeader h,
                                                ReadPieces pieces, uint8_t* buf);
   // Runs one validated request and sends its reply.
-  asio::awaitable<void> Execute(RequestHeader h, BufferLease lease);
+  // `start` (steady ns) is when the request's header was read.
+  asio::awaitable<void> Execute(RequestHeader h, BufferLease lease,
+                                int64_t start);
   asio::awaitable<void> ReplyError(const RequestHeader& h, uint32_t error,
-                                   std::string_view message);
+                                   std::string_view message, int64_t start);
+  // Marks `reply` as answering `h` with `nbd_error` (kOk or an NBD error),
+  // for the connection's counters, if counting is on.
+  void Track(Reply& reply, const RequestHeader& h, uint32_t nbd_error,
+             int64_t start) const;
 
   Connection& conn_;
   ReplyWriter& writer_;

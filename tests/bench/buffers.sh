@@ -31,7 +31,7 @@ start() {  # start CONFIG: serves unix:$WORK/CONFIG.sock
   local cfg=$1 strategy=${1%%:*} cap=""
   [ "$cfg" != "$strategy" ] && cap=${cfg#*:}
   rm -f "$WORK/$cfg.sock"
-  "$NBDMGRD" --log-level warn --nbd-listen "unix:$WORK/$cfg.sock" \
+  "$NBDMGRD" --log-level warn --nbd-listen "unix:$WORK/$cfg.sock" --metrics-listen 127.0.0.1:0 \
     --export "name=b,backend=memory,size=1GiB,buffer-strategy=$strategy,pool-idle-release=5s" \
     ${cap:+--memory-cap "$cap"} &
   PIDS[$cfg]=$!

@@ -55,12 +55,14 @@ class Daemon:
                      "--nbd-listen", f"unix:{self.sock}",
                      "--control-listen", f"unix:{self.control}",
                      "--state-dir", self.state_dir,
+                     "--metrics-listen", "127.0.0.1:0",
                      "--ready-file", self.ready, "--drain-timeout", "5s"]
         for e in exports:
             self.args += ["--export", e]
         self.args += list(extra)
         self.proc = None
         self.port = None
+        self.metrics = None  # "127.0.0.1:PORT" of /metrics
 
     def start(self):
         if os.path.exists(self.ready):
@@ -77,8 +79,10 @@ class Daemon:
         with open(self.ready) as f:
             lines = f.read().split()
         for line in lines:
-            if line.startswith("tcp:"):  # the NBD port (control lines start "control=")
+            if line.startswith("tcp:"):  # the NBD port (others are "name=ADDR")
                 self.port = int(line.rsplit(":", 1)[1])
+            elif line.startswith("metrics="):
+                self.metrics = line.split("=", 1)[1]
         return self
 
     def stop(self, sig=signal.SIGTERM, timeout=30):

@@ -35,6 +35,8 @@ class DaemonFlagsTest(unittest.TestCase):
             (["--export", "name=x,backend=disk,size=1M"], "unknown backend"),
             (["--export", "name=x,backend=memory,size=1M",
               "--export", "name=x,backend=null,size=1M"], "declared twice"),
+            (["--metrics-listen", "nowhere"], "--metrics-listen: expected HOST:PORT"),
+            (["--request-stats", "maybe"], "--request-stats: expected on or off"),
         ]
         for args, message in cases:
             p = self.nbdmgrd(*args)
@@ -57,6 +59,18 @@ class DaemonFlagsTest(unittest.TestCase):
         s.close()
         self.assertEqual(p.returncode, 1)
         self.assertIn(f"cannot listen on tcp:127.0.0.1:{port}", p.stderr)
+
+    def test_metrics_port_in_use_exits_1(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        p = self.nbdmgrd("--nbd-listen", "tcp:127.0.0.1:0", "--control-listen", "none",
+                         "--state-dir", "none", "--metrics-listen", f"127.0.0.1:{port}",
+                         "--export", "name=x,backend=memory,size=1M")
+        s.close()
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(f"metrics listener 127.0.0.1:{port}", p.stderr)
 
 
 class DaemonLifecycleTest(unittest.TestCase):

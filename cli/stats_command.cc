@@ -1,0 +1,182 @@
+// nbdctl stats.
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "lib/control/proto_convert.h"
+#include "lib/control/stats_convert.h"
+#include "lib/metrics/exposition.h"
+#include "lib/util/duration.h"
+#include "lib/util/size.h"
+#include "lib/util/strings.h"
+#include "nbdmgr/v1/stats.grpc.pb.h"
+
+namespace nbdmgr::cli {
+namespace {
+
+constexpr char kStatsHelp[] =
+    R"(Usage: nbdctl stats [NAME] [-o table|json|prometheus] [--watch DUR]
+                    [--count N]
+
+Shows the live counters of every export (or of NAME) and of the daemon.
+
+  -o table       (default) per export: IOPS and MB/s read and written,
+                 errors per second, requests in flight, mean latency,
+                 buffer memory and cap waits, as rates between two samples
+                 taken --watch apart (1s if not given)
+  -o json        the raw counters (nbdmgr.v1.Stats) as JSON
+  -o prometheus  the raw counters in Prometheus text format, as /metrics
+  --watch DUR    keep reporting every DUR (e.g. 1s, 500ms) until interrupted
+  --count N      stop after N reports
+)";
+
+struct Rates {
+  double read_iops = 0, write_iops = 0, other_iops = 0;
+  double read_mbps = 0, write_mbps = 0;
+  double errors_per_s = 0;
+  double mean_latency_ms = 0;  // over requests answered in the interval
+};
+
+uint64_t TotalLatencyNs(const IoCounts& c) {
+  uint64_t n = 0;
+  for (uint64_t v : c.latency_sum_ns) n += v;
+  return n;
+}
+
+uint64_t TotalRequests(const IoCounts& c) {
+  uint64_t n = 0;
+  for (size_t op = 0; op < kNumIoOps; ++op) {
+    n += c.total_requests(static_cast<IoOp>(op));
+  }
+  return n;
+}
+
+Rates RatesBetween(const IoCounts& a, const IoCounts& b, double seconds) {
+  Rates r;
+  if (seconds <= 0) return r;
+  auto delta = [](uint64_t x, uint64_t y) {
+    return static_cast<double>(y >= x ? y - x : 0);
+  };
+  const double reads =
+      delta(a.total_requests(IoOp::kRead), b.total_requests(IoOp::kRead));
+  const double writes =
+      delta(a.total_requests(IoOp::kWrite), b.total_requests(IoOp::kWrite));
+  const double all = delta(TotalRequests(a), TotalRequests(b));
+  r.read_iops = reads / seconds;
+  r.write_iops = writes / seconds;
+  r.other_iops = (all - reads - writes) / seconds;
+  r.read_mbps = delta(a.bytes_read, b.bytes_read) / seconds / 1e6;
+  r.write_mbps = delta(a.bytes_written, b.bytes_written) / seconds / 1e6;
+  r.errors_per_s = delta(a.errors(), b.errors()) / seconds;
+  if (all > 0) {
+    r.mean_latency_ms =
+        delta(TotalLatencyNs(a), TotalLatencyNs(b)) / all / 1e6;
+  }
+  return r;
+}
+
+void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
+  const double seconds =
+      static_cast<double>(now.time_ns - before.time_ns) / 1e9;
+  std::printf("%-16s %7s %9s %9s %8s %8s %7s %7s %8s %10s %9s\n", "EXPORT",
+              "CLIENTS", "READ/s", "WRITE/s", "RD MB/s", "WR MB/s", "ERR/s",
+              "INFLT", "LAT ms", "BUF USED", "CAP WAITS");
+  for (const ExportStats& e : now.exports) {
+    IoCounts prev;  // an export new since `before` starts from zero
+    for (const ExportStats& b : before.exports) {
+      if (b.name == e.name) prev = b.io;
+    }
+    Rates r = RatesBetween(prev, e.io, seconds);
+    std::printf("%-16s %7llu %9.0f %9.0f %8.1f %8.1f %7.1f %7llu %8.3f %10s %9llu\n",
+                e.name.c_str(), static_cast<unsigned long long>(e.clients),
+                r.read_iops, r.write_iops, r.read_mbps, r.write_mbps,
+                r.errors_per_s, static_cast<unsigned long long>(e.io.in_flight),
+                r.mean_latency_ms, FormatSize(e.buffers.bytes_in_use).c_str(),
+                static_cast<unsigned long long>(e.buffers.cap_waits));
+  }
+  const DaemonStats& d = now.daemon;
+  uint64_t open = 0;
+  for (uint64_t c : d.server.connections) open += c;
+  std::printf(
+      "daemon: %llu connections, buffers %s in use + %s pooled (cap %s), "
+      "%llu cap waits, RSS %s   [%.1fs interval]\n",
+      static_cast<unsigned long long>(open),
+      FormatSize(d.buffers.bytes_in_use).c_str(),
+      FormatSize(d.buffers.bytes_cached).c_str(),
+      d.buffers.cap_bytes ? FormatSize(d.buffers.cap_bytes).c_str() : "none",
+      static_cast<unsigned long long>(d.buffers.cap_waits),
+      FormatSize(d.resident_memory_bytes).c_str(), seconds);
+}
+
+}  // namespace
+
+int StatsCommand(const Global& g, const std::vector<std::string>& words) {
+  auto a = ParseArgs(words, {"-o", "--output", "--watch", "--count"}, {});
+  if (!a.ok()) return UsageError(std::string(a.status().message()), kStatsHelp);
+  if (a->help) return std::printf("%s", kStatsHelp), kExitOk;
+  if (a->positional.size() > 1) {
+    return UsageError("stats takes at most one export name", kStatsHelp);
+  }
+  std::string output = a->get("-o", a->get("--output", g.output));
+  if (output != "table" && output != "json" && output != "prometheus") {
+    return UsageError("-o must be table, json or prometheus", kStatsHelp);
+  }
+  const bool watch = a->has("--watch");
+  std::chrono::milliseconds interval(1000);
+  if (watch) {
+    auto d = ParseDuration(a->get("--watch"));
+    if (!d.ok() || d->count() <= 0) {
+      return UsageError("--watch: expected a positive duration such as 1s",
+                        kStatsHelp);
+    }
+    interval = *d;
+  }
+  long count = watch ? -1 : 1;  // -1: until interrupted
+  if (a->has("--count")) {
+    if (!absl::SimpleAtoi(a->get("--count"), &count) || count <= 0) {
+      return UsageError("--count: expected a positive number", kStatsHelp);
+    }
+  }
+
+  std::string error;
+  auto channel = Connect(g, &error);
+  if (channel == nullptr)
+    return UsageError(absl::StrCat("--control: ", error), "");
+  auto stub = v1::StatsService::NewStub(channel);
+  v1::GetStatsRequest req;
+  if (!a->positional.empty()) {
+    req.set_name(ExportResourceName(a->positional.front()));
+  }
+  auto sample = [&](v1::Stats* out) {
+    return stub->GetStats(Context().get(), req, out);
+  };
+
+  v1::Stats prev;
+  if (output == "table") {
+    // Rates need a first sample to measure from.
+    if (grpc::Status s = sample(&prev); !s.ok()) return ReportError(s);
+  }
+  for (long n = 0; count < 0 || n < count; ++n) {
+    if (output == "table" || n > 0) std::this_thread::sleep_for(interval);
+    v1::Stats now;
+    if (grpc::Status s = sample(&now); !s.ok()) return ReportError(s);
+    if (output == "json") {
+      std::printf("%s", ToJson(now).c_str());
+    } else if (output == "prometheus") {
+      std::printf("%s", ToPrometheusText(StatsFromProto(now)).c_str());
+    } else {
+      if (n > 0) std::printf("\n");
+      PrintTable(StatsFromProto(prev), StatsFromProto(now));
+      prev = now;
+    }
+    std::fflush(stdout);
+  }
+  return kExitOk;
+}
+
+}  // namespace nbdmgr::cli

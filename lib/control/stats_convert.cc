@@ -1,0 +1,153 @@
+#include "lib/control/stats_convert.h"
+
+#include <cmath>
+#include <limits>
+
+#include "google/protobuf/util/time_util.h"
+#include "lib/control/proto_convert.h"
+
+namespace nbdmgr {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+v1::BufferStats BuffersToProto(const BufferCounts& b) {
+  v1::BufferStats p;
+  p.set_bytes_in_use(b.bytes_in_use);
+  p.set_bytes_cached(b.bytes_cached);
+  p.set_cap_bytes(b.cap_bytes);
+  p.set_cap_waits(b.cap_waits);
+  p.set_cap_wait_seconds(b.cap_wait_seconds);
+  return p;
+}
+
+BufferCounts BuffersFromProto(const v1::BufferStats& p) {
+  return BufferCounts{p.bytes_in_use(), p.bytes_cached(), p.cap_bytes(),
+                      p.cap_waits(), p.cap_wait_seconds()};
+}
+
+// Index of `name` among NameOf(Enum(0..n-1)), or n.
+template <typename Enum>
+size_t IndexOf(std::string_view name, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (NameOf(static_cast<Enum>(i)) == name) return i;
+  }
+  return n;
+}
+
+template <typename Enum, typename Map>
+void CountsToMap(const uint64_t* counts, size_t n, Map* out) {
+  for (size_t i = 0; i < n; ++i) {
+    (*out)[std::string(NameOf(static_cast<Enum>(i)))] = counts[i];
+  }
+}
+
+template <typename Enum, typename Map>
+void CountsFromMap(const Map& m, size_t n, uint64_t* counts) {
+  for (const auto& [name, v] : m) {
+    size_t i = IndexOf<Enum>(name, n);
+    if (i < n) counts[i] = v;
+  }
+}
+
+}  // namespace
+
+v1::Stats StatsToProto(const StatsSnapshot& s) {
+  v1::Stats p;
+  *p.mutable_sample_time() = TimeUtil::NanosecondsToTimestamp(s.time_ns);
+  v1::DaemonStats* d = p.mutable_daemon();
+  d->set_version(s.daemon.version);
+  CountsToMap<Transport>(s.daemon.server.connections, kNumTransports,
+                         d->mutable_connections());
+  CountsToMap<Transport>(s.daemon.server.connections_total, kNumTransports,
+                         d->mutable_connections_total());
+  CountsToMap<HandshakeFailure>(s.daemon.server.handshake_failures,
+                                kNumHandshakeFailures,
+                                d->mutable_handshake_failures());
+  *d->mutable_buffers() = BuffersToProto(s.daemon.buffers);
+  d->set_resident_memory_bytes(s.daemon.resident_memory_bytes);
+  d->set_open_fds(s.daemon.open_fds);
+  *d->mutable_start_time() = TimeUtil::NanosecondsToTimestamp(
+      static_cast<int64_t>(s.daemon.start_time_seconds * 1e9));
+  for (const ExportStats& e : s.exports) {
+    v1::ExportStats* pe = p.add_exports();
+    pe->set_name(ExportResourceName(e.name));
+    pe->set_backend(e.backend);
+    pe->set_draining(e.draining);
+    pe->set_size_bytes(e.size_bytes);
+    pe->set_clients(e.clients);
+    pe->set_bytes_read(e.io.bytes_read);
+    pe->set_bytes_written(e.io.bytes_written);
+    pe->set_requests_in_flight(e.io.in_flight);
+    *pe->mutable_buffers() = BuffersToProto(e.buffers);
+    for (size_t op = 0; op < kNumIoOps; ++op) {
+      v1::OperationStats* o = pe->add_operations();
+      o->set_op(std::string(NameOf(static_cast<IoOp>(op))));
+      CountsToMap<IoResult>(e.io.requests[op], kNumIoResults,
+                            o->mutable_results());
+      uint64_t cumulative = 0;
+      for (size_t b = 0; b < kNumLatencyBuckets; ++b) {
+        cumulative += e.io.latency[op][b];
+        v1::LatencyBucket* lb = o->add_latency();
+        lb->set_upper_bound_seconds(
+            b < kLatencyBounds.size() ? kLatencyBounds[b]
+                                      : std::numeric_limits<double>::infinity());
+        lb->set_cumulative_count(cumulative);
+      }
+      o->set_latency_sum_seconds(static_cast<double>(e.io.latency_sum_ns[op]) /
+                                 1e9);
+    }
+  }
+  return p;
+}
+
+StatsSnapshot StatsFromProto(const v1::Stats& p) {
+  StatsSnapshot s;
+  s.time_ns = TimeUtil::TimestampToNanoseconds(p.sample_time());
+  const v1::DaemonStats& d = p.daemon();
+  s.daemon.version = d.version();
+  CountsFromMap<Transport>(d.connections(), kNumTransports,
+                           s.daemon.server.connections);
+  CountsFromMap<Transport>(d.connections_total(), kNumTransports,
+                           s.daemon.server.connections_total);
+  CountsFromMap<HandshakeFailure>(d.handshake_failures(),
+                                  kNumHandshakeFailures,
+                                  s.daemon.server.handshake_failures);
+  s.daemon.buffers = BuffersFromProto(d.buffers());
+  s.daemon.resident_memory_bytes = d.resident_memory_bytes();
+  s.daemon.open_fds = d.open_fds();
+  s.daemon.start_time_seconds =
+      static_cast<double>(TimeUtil::TimestampToNanoseconds(d.start_time())) /
+      1e9;
+  for (const v1::ExportStats& pe : p.exports()) {
+    ExportStats e;
+    absl::StatusOr<std::string> id = ExportIdFromName(pe.name());
+    e.name = id.ok() ? *id : pe.name();
+    e.backend = pe.backend();
+    e.draining = pe.draining();
+    e.size_bytes = pe.size_bytes();
+    e.clients = pe.clients();
+    e.io.bytes_read = pe.bytes_read();
+    e.io.bytes_written = pe.bytes_written();
+    e.io.in_flight = pe.requests_in_flight();
+    e.buffers = BuffersFromProto(pe.buffers());
+    for (const v1::OperationStats& o : pe.operations()) {
+      size_t op = IndexOf<IoOp>(o.op(), kNumIoOps);
+      if (op == kNumIoOps) continue;
+      CountsFromMap<IoResult>(o.results(), kNumIoResults, e.io.requests[op]);
+      e.io.latency_sum_ns[op] =
+          static_cast<uint64_t>(std::llround(o.latency_sum_seconds() * 1e9));
+      if (static_cast<size_t>(o.latency_size()) != kNumLatencyBuckets) continue;
+      uint64_t prev = 0;
+      for (size_t b = 0; b < kNumLatencyBuckets; ++b) {
+        uint64_t c = o.latency(static_cast<int>(b)).cumulative_count();
+        e.io.latency[op][b] = c >= prev ? c - prev : 0;
+        prev = c;
+      }
+    }
+    s.exports.push_back(std::move(e));
+  }
+  return s;
+}
+
+}  // namespace nbdmgr

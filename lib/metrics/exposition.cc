@@ -1,0 +1,227 @@
+#include "lib/metrics/exposition.h"
+
+#include <deque>
+#include <iterator>
+#include <limits>
+#include <utility>
+
+#include "prometheus/text_serializer.h"
+
+namespace nbdmgr {
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+using Labels = std::vector<ClientMetric::Label>;
+
+class Builder {
+ public:
+  MetricFamily& Family(std::string name, std::string help, MetricType type) {
+    families_.push_back(
+        MetricFamily{std::move(name), std::move(help), type, {}});
+    return families_.back();
+  }
+  static void Add(MetricFamily& f, Labels labels, double value) {
+    ClientMetric m;
+    m.label = std::move(labels);
+    switch (f.type) {
+      case MetricType::Counter:
+        m.counter.value = value;
+        break;
+      case MetricType::Gauge:
+        m.gauge.value = value;
+        break;
+      default:
+        m.untyped.value = value;
+    }
+    f.metric.push_back(std::move(m));
+  }
+  std::vector<MetricFamily> Take() {
+    return std::vector<MetricFamily>(std::make_move_iterator(families_.begin()),
+                                     std::make_move_iterator(families_.end()));
+  }
+
+ private:
+  // A deque: references returned by Family() stay valid as more are added.
+  std::deque<MetricFamily> families_;
+};
+
+// One gauge or counter family with a sample per export.
+template <typename Fn>
+void PerExport(Builder& b, const StatsSnapshot& s, std::string name,
+               std::string help, MetricType type, Fn value) {
+  MetricFamily& f = b.Family(std::move(name), std::move(help), type);
+  for (const ExportStats& e : s.exports) {
+    Builder::Add(f, {{"export", e.name}}, static_cast<double>(value(e)));
+  }
+}
+
+void AddRequestFamilies(Builder& b, const StatsSnapshot& s) {
+  MetricFamily& req = b.Family(
+      "nbdmgr_requests_total",
+      "NBD requests answered, by export, operation and result (ok or the "
+      "NBD error sent).",
+      MetricType::Counter);
+  MetricFamily& lat = b.Family(
+      "nbdmgr_request_duration_seconds",
+      "Time from reading a request's header to writing its whole reply.",
+      MetricType::Histogram);
+  for (const ExportStats& e : s.exports) {
+    for (size_t op = 0; op < kNumIoOps; ++op) {
+      const std::string op_name(NameOf(static_cast<IoOp>(op)));
+      uint64_t total = 0;
+      for (size_t r = 0; r < kNumIoResults; ++r) {
+        const uint64_t n = e.io.requests[op][r];
+        total += n;
+        // Zero results other than ok are left out to keep series few.
+        if (n == 0 && r != 0) continue;
+        Builder::Add(req,
+                     {{"export", e.name},
+                      {"op", op_name},
+                      {"result", std::string(NameOf(static_cast<IoResult>(r)))}},
+                     static_cast<double>(n));
+      }
+      ClientMetric m;
+      m.label = {{"export", e.name}, {"op", op_name}};
+      m.histogram.sample_count = total;
+      m.histogram.sample_sum = static_cast<double>(e.io.latency_sum_ns[op]) / 1e9;
+      uint64_t cumulative = 0;
+      for (size_t i = 0; i < kNumLatencyBuckets; ++i) {
+        cumulative += e.io.latency[op][i];
+        ClientMetric::Bucket bucket;
+        bucket.cumulative_count = cumulative;
+        bucket.upper_bound = i < kLatencyBounds.size()
+                                 ? kLatencyBounds[i]
+                                 : std::numeric_limits<double>::infinity();
+        m.histogram.bucket.push_back(bucket);
+      }
+      lat.metric.push_back(std::move(m));
+    }
+  }
+  PerExport(b, s, "nbdmgr_read_bytes_total",
+            "Payload bytes of successful READ requests.", MetricType::Counter,
+            [](const ExportStats& e) { return e.io.bytes_read; });
+  PerExport(b, s, "nbdmgr_written_bytes_total",
+            "Payload bytes of successful WRITE requests.", MetricType::Counter,
+            [](const ExportStats& e) { return e.io.bytes_written; });
+  PerExport(b, s, "nbdmgr_requests_in_flight",
+            "Requests read from clients and not yet answered.",
+            MetricType::Gauge,
+            [](const ExportStats& e) { return e.io.in_flight; });
+}
+
+void AddExportFamilies(Builder& b, const StatsSnapshot& s) {
+  MetricFamily& info = b.Family(
+      "nbdmgr_export_info",
+      "1 for every export served, with its backend and status.",
+      MetricType::Gauge);
+  for (const ExportStats& e : s.exports) {
+    Builder::Add(info,
+                 {{"export", e.name},
+                  {"backend", e.backend},
+                  {"status", e.draining ? "draining" : "active"}},
+                 1);
+  }
+  PerExport(b, s, "nbdmgr_export_size_bytes", "Size of the export.",
+            MetricType::Gauge, [](const ExportStats& e) { return e.size_bytes; });
+  PerExport(b, s, "nbdmgr_export_clients",
+            "Clients connected to the export (in transmission).",
+            MetricType::Gauge, [](const ExportStats& e) { return e.clients; });
+  PerExport(b, s, "nbdmgr_buffer_bytes_in_use",
+            "Request-buffer bytes charged to the export now.",
+            MetricType::Gauge,
+            [](const ExportStats& e) { return e.buffers.bytes_in_use; });
+  PerExport(b, s, "nbdmgr_buffer_bytes_idle",
+            "Request-buffer bytes held idle by the export's connections "
+            "(fixed and grow strategies).",
+            MetricType::Gauge,
+            [](const ExportStats& e) { return e.buffers.bytes_cached; });
+  PerExport(b, s, "nbdmgr_buffer_cap_bytes",
+            "The export's request-buffer cap (0: none).", MetricType::Gauge,
+            [](const ExportStats& e) { return e.buffers.cap_bytes; });
+  PerExport(b, s, "nbdmgr_buffer_cap_waits_total",
+            "Requests of the export that waited for a memory cap (the "
+            "export's or the daemon's).",
+            MetricType::Counter,
+            [](const ExportStats& e) { return e.buffers.cap_waits; });
+  PerExport(b, s, "nbdmgr_buffer_cap_wait_seconds_total",
+            "Time requests of the export spent waiting for a memory cap.",
+            MetricType::Counter,
+            [](const ExportStats& e) { return e.buffers.cap_wait_seconds; });
+}
+
+void AddDaemonFamilies(Builder& b, const StatsSnapshot& s) {
+  const DaemonStats& d = s.daemon;
+  MetricFamily& conns =
+      b.Family("nbdmgr_connections", "Open NBD connections, by transport.",
+               MetricType::Gauge);
+  MetricFamily& conns_total =
+      b.Family("nbdmgr_connections_total",
+               "NBD connections accepted, by transport.", MetricType::Counter);
+  for (size_t t = 0; t < kNumTransports; ++t) {
+    Labels l = {{"transport", std::string(NameOf(static_cast<Transport>(t)))}};
+    Builder::Add(conns, l, static_cast<double>(d.server.connections[t]));
+    Builder::Add(conns_total, l,
+                 static_cast<double>(d.server.connections_total[t]));
+  }
+  MetricFamily& hs = b.Family(
+      "nbdmgr_handshake_failures_total",
+      "Connections that ended before choosing an export, by reason.",
+      MetricType::Counter);
+  for (size_t r = 0; r < kNumHandshakeFailures; ++r) {
+    Builder::Add(
+        hs, {{"reason", std::string(NameOf(static_cast<HandshakeFailure>(r)))}},
+        static_cast<double>(d.server.handshake_failures[r]));
+  }
+  auto gauge = [&b](std::string name, std::string help, double v) {
+    Builder::Add(b.Family(std::move(name), std::move(help), MetricType::Gauge),
+                 {}, v);
+  };
+  auto counter = [&b](std::string name, std::string help, double v) {
+    Builder::Add(
+        b.Family(std::move(name), std::move(help), MetricType::Counter), {}, v);
+  };
+  gauge("nbdmgr_daemon_buffer_bytes_in_use",
+        "Request-buffer bytes in use, all exports.",
+        static_cast<double>(d.buffers.bytes_in_use));
+  gauge("nbdmgr_daemon_buffer_pool_cached_bytes",
+        "Idle bytes cached in the shared buffer pool.",
+        static_cast<double>(d.buffers.bytes_cached));
+  gauge("nbdmgr_daemon_buffer_cap_bytes",
+        "The daemon-wide request-buffer cap (0: none).",
+        static_cast<double>(d.buffers.cap_bytes));
+  counter("nbdmgr_daemon_buffer_cap_waits_total",
+          "Requests that waited for the daemon-wide cap.",
+          static_cast<double>(d.buffers.cap_waits));
+  counter("nbdmgr_daemon_buffer_cap_wait_seconds_total",
+          "Time requests spent waiting for the daemon-wide cap.",
+          d.buffers.cap_wait_seconds);
+  Builder::Add(b.Family("nbdmgr_build_info",
+                        "1, labelled with the nbdmgrd version.",
+                        MetricType::Gauge),
+               {{"version", d.version}}, 1);
+  gauge("process_resident_memory_bytes", "Resident memory size in bytes.",
+        static_cast<double>(d.resident_memory_bytes));
+  gauge("process_open_fds", "Number of open file descriptors.",
+        static_cast<double>(d.open_fds));
+  gauge("process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+        d.start_time_seconds);
+}
+
+}  // namespace
+
+std::vector<MetricFamily> ToMetricFamilies(const StatsSnapshot& s) {
+  Builder b;
+  AddRequestFamilies(b, s);
+  AddExportFamilies(b, s);
+  AddDaemonFamilies(b, s);
+  return b.Take();
+}
+
+std::string ToPrometheusText(const StatsSnapshot& s) {
+  return prometheus::TextSerializer().Serialize(ToMetricFamilies(s));
+}
+
+}  // namespace nbdmgr

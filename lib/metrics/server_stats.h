@@ -1,0 +1,65 @@
+#ifndef NBDMGR_LIB_METRICS_SERVER_STATS_H_
+#define NBDMGR_LIB_METRICS_SERVER_STATS_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace nbdmgr {
+
+enum class Transport : uint8_t { kTcp, kUnix };
+inline constexpr size_t kNumTransports = 2;
+std::string_view NameOf(Transport t);  // "tcp", "unix"
+
+// Why a connection ended before it reached transmission.
+enum class HandshakeFailure : uint8_t {
+  kClientClosed,   // ABORT, or the client hung up
+  kProtocolError,  // bad magic, unknown flags, unknown EXPORT_NAME...
+  kLimit,          // a negotiation limit (option count, length...)
+  kTimeout,        // handshake deadline passed
+  kTlsRequired,    // a client that would not start TLS where required
+  kIoError,        // the socket failed
+  kShutdown,       // the daemon or the export went away
+};
+inline constexpr size_t kNumHandshakeFailures = 7;
+// "client_closed", "protocol_error", ...: the `reason` label.
+std::string_view NameOf(HandshakeFailure f);
+// The reason for a failed negotiation's status (by canonical code).
+HandshakeFailure HandshakeFailureFromStatus(const absl::Status& s);
+
+// A plain copy of ServerStats.
+struct ServerCounts {
+  uint64_t connections[kNumTransports] = {};        // open now
+  uint64_t connections_total[kNumTransports] = {};  // accepted ever
+  uint64_t handshake_failures[kNumHandshakeFailures] = {};
+};
+
+// Daemon-wide connection counters. Updated once per connection (accept,
+// close, failed handshake), never per request. Thread-safe.
+class ServerStats {
+ public:
+  void Opened(Transport t) {
+    connections_[Index(t)].fetch_add(1, std::memory_order_relaxed);
+    total_[Index(t)].fetch_add(1, std::memory_order_relaxed);
+  }
+  void Closed(Transport t) {
+    connections_[Index(t)].fetch_sub(1, std::memory_order_relaxed);
+  }
+  void HandshakeFailed(HandshakeFailure f) {
+    failures_[static_cast<size_t>(f)].fetch_add(1, std::memory_order_relaxed);
+  }
+  ServerCounts Snapshot() const;
+
+ private:
+  static size_t Index(Transport t) { return static_cast<size_t>(t); }
+  std::atomic<uint64_t> connections_[kNumTransports] = {};
+  std::atomic<uint64_t> total_[kNumTransports] = {};
+  std::atomic<uint64_t> failures_[kNumHandshakeFailures] = {};
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_METRICS_SERVER_STATS_H_

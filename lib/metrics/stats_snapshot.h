@@ -1,0 +1,52 @@
+#ifndef NBDMGR_LIB_METRICS_STATS_SNAPSHOT_H_
+#define NBDMGR_LIB_METRICS_STATS_SNAPSHOT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lib/metrics/io_stats.h"
+#include "lib/metrics/server_stats.h"
+
+namespace nbdmgr {
+
+// Request-buffer numbers of an export or of the whole daemon.
+struct BufferCounts {
+  uint64_t bytes_in_use = 0;
+  uint64_t bytes_cached = 0;  // export: held idle by connections (fixed,
+                              // grow); daemon: idle in the shared pool
+  uint64_t cap_bytes = 0;     // 0: no cap
+  uint64_t cap_waits = 0;     // requests that waited for the cap
+  double cap_wait_seconds = 0;
+};
+
+struct ExportStats {
+  std::string name;
+  std::string backend;  // "memory", "file", "null"
+  bool draining = false;
+  uint64_t size_bytes = 0;
+  uint64_t clients = 0;
+  IoCounts io;
+  BufferCounts buffers;
+};
+
+struct DaemonStats {
+  std::string version;
+  ServerCounts server;
+  BufferCounts buffers;
+  uint64_t resident_memory_bytes = 0;
+  uint64_t open_fds = 0;
+  double start_time_seconds = 0;  // Unix time
+};
+
+// Every number the daemon reports, taken at one moment: the one model
+// behind /metrics, StatsService.GetStats and `nbdctl stats`.
+struct StatsSnapshot {
+  int64_t time_ns = 0;  // Unix time of the sample
+  DaemonStats daemon;
+  std::vector<ExportStats> exports;  // sorted by name
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_METRICS_STATS_SNAPSHOT_H_
