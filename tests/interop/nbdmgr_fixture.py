@@ -19,6 +19,37 @@ NBDCTL = os.environ.get("NBDCTL") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "cli", "nbdctl")
 
 
+PROTO_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "proto")
+
+
+def grpc_api(control_sock):
+    """Raw gRPC to the daemon with message classes made by protoc --python_out.
+
+    Returns (grpc module, namespace of export/daemon/stats _pb2 modules,
+    call(service, method, request, response_cls)).
+    """
+    import importlib
+    import sys
+    import types
+    import grpc  # python3-grpcio
+    out = tempfile.mkdtemp(prefix="nbdmgr-pb-")
+    run("protoc", f"-I{PROTO_DIR}", f"--python_out={out}", "nbdmgr/v1/export.proto",
+        "nbdmgr/v1/daemon.proto", "nbdmgr/v1/stats.proto")
+    sys.path.insert(0, out)
+    pb = types.SimpleNamespace(
+        **{m: importlib.import_module(f"nbdmgr.v1.{m}_pb2")
+           for m in ("export", "daemon", "stats")})
+    channel = grpc.insecure_channel(f"unix:{control_sock}")
+
+    def call(service, method, request, response_cls):
+        stub = channel.unary_unary(
+            f"/nbdmgr.v1.{service}/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_cls.FromString)
+        return stub(request, timeout=30)
+    return grpc, pb, call
+
+
 def run(*cmd, check=True, timeout=120, **kw):
     """Runs a client tool; on failure the assertion shows its output."""
     p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)

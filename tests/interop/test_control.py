@@ -13,29 +13,15 @@ import unittest
 
 import nbd
 
-from nbdmgr_fixture import NBDCTL, Daemon, random_file, run, sha256
+from nbdmgr_fixture import NBDCTL, Daemon, grpc_api, random_file, run, sha256
 
 MiB = 1 << 20
-PROTO_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "proto")
 
 
 def raw_api(control_sock):
-    """Generic gRPC calls with message classes made by protoc --python_out."""
-    import grpc  # python3-grpcio
-    out = tempfile.mkdtemp(prefix="nbdmgr-pb-")
-    run("protoc", f"-I{PROTO_DIR}", f"--python_out={out}",
-        "nbdmgr/v1/export.proto", "nbdmgr/v1/daemon.proto")
-    sys.path.insert(0, out)
-    from nbdmgr.v1 import export_pb2  # noqa: E402 (generated above)
-    channel = grpc.insecure_channel(f"unix:{control_sock}")
-
-    def call(method, request, response_cls):
-        stub = channel.unary_unary(
-            f"/nbdmgr.v1.ExportService/{method}",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_cls.FromString)
-        return stub(request, timeout=30)
-    return grpc, export_pb2, call
+    """ExportService calls over raw gRPC."""
+    grpc, pb, call = grpc_api(control_sock)
+    return grpc, pb.export, lambda method, req, cls: call("ExportService", method, req, cls)
 
 
 class ControlPlaneTest(unittest.TestCase):

@@ -374,3 +374,45 @@ TEST_F(StreamingTest, SwitchingStrategyAndCapUnderLoadLosesNothing) {
 
 }  // namespace
 }  // namespace nbdmgr::nbd
+
+namespace nbdmgr::nbd {
+namespace {
+
+// The export's counters see every answered request, by op and result, with
+// payload bytes of the successful ones only.
+TEST_F(TransmissionTest, CountsRequestsByOpAndResult) {
+  Go();
+  auto data = Pattern(8192, 5);
+  Expect(kOk, kCmdWrite, 0, 8192, 0, data);
+  Expect(kOk, kCmdWrite, 8192, 8192, kCmdFlagFua, data);
+  EXPECT_EQ(SimpleRead(0, 4096).size(), 4096u);
+  Expect(kEinval, kCmdRead, kSize, 1);      // past the end
+  Expect(kEnospc, kCmdWrite, kSize - 10, 512, 0, Pattern(512, 1));
+  Expect(kEinval, 42, 0, 1);                // unknown command
+  Expect(kOk, kCmdFlush, 0, 0);
+  // A reply is counted just after it is written, so the client may see it
+  // first: wait for the last one.
+  IoCounts c;
+  for (int i = 0; i < 500; ++i) {
+    c = export_->io_stats().Snapshot();
+    if (c.total_requests(IoOp::kFlush) == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(c.requests[0][0], 1u);  // read ok
+  EXPECT_EQ(c.requests[0][static_cast<int>(IoResult::kEinval)], 1u);
+  EXPECT_EQ(c.requests[1][0], 2u);  // write ok
+  EXPECT_EQ(c.requests[1][static_cast<int>(IoResult::kEnospc)], 1u);
+  EXPECT_EQ(c.requests[static_cast<int>(IoOp::kOther)]
+                      [static_cast<int>(IoResult::kEinval)],
+            1u);
+  EXPECT_EQ(c.total_requests(IoOp::kFlush), 1u);
+  EXPECT_EQ(c.bytes_read, 4096u);
+  EXPECT_EQ(c.bytes_written, 16384u);
+  EXPECT_EQ(c.errors(), 3u);
+  uint64_t in_histogram = 0;
+  for (uint64_t n : c.latency[1]) in_histogram += n;
+  EXPECT_EQ(in_histogram, 3u);  // every write has a latency sample
+}
+
+}  // namespace
+}  // namespace nbdmgr::nbd

@@ -1,0 +1,85 @@
+#include "lib/control/stats_convert.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+namespace nbdmgr {
+namespace {
+
+TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
+  StatsSnapshot s;
+  s.time_ns = 1'700'000'000'123'456'789;
+  s.daemon.version = "1.2.3";
+  s.daemon.server.connections[1] = 4;
+  s.daemon.server.connections_total[0] = 9;
+  s.daemon.server.handshake_failures[2] = 1;
+  s.daemon.buffers = {100, 200, 300, 4, 0.5};
+  s.daemon.resident_memory_bytes = 777;
+  s.daemon.open_fds = 12;
+  s.daemon.start_time_seconds = 1'700'000'000;
+  ExportStats e;
+  e.name = "vm1";
+  e.backend = "memory";
+  e.draining = true;
+  e.size_bytes = 1 << 20;
+  e.clients = 3;
+  for (size_t op = 0; op < kNumIoOps; ++op) {
+    for (size_t r = 0; r < kNumIoResults; ++r) e.io.requests[op][r] = op * 100 + r;
+    for (size_t b = 0; b < kNumLatencyBuckets; ++b) e.io.latency[op][b] = b + op;
+    e.io.latency_sum_ns[op] = 123'000 * (op + 1);
+  }
+  e.io.bytes_read = 11;
+  e.io.bytes_written = 22;
+  e.io.in_flight = 5;
+  e.buffers = {1, 2, 3, 4, 5.5};
+  s.exports.push_back(e);
+
+  v1::Stats p = StatsToProto(s);
+  EXPECT_EQ(p.exports(0).name(), "exports/vm1");
+  EXPECT_EQ(p.exports(0).operations(0).op(), "read");
+  EXPECT_EQ(p.exports(0).operations(0).results().at("EIO"), 2u);
+  EXPECT_EQ(p.daemon().connections().at("unix"), 4u);
+
+  StatsSnapshot back = StatsFromProto(p);
+  EXPECT_EQ(back.time_ns, s.time_ns);
+  EXPECT_EQ(back.daemon.version, "1.2.3");
+  EXPECT_EQ(back.daemon.server.connections[1], 4u);
+  EXPECT_EQ(back.daemon.server.connections_total[0], 9u);
+  EXPECT_EQ(back.daemon.server.handshake_failures[2], 1u);
+  EXPECT_EQ(back.daemon.buffers.bytes_cached, 200u);
+  EXPECT_EQ(back.daemon.open_fds, 12u);
+  ASSERT_EQ(back.exports.size(), 1u);
+  const ExportStats& b = back.exports[0];
+  EXPECT_EQ(b.name, "vm1");
+  EXPECT_TRUE(b.draining);
+  EXPECT_EQ(b.clients, 3u);
+  EXPECT_EQ(std::memcmp(b.io.requests, e.io.requests, sizeof e.io.requests), 0);
+  EXPECT_EQ(std::memcmp(b.io.latency, e.io.latency, sizeof e.io.latency), 0);
+  EXPECT_EQ(b.io.latency_sum_ns[3], e.io.latency_sum_ns[3]);
+  EXPECT_EQ(b.io.bytes_written, 22u);
+  EXPECT_EQ(b.io.in_flight, 5u);
+  EXPECT_DOUBLE_EQ(b.buffers.cap_wait_seconds, 5.5);
+}
+
+TEST(StatsConvertTest, UnknownNamesAreSkipped) {
+  v1::Stats p;
+  (*p.mutable_daemon()->mutable_connections())["carrier-pigeon"] = 1;
+  v1::ExportStats* e = p.add_exports();
+  e->set_name("exports/x");
+  v1::OperationStats* o = e->add_operations();
+  o->set_op("defragment");
+  (*o->mutable_results())["ok"] = 5;
+  StatsSnapshot s = StatsFromProto(p);
+  EXPECT_EQ(s.daemon.server.connections[0] + s.daemon.server.connections[1], 0u);
+  ASSERT_EQ(s.exports.size(), 1u);
+  EXPECT_EQ(s.exports[0].io.errors(), 0u);
+  uint64_t total = 0;
+  for (size_t op = 0; op < kNumIoOps; ++op) {
+    total += s.exports[0].io.total_requests(static_cast<IoOp>(op));
+  }
+  EXPECT_EQ(total, 0u);
+}
+
+}  // namespace
+}  // namespace nbdmgr

@@ -1,0 +1,317 @@
+#!/usr/bin/python3
+"""Interop: counters through /metrics, StatsService.GetStats and nbdctl stats,
+and a real Prometheus server scraping the daemon."""
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import urllib.parse
+import urllib.request
+
+from nbdmgr_fixture import (NBDCTL, Daemon, RawClient, grpc_api, random_file,
+                            run)
+
+MiB = 1 << 20
+DEPLOY = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "prometheus")
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_exposition(text):
+    """{(name, frozenset(labels.items())): float} of a text exposition."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, f"malformed exposition line: {line!r}"
+        labels = frozenset(LABEL.findall(m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def value(samples, name, **labels):
+    return samples.get((name, frozenset(labels.items())))
+
+
+def copy(src, dst, *extra):
+    run("nbdcopy", "--connections=1", "--requests=4", "--request-size=1048576",
+        *extra, src, dst)
+
+
+class MetricsTest(unittest.TestCase):
+    def setUp(self):
+        self.d = Daemon(["name=disk,backend=memory,size=16MiB",
+                         "name=other,backend=memory,size=1MiB"]).start()
+        self.addCleanup(self.d.stop)
+
+    def scrape(self):
+        with urllib.request.urlopen(f"http://{self.d.metrics}/metrics", timeout=10) as r:
+            self.assertEqual(r.status, 200)
+            return parse_exposition(r.read().decode())
+
+    def wait_for(self, name, expected, **labels):
+        """Replies are counted just after they are written: wait a little."""
+        deadline = time.time() + 10
+        while True:
+            samples = self.scrape()
+            if value(samples, name, **labels) == expected or time.time() > deadline:
+                return samples
+            time.sleep(0.05)
+
+    def known_io(self):
+        """16 WRITEs of 1 MiB and a FLUSH, 16 READs of 1 MiB, one bad READ."""
+        src = os.path.join(self.d.dir, "src.img")
+        dst = os.path.join(self.d.dir, "dst.img")
+        random_file(src, 16 * MiB)
+        copy(src, self.d.uri("disk"), "--flush")
+        copy(self.d.uri("disk"), dst, "--no-extents")
+        with open(src, "rb") as a, open(dst, "rb") as b:
+            self.assertEqual(a.read(), b.read())
+        c = RawClient(self.d, "disk")
+        c.request(0, 16 * MiB, 512)  # READ past the end
+        self.assertEqual(c.simple_reply()[0], 22)  # EINVAL
+        c.request(2, 0, 0)  # DISC
+        c.close()
+
+    def test_known_io_is_counted_exactly_in_metrics(self):
+        self.known_io()
+        s = self.wait_for("nbdmgr_requests_total", 1, export="disk", op="read",
+                          result="EINVAL")
+        req = "nbdmgr_requests_total"
+        self.assertEqual(value(s, req, export="disk", op="write", result="ok"), 16)
+        self.assertEqual(value(s, req, export="disk", op="read", result="ok"), 16)
+        self.assertEqual(value(s, req, export="disk", op="read", result="EINVAL"), 1)
+        self.assertEqual(value(s, req, export="disk", op="flush", result="ok"), 1)
+        self.assertEqual(value(s, req, export="other", op="read", result="ok"), 0)
+        self.assertEqual(value(s, "nbdmgr_written_bytes_total", export="disk"), 16 * MiB)
+        self.assertEqual(value(s, "nbdmgr_read_bytes_total", export="disk"), 16 * MiB)
+        self.assertEqual(value(s, "nbdmgr_request_duration_seconds_count",
+                               export="disk", op="read"), 17)
+        self.assertEqual(value(s, "nbdmgr_request_duration_seconds_bucket",
+                               export="disk", op="write", le="+Inf"), 16)
+        self.assertGreater(value(s, "nbdmgr_request_duration_seconds_sum",
+                                 export="disk", op="write"), 0)
+        self.assertEqual(value(s, "nbdmgr_requests_in_flight", export="disk"), 0)
+        self.assertEqual(value(s, "nbdmgr_connections_total", transport="unix"), 3)
+        self.assertEqual(value(s, "nbdmgr_connections", transport="unix"), 0)
+        self.assertEqual(value(s, "nbdmgr_export_clients", export="disk"), 0)
+        self.assertEqual(value(s, "nbdmgr_export_size_bytes", export="disk"), 16 * MiB)
+        self.assertEqual(value(s, "nbdmgr_export_info", export="disk",
+                               backend="memory", status="active"), 1)
+        self.assertEqual(value(s, "nbdmgr_buffer_bytes_in_use", export="disk"), 0)
+        self.assertGreater(value(s, "process_resident_memory_bytes"), 1 * MiB)
+        self.assertGreater(value(s, "process_open_fds"), 3)
+        self.assertGreater(value(s, "process_start_time_seconds"), time.time() - 300)
+        self.assertTrue(any(n == "nbdmgr_build_info" for n, _ in s))
+
+    def test_get_stats_and_nbdctl_report_the_same_numbers(self):
+        self.known_io()
+        self.wait_for("nbdmgr_requests_total", 1, export="disk", op="read",
+                      result="EINVAL")
+        grpc, pb, call = grpc_api(self.d.control)
+        stats = call("StatsService", "GetStats", pb.stats.GetStatsRequest(),
+                     pb.stats.Stats)
+        self.assertEqual([e.name for e in stats.exports], ["exports/disk", "exports/other"])
+        disk = stats.exports[0]
+        ops = {o.op: o for o in disk.operations}
+        self.assertEqual(ops["write"].results["ok"], 16)
+        self.assertEqual(ops["read"].results["ok"], 16)
+        self.assertEqual(ops["read"].results["EINVAL"], 1)
+        self.assertEqual(ops["flush"].results["ok"], 1)
+        self.assertEqual(ops["read"].latency[-1].cumulative_count, 17)
+        self.assertEqual(disk.bytes_written, 16 * MiB)
+        self.assertEqual(disk.bytes_read, 16 * MiB)
+        self.assertEqual(stats.daemon.connections_total["unix"], 3)
+
+        one = call("StatsService", "GetStats", pb.stats.GetStatsRequest(name="exports/other"),
+                   pb.stats.Stats)
+        self.assertEqual([e.name for e in one.exports], ["exports/other"])
+        for name, code in (("exports/missing", grpc.StatusCode.NOT_FOUND),
+                           ("disk", grpc.StatusCode.INVALID_ARGUMENT)):
+            with self.assertRaises(grpc.RpcError) as err:
+                call("StatsService", "GetStats", pb.stats.GetStatsRequest(name=name),
+                     pb.stats.Stats)
+            self.assertEqual(err.exception.code(), code, name)
+
+        j = json.loads(self.d.nbdctl("stats", "-o", "json").stdout)
+        disk_j = j["exports"][0]
+        ops_j = {o["op"]: o for o in disk_j["operations"]}
+        self.assertEqual(int(ops_j["write"]["results"]["ok"]), 16)
+        self.assertEqual(int(ops_j["read"]["results"]["EINVAL"]), 1)
+        self.assertEqual(int(disk_j["bytes_written"]), 16 * MiB)
+        self.assertEqual(int(disk_j["bytes_read"]), 16 * MiB)
+
+        # The exposition nbdctl prints is the daemon's.
+        text = self.d.nbdctl("stats", "disk", "-o", "prometheus").stdout
+        mine = parse_exposition(text)
+        served = self.scrape()
+        for key, v in mine.items():
+            if key[0].startswith("nbdmgr_requests_total") or key[0].endswith("_bytes_total"):
+                self.assertEqual(served.get(key), v, key)
+        self.assertEqual(value(mine, "nbdmgr_requests_total", export="disk",
+                               op="write", result="ok"), 16)
+
+    def test_table_shows_rates_while_io_runs(self):
+        src = os.path.join(self.d.dir, "src.img")
+        random_file(src, 16 * MiB)
+        stop = threading.Event()
+
+        def load():
+            while not stop.is_set():
+                copy(src, self.d.uri("disk"))
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            p = self.d.nbdctl("stats", "disk", "--watch", "500ms", "--count", "3")
+        finally:
+            stop.set()
+            t.join()
+        lines = p.stdout.splitlines()
+        headers = [ln for ln in lines if ln.startswith("EXPORT")]
+        self.assertEqual(len(headers), 3, p.stdout)
+        self.assertIn("WR MB/s", headers[0])
+        rows = [ln.split() for ln in lines if ln.startswith("disk ")]
+        self.assertEqual(len(rows), 3, p.stdout)
+        col = headers[0].split().index("WRITE/s")
+        self.assertTrue(any(float(r[col]) > 0 for r in rows), p.stdout)
+        self.assertTrue(all(ln.startswith("daemon:") for ln in lines
+                            if ln and not ln.startswith(("EXPORT", "disk "))), p.stdout)
+
+    def test_nbdctl_stats_errors(self):
+        p = self.d.nbdctl("stats", "-o", "xml", check=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("-o must be", p.stderr)
+        p = self.d.nbdctl("stats", "--watch", "soon", check=False)
+        self.assertEqual(p.returncode, 2)
+        p = self.d.nbdctl("stats", "nosuch", check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("NOT_FOUND", p.stderr)
+        self.assertIn("nosuch", p.stderr)
+
+    def test_handshake_failures_by_reason(self):
+        # A client that sends unknown flags, and one that hangs up.
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(self.d.sock)
+        s.recv(18)
+        s.sendall(struct.pack(">I", 0xFFFFFFFF))
+        s.recv(1)
+        s.close()
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(self.d.sock)
+        s.recv(18)
+        s.close()
+        samples = self.wait_for("nbdmgr_handshake_failures_total", 1, reason="client_closed")
+        self.assertEqual(value(samples, "nbdmgr_handshake_failures_total",
+                               reason="protocol_error"), 1)
+        self.assertEqual(value(samples, "nbdmgr_handshake_failures_total",
+                               reason="client_closed"), 1)
+
+    def test_clients_and_in_flight_are_live(self):
+        c = RawClient(self.d, "disk")
+        s = self.wait_for("nbdmgr_export_clients", 1, export="disk")
+        self.assertEqual(value(s, "nbdmgr_export_clients", export="disk"), 1)
+        self.assertEqual(value(s, "nbdmgr_connections", transport="unix"), 1)
+        c.request(2, 0, 0)
+        c.close()
+        s = self.wait_for("nbdmgr_connections", 0, transport="unix")
+        self.assertEqual(value(s, "nbdmgr_export_clients", export="disk"), 0)
+
+
+class RequestStatsOffTest(unittest.TestCase):
+    def test_off_leaves_request_counters_at_zero(self):
+        d = Daemon(["name=disk,backend=memory,size=16MiB"],
+                   extra=["--request-stats", "off"]).start()
+        self.addCleanup(d.stop)
+        src = os.path.join(d.dir, "src.img")
+        random_file(src, 16 * MiB)
+        copy(src, d.uri("disk"))
+        with urllib.request.urlopen(f"http://{d.metrics}/metrics", timeout=10) as r:
+            s = parse_exposition(r.read().decode())
+        self.assertEqual(value(s, "nbdmgr_requests_total", export="disk", op="write",
+                               result="ok"), 0)
+        self.assertEqual(value(s, "nbdmgr_written_bytes_total", export="disk"), 0)
+        self.assertEqual(value(s, "nbdmgr_connections_total", transport="unix"), 1)
+
+
+class PrometheusEndToEndTest(unittest.TestCase):
+    """A real Prometheus scrapes the daemon and finds the series."""
+
+    def test_rules_are_valid_and_pass_their_unit_tests(self):
+        run("promtool", "check", "rules", os.path.join(DEPLOY, "rules.yml"))
+        run("promtool", "check", "config", os.path.join(DEPLOY, "prometheus.yml"))
+        run("promtool", "test", "rules", os.path.join(DEPLOY, "rules_test.yml"))
+
+    def test_prometheus_scrapes_the_daemon(self):
+        d = Daemon(["name=disk,backend=memory,size=16MiB"]).start()
+        self.addCleanup(d.stop)
+        src = os.path.join(d.dir, "src.img")
+        random_file(src, 16 * MiB)
+        copy(src, d.uri("disk"))
+
+        work = tempfile.mkdtemp(prefix="nbdmgr-prom-")
+        self.addCleanup(shutil.rmtree, work, True)
+        shutil.copy(os.path.join(DEPLOY, "rules.yml"), work)
+        with open(os.path.join(DEPLOY, "prometheus.yml")) as f:
+            config = f.read()
+        self.assertIn('"127.0.0.1:9810"', config)
+        config = (config.replace('"127.0.0.1:9810"', f'"{d.metrics}"')
+                  .replace("scrape_interval: 15s", "scrape_interval: 1s")
+                  .replace("evaluation_interval: 15s", "evaluation_interval: 1s"))
+        with open(os.path.join(work, "prometheus.yml"), "w") as f:
+            f.write(config)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = open(os.path.join(work, "prometheus.log"), "wb")
+        prom = subprocess.Popen(
+            ["prometheus", f"--config.file={work}/prometheus.yml",
+             f"--storage.tsdb.path={work}/data", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=log)
+
+        def stop():
+            prom.terminate()
+            prom.wait(timeout=30)
+            log.close()
+        self.addCleanup(stop)
+
+        def api(path):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/{path}",
+                                        timeout=5) as r:
+                return json.loads(r.read())
+
+        query = urllib.parse.quote('nbdmgr_written_bytes_total{export="disk"}')
+        deadline = time.time() + 90
+        result = []
+        while time.time() < deadline:
+            try:
+                result = api(f"query?query={query}")["data"]["result"]
+            except OSError:
+                result = []
+            if result:
+                break
+            time.sleep(0.5)
+        if not result:
+            self.fail("Prometheus never found the series:\n" +
+                      open(os.path.join(work, "prometheus.log"), errors="replace").read()[-3000:])
+        self.assertEqual(result[0]["metric"]["job"], "nbdmgr")
+        self.assertEqual(result[0]["metric"]["instance"], d.metrics)
+        self.assertEqual(float(result[0]["value"][1]), 16 * MiB)
+        up = api("query?query=" + urllib.parse.quote('up{job="nbdmgr"}'))["data"]["result"]
+        self.assertEqual(up[0]["value"][1], "1")
+        rules = api("rules")["data"]["groups"]
+        names = {r["name"] for g in rules for r in g["rules"]}
+        self.assertIn("NbdmgrBufferCapWaitsRising", names)
+        self.assertIn("NbdmgrDaemonDown", names)
+        self.assertTrue(all(r["health"] in ("ok", "unknown") for g in rules for r in g["rules"]))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,115 @@
+#include "lib/metrics/exposition.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "lib/metrics/server_stats.h"
+
+namespace nbdmgr {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+StatsSnapshot Sample() {
+  StatsSnapshot s;
+  s.daemon.version = "9.9.9";
+  s.daemon.server.connections[static_cast<int>(Transport::kUnix)] = 2;
+  s.daemon.server.connections_total[static_cast<int>(Transport::kTcp)] = 7;
+  s.daemon.server.handshake_failures[static_cast<int>(
+      HandshakeFailure::kProtocolError)] = 3;
+  s.daemon.buffers.bytes_cached = 1 << 20;
+  s.daemon.resident_memory_bytes = 123456;
+  s.daemon.start_time_seconds = 1700000000;
+  ExportStats e;
+  e.name = "disk0";
+  e.backend = "file";
+  e.size_bytes = 1 << 30;
+  e.clients = 1;
+  e.io.requests[static_cast<int>(IoOp::kRead)][0] = 10;
+  e.io.requests[static_cast<int>(IoOp::kRead)]
+               [static_cast<int>(IoResult::kEio)] = 2;
+  e.io.latency[static_cast<int>(IoOp::kRead)][0] = 4;  // <= 10us
+  e.io.latency[static_cast<int>(IoOp::kRead)][6] = 8;  // <= 1ms
+  e.io.latency_sum_ns[static_cast<int>(IoOp::kRead)] = 1'500'000'000;
+  e.io.bytes_read = 40960;
+  e.buffers.cap_bytes = 256 << 20;
+  e.buffers.cap_waits = 5;
+  e.buffers.cap_wait_seconds = 0.25;
+  s.exports.push_back(e);
+  return s;
+}
+
+TEST(ExpositionTest, CountersCarryExportOpAndResultLabels) {
+  std::string text = ToPrometheusText(Sample());
+  EXPECT_THAT(text, HasSubstr("# TYPE nbdmgr_requests_total counter"));
+  EXPECT_THAT(text, HasSubstr(
+      "nbdmgr_requests_total{export=\"disk0\",op=\"read\",result=\"ok\"} 10"));
+  EXPECT_THAT(text, HasSubstr(
+      "nbdmgr_requests_total{export=\"disk0\",op=\"read\",result=\"EIO\"} 2"));
+  // Zero error results are left out; zero ok results are kept.
+  EXPECT_THAT(text, Not(HasSubstr("result=\"EINVAL\"")));
+  EXPECT_THAT(text, HasSubstr(
+      "nbdmgr_requests_total{export=\"disk0\",op=\"write\",result=\"ok\"} 0"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_read_bytes_total{export=\"disk0\"} 40960"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_buffer_cap_bytes{export=\"disk0\"} 268435456"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_buffer_cap_waits_total{export=\"disk0\"} 5"));
+  EXPECT_THAT(text, HasSubstr(
+      "nbdmgr_export_info{export=\"disk0\",backend=\"file\",status=\"active\"} 1"));
+}
+
+TEST(ExpositionTest, LatencyIsACumulativeHistogramInSeconds) {
+  std::string text = ToPrometheusText(Sample());
+  EXPECT_THAT(text, HasSubstr("# TYPE nbdmgr_request_duration_seconds histogram"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_request_duration_seconds_bucket{export="
+                              "\"disk0\",op=\"read\",le=\"1e-05\"} 4"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_request_duration_seconds_bucket{export="
+                              "\"disk0\",op=\"read\",le=\"0.001\"} 12"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_request_duration_seconds_bucket{export="
+                              "\"disk0\",op=\"read\",le=\"+Inf\"} 12"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_request_duration_seconds_sum{export="
+                              "\"disk0\",op=\"read\"} 1.5"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_request_duration_seconds_count{export="
+                              "\"disk0\",op=\"read\"} 12"));
+}
+
+TEST(ExpositionTest, DaemonAndProcessFamilies) {
+  std::string text = ToPrometheusText(Sample());
+  EXPECT_THAT(text, HasSubstr("nbdmgr_connections{transport=\"unix\"} 2"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_connections_total{transport=\"tcp\"} 7"));
+  EXPECT_THAT(text, HasSubstr(
+      "nbdmgr_handshake_failures_total{reason=\"protocol_error\"} 3"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_daemon_buffer_pool_cached_bytes 1048576"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_build_info{version=\"9.9.9\"} 1"));
+  EXPECT_THAT(text, HasSubstr("process_resident_memory_bytes 123456"));
+  EXPECT_THAT(text, HasSubstr("process_start_time_seconds 1700000000"));
+}
+
+TEST(HandshakeFailureTest, ReasonFollowsTheStatusCode) {
+  EXPECT_EQ(HandshakeFailureFromStatus(absl::CancelledError("abort")),
+            HandshakeFailure::kClientClosed);
+  EXPECT_EQ(HandshakeFailureFromStatus(absl::InvalidArgumentError("magic")),
+            HandshakeFailure::kProtocolError);
+  EXPECT_EQ(HandshakeFailureFromStatus(absl::ResourceExhaustedError("opts")),
+            HandshakeFailure::kLimit);
+  EXPECT_EQ(HandshakeFailureFromStatus(absl::UnavailableError("reset")),
+            HandshakeFailure::kIoError);
+}
+
+TEST(ServerStatsTest, CountsOpenAndTotalByTransport) {
+  ServerStats s;
+  s.Opened(Transport::kTcp);
+  s.Opened(Transport::kTcp);
+  s.Opened(Transport::kUnix);
+  s.Closed(Transport::kTcp);
+  s.HandshakeFailed(HandshakeFailure::kTimeout);
+  ServerCounts c = s.Snapshot();
+  EXPECT_EQ(c.connections[0], 1u);
+  EXPECT_EQ(c.connections_total[0], 2u);
+  EXPECT_EQ(c.connections[1], 1u);
+  EXPECT_EQ(c.handshake_failures[static_cast<int>(HandshakeFailure::kTimeout)],
+            1u);
+}
+
+}  // namespace
+}  // namespace nbdmgr
