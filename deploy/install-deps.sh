@@ -10,7 +10,7 @@ PKGS=(
   libboost1.81-dev libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   protobuf-compiler libgtest-dev libgmock-dev libspdlog-dev liburing-dev prometheus-cpp-dev
   # interop peers and benchmark tools
-  libnbd-bin python3 python3-libnbd qemu-utils nbdkit fio procps
+  libnbd-bin python3 python3-libnbd qemu-utils nbdkit fio procps curl
   python3-grpcio python3-protobuf openssl prometheus
 )
 

@@ -1,5 +1,6 @@
 #include "lib/buffer/buffer_policy.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
@@ -100,7 +101,18 @@ ExportBuffers::ExportBuffers(BufferSystem& system, BufferSettings settings)
 ExportBuffers::~ExportBuffers() = default;
 
 std::unique_ptr<ConnectionBuffers> ExportBuffers::NewConnection() {
-  return std::make_unique<ConnectionBuffers>(*this);
+  auto c = std::make_unique<ConnectionBuffers>(*this);
+  std::lock_guard lock(conns_mu_);
+  conns_.push_back(c.get());
+  return c;
+}
+
+void ExportBuffers::Retire(const ConnectionBuffers* c) {
+  std::lock_guard lock(conns_mu_);
+  retired_allocations_ += ConnectionBuffers::Get(c->allocations_);
+  retired_reuses_ += ConnectionBuffers::Get(c->reuses_);
+  retired_streamed_ += ConnectionBuffers::Get(c->streamed_);
+  conns_.erase(std::remove(conns_.begin(), conns_.end(), c), conns_.end());
 }
 
 void ExportBuffers::Update(const BufferSettings& settings) {
@@ -110,15 +122,23 @@ void ExportBuffers::Update(const BufferSettings& settings) {
 }
 
 ExportBufferStats ExportBuffers::stats() const {
-  MemoryBudgetStats b = budget_.stats();
   ExportBufferStats s;
-  s.in_use = b.used - std::min(b.used, cached_.load(std::memory_order_relaxed));
-  s.cached = cached_.load(std::memory_order_relaxed);
-  s.allocations = allocations_.load(std::memory_order_relaxed);
-  s.reuses = reuses_.load(std::memory_order_relaxed);
+  {
+    std::lock_guard lock(conns_mu_);
+    s.allocations = retired_allocations_;
+    s.reuses = retired_reuses_;
+    s.streamed = retired_streamed_;
+    for (const ConnectionBuffers* c : conns_) {
+      s.cached += ConnectionBuffers::Get(c->idle_bytes_);
+      s.allocations += ConnectionBuffers::Get(c->allocations_);
+      s.reuses += ConnectionBuffers::Get(c->reuses_);
+      s.streamed += ConnectionBuffers::Get(c->streamed_);
+    }
+  }
+  MemoryBudgetStats b = budget_.stats();
+  s.in_use = b.used - std::min(b.used, s.cached);
   s.cap_waits = b.waits + daemon_waits_.load(std::memory_order_relaxed);
   s.wait_ns = b.wait_ns + daemon_wait_ns_.load(std::memory_order_relaxed);
-  s.streamed = streamed_.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -151,11 +171,12 @@ ConnectionBuffers::ConnectionBuffers(ExportBuffers& owner) : owner_(owner) {}
 
 ConnectionBuffers::~ConnectionBuffers() {
   for (const Held& h : idle_) FreeHeld(h);
+  owner_.Retire(this);
 }
 
 void ConnectionBuffers::FreeHeld(const Held& h) {
   FreePages(h.data, h.capacity);
-  owner_.cached_.fetch_sub(h.capacity, std::memory_order_relaxed);
+  Add(idle_bytes_, -static_cast<int64_t>(h.capacity));
   owner_.Uncharge(h.capacity);
 }
 
@@ -164,7 +185,7 @@ bool ConnectionBuffers::ShouldStream(size_t size) {
   size_t charge = size;
   switch (s.strategy) {
     case BufferStrategy::kStream:
-      owner_.streamed_.fetch_add(1, std::memory_order_relaxed);
+      Add(streamed_, 1);
       return true;
     case BufferStrategy::kFixed:
       charge = owner_.system_.max_payload();
@@ -180,7 +201,7 @@ bool ConnectionBuffers::ShouldStream(size_t size) {
       break;
   }
   bool stream = !owner_.Fits(charge);
-  if (stream) owner_.streamed_.fetch_add(1, std::memory_order_relaxed);
+  if (stream) Add(streamed_, 1);
   return stream;
 }
 
@@ -209,7 +230,7 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
         owner_.Uncharge(size);
         co_return BufferLease();
       }
-      owner_.allocations_.fetch_add(1, std::memory_order_relaxed);
+      Add(allocations_, 1);
       co_return BufferLease(owner_.heap_.get(), p, size, size, size);
     }
     case BufferStrategy::kFixed:
@@ -220,8 +241,8 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
         if (idle_[i].capacity >= size) {
           Held h = idle_[i];
           idle_.erase(idle_.begin() + static_cast<ptrdiff_t>(i));
-          owner_.cached_.fetch_sub(h.capacity, std::memory_order_relaxed);
-          owner_.reuses_.fetch_add(1, std::memory_order_relaxed);
+          Add(idle_bytes_, -static_cast<int64_t>(h.capacity));
+          Add(reuses_, 1);
           co_return BufferLease(this, h.data, size, h.capacity, h.capacity);
         }
       }
@@ -236,12 +257,12 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
       // for a cap could wait forever: if it does not fit now, the caller
       // streams this request instead.
       if (!owner_.budget_.TryCharge(capacity)) {
-        owner_.streamed_.fetch_add(1, std::memory_order_relaxed);
+        Add(streamed_, 1);
         co_return BufferLease();
       }
       if (!owner_.system_.budget().TryCharge(capacity)) {
         owner_.budget_.Release(capacity);
-        owner_.streamed_.fetch_add(1, std::memory_order_relaxed);
+        Add(streamed_, 1);
         co_return BufferLease();
       }
       uint8_t* p = AllocatePages(capacity);
@@ -249,7 +270,7 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
         owner_.Uncharge(capacity);
         co_return BufferLease();
       }
-      owner_.allocations_.fetch_add(1, std::memory_order_relaxed);
+      Add(allocations_, 1);
       co_return BufferLease(this, p, size, capacity, capacity);
     }
     case BufferStrategy::kPool:
@@ -267,9 +288,9 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
         co_return BufferLease();
       }
       if (reused) {
-        owner_.reuses_.fetch_add(1, std::memory_order_relaxed);
+        Add(reuses_, 1);
       } else {
-        owner_.allocations_.fetch_add(1, std::memory_order_relaxed);
+        Add(allocations_, 1);
       }
       co_return BufferLease(owner_.pool_.get(), p, size, capacity, capacity);
     }
@@ -289,7 +310,7 @@ void ConnectionBuffers::Release(uint8_t* data, size_t capacity,
     return;
   }
   idle_.push_back(Held{data, capacity});
-  owner_.cached_.fetch_add(capacity, std::memory_order_relaxed);
+  Add(idle_bytes_, static_cast<int64_t>(capacity));
 }
 
 }  // namespace nbdmgr

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "lib/buffer/buffer_pool.h"
 #include "lib/buffer/buffer_source.h"
@@ -108,10 +109,13 @@ class ExportBuffers {
   MemoryBudget budget_;
   std::unique_ptr<HeapReleaser> heap_;
   std::unique_ptr<PoolReleaser> pool_;
-  std::atomic<uint64_t> cached_{0};
-  std::atomic<uint64_t> allocations_{0};
-  std::atomic<uint64_t> reuses_{0};
-  std::atomic<uint64_t> streamed_{0};
+  // Counters of connections that ended; live ones are summed on read.
+  void Retire(const ConnectionBuffers* c);
+  mutable std::mutex conns_mu_;
+  std::vector<const ConnectionBuffers*> conns_ ABSL_GUARDED_BY(conns_mu_);
+  uint64_t retired_allocations_ ABSL_GUARDED_BY(conns_mu_) = 0;
+  uint64_t retired_reuses_ ABSL_GUARDED_BY(conns_mu_) = 0;
+  uint64_t retired_streamed_ ABSL_GUARDED_BY(conns_mu_) = 0;
   std::atomic<uint64_t> daemon_waits_{0};
   std::atomic<uint64_t> daemon_wait_ns_{0};
 };
@@ -139,9 +143,26 @@ class ConnectionBuffers final : public RequestBufferSource,
   };
   void FreeHeld(const Held& h);
 
+  friend class ExportBuffers;
+  // This connection's counters: written on its executor only, read by
+  // ExportBuffers::stats() from any thread (single-writer relaxed atomics,
+  // so counting costs plain stores and shares no cache line).
+  using Counter = std::atomic<uint64_t>;
+  static void Add(Counter& c, int64_t by) {
+    c.store(c.load(std::memory_order_relaxed) + static_cast<uint64_t>(by),
+            std::memory_order_relaxed);
+  }
+  static uint64_t Get(const Counter& c) {
+    return c.load(std::memory_order_relaxed);
+  }
+
   ExportBuffers& owner_;
   std::vector<Held> idle_;  // fixed/grow buffers not in use
   BufferStrategy idle_strategy_ = BufferStrategy::kPool;
+  Counter idle_bytes_{0};  // capacity of idle_
+  Counter allocations_{0};
+  Counter reuses_{0};
+  Counter streamed_{0};
 };
 
 }  // namespace nbdmgr

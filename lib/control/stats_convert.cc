@@ -18,12 +18,16 @@ v1::BufferStats BuffersToProto(const BufferCounts& b) {
   p.set_cap_bytes(b.cap_bytes);
   p.set_cap_waits(b.cap_waits);
   p.set_cap_wait_seconds(b.cap_wait_seconds);
+  p.set_allocations(b.allocations);
+  p.set_reuses(b.reuses);
+  p.set_streamed(b.streamed);
   return p;
 }
 
 BufferCounts BuffersFromProto(const v1::BufferStats& p) {
-  return BufferCounts{p.bytes_in_use(), p.bytes_cached(), p.cap_bytes(),
-                      p.cap_waits(), p.cap_wait_seconds()};
+  return BufferCounts{p.bytes_in_use(), p.bytes_cached(),     p.cap_bytes(),
+                      p.cap_waits(),    p.cap_wait_seconds(), p.allocations(),
+                      p.reuses(),       p.streamed()};
 }
 
 // Index of `name` among NameOf(Enum(0..n-1)), or n.
@@ -90,8 +94,9 @@ v1::Stats StatsToProto(const StatsSnapshot& s) {
         cumulative += e.io.latency[op][b];
         v1::LatencyBucket* lb = o->add_latency();
         lb->set_upper_bound_seconds(
-            b < kLatencyBounds.size() ? kLatencyBounds[b]
-                                      : std::numeric_limits<double>::infinity());
+            b < kLatencyBounds.size()
+                ? kLatencyBounds[b]
+                : std::numeric_limits<double>::infinity());
         lb->set_cumulative_count(cumulative);
       }
       o->set_latency_sum_seconds(static_cast<double>(e.io.latency_sum_ns[op]) /
@@ -110,8 +115,7 @@ StatsSnapshot StatsFromProto(const v1::Stats& p) {
                            s.daemon.server.connections);
   CountsFromMap<Transport>(d.connections_total(), kNumTransports,
                            s.daemon.server.connections_total);
-  CountsFromMap<HandshakeFailure>(d.handshake_failures(),
-                                  kNumHandshakeFailures,
+  CountsFromMap<HandshakeFailure>(d.handshake_failures(), kNumHandshakeFailures,
                                   s.daemon.server.handshake_failures);
   s.daemon.buffers = BuffersFromProto(d.buffers());
   s.daemon.resident_memory_bytes = d.resident_memory_bytes();

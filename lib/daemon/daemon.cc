@@ -106,9 +106,8 @@ absl::Status Daemon::StartControl() {
   o.tls_key_file = config_.control_tls_key;
   o.tls_client_ca_file = config_.control_tls_ca;
   o.insecure = config_.control_insecure;
-  absl::StatusOr<std::unique_ptr<ControlServer>> control =
-      ControlServer::Start(o, {export_service_.get(), daemon_service_.get(),
-                                 stats_service_.get()});
+  absl::StatusOr<std::unique_ptr<ControlServer>> control = ControlServer::Start(
+      o, {export_service_.get(), daemon_service_.get(), stats_service_.get()});
   if (!control.ok()) return control.status();
   control_ = std::move(*control);
   return absl::OkStatus();
@@ -170,6 +169,9 @@ StatsSnapshot Daemon::CollectStats() const {
     es.buffers.cap_bytes = e->buffers().current()->memory_cap_bytes;
     es.buffers.cap_waits = eb.cap_waits;
     es.buffers.cap_wait_seconds = static_cast<double>(eb.wait_ns) / 1e9;
+    es.buffers.allocations = eb.allocations;
+    es.buffers.reuses = eb.reuses;
+    es.buffers.streamed = eb.streamed;
   }
   return s;
 }

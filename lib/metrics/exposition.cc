@@ -76,16 +76,18 @@ void AddRequestFamilies(Builder& b, const StatsSnapshot& s) {
         total += n;
         // Zero results other than ok are left out to keep series few.
         if (n == 0 && r != 0) continue;
-        Builder::Add(req,
-                     {{"export", e.name},
-                      {"op", op_name},
-                      {"result", std::string(NameOf(static_cast<IoResult>(r)))}},
-                     static_cast<double>(n));
+        Builder::Add(
+            req,
+            {{"export", e.name},
+             {"op", op_name},
+             {"result", std::string(NameOf(static_cast<IoResult>(r)))}},
+            static_cast<double>(n));
       }
       ClientMetric m;
       m.label = {{"export", e.name}, {"op", op_name}};
       m.histogram.sample_count = total;
-      m.histogram.sample_sum = static_cast<double>(e.io.latency_sum_ns[op]) / 1e9;
+      m.histogram.sample_sum =
+          static_cast<double>(e.io.latency_sum_ns[op]) / 1e9;
       uint64_t cumulative = 0;
       for (size_t i = 0; i < kNumLatencyBuckets; ++i) {
         cumulative += e.io.latency[op][i];
@@ -112,10 +114,10 @@ void AddRequestFamilies(Builder& b, const StatsSnapshot& s) {
 }
 
 void AddExportFamilies(Builder& b, const StatsSnapshot& s) {
-  MetricFamily& info = b.Family(
-      "nbdmgr_export_info",
-      "1 for every export served, with its backend and status.",
-      MetricType::Gauge);
+  MetricFamily& info =
+      b.Family("nbdmgr_export_info",
+               "1 for every export served, with its backend and status.",
+               MetricType::Gauge);
   for (const ExportStats& e : s.exports) {
     Builder::Add(info,
                  {{"export", e.name},
@@ -124,7 +126,8 @@ void AddExportFamilies(Builder& b, const StatsSnapshot& s) {
                  1);
   }
   PerExport(b, s, "nbdmgr_export_size_bytes", "Size of the export.",
-            MetricType::Gauge, [](const ExportStats& e) { return e.size_bytes; });
+            MetricType::Gauge,
+            [](const ExportStats& e) { return e.size_bytes; });
   PerExport(b, s, "nbdmgr_export_clients",
             "Clients connected to the export (in transmission).",
             MetricType::Gauge, [](const ExportStats& e) { return e.clients; });
@@ -145,6 +148,19 @@ void AddExportFamilies(Builder& b, const StatsSnapshot& s) {
             "export's or the daemon's).",
             MetricType::Counter,
             [](const ExportStats& e) { return e.buffers.cap_waits; });
+  PerExport(b, s, "nbdmgr_buffer_allocations_total",
+            "Request buffers the export obtained from the OS (new memory).",
+            MetricType::Counter,
+            [](const ExportStats& e) { return e.buffers.allocations; });
+  PerExport(b, s, "nbdmgr_buffer_reuses_total",
+            "Requests of the export served by an existing buffer.",
+            MetricType::Counter,
+            [](const ExportStats& e) { return e.buffers.reuses; });
+  PerExport(b, s, "nbdmgr_buffer_streamed_requests_total",
+            "Requests of the export moved in chunks without a request-sized "
+            "buffer (stream strategy, or too large for a cap).",
+            MetricType::Counter,
+            [](const ExportStats& e) { return e.buffers.streamed; });
   PerExport(b, s, "nbdmgr_buffer_cap_wait_seconds_total",
             "Time requests of the export spent waiting for a memory cap.",
             MetricType::Counter,
@@ -165,10 +181,10 @@ void AddDaemonFamilies(Builder& b, const StatsSnapshot& s) {
     Builder::Add(conns_total, l,
                  static_cast<double>(d.server.connections_total[t]));
   }
-  MetricFamily& hs = b.Family(
-      "nbdmgr_handshake_failures_total",
-      "Connections that ended before choosing an export, by reason.",
-      MetricType::Counter);
+  MetricFamily& hs =
+      b.Family("nbdmgr_handshake_failures_total",
+               "Connections that ended before choosing an export, by reason.",
+               MetricType::Counter);
   for (size_t r = 0; r < kNumHandshakeFailures; ++r) {
     Builder::Add(
         hs, {{"reason", std::string(NameOf(static_cast<HandshakeFailure>(r)))}},
@@ -197,10 +213,10 @@ void AddDaemonFamilies(Builder& b, const StatsSnapshot& s) {
   counter("nbdmgr_daemon_buffer_cap_wait_seconds_total",
           "Time requests spent waiting for the daemon-wide cap.",
           d.buffers.cap_wait_seconds);
-  Builder::Add(b.Family("nbdmgr_build_info",
-                        "1, labelled with the nbdmgrd version.",
-                        MetricType::Gauge),
-               {{"version", d.version}}, 1);
+  Builder::Add(
+      b.Family("nbdmgr_build_info", "1, labelled with the nbdmgrd version.",
+               MetricType::Gauge),
+      {{"version", d.version}}, 1);
   gauge("process_resident_memory_bytes", "Resident memory size in bytes.",
         static_cast<double>(d.resident_memory_bytes));
   gauge("process_open_fds", "Number of open file descriptors.",

@@ -18,6 +18,10 @@ struct BufferCounts {
   uint64_t cap_bytes = 0;     // 0: no cap
   uint64_t cap_waits = 0;     // requests that waited for the cap
   double cap_wait_seconds = 0;
+  // Export only: how requests got their buffers.
+  uint64_t allocations = 0;  // new buffers obtained from the OS
+  uint64_t reuses = 0;       // requests served by an existing buffer
+  uint64_t streamed = 0;     // requests moved in chunks, without a buffer
 };
 
 struct ExportStats {

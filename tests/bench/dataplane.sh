@@ -38,41 +38,10 @@ uri() {  # uri SERVER TRANSPORT
 
 # Prefill both disks with random data (first writes to a fresh nbdkit disk
 # are much slower than rewrites; nbdcopy skips holes).
-head -c 1G /dev/urandom > "$WORK/src.img"
+SRC_IMG=$WORK/src.img
+head -c 1G /dev/urandom > "$SRC_IMG"
 for s in nbdmgrd nbdkit; do
-  nbdcopy --no-extents -C 4 -T 4 "$WORK/src.img" "$(uri $s unix)"
+  nbdcopy --no-extents -C 4 -T 4 "$SRC_IMG" "$(uri $s unix)"
 done
 
-JOBS=("seq read 1MiB qd8|read 1M 8" "seq write 1MiB qd8|write 1M 8"
-      "rand read 4KiB qd32|randread 4k 32" "rand write 4KiB qd32|randwrite 4k 32")
-declare -A R
-for round in $(seq 1 "$ROUNDS"); do
-  order=(nbdmgrd nbdkit); [ $((round % 2)) -eq 0 ] && order=(nbdkit nbdmgrd)
-  for t in unix tcp; do
-    for job in "${JOBS[@]}"; do
-      name=${job%%|*}; read -r rw bs qd <<<"${job#*|}"
-      for s in "${order[@]}"; do
-        R["$t|$name|$s"]+=" $(fio_mbps "$(uri $s $t)" "$rw" "$bs" "$qd" "$SECS")"
-      done
-    done
-    for s in "${order[@]}"; do
-      sec=$(seconds nbdcopy --no-extents "$WORK/src.img" "$(uri $s $t)")
-      R["$t|nbdcopy 1GiB file->nbd|$s"]+=" $($PY -c "print(round(1073.741824/$sec,1))")"
-      sec=$(seconds nbdcopy --no-extents "$(uri $s $t)" null:)
-      R["$t|nbdcopy 1GiB nbd->null|$s"]+=" $($PY -c "print(round(1073.741824/$sec,1))")"
-    done
-  done
-  echo "round $round done" >&2
-done
-
-printf '\n%-6s %-26s %12s %12s %7s\n' transport job "nbdmgrd MB/s" "nbdkit MB/s" ratio
-for t in unix tcp; do
-  for name in "seq read 1MiB qd8" "seq write 1MiB qd8" "rand read 4KiB qd32" \
-              "rand write 4KiB qd32" "nbdcopy 1GiB file->nbd" "nbdcopy 1GiB nbd->null"; do
-    # shellcheck disable=SC2086
-    m=$(median ${R["$t|$name|nbdmgrd"]}); k=$(median ${R["$t|$name|nbdkit"]})
-    printf '%-6s %-26s %12s %12s %7s\n' "$t" "$name" "$m" "$k" \
-      "$($PY -c "print(f'{$m/$k:.2f}')")"
-  done
-done
-echo "(medians of $ROUNDS rounds, ${SECS}s per fio job; $(nproc) cores)"
+bench_matrix nbdmgrd nbdkit

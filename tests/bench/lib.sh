@@ -50,3 +50,50 @@ seconds() {
 }
 
 median() { $PY -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:] if x!="nan"]; print(round(statistics.median(v),1) if v else "nan")' "$@"; }
+
+# bench_matrix A B: runs the data-plane matrix (fio seq/rand read/write and
+# nbdcopy in and out, over unix and tcp) against servers A and B, alternating
+# which goes first every round, and prints a table of medians with the ratio
+# A/B. The caller defines `uri SERVER TRANSPORT` and SRC_IMG (a 1 GiB file),
+# and may define `before_job SERVER` / `after_job SERVER` hooks.
+bench_matrix() {
+  local a=$1 b=$2 round t job name rw bs qd s sec m k
+  local jobs=("seq read 1MiB qd8|read 1M 8" "seq write 1MiB qd8|write 1M 8"
+              "rand read 4KiB qd32|randread 4k 32" "rand write 4KiB qd32|randwrite 4k 32")
+  declare -A R
+  declare -F before_job >/dev/null || before_job() { :; }
+  declare -F after_job >/dev/null || after_job() { :; }
+  for round in $(seq 1 "$ROUNDS"); do
+    local order=("$a" "$b"); [ $((round % 2)) -eq 0 ] && order=("$b" "$a")
+    for t in unix tcp; do
+      for job in "${jobs[@]}"; do
+        name=${job%%|*}; read -r rw bs qd <<<"${job#*|}"
+        for s in "${order[@]}"; do
+          before_job "$s"
+          R["$t|$name|$s"]+=" $(fio_mbps "$(uri "$s" "$t")" "$rw" "$bs" "$qd" "$SECS")"
+          after_job "$s"
+        done
+      done
+      for s in "${order[@]}"; do
+        before_job "$s"
+        sec=$(seconds nbdcopy --no-extents "$SRC_IMG" "$(uri "$s" "$t")")
+        R["$t|nbdcopy 1GiB file->nbd|$s"]+=" $($PY -c "print(round(1073.741824/$sec,1))")"
+        sec=$(seconds nbdcopy --no-extents "$(uri "$s" "$t")" null:)
+        R["$t|nbdcopy 1GiB nbd->null|$s"]+=" $($PY -c "print(round(1073.741824/$sec,1))")"
+        after_job "$s"
+      done
+    done
+    echo "round $round done" >&2
+  done
+  printf '\n%-6s %-26s %14s %14s %7s\n' transport job "$a MB/s" "$b MB/s" ratio
+  for t in unix tcp; do
+    for name in "seq read 1MiB qd8" "seq write 1MiB qd8" "rand read 4KiB qd32" \
+                "rand write 4KiB qd32" "nbdcopy 1GiB file->nbd" "nbdcopy 1GiB nbd->null"; do
+      # shellcheck disable=SC2086
+      m=$(median ${R["$t|$name|$a"]}); k=$(median ${R["$t|$name|$b"]})
+      printf '%-6s %-26s %14s %14s %7s\n' "$t" "$name" "$m" "$k" \
+        "$($PY -c "print(f'{$m/$k:.3f}')")"
+    done
+  done
+  echo "(medians of $ROUNDS rounds, ${SECS}s per fio job; $(nproc) cores)"
+}

@@ -25,14 +25,16 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   e.size_bytes = 1 << 20;
   e.clients = 3;
   for (size_t op = 0; op < kNumIoOps; ++op) {
-    for (size_t r = 0; r < kNumIoResults; ++r) e.io.requests[op][r] = op * 100 + r;
-    for (size_t b = 0; b < kNumLatencyBuckets; ++b) e.io.latency[op][b] = b + op;
+    for (size_t r = 0; r < kNumIoResults; ++r)
+      e.io.requests[op][r] = op * 100 + r;
+    for (size_t b = 0; b < kNumLatencyBuckets; ++b)
+      e.io.latency[op][b] = b + op;
     e.io.latency_sum_ns[op] = 123'000 * (op + 1);
   }
   e.io.bytes_read = 11;
   e.io.bytes_written = 22;
   e.io.in_flight = 5;
-  e.buffers = {1, 2, 3, 4, 5.5};
+  e.buffers = {1, 2, 3, 4, 5.5, 6, 7, 8};
   s.exports.push_back(e);
 
   v1::Stats p = StatsToProto(s);
@@ -60,6 +62,9 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   EXPECT_EQ(b.io.bytes_written, 22u);
   EXPECT_EQ(b.io.in_flight, 5u);
   EXPECT_DOUBLE_EQ(b.buffers.cap_wait_seconds, 5.5);
+  EXPECT_EQ(b.buffers.allocations, 6u);
+  EXPECT_EQ(b.buffers.reuses, 7u);
+  EXPECT_EQ(b.buffers.streamed, 8u);
 }
 
 TEST(StatsConvertTest, UnknownNamesAreSkipped) {
@@ -71,7 +76,8 @@ TEST(StatsConvertTest, UnknownNamesAreSkipped) {
   o->set_op("defragment");
   (*o->mutable_results())["ok"] = 5;
   StatsSnapshot s = StatsFromProto(p);
-  EXPECT_EQ(s.daemon.server.connections[0] + s.daemon.server.connections[1], 0u);
+  EXPECT_EQ(s.daemon.server.connections[0] + s.daemon.server.connections[1],
+            0u);
   ASSERT_EQ(s.exports.size(), 1u);
   EXPECT_EQ(s.exports[0].io.errors(), 0u);
   uint64_t total = 0;
