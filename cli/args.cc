@@ -14,8 +14,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& words,
       a.help = true;
       continue;
     }
-    const bool short_flag = w.size() == 2 && w[0] == '-' &&
-                            with_value.contains(w);  // e.g. -o
+    const bool short_flag =
+        w.size() == 2 && w[0] == '-' && with_value.contains(w);  // e.g. -o
     if ((!w.starts_with("--") && !short_flag) || w == "--") {
       a.positional.push_back(w);
       continue;

@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <thread>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "lib/control/proto_convert.h"
@@ -74,8 +74,7 @@ Rates RatesBetween(const IoCounts& a, const IoCounts& b, double seconds) {
   r.write_mbps = delta(a.bytes_written, b.bytes_written) / seconds / 1e6;
   r.errors_per_s = delta(a.errors(), b.errors()) / seconds;
   if (all > 0) {
-    r.mean_latency_ms =
-        delta(TotalLatencyNs(a), TotalLatencyNs(b)) / all / 1e6;
+    r.mean_latency_ms = delta(TotalLatencyNs(a), TotalLatencyNs(b)) / all / 1e6;
   }
   return r;
 }
@@ -92,12 +91,13 @@ void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
       if (b.name == e.name) prev = b.io;
     }
     Rates r = RatesBetween(prev, e.io, seconds);
-    std::printf("%-16s %7llu %9.0f %9.0f %8.1f %8.1f %7.1f %7llu %8.3f %10s %9llu\n",
-                e.name.c_str(), static_cast<unsigned long long>(e.clients),
-                r.read_iops, r.write_iops, r.read_mbps, r.write_mbps,
-                r.errors_per_s, static_cast<unsigned long long>(e.io.in_flight),
-                r.mean_latency_ms, FormatSize(e.buffers.bytes_in_use).c_str(),
-                static_cast<unsigned long long>(e.buffers.cap_waits));
+    std::printf(
+        "%-16s %7llu %9.0f %9.0f %8.1f %8.1f %7.1f %7llu %8.3f %10s %9llu\n",
+        e.name.c_str(), static_cast<unsigned long long>(e.clients), r.read_iops,
+        r.write_iops, r.read_mbps, r.write_mbps, r.errors_per_s,
+        static_cast<unsigned long long>(e.io.in_flight), r.mean_latency_ms,
+        FormatSize(e.buffers.bytes_in_use).c_str(),
+        static_cast<unsigned long long>(e.buffers.cap_waits));
   }
   const DaemonStats& d = now.daemon;
   uint64_t open = 0;

@@ -176,7 +176,8 @@ grpc::Status StatsServiceImpl::GetStats(grpc::ServerContext*,
   }
   StatsSnapshot s = collect_();
   if (!id.empty()) {
-    std::erase_if(s.exports, [&](const ExportStats& e) { return e.name != id; });
+    std::erase_if(s.exports,
+                  [&](const ExportStats& e) { return e.name != id; });
     if (s.exports.empty()) {
       return ToGrpcStatus(
           absl::NotFoundError(absl::StrCat("export \"", id, "\" not found")));

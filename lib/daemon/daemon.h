@@ -11,9 +11,9 @@
 #include "lib/control/export_manager.h"
 #include "lib/control/grpc_service.h"
 #include "lib/daemon/daemon_config.h"
+#include "lib/export/export_registry.h"
 #include "lib/metrics/metrics_server.h"
 #include "lib/metrics/stats_snapshot.h"
-#include "lib/export/export_registry.h"
 #include "lib/nbd/server.h"
 
 namespace nbdmgr {

@@ -215,8 +215,8 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       }
     } else if (flag == "--request-stats") {
       if (value != "on" && value != "off") {
-        return FlagError(flag, absl::StrCat("expected on or off, got \"",
-                                            value, "\""));
+        return FlagError(
+            flag, absl::StrCat("expected on or off, got \"", value, "\""));
       }
       c.request_stats = value == "on";
     }

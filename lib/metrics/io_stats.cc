@@ -6,7 +6,7 @@ namespace nbdmgr {
 
 std::string_view NameOf(IoOp op) {
   static constexpr std::string_view kNames[kNumIoOps] = {
-      "read",  "write", "flush",        "trim",
+      "read",         "write", "flush",        "trim",
       "write_zeroes", "cache", "block_status", "other"};
   return kNames[static_cast<size_t>(op)];
 }

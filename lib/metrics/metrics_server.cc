@@ -28,9 +28,9 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   // prometheus-cpp (civetweb) reports bind failures by throwing; this is the
   // edge where that becomes a Status.
   try {
-    s->exposer_ = std::make_unique<prometheus::Exposer>(
-        std::vector<std::string>{"listening_ports", address, "num_threads",
-                                 "2"});
+    s->exposer_ =
+        std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+            "listening_ports", address, "num_threads", "2"});
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat(
         "metrics listener ", address, ": cannot listen (", e.what(), ")"));
@@ -38,8 +38,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   s->exposer_->RegisterCollectable(s->collector_);
   std::vector<int> ports = s->exposer_->GetListeningPorts();
   std::string host = address.substr(0, address.rfind(':'));
-  s->bound_ =
-      ports.empty() ? address : absl::StrCat(host, ":", ports.front());
+  s->bound_ = ports.empty() ? address : absl::StrCat(host, ":", ports.front());
   return s;
 }
 

@@ -101,8 +101,9 @@ void ReplyWriter::RecordBatch() {
   for (const auto& r : batch_) {
     const RequestRecord& rec = r->record();
     if (!rec.active) continue;
-    stats_->Record(rec.op, rec.result, rec.bytes,
-                   static_cast<uint64_t>(std::max<int64_t>(0, now - rec.start_ns)));
+    stats_->Record(
+        rec.op, rec.result, rec.bytes,
+        static_cast<uint64_t>(std::max<int64_t>(0, now - rec.start_ns)));
   }
 }
 

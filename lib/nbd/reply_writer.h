@@ -2,8 +2,8 @@
 #define NBDMGR_LIB_NBD_REPLY_WRITER_H_
 
 #include <boost/asio/awaitable.hpp>
-#include <chrono>
 #include <boost/asio/steady_timer.hpp>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -22,8 +22,8 @@ struct RequestRecord {
   bool active = false;  // false: not counted (counting off)
   IoOp op = IoOp::kOther;
   IoResult result = IoResult::kOk;
-  uint32_t bytes = 0;     // payload length of a READ or WRITE
-  int64_t start_ns = 0;   // steady clock, when the request header was read
+  uint32_t bytes = 0;    // payload length of a READ or WRITE
+  int64_t start_ns = 0;  // steady clock, when the request header was read
 };
 
 // Nanoseconds on the steady clock, for request latencies.

@@ -45,9 +45,9 @@ asio::awaitable<void> Session::Run() {
       co_await Negotiate(conn_, registry_, options_.negotiation);
   if (!agreed.ok()) {
     if (stats) {
-      stats->HandshakeFailed(stopped_ ? HandshakeFailure::kShutdown
-                                      : HandshakeFailureFromStatus(
-                                            agreed.status()));
+      stats->HandshakeFailed(stopped_
+                                 ? HandshakeFailure::kShutdown
+                                 : HandshakeFailureFromStatus(agreed.status()));
     }
     if (absl::IsCancelled(agreed.status())) {
       spdlog::debug("{}: {}", conn_.peer(), agreed.status().message());

@@ -202,7 +202,7 @@ asio::awaitable<absl::Status> Transmission::RunBackend(Fn fn) {
 }
 
 asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h,
-                                               int64_t start) {
+                                                int64_t start) {
   Backend& be = export_->backend();
   BufferLease chunk = buffers_.AcquireChunk();
   absl::Status st;
@@ -228,8 +228,7 @@ asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h,
   chunk.Reset();
   writer_.BeginRequest();
   if (!st.ok()) {
-    co_await ReplyError(h, NbdErrorFromStatus(st), ToStd(st.message()),
-                        start);
+    co_await ReplyError(h, NbdErrorFromStatus(st), ToStd(st.message()), start);
   } else {
     std::unique_ptr<Reply> reply = writer_.NewReply();
     reply->AddSimpleReply(kOk, h.cookie);
@@ -368,8 +367,8 @@ asio::awaitable<ErrorCode> Transmission::WriteReadInPieces(RequestHeader h,
   co_return ErrorCode{};
 }
 
-asio::awaitable<void> Transmission::Execute(RequestHeader h,
-                                            BufferLease lease, int64_t start) {
+asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
+                                            int64_t start) {
   Backend& be = export_->backend();
   auto run = [this](auto fn) { return RunBackend(std::move(fn)); };
   const bool fua = (h.flags & kCmdFlagFua) != 0;

@@ -98,8 +98,7 @@ class Transmission {
   asio::awaitable<bool> StreamWrite(const RequestHeader& h, int64_t start);
   // Produces a streamed READ reply chunk by chunk (runs in the writer).
   // Sets `record`'s result if the READ fails.
-  asio::awaitable<ErrorCode> StreamRead(RequestHeader h,
-                                        RequestRecord& record);
+  asio::awaitable<ErrorCode> StreamRead(RequestHeader h, RequestRecord& record);
   // How a READ is split into data and hole pieces (backend extents when
   // structured replies allow holes; one data piece otherwise).
   ReadPieces PlanRead(const RequestHeader& h);

@@ -16,8 +16,9 @@ StatsSnapshot Sample() {
   s.daemon.version = "9.9.9";
   s.daemon.server.connections[static_cast<int>(Transport::kUnix)] = 2;
   s.daemon.server.connections_total[static_cast<int>(Transport::kTcp)] = 7;
-  s.daemon.server.handshake_failures[static_cast<int>(
-      HandshakeFailure::kProtocolError)] = 3;
+  s.daemon.server
+      .handshake_failures[static_cast<int>(HandshakeFailure::kProtocolError)] =
+      3;
   s.daemon.buffers.bytes_cached = 1 << 20;
   s.daemon.resident_memory_bytes = 123456;
   s.daemon.start_time_seconds = 1700000000;
@@ -43,24 +44,28 @@ StatsSnapshot Sample() {
 TEST(ExpositionTest, CountersCarryExportOpAndResultLabels) {
   std::string text = ToPrometheusText(Sample());
   EXPECT_THAT(text, HasSubstr("# TYPE nbdmgr_requests_total counter"));
-  EXPECT_THAT(text, HasSubstr(
-      "nbdmgr_requests_total{export=\"disk0\",op=\"read\",result=\"ok\"} 10"));
-  EXPECT_THAT(text, HasSubstr(
-      "nbdmgr_requests_total{export=\"disk0\",op=\"read\",result=\"EIO\"} 2"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_requests_total{export=\"disk0\",op="
+                              "\"read\",result=\"ok\"} 10"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_requests_total{export=\"disk0\",op="
+                              "\"read\",result=\"EIO\"} 2"));
   // Zero error results are left out; zero ok results are kept.
   EXPECT_THAT(text, Not(HasSubstr("result=\"EINVAL\"")));
-  EXPECT_THAT(text, HasSubstr(
-      "nbdmgr_requests_total{export=\"disk0\",op=\"write\",result=\"ok\"} 0"));
-  EXPECT_THAT(text, HasSubstr("nbdmgr_read_bytes_total{export=\"disk0\"} 40960"));
-  EXPECT_THAT(text, HasSubstr("nbdmgr_buffer_cap_bytes{export=\"disk0\"} 268435456"));
-  EXPECT_THAT(text, HasSubstr("nbdmgr_buffer_cap_waits_total{export=\"disk0\"} 5"));
-  EXPECT_THAT(text, HasSubstr(
-      "nbdmgr_export_info{export=\"disk0\",backend=\"file\",status=\"active\"} 1"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_requests_total{export=\"disk0\",op="
+                              "\"write\",result=\"ok\"} 0"));
+  EXPECT_THAT(text,
+              HasSubstr("nbdmgr_read_bytes_total{export=\"disk0\"} 40960"));
+  EXPECT_THAT(text,
+              HasSubstr("nbdmgr_buffer_cap_bytes{export=\"disk0\"} 268435456"));
+  EXPECT_THAT(text,
+              HasSubstr("nbdmgr_buffer_cap_waits_total{export=\"disk0\"} 5"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_export_info{export=\"disk0\",backend="
+                              "\"file\",status=\"active\"} 1"));
 }
 
 TEST(ExpositionTest, LatencyIsACumulativeHistogramInSeconds) {
   std::string text = ToPrometheusText(Sample());
-  EXPECT_THAT(text, HasSubstr("# TYPE nbdmgr_request_duration_seconds histogram"));
+  EXPECT_THAT(text,
+              HasSubstr("# TYPE nbdmgr_request_duration_seconds histogram"));
   EXPECT_THAT(text, HasSubstr("nbdmgr_request_duration_seconds_bucket{export="
                               "\"disk0\",op=\"read\",le=\"1e-05\"} 4"));
   EXPECT_THAT(text, HasSubstr("nbdmgr_request_duration_seconds_bucket{export="
@@ -77,9 +82,12 @@ TEST(ExpositionTest, DaemonAndProcessFamilies) {
   std::string text = ToPrometheusText(Sample());
   EXPECT_THAT(text, HasSubstr("nbdmgr_connections{transport=\"unix\"} 2"));
   EXPECT_THAT(text, HasSubstr("nbdmgr_connections_total{transport=\"tcp\"} 7"));
-  EXPECT_THAT(text, HasSubstr(
-      "nbdmgr_handshake_failures_total{reason=\"protocol_error\"} 3"));
-  EXPECT_THAT(text, HasSubstr("nbdmgr_daemon_buffer_pool_cached_bytes 1048576"));
+  EXPECT_THAT(
+      text,
+      HasSubstr(
+          "nbdmgr_handshake_failures_total{reason=\"protocol_error\"} 3"));
+  EXPECT_THAT(text,
+              HasSubstr("nbdmgr_daemon_buffer_pool_cached_bytes 1048576"));
   EXPECT_THAT(text, HasSubstr("nbdmgr_build_info{version=\"9.9.9\"} 1"));
   EXPECT_THAT(text, HasSubstr("process_resident_memory_bytes 123456"));
   EXPECT_THAT(text, HasSubstr("process_start_time_seconds 1700000000"));

@@ -386,9 +386,9 @@ TEST_F(TransmissionTest, CountsRequestsByOpAndResult) {
   Expect(kOk, kCmdWrite, 0, 8192, 0, data);
   Expect(kOk, kCmdWrite, 8192, 8192, kCmdFlagFua, data);
   EXPECT_EQ(SimpleRead(0, 4096).size(), 4096u);
-  Expect(kEinval, kCmdRead, kSize, 1);      // past the end
+  Expect(kEinval, kCmdRead, kSize, 1);  // past the end
   Expect(kEnospc, kCmdWrite, kSize - 10, 512, 0, Pattern(512, 1));
-  Expect(kEinval, 42, 0, 1);                // unknown command
+  Expect(kEinval, 42, 0, 1);  // unknown command
   Expect(kOk, kCmdFlush, 0, 0);
   // A reply is counted just after it is written, so the client may see it
   // first: wait for the last one.
