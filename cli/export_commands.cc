@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -18,6 +19,7 @@ constexpr char kCreateHelp[] =
     R"(Usage: nbdctl create NAME (--memory SIZE | --null SIZE | --file PATH [--size SIZE])
                     [--read-only] [--description TEXT] [--buffer-strategy S]
                     [--memory-cap SIZE] [--pool-idle-release DUR]
+                    [--tls off|optional|require] [--max-clients N]
                     [--min-block-size N] [--preferred-block-size N] [--max-payload N]
 
 Creates an export and starts serving it. It is persisted in the daemon's state
@@ -29,6 +31,9 @@ directory and recreated when the daemon restarts.
   --buffer-strategy S     pool (default), exact, fixed, grow, stream
   --memory-cap SIZE       cap on this export's request buffers
   --pool-idle-release DUR free idle pool buffers after DUR (e.g. 5s)
+  --tls MODE              off (default), optional, or require: clients must
+                          start TLS first (the daemon needs TLS credentials)
+  --max-clients N         connected clients at once (0 = no cap)
   --min-block-size N, --preferred-block-size N, --max-payload N
                           block sizes advertised to clients (defaults 1, 4KiB,
                           32MiB); unaligned READ/WRITE get EINVAL
@@ -38,9 +43,11 @@ constexpr char kGetHelp[] = "Usage: nbdctl get NAME\n\nShows one export.\n";
 constexpr char kUpdateHelp[] =
     R"(Usage: nbdctl update NAME [--buffer-strategy S] [--memory-cap SIZE]
                     [--pool-idle-release DUR] [--description TEXT]
+                    [--tls off|optional|require] [--max-clients N]
 
 Changes a live export. New requests use the new buffer settings; requests in
-flight finish with theirs; no client is disconnected.
+flight finish with theirs; --tls and --max-clients apply to new clients; no
+client is disconnected.
 )";
 constexpr char kRemoveHelp[] =
     R"(Usage: nbdctl remove NAME [--mode safe|drain|hard] [--timeout DUR]
@@ -80,6 +87,20 @@ std::string ApplyCommonFlags(const Args& a, v1::Export* e,
       return absl::StrCat("--pool-idle-release: ", d.status().message());
     *e->mutable_pool_idle_release() = DurationToProto(*d);
     paths->push_back("pool_idle_release");
+  }
+  if (a.has("--tls")) {
+    auto m = ParseTlsMode(a.get("--tls"));
+    if (!m.ok()) return absl::StrCat("--tls: ", m.status().message());
+    e->set_tls(TlsModeToProto(*m));
+    paths->push_back("tls");
+  }
+  if (a.has("--max-clients")) {
+    uint32_t n = 0;
+    if (!absl::SimpleAtoi(a.get("--max-clients"), &n)) {
+      return "--max-clients: expected a count";
+    }
+    e->set_max_clients(n);
+    paths->push_back("max_clients");
   }
   return "";
 }
@@ -143,7 +164,8 @@ int CreateCommand(const Global& g, const std::vector<std::string>& words) {
       ParseArgs(words,
                 {"--memory", "--null", "--file", "--size", "--description",
                  "--buffer-strategy", "--memory-cap", "--pool-idle-release",
-                 "--min-block-size", "--preferred-block-size", "--max-payload"},
+                 "--tls", "--max-clients", "--min-block-size",
+                 "--preferred-block-size", "--max-payload"},
                 {"--read-only"});
   if (!a.ok())
     return UsageError(std::string(a.status().message()), kCreateHelp);
@@ -265,7 +287,7 @@ int GetCommand(const Global& g, const std::vector<std::string>& words) {
 int UpdateCommand(const Global& g, const std::vector<std::string>& words) {
   auto a = ParseArgs(words,
                      {"--description", "--buffer-strategy", "--memory-cap",
-                      "--pool-idle-release"},
+                      "--pool-idle-release", "--tls", "--max-clients"},
                      {});
   if (!a.ok())
     return UsageError(std::string(a.status().message()), kUpdateHelp);

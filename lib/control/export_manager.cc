@@ -50,6 +50,10 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
           m->store_->path(), ": export \"", c.name,
           "\" is also given on the command line; remove one of them"));
     }
+    if (absl::Status st = m->CheckTls(c.tls); !st.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          m->store_->path(), ": export \"", c.name, "\": ", st.message()));
+    }
     absl::StatusOr<std::shared_ptr<Export>> e = Export::Create(c, buffers);
     if (!e.ok()) {
       return absl::Status(e.status().code(),
@@ -95,9 +99,7 @@ absl::Status ExportManager::CheckPath(const std::string& path) const {
 
 ExportInfo ExportManager::Describe(const Export& e) const {
   ExportInfo info;
-  info.config = e.config();
-  info.config.description = e.description();
-  info.config.buffers = e.buffers().settings();
+  info.config = e.current_config();
   info.size = e.size();
   info.block_sizes = e.block_sizes();
   info.multi_conn = e.caps().can_multi_conn;
@@ -121,18 +123,22 @@ absl::Status ExportManager::Persist() {
 absl::Status ExportManager::SaveState() {
   std::vector<ExportConfig> all;
   for (const auto& [name, c] : persistent_) {
-    ExportConfig current = c;
-    if (auto e = registry_.Find(name)) {
-      current.description = e->description();
-      current.buffers = e->buffers().settings();
-    }
-    all.push_back(std::move(current));
+    auto e = registry_.Find(name);
+    all.push_back(e != nullptr ? e->current_config() : c);
   }
   return store_->Save(all);
 }
 
+absl::Status ExportManager::CheckTls(TlsMode mode) const {
+  if (mode == TlsMode::kOff || options_.tls_available) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "tls=", ToAbsl(NameOf(mode)),
+      " needs nbdmgrd started with --tls-cert/--tls-key or --tls-psk"));
+}
+
 absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
   if (absl::Status st = ValidateExportConfig(config); !st.ok()) return st;
+  if (absl::Status st = CheckTls(config.tls); !st.ok()) return st;
   if (config.backend == BackendKind::kFile) {
     if (absl::Status st = CheckPath(config.path); !st.ok()) return st;
   }
@@ -222,7 +228,12 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
       }
       settings.pool_idle_release = *update.pool_idle_release;
     }
+    if (update.tls) {
+      if (absl::Status st = CheckTls(*update.tls); !st.ok()) return st;
+    }
     if (update.description) e->set_description(*update.description);
+    if (update.tls) e->set_tls_mode(*update.tls);
+    if (update.max_clients) e->set_max_clients(*update.max_clients);
     e->buffers().Update(settings);
     if (persistent_.contains(name)) {
       if (absl::Status st = Persist(); !st.ok()) {

@@ -27,6 +27,8 @@ struct ExportUpdate {
   std::optional<BufferStrategy> buffer_strategy;
   std::optional<uint64_t> memory_cap_bytes;
   std::optional<std::chrono::milliseconds> pool_idle_release;
+  std::optional<TlsMode> tls;
+  std::optional<uint32_t> max_clients;
 };
 
 // How the manager reaches the connections of an export (nbd::Server).
@@ -41,6 +43,8 @@ struct ExportManagerOptions {
   std::string state_dir;
   // File backends created over the API must resolve under one of these.
   std::vector<std::string> allow_paths;
+  // The daemon has TLS credentials (exports may use tls=optional|require).
+  bool tls_available = false;
 };
 
 // The domain API of the control plane: create, inspect, update and remove
@@ -96,6 +100,8 @@ class ExportManager {
   absl::StatusOr<std::shared_ptr<Export>> FindExport(
       const std::string& name) const;
   absl::Status CheckPath(const std::string& path) const;
+  // FailedPrecondition for a TLS mode the daemon cannot offer.
+  absl::Status CheckTls(TlsMode mode) const;
 
   const ExportManagerOptions options_;
   ExportRegistry& registry_;

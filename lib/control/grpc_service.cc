@@ -56,7 +56,7 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
   if (req->update_mask().paths().empty()) {
     return ToGrpcStatus(absl::InvalidArgumentError(
         "update_mask is required (description, buffer_strategy, "
-        "memory_cap_bytes, pool_idle_release)"));
+        "memory_cap_bytes, pool_idle_release, tls, max_clients)"));
   }
   ExportUpdate update;
   const v1::Export& e = req->export_();
@@ -76,11 +76,18 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
             "pool_idle_release must not be negative"));
       }
       update.pool_idle_release = DurationFromProto(d);
+    } else if (path == "tls") {
+      absl::StatusOr<TlsMode> m = TlsModeFromProto(e.tls());
+      if (!m.ok()) return ToGrpcStatus(m.status());
+      update.tls = *m;
+    } else if (path == "max_clients") {
+      update.max_clients = e.max_clients();
     } else {
       return ToGrpcStatus(absl::InvalidArgumentError(
           absl::StrCat("field \"", path,
                        "\" cannot be updated (description, buffer_strategy, "
-                       "memory_cap_bytes, pool_idle_release)")));
+                       "memory_cap_bytes, pool_idle_release, tls, "
+                       "max_clients)")));
     }
   }
   absl::StatusOr<ExportInfo> info = manager_.UpdateExport(*id, update);

@@ -52,6 +52,34 @@ absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s) {
       absl::StrCat("buffer_strategy: unknown value ", static_cast<int>(s)));
 }
 
+absl::StatusOr<TlsMode> TlsModeFromProto(v1::TlsMode m) {
+  switch (m) {
+    case v1::TLS_MODE_UNSPECIFIED:
+    case v1::TLS_OFF:
+      return TlsMode::kOff;
+    case v1::TLS_OPTIONAL:
+      return TlsMode::kOptional;
+    case v1::TLS_REQUIRE:
+      return TlsMode::kRequire;
+    default:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("tls: unknown value ", static_cast<int>(m)));
+}
+
+v1::TlsMode TlsModeToProto(TlsMode m) {
+  switch (m) {
+    case TlsMode::kOff:
+      return v1::TLS_OFF;
+    case TlsMode::kOptional:
+      return v1::TLS_OPTIONAL;
+    case TlsMode::kRequire:
+      return v1::TLS_REQUIRE;
+  }
+  return v1::TLS_OFF;
+}
+
 v1::BufferStrategy StrategyToProto(BufferStrategy s) {
   switch (s) {
     case BufferStrategy::kFixed:
@@ -116,6 +144,10 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
     }
     c.buffers.pool_idle_release = DurationFromProto(d);
   }
+  absl::StatusOr<TlsMode> tls = TlsModeFromProto(p.tls());
+  if (!tls.ok()) return tls.status();
+  c.tls = *tls;
+  c.max_clients = p.max_clients();
   if (absl::Status st = ValidateExportConfig(c); !st.ok()) return st;
   return c;
 }
@@ -144,6 +176,8 @@ v1::Export ExportConfigToProto(const ExportConfig& c) {
   p.set_buffer_strategy(StrategyToProto(c.buffers.strategy));
   p.set_memory_cap_bytes(c.buffers.memory_cap_bytes);
   *p.mutable_pool_idle_release() = DurationToProto(c.buffers.pool_idle_release);
+  p.set_tls(TlsModeToProto(c.tls));
+  p.set_max_clients(c.max_clients);
   return p;
 }
 

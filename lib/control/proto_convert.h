@@ -26,6 +26,8 @@ std::chrono::milliseconds DurationFromProto(
 
 absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s);
 v1::BufferStrategy StrategyToProto(BufferStrategy s);
+absl::StatusOr<TlsMode> TlsModeFromProto(v1::TlsMode m);
+v1::TlsMode TlsModeToProto(TlsMode m);
 
 // The configuration fields of `p` (output-only ones are ignored) as an
 // ExportConfig named `id`. InvalidArgument naming the field at fault.

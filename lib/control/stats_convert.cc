@@ -68,6 +68,8 @@ v1::Stats StatsToProto(const StatsSnapshot& s) {
   CountsToMap<HandshakeFailure>(s.daemon.server.handshake_failures,
                                 kNumHandshakeFailures,
                                 d->mutable_handshake_failures());
+  CountsToMap<Refusal>(s.daemon.server.refusals, kNumRefusals,
+                       d->mutable_limit_refusals());
   *d->mutable_buffers() = BuffersToProto(s.daemon.buffers);
   d->set_resident_memory_bytes(s.daemon.resident_memory_bytes);
   d->set_open_fds(s.daemon.open_fds);
@@ -117,6 +119,8 @@ StatsSnapshot StatsFromProto(const v1::Stats& p) {
                            s.daemon.server.connections_total);
   CountsFromMap<HandshakeFailure>(d.handshake_failures(), kNumHandshakeFailures,
                                   s.daemon.server.handshake_failures);
+  CountsFromMap<Refusal>(d.limit_refusals(), kNumRefusals,
+                         s.daemon.server.refusals);
   s.daemon.buffers = BuffersFromProto(d.buffers());
   s.daemon.resident_memory_bytes = d.resident_memory_bytes();
   s.daemon.open_fds = d.open_fds();

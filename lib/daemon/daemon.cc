@@ -53,13 +53,22 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
       new Daemon(std::move(config), std::move(buffers), std::move(registry)));
   const DaemonConfig& cfg = d->config_;
   absl::StatusOr<std::unique_ptr<ExportManager>> manager =
-      ExportManager::Create(
-          ExportManagerOptions{cfg.state_dir, cfg.allow_paths}, *d->registry_,
-          *d->buffers_);
+      ExportManager::Create(ExportManagerOptions{cfg.state_dir, cfg.allow_paths,
+                                                 !cfg.tls.empty()},
+                            *d->registry_, *d->buffers_);
   if (!manager.ok()) return manager.status();
   d->manager_ = std::move(*manager);
 
   nbd::ServerOptions so;
+  if (!cfg.tls.empty()) {
+    absl::StatusOr<std::shared_ptr<TlsContext>> tls =
+        TlsContext::Create(cfg.tls);
+    if (!tls.ok()) return tls.status();
+    so.session.negotiation.tls = *tls;
+  }
+  so.session.handshake_timeout = cfg.handshake_timeout;
+  so.session.idle_timeout = cfg.idle_timeout;
+  so.max_connections = cfg.max_connections;
   so.listen = cfg.nbd_listen;
   so.io_threads = cfg.io_threads;
   so.blocking_threads = cfg.blocking_threads;

@@ -80,6 +80,19 @@ Flags:
                           HOST:PORT or none. Default 127.0.0.1:9810.
   --request-stats on|off  Count requests, bytes and latency per export (on by
                           default; off leaves those counters at zero).
+  --tls-cert F, --tls-key F
+                          Offer NBD TLS (STARTTLS) with this X.509 certificate
+                          (PEM, chain allowed) and key.
+  --tls-ca F              Also require client certificates signed by this CA.
+  --tls-psk F             Offer TLS with pre-shared keys from this psktool file
+                          (IDENTITY:HEXKEY lines); with or without a cert.
+                          Exports choose with tls=off|optional|require.
+  --handshake-timeout DUR Disconnect clients that have not chosen an export
+                          after DUR (default 10s; 0 = never).
+  --idle-timeout DUR      Disconnect clients that send no request for DUR while
+                          nothing is in flight (default 0 = never).
+  --max-connections N     NBD connections at once; more are closed at accept
+                          (default 4096; 0 = no cap). Per export: max-clients=N.
   --log-level LEVEL       trace, debug, info, warn, error. Default info.
   --ready-file PATH       Once serving, write the bound addresses there (one per
                           line; useful with port 0).
@@ -120,12 +133,14 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       has_value = true;
     }
     static const std::set<std::string> kKnown = {
-        "--nbd-listen",     "--export",           "--default-export",
-        "--io-threads",     "--blocking-threads", "--drain-timeout",
-        "--log-level",      "--ready-file",       "--memory-cap",
-        "--control-listen", "--control-tls-cert", "--control-tls-key",
-        "--control-tls-ca", "--state-dir",        "--allow-path",
-        "--metrics-listen", "--request-stats"};
+        "--nbd-listen",        "--export",           "--default-export",
+        "--io-threads",        "--blocking-threads", "--drain-timeout",
+        "--log-level",         "--ready-file",       "--memory-cap",
+        "--control-listen",    "--control-tls-cert", "--control-tls-key",
+        "--control-tls-ca",    "--state-dir",        "--allow-path",
+        "--metrics-listen",    "--request-stats",    "--tls-cert",
+        "--tls-key",           "--tls-ca",           "--tls-psk",
+        "--handshake-timeout", "--idle-timeout",     "--max-connections"};
     if (!kKnown.contains(flag)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag ", flag, " (see --help)"));
@@ -213,6 +228,25 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
         }
         c.metrics_listen = absl::StrCat(a->host, ":", a->port);
       }
+    } else if (flag == "--tls-cert") {
+      c.tls.cert_file = value;
+    } else if (flag == "--tls-key") {
+      c.tls.key_file = value;
+    } else if (flag == "--tls-ca") {
+      c.tls.ca_file = value;
+    } else if (flag == "--tls-psk") {
+      c.tls.psk_file = value;
+    } else if (flag == "--handshake-timeout" || flag == "--idle-timeout") {
+      absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
+      if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
+      (flag == "--idle-timeout" ? c.idle_timeout : c.handshake_timeout) = *d;
+    } else if (flag == "--max-connections") {
+      uint32_t n = 0;
+      if (!absl::SimpleAtoi(value, &n)) {
+        return FlagError(flag,
+                         absl::StrCat("expected a count, got \"", value, "\""));
+      }
+      c.max_connections = n;
     } else if (flag == "--request-stats") {
       if (value != "on" && value != "off") {
         return FlagError(
@@ -229,6 +263,23 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
     return FlagError("--control-listen",
                      "a TCP control address needs --control-tls-cert and "
                      "--control-tls-key (or --control-insecure)");
+  }
+  if (!c.tls.empty() || !c.tls.key_file.empty() || !c.tls.ca_file.empty()) {
+    if (c.tls.cert_file.empty() != c.tls.key_file.empty()) {
+      return FlagError("--tls-cert", "--tls-cert and --tls-key go together");
+    }
+    if (!c.tls.ca_file.empty() && c.tls.cert_file.empty()) {
+      return FlagError("--tls-ca", "needs --tls-cert and --tls-key");
+    }
+  }
+  for (const ExportConfig& e : c.exports) {
+    if (e.tls != TlsMode::kOff && c.tls.empty()) {
+      return FlagError(
+          "--export",
+          absl::StrCat("export \"", e.name,
+                       "\" has tls=", ToAbsl(NameOf(e.tls)),
+                       ", which needs --tls-cert/--tls-key or --tls-psk"));
+    }
   }
   if (c.nbd_listen.empty()) {
     c.nbd_listen.push_back(*ParseListenAddress("tcp:127.0.0.1:10809"));

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "lib/export/export_config.h"
+#include "lib/tls/tls_context.h"
 #include "lib/util/listen_address.h"
 
 namespace nbdmgr {
@@ -41,6 +42,13 @@ struct DaemonConfig {
   std::string metrics_listen = "127.0.0.1:9810";
   // Per-request counters (requests, bytes, latency). Off: they stay zero.
   bool request_stats = true;
+
+  // NBD over TLS (STARTTLS): X.509 and/or PSK credentials; empty: no TLS.
+  TlsFiles tls;
+  // Limits against misbehaving clients.
+  std::chrono::milliseconds handshake_timeout{10000};  // 0: none
+  std::chrono::milliseconds idle_timeout{0};           // 0: none
+  uint32_t max_connections = 4096;                     // 0: no cap
 };
 
 // The outcome of parsing the command line.

@@ -55,8 +55,29 @@ Export::Export(ExportConfig config, std::unique_ptr<Backend> backend,
       caps_(backend_->caps()),
       block_sizes_(config_.block_sizes),
       buffers_(buffers, config_.buffers),
+      tls_mode_(config_.tls),
+      max_clients_(config_.max_clients),
       description_(config_.description),
       created_(std::chrono::system_clock::now()) {}
+
+ExportConfig Export::current_config() const {
+  ExportConfig c = config_;
+  c.description = description();
+  c.buffers = buffers_.settings();
+  c.tls = tls_mode();
+  c.max_clients = max_clients();
+  return c;
+}
+
+bool Export::TryAddClient() {
+  int n = clients_.load(std::memory_order_relaxed);
+  do {
+    const uint32_t max = max_clients();
+    if (max != 0 && n >= static_cast<int>(max)) return false;
+  } while (
+      !clients_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+  return true;
+}
 
 std::string Export::description() const {
   std::lock_guard lock(mu_);

@@ -33,11 +33,19 @@ class Export {
                                              std::unique_ptr<Backend> backend,
                                              BufferSystem& buffers);
 
-  // The configuration the export was created with. Buffer settings and the
-  // description may have changed since: see buffers() and description().
+  // The configuration the export was created with. Buffer settings, the
+  // description, TLS mode and client cap may have changed since: see
+  // current_config().
   const ExportConfig& config() const { return config_; }
+  // The configuration with every live change applied.
+  ExportConfig current_config() const;
   std::string description() const;
   void set_description(std::string d);
+  // Whether new clients must use TLS; changes apply to new connections.
+  TlsMode tls_mode() const { return tls_mode_.load(std::memory_order_acquire); }
+  void set_tls_mode(TlsMode m) {
+    tls_mode_.store(m, std::memory_order_release);
+  }
   std::chrono::system_clock::time_point created() const { return created_; }
   // A draining export is invisible to new clients (LIST, INFO, GO) while
   // connected ones finish; set by ExportManager::Delete.
@@ -62,8 +70,16 @@ class Export {
 
   // Connected clients (sessions in transmission on this export).
   int clients() const { return clients_.load(std::memory_order_relaxed); }
-  void AddClient() { clients_.fetch_add(1, std::memory_order_relaxed); }
+  // Counts one more client unless the export has max_clients() already.
+  bool TryAddClient();
   void RemoveClient() { clients_.fetch_sub(1, std::memory_order_relaxed); }
+  // The cap on connected clients (0: none); changes apply to new clients.
+  uint32_t max_clients() const {
+    return max_clients_.load(std::memory_order_relaxed);
+  }
+  void set_max_clients(uint32_t n) {
+    max_clients_.store(n, std::memory_order_relaxed);
+  }
 
  private:
   Export(ExportConfig config, std::unique_ptr<Backend> backend,
@@ -78,6 +94,8 @@ class Export {
   mutable ExportIoStats io_stats_;
   std::atomic<int> clients_{0};
   std::atomic<bool> draining_{false};
+  std::atomic<TlsMode> tls_mode_;
+  std::atomic<uint32_t> max_clients_;
   mutable std::mutex mu_;
   std::string description_ ABSL_GUARDED_BY(mu_);
   const std::chrono::system_clock::time_point created_;

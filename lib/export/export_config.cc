@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "lib/util/duration.h"
 #include "lib/util/size.h"
@@ -25,6 +26,30 @@ std::vector<std::string> SplitSpec(std::string_view spec) {
   }
   return parts;
 }
+
+}  // namespace
+
+std::string_view NameOf(TlsMode mode) {
+  switch (mode) {
+    case TlsMode::kOff:
+      return "off";
+    case TlsMode::kOptional:
+      return "optional";
+    case TlsMode::kRequire:
+      return "require";
+  }
+  return "off";
+}
+
+absl::StatusOr<TlsMode> ParseTlsMode(std::string_view name) {
+  for (TlsMode m : {TlsMode::kOff, TlsMode::kOptional, TlsMode::kRequire}) {
+    if (NameOf(m) == name) return m;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown TLS mode \"", ToAbsl(name), "\" (off, optional, require)"));
+}
+
+namespace {
 
 // "export key KEY: <message>" for a value that failed to parse.
 absl::Status KeyError(std::string_view key, const absl::Status& st) {
@@ -185,6 +210,17 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       c.read_only = *b;
     } else if (key == "description") {
       c.description = value;
+    } else if (key == "max-clients") {
+      uint32_t n = 0;
+      if (!absl::SimpleAtoi(value, &n)) {
+        return KeyError(key, absl::InvalidArgumentError(absl::StrCat(
+                                 "expected a count, got \"", value, "\"")));
+      }
+      c.max_clients = n;
+    } else if (key == "tls") {
+      absl::StatusOr<TlsMode> mode = ParseTlsMode(value);
+      if (!mode.ok()) return KeyError("tls", mode.status());
+      c.tls = *mode;
     } else if (key == "min-block-size" || key == "preferred-block-size" ||
                key == "max-payload") {
       absl::StatusOr<uint64_t> v = ParseSize(value);
@@ -212,7 +248,8 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "export spec \"", ToAbsl(spec), "\": unknown key \"", key,
-          "\" (name, backend, path, size, read-only, description, "
+          "\" (name, backend, path, size, read-only, description, tls, "
+          "max-clients, "
           "buffer-strategy, memory-cap, pool-idle-release, min-block-size, "
           "preferred-block-size, max-payload)"));
     }

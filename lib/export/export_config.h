@@ -15,6 +15,17 @@ namespace nbdmgr {
 enum class BackendKind { kMemory, kFile, kNull };
 std::string_view NameOf(BackendKind kind);
 
+// Whether clients of an export must use TLS (NBD_OPT_STARTTLS).
+enum class TlsMode {
+  kOff,       // no TLS needed (a client that started TLS may use it too)
+  kOptional,  // the same access as kOff, but needs daemon TLS credentials,
+              // so clients can choose TLS
+  kRequire,   // only over TLS: hidden from LIST and refused in clear
+};
+std::string_view NameOf(TlsMode mode);  // "off", "optional", "require"
+// InvalidArgument listing the valid names.
+absl::StatusOr<TlsMode> ParseTlsMode(std::string_view name);
+
 // Everything that defines an export, as given by an operator. Plain data;
 // validated by ValidateExportConfig before anything is opened.
 // Block size constraints advertised with NBD_INFO_BLOCK_SIZE.
@@ -38,6 +49,8 @@ struct ExportConfig {
   bool read_only = false;
   BlockSizes block_sizes;
   BufferSettings buffers;
+  TlsMode tls = TlsMode::kOff;
+  uint32_t max_clients = 0;  // connected clients at once; 0: no cap
 };
 
 // NBD's rules: minimum a power of two <= 64 KiB; preferred a power of two
@@ -55,7 +68,7 @@ absl::Status ValidateExportConfig(const ExportConfig& config);
 // "name=disk0,backend=file,path=/var/lib/disk0.img" or
 // "name=scratch,backend=memory,size=1GiB,read-only=true,description=Scratch",
 // plus buffer keys: buffer-strategy=pool, memory-cap=256MiB,
-// pool-idle-release=5s.
+// pool-idle-release=5s, tls=off|optional|require and max-clients=N.
 // A literal comma inside a value is written "\,". Returns InvalidArgument
 // naming the bad key or value; the result is also validated.
 absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec);

@@ -190,6 +190,15 @@ void AddDaemonFamilies(Builder& b, const StatsSnapshot& s) {
         hs, {{"reason", std::string(NameOf(static_cast<HandshakeFailure>(r)))}},
         static_cast<double>(d.server.handshake_failures[r]));
   }
+  MetricFamily& refused =
+      b.Family("nbdmgr_limit_refusals_total",
+               "Clients refused or disconnected by a limit, by reason.",
+               MetricType::Counter);
+  for (size_t r = 0; r < kNumRefusals; ++r) {
+    Builder::Add(refused,
+                 {{"reason", std::string(NameOf(static_cast<Refusal>(r)))}},
+                 static_cast<double>(d.server.refusals[r]));
+  }
   auto gauge = [&b](std::string name, std::string help, double v) {
     Builder::Add(b.Family(std::move(name), std::move(help), MetricType::Gauge),
                  {}, v);

@@ -4,6 +4,8 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -14,11 +16,13 @@ namespace nbdmgr::nbd {
 namespace asio = boost::asio;
 using Socket = asio::generic::stream_protocol::socket;
 using ErrorCode = boost::system::error_code;
+using TlsStream = asio::ssl::stream<Socket&>;
 
 // One client's byte stream (TCP or Unix socket) with a read buffer, so a
 // burst of small request headers costs one system call. Not thread-safe:
 // used only from its session's executor. All operations report failure as
 // an ErrorCode (never by throwing); end of stream is asio::error::eof.
+// After StartTls() every read and write goes through TLS.
 class Connection {
  public:
   explicit Connection(Socket socket);
@@ -31,6 +35,12 @@ class Connection {
   asio::awaitable<ErrorCode> WriteAll(
       std::span<const asio::const_buffer> buffers);
   asio::awaitable<ErrorCode> WriteAll(std::span<const uint8_t> bytes);
+
+  // Runs the server side of a TLS handshake on the socket. Fails (without
+  // a handshake) if the client already sent bytes after its STARTTLS
+  // option: it must wait for the server's reply.
+  asio::awaitable<ErrorCode> StartTls(asio::ssl::context& ctx);
+  bool tls() const { return tls_ != nullptr; }
 
   // Stops further reads: pending and later reads see end of stream; writes
   // still work (used to drain a session).
@@ -49,6 +59,7 @@ class Connection {
   static constexpr size_t kReadBufferSize = 16 * 1024;
 
   Socket socket_;
+  std::unique_ptr<TlsStream> tls_;  // set once TLS has started
   std::unique_ptr<uint8_t[]> rbuf_;
   size_t rpos_ = 0;  // next unread byte in rbuf_
   size_t rend_ = 0;  // end of buffered bytes

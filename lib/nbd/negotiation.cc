@@ -23,7 +23,7 @@ absl::Status IoError(const ErrorCode& ec, std::string_view what) {
 class Negotiator {
  public:
   Negotiator(Connection& conn, const ExportRegistry& registry,
-             const NegotiationLimits& limits)
+             const NegotiationOptions& limits)
       : conn_(conn), registry_(registry), limits_(limits) {}
 
   asio::awaitable<absl::StatusOr<NegotiationResult>> Run();
@@ -50,14 +50,92 @@ class Negotiator {
     std::shared_ptr<Export> e = registry_.Find(name);
     return e != nullptr && !e->draining() ? e : nullptr;
   }
+  // Whether `e` needs TLS this connection does not have yet.
+  bool NeedsTls(const Export& e) const {
+    return e.tls_mode() == TlsMode::kRequire && !conn_.tls();
+  }
+  // Forced TLS: every export needs TLS, so nothing but STARTTLS and ABORT
+  // is answered in clear.
+  bool ForcedTls() const;
+  asio::awaitable<absl::StatusOr<bool>> HandleStartTls(
+      const std::vector<uint8_t>& data);
+  // ERR_TLS_REQD for `option`, counted as a refusal.
+  asio::awaitable<ErrorCode> RefuseWithoutTls(uint32_t option,
+                                              std::string_view what);
+  void Refused(Refusal r, std::string_view detail) {
+    if (limits_.stats != nullptr)
+      limits_.stats->Refused(r, conn_.peer(), detail);
+  }
+  // Counts the client in `e` unless it is full. Returns false if it is.
+  bool Admit(Export& e);
 
   Connection& conn_;
   const ExportRegistry& registry_;
-  const NegotiationLimits& limits_;
+  const NegotiationOptions& limits_;
   NegotiationResult result_;
   // The export the last SET_META_CONTEXT named, if it selected base:allocation.
   std::shared_ptr<Export> meta_export_;
+  bool tls_refused_ = false;  // an option got ERR_TLS_REQD
 };
+
+bool Negotiator::ForcedTls() const {
+  if (limits_.tls == nullptr || conn_.tls()) return false;
+  bool any = false;
+  for (const auto& e : registry_.List()) {
+    if (e->draining()) continue;
+    if (e->tls_mode() != TlsMode::kRequire) return false;
+    any = true;
+  }
+  return any;
+}
+
+asio::awaitable<ErrorCode> Negotiator::RefuseWithoutTls(uint32_t option,
+                                                        std::string_view what) {
+  tls_refused_ = true;
+  Refused(Refusal::kTlsRequired,
+          absl::StrCat(ToAbsl(NameOfOption(option)), " ", ToAbsl(what),
+                       " before STARTTLS"));
+  co_return co_await ReplyError(option, kRepErrTlsReqd,
+                                absl::StrCat("TLS is required ", ToAbsl(what)));
+}
+
+bool Negotiator::Admit(Export& e) {
+  if (e.TryAddClient()) return true;
+  Refused(Refusal::kMaxClients,
+          absl::StrCat("export \"", e.name(), "\" has its maximum of ",
+                       e.max_clients(), " clients"));
+  return false;
+}
+
+asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleStartTls(
+    const std::vector<uint8_t>& data) {
+  ErrorCode ec;
+  if (limits_.tls == nullptr) {
+    ec = co_await ReplyError(kOptStartTls, kRepErrUnsup,
+                             "TLS is not configured on this server");
+  } else if (!data.empty()) {
+    ec = co_await ReplyError(kOptStartTls, kRepErrInvalid,
+                             "STARTTLS takes no data");
+  } else if (conn_.tls()) {
+    ec = co_await ReplyError(kOptStartTls, kRepErrInvalid,
+                             "TLS is already in use");
+  } else {
+    if ((ec = co_await Reply(kOptStartTls, kRepAck))) {
+      co_return IoError(ec, "STARTTLS reply");
+    }
+    if ((ec = co_await conn_.StartTls(limits_.tls->native()))) {
+      co_return absl::UnauthenticatedError(
+          absl::StrCat("TLS handshake failed: ", ec.message()));
+    }
+    // Nothing negotiated in clear carries over (the spec's rule).
+    result_.structured_replies = false;
+    meta_export_ = nullptr;
+    SPDLOG_DEBUG("{}: TLS started", conn_.peer());
+    co_return false;
+  }
+  if (ec) co_return IoError(ec, "option reply");
+  co_return false;
+}
 
 asio::awaitable<ErrorCode> Negotiator::Reply(uint32_t option, uint32_t type,
                                              std::span<const uint8_t> payload) {
@@ -101,13 +179,20 @@ asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiator::Run() {
 
   for (int count = 0;; ++count) {
     if (count >= limits_.max_options) {
+      Refused(Refusal::kTooManyOptions,
+              absl::StrCat("more than ", limits_.max_options, " options"));
       co_return absl::ResourceExhaustedError(
           absl::StrCat("more than ", limits_.max_options,
                        " options without choosing an export"));
     }
     uint8_t hdr[kOptionHeaderSize];
     if (ErrorCode ec = co_await conn_.ReadExact(hdr); ec) {
-      co_return IoError(ec, "option haggling");
+      absl::Status st = IoError(ec, "option haggling");
+      if (tls_refused_ && absl::IsCancelled(st)) {
+        co_return absl::PermissionDeniedError(absl::StrCat(
+            "client left after TLS was required (", st.message(), ")"));
+      }
+      co_return st;
     }
     OptionHeader oh = DecodeOptionHeader(hdr);
     if (oh.magic != kIHaveOpt) {
@@ -122,6 +207,9 @@ asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiator::Run() {
         co_return absl::InvalidArgumentError(
             absl::StrCat("EXPORT_NAME of ", oh.length, " bytes"));
       }
+      Refused(Refusal::kOptionTooLong,
+              absl::StrCat(ToAbsl(NameOfOption(oh.option)), " of ", oh.length,
+                           " bytes"));
       if (ErrorCode ec = co_await conn_.Skip(oh.length); ec) {
         co_return IoError(ec, "skipping an over-long option");
       }
@@ -136,9 +224,29 @@ asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiator::Run() {
     if (ErrorCode ec = co_await conn_.ReadExact(data); ec) {
       co_return IoError(ec, "option payload");
     }
+    if (oh.option != kOptStartTls && oh.option != kOptAbort && ForcedTls()) {
+      if (oh.option == kOptExportName) {
+        tls_refused_ = true;
+        Refused(Refusal::kTlsRequired, "EXPORT_NAME before STARTTLS");
+        co_return absl::PermissionDeniedError(
+            "EXPORT_NAME before STARTTLS on a server that requires TLS");
+      }
+      if (ErrorCode ec = co_await RefuseWithoutTls(oh.option, "on this server");
+          ec) {
+        co_return IoError(ec, "option reply");
+      }
+      continue;
+    }
     absl::StatusOr<bool> done =
         co_await HandleOption(oh.option, std::move(data));
-    if (!done.ok()) co_return done.status();
+    if (!done.ok()) {
+      if (tls_refused_ && absl::IsCancelled(done.status())) {
+        co_return absl::PermissionDeniedError(
+            absl::StrCat("client left after TLS was required (",
+                         done.status().message(), ")"));
+      }
+      co_return done.status();
+    }
     if (*done) break;
   }
   co_return std::move(result_);
@@ -175,9 +283,7 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleOption(
     case kOptSetMetaContext:
       co_return co_await HandleMetaContext(option, data);
     case kOptStartTls:
-      ec = co_await ReplyError(option, kRepErrUnsup,
-                               "TLS is not configured on this server");
-      break;
+      co_return co_await HandleStartTls(data);
     default:
       ec = co_await ReplyError(option, kRepErrUnsup, "option not supported");
       break;
@@ -193,7 +299,7 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleList(
     ec = co_await ReplyError(kOptList, kRepErrInvalid, "LIST takes no data");
   } else {
     for (const auto& e : registry_.List()) {
-      if (e->draining()) continue;
+      if (e->draining() || NeedsTls(*e)) continue;
       std::vector<uint8_t> payload =
           EncodeServerReply(e->name(), e->description());
       if ((ec = co_await Reply(kOptList, kRepServer, payload))) break;
@@ -216,10 +322,23 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleExportName(
     co_return absl::InvalidArgumentError(
         absl::StrCat("EXPORT_NAME for unknown export \"", name, "\""));
   }
+  if (NeedsTls(*e)) {
+    tls_refused_ = true;
+    Refused(Refusal::kTlsRequired,
+            absl::StrCat("EXPORT_NAME \"", name, "\" before STARTTLS"));
+    co_return absl::PermissionDeniedError(
+        absl::StrCat("export \"", name, "\" requires TLS"));
+  }
+  if (!Admit(*e)) {
+    // EXPORT_NAME has no error reply either.
+    co_return absl::ResourceExhaustedError(absl::StrCat(
+        "export \"", name, "\" has its maximum number of clients"));
+  }
   std::vector<uint8_t> reply = EncodeExportNameReply(
       e->size(), e->TransmissionFlags(result_.structured_replies),
       result_.no_zeroes);
   if (ErrorCode ec = co_await conn_.WriteAll(reply); ec) {
+    e->RemoveClient();
     co_return IoError(ec, "EXPORT_NAME reply");
   }
   result_.export_ = e;
@@ -246,6 +365,21 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleInfoOrGo(
     if (ec) co_return IoError(ec, "option reply");
     co_return false;
   }
+  if (NeedsTls(*e)) {
+    ec = co_await RefuseWithoutTls(
+        option, absl::StrCat("for export \"", req->name, "\""));
+    if (ec) co_return IoError(ec, "option reply");
+    co_return false;
+  }
+  // GO takes a client slot before anything is sent (released on failure).
+  if (option == kOptGo && !Admit(*e)) {
+    ec = co_await ReplyError(
+        option, kRepErrPolicy,
+        absl::StrCat("export \"", req->name, "\" has its maximum of ",
+                     e->max_clients(), " clients"));
+    if (ec) co_return IoError(ec, "option reply");
+    co_return false;
+  }
   const BlockSizes& bs = e->block_sizes();
   std::vector<std::vector<uint8_t>> infos;
   infos.push_back(EncodeInfoExport(
@@ -265,10 +399,14 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleInfoOrGo(
   }
   for (const auto& info : infos) {
     if ((ec = co_await Reply(option, kRepInfo, info))) {
+      if (option == kOptGo) e->RemoveClient();
       co_return IoError(ec, "INFO reply");
     }
   }
-  if ((ec = co_await Reply(option, kRepAck))) co_return IoError(ec, "ACK");
+  if ((ec = co_await Reply(option, kRepAck))) {
+    if (option == kOptGo) e->RemoveClient();
+    co_return IoError(ec, "ACK");
+  }
   if (option == kOptInfo) co_return false;
   result_.export_ = e;
   result_.base_allocation = meta_export_ != nullptr && meta_export_ == e;
@@ -301,6 +439,10 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleMetaContext(
         option, kRepErrUnknown,
         absl::StrCat("no export named \"", req->export_name, "\"")));
   }
+  if (NeedsTls(*e)) {
+    co_return finish(co_await RefuseWithoutTls(
+        option, absl::StrCat("for export \"", req->export_name, "\"")));
+  }
   bool match = false;
   if (req->queries.empty()) {
     match = !set;  // LIST with no query lists everything; SET selects nothing
@@ -323,7 +465,7 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleMetaContext(
 
 asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiate(
     Connection& conn, const ExportRegistry& registry,
-    const NegotiationLimits& limits) {
+    const NegotiationOptions& limits) {
   Negotiator n(conn, registry, limits);
   co_return co_await n.Run();
 }

@@ -8,17 +8,23 @@
 #include "absl/status/statusor.h"
 #include "lib/export/export.h"
 #include "lib/export/export_registry.h"
+#include "lib/metrics/server_stats.h"
 #include "lib/nbd/connection.h"
+#include "lib/tls/tls_context.h"
 
 namespace nbdmgr::nbd {
 
-struct NegotiationLimits {
+struct NegotiationOptions {
   // Longest option payload read into memory; longer ones are answered with
   // ERR_TOO_BIG and skipped without being stored.
   uint32_t max_option_length = 64 * 1024;
   // Options a client may send before choosing an export; past this the
   // connection is closed.
   int max_options = 256;
+  // STARTTLS credentials; null: TLS is not offered (ERR_UNSUP).
+  std::shared_ptr<TlsContext> tls;
+  // Where limit refusals are counted and logged; may be null.
+  ServerStats* stats = nullptr;
 };
 
 // What the client and server agreed on.
@@ -37,14 +43,21 @@ inline constexpr uint32_t kBaseAllocationId = 1;
 // Runs the fixed-newstyle handshake and option haggling on `conn` until the
 // client picks an export with GO or EXPORT_NAME. Every client-supplied
 // length is checked before it sizes anything.
+// With TLS: STARTTLS upgrades the connection and forgets what was
+// negotiated in clear. Before TLS, exports with tls=require are hidden from
+// LIST and refused with ERR_TLS_REQD (if every export requires TLS, every
+// option but STARTTLS and ABORT is). A successful GO or EXPORT_NAME counts
+// the client in the export (Export::TryAddClient); the caller removes it.
 // Errors: Cancelled if the client sent ABORT or closed the connection;
 // InvalidArgument for a protocol violation that ends the connection (bad
 // magic, unknown client flags, unknown EXPORT_NAME); ResourceExhausted for
-// too many options;
+// too many options or a full export on EXPORT_NAME; PermissionDenied when a
+// client refused TLS that was required (EXPORT_NAME in clear, or leaving
+// after ERR_TLS_REQD); Unauthenticated if the TLS handshake failed;
 // Unavailable for socket errors. On error the caller closes `conn`.
 asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiate(
     Connection& conn, const ExportRegistry& registry,
-    const NegotiationLimits& limits);
+    const NegotiationOptions& limits);
 
 }  // namespace nbdmgr::nbd
 

@@ -36,6 +36,7 @@ Server::Server(ServerOptions options, std::shared_ptr<ExportRegistry> registry)
                                                    : DefaultBlockingThreads()) {
   options_.session.transmission.blocking_pool = &blocking_pool_;
   options_.session.server_stats = &stats_;
+  options_.session.negotiation.stats = &stats_;
 
   int n = options_.io_threads > 0 ? options_.io_threads : DefaultIoThreads();
   for (int i = 0; i < n; ++i) {
@@ -156,6 +157,18 @@ asio::awaitable<void> Server::AcceptLoop(Acceptor& acceptor) {
       asio::steady_timer t(acceptor.get_executor(),
                            std::chrono::milliseconds(100));
       co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+      continue;
+    }
+    if (options_.max_connections > 0 &&
+        session_count() >= options_.max_connections) {
+      ErrorCode ignored;
+      auto peer = socket.remote_endpoint(ignored);
+      stats_.Refused(
+          Refusal::kMaxConnections,
+          peer.protocol().family() == AF_UNIX ? "unix" : "tcp client",
+          absl::StrCat("already serving ", options_.max_connections,
+                       " connections"));
+      socket.close(ignored);
       continue;
     }
     auto session = std::make_shared<Session>(std::move(socket), *registry_,

@@ -30,6 +30,9 @@ struct ServerOptions {
   std::vector<ListenAddress> listen;
   int io_threads = 0;        // 0: one per core
   int blocking_threads = 0;  // 0: 4 per core, at least 8
+  // Connections at once, all listeners; more are closed at accept (0: no
+  // cap).
+  uint32_t max_connections = 0;
   SessionOptions session;
 };
 

@@ -1,7 +1,9 @@
 #include "lib/nbd/session.h"
 
+#include <algorithm>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "lib/nbd/reply_writer.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
@@ -12,7 +14,10 @@ using namespace boost::asio::experimental::awaitable_operators;
 
 Session::Session(Socket socket, const ExportRegistry& registry,
                  SessionOptions options)
-    : conn_(std::move(socket)), registry_(registry), options_(options) {}
+    : conn_(std::move(socket)),
+      registry_(registry),
+      options_(options),
+      timer_(conn_.socket().get_executor()) {}
 
 Session::~Session() = default;
 
@@ -37,29 +42,80 @@ class OpenConnection {
 
 }  // namespace
 
+void Session::OnHandshakeDeadline() {
+  if (!negotiating_ || stopped_) return;
+  timed_out_ = true;
+  if (options_.server_stats != nullptr) {
+    options_.server_stats->Refused(
+        Refusal::kHandshakeTimeout, conn_.peer(),
+        absl::StrCat("no export chosen within ",
+                     options_.handshake_timeout.count(), " ms"));
+  }
+  conn_.Close();
+}
+
+void Session::ScheduleIdleCheck() {
+  // Check four times per timeout: a client is dropped between 1 and 1.25
+  // timeouts after its last request.
+  timer_.expires_after(
+      std::max(options_.idle_timeout / 4, std::chrono::milliseconds(10)));
+  timer_.async_wait([self = shared_from_this()](const ErrorCode& ec) {
+    if (!ec && self->tx_ != nullptr) self->CheckIdle();
+  });
+}
+
+void Session::CheckIdle() {
+  const auto now = std::chrono::steady_clock::now();
+  const uint64_t n = tx_->requests_read();
+  if (n != idle_seen_ || writer_->in_flight() > 0) {
+    idle_seen_ = n;
+    idle_since_ = now;
+  } else if (now - idle_since_ >= options_.idle_timeout) {
+    if (options_.server_stats != nullptr) {
+      options_.server_stats->Refused(
+          Refusal::kIdleTimeout, conn_.peer(),
+          absl::StrCat("no request for ", options_.idle_timeout.count(),
+                       " ms"));
+    }
+    conn_.ShutdownRead();  // the reader ends; the writer finishes
+    return;
+  }
+  ScheduleIdleCheck();
+}
+
 asio::awaitable<void> Session::Run() {
   ServerStats* stats = options_.server_stats;
   OpenConnection open(stats,
                       conn_.is_tcp() ? Transport::kTcp : Transport::kUnix);
+  if (options_.handshake_timeout.count() > 0) {
+    timer_.expires_after(options_.handshake_timeout);
+    timer_.async_wait([self = shared_from_this()](const ErrorCode& ec) {
+      if (!ec) self->OnHandshakeDeadline();
+    });
+  }
   absl::StatusOr<NegotiationResult> agreed =
       co_await Negotiate(conn_, registry_, options_.negotiation);
+  negotiating_ = false;
+  timer_.cancel();
+  if (!agreed.ok() && timed_out_) {
+    agreed = absl::DeadlineExceededError("handshake deadline passed");
+  }
   if (!agreed.ok()) {
     if (stats) {
       stats->HandshakeFailed(stopped_
                                  ? HandshakeFailure::kShutdown
                                  : HandshakeFailureFromStatus(agreed.status()));
     }
-    if (absl::IsCancelled(agreed.status())) {
-      spdlog::debug("{}: {}", conn_.peer(), agreed.status().message());
-    } else {
-      spdlog::info("{}: handshake failed: {}", conn_.peer(),
-                   agreed.status().message());
-    }
+    // Debug only: a hostile client could flood the log. Refusals are
+    // logged (rate-limited) where they happen; all are counted in metrics.
+    spdlog::debug("{}: handshake failed: {}", conn_.peer(),
+                  agreed.status().message());
     conn_.Close();
     co_return;
   }
   if (stopped_) {  // Stop() raced with the last option
     if (stats) stats->HandshakeFailed(HandshakeFailure::kShutdown);
+    agreed->export_->RemoveClient();
     conn_.Close();
     co_return;
   }
@@ -67,14 +123,22 @@ asio::awaitable<void> Session::Run() {
   spdlog::info("{}: connected to export \"{}\"{}", conn_.peer(), e->name(),
                agreed->structured_replies ? " (structured replies)" : "");
   transmitting_ = true;
-  export_in_use_ = e.get();
-  e->AddClient();
+  export_in_use_ = e.get();  // Negotiate() counted us in e->clients()
   {
     std::unique_ptr<ConnectionBuffers> buffers = e->buffers().NewConnection();
     ScopedIoStats io(options_.count_requests ? &e->io_stats() : nullptr);
     ReplyWriter writer(conn_, io.get());
     Transmission tx(conn_, writer, *buffers, *agreed, options_.transmission);
+    if (options_.idle_timeout.count() > 0) {
+      tx_ = &tx;
+      writer_ = &writer;
+      idle_since_ = std::chrono::steady_clock::now();
+      ScheduleIdleCheck();
+    }
     co_await (tx.ReadLoop() && writer.Run());
+    tx_ = nullptr;
+    writer_ = nullptr;
+    timer_.cancel();
     spdlog::info("{}: export \"{}\" session ended ({})", conn_.peer(),
                  e->name(), tx.end_reason());
   }

@@ -2,24 +2,33 @@
 #define NBDMGR_LIB_NBD_SESSION_H_
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <chrono>
 #include <memory>
 
 #include "lib/export/export_registry.h"
 #include "lib/metrics/server_stats.h"
 #include "lib/nbd/connection.h"
 #include "lib/nbd/negotiation.h"
+#include "lib/nbd/reply_writer.h"
 #include "lib/nbd/transmission.h"
 
 namespace nbdmgr::nbd {
 
 struct SessionOptions {
-  NegotiationLimits negotiation;
+  NegotiationOptions negotiation;
   TransmissionOptions transmission;
   // Daemon-wide connection counters; may be null.
   ServerStats* server_stats = nullptr;
   // Per-request counters (the export's io_stats()); off saves their cost.
   bool count_requests = true;
+  // A client that has not chosen an export by then is disconnected
+  // (0: no deadline).
+  std::chrono::milliseconds handshake_timeout{10000};
+  // A transmitting client with nothing in flight that sends no request for
+  // this long is disconnected gracefully (0: never).
+  std::chrono::milliseconds idle_timeout{0};
 };
 
 // One client connection: negotiation, then transmission with one reader
@@ -48,12 +57,25 @@ class Session : public std::enable_shared_from_this<Session> {
   const std::string& peer() const { return conn_.peer(); }
 
  private:
+  // Timer callbacks (they hold a reference to the session).
+  void OnHandshakeDeadline();
+  void ScheduleIdleCheck();
+  void CheckIdle();
+
   Connection conn_;
   const ExportRegistry& registry_;
   SessionOptions options_;
   bool transmitting_ = false;
   const Export* export_in_use_ = nullptr;
   bool stopped_ = false;
+  bool negotiating_ = true;
+  bool timed_out_ = false;
+  asio::steady_timer timer_;  // handshake deadline, then idle checks
+  // Set while transmitting, for the idle check.
+  const Transmission* tx_ = nullptr;
+  const ReplyWriter* writer_ = nullptr;
+  uint64_t idle_seen_ = 0;  // requests read at the last check
+  std::chrono::steady_clock::time_point idle_since_;
 };
 
 }  // namespace nbdmgr::nbd

@@ -517,6 +517,7 @@ asio::awaitable<void> Transmission::ReadLoop() {
       break;
     }
     const RequestHeader h = *decoded;
+    ++requests_read_;
     const int64_t start = writer_.counting() ? SteadyNowNs() : 0;
     if (h.type == kCmdDisc) {
       end_reason_ = "disconnect";

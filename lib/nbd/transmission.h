@@ -87,6 +87,8 @@ class Transmission {
 
   // Why ReadLoop ended, for logs: "disconnect", "closed", or an error.
   std::string_view end_reason() const { return end_reason_; }
+  // Request headers read so far.
+  uint64_t requests_read() const { return requests_read_; }
 
  private:
   // Runs `fn` (backend work returning absl::Status) inline for in-memory
@@ -125,6 +127,7 @@ class Transmission {
   RequestLimits limits_;
   TransmissionOptions options_;
   std::string_view end_reason_ = "closed";
+  uint64_t requests_read_ = 0;
 };
 
 }  // namespace nbdmgr::nbd

@@ -134,7 +134,7 @@ TEST_F(ExportManagerTest, PathPolicy) {
 TEST_F(ExportManagerTest, DeleteModes) {
   ASSERT_TRUE(manager_->CreateExport(Memory("busy")).ok());
   auto e = registry_->Find("busy");
-  e->AddClient();
+  ASSERT_TRUE(e->TryAddClient());
   EXPECT_EQ(
       manager_->DeleteExport("busy", DeleteMode::kSafe, std::chrono::seconds(1))
           .status()
@@ -147,7 +147,7 @@ TEST_F(ExportManagerTest, DeleteModes) {
   ASSERT_EQ(sessions_.calls.size(), 1u);
   EXPECT_FALSE(sessions_.calls[0].second);  // graceful
   ASSERT_TRUE(manager_->CreateExport(Memory("busy")).ok());
-  registry_->Find("busy")->AddClient();
+  ASSERT_TRUE(registry_->Find("busy")->TryAddClient());
   ASSERT_TRUE(
       manager_->DeleteExport("busy", DeleteMode::kHard, std::chrono::seconds(1))
           .ok());

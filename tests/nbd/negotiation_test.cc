@@ -243,7 +243,7 @@ TEST_F(NegotiationTest, TooManyOptionsCloses) {
     ASSERT_TRUE(peer().Read(GetU32(h->data() + 16)).has_value());
     ++replies;
   }
-  EXPECT_EQ(replies, NegotiationLimits{}.max_options);
+  EXPECT_EQ(replies, NegotiationOptions{}.max_options);
   EXPECT_TRUE(SessionEnds());
 }
 
