@@ -64,6 +64,7 @@ asio::awaitable<ErrorCode> Connection::StartTls(asio::ssl::context& ctx) {
 }
 
 asio::awaitable<ErrorCode> Connection::ReadExact(std::span<uint8_t> dst) {
+  if (dst.empty()) co_return ErrorCode{};
   size_t have = std::min(rend_ - rpos_, dst.size());
   std::memcpy(dst.data(), rbuf_.get() + rpos_, have);
   rpos_ += have;
