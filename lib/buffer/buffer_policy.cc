@@ -181,7 +181,9 @@ void ConnectionBuffers::FreeHeld(const Held& h) {
 }
 
 bool ConnectionBuffers::ShouldStream(size_t size) {
-  const BufferSettings& s = *owner_.current();
+  // Hold the settings for the whole call: Update() may replace them.
+  const std::shared_ptr<const BufferSettings> settings = owner_.current();
+  const BufferSettings& s = *settings;
   size_t charge = size;
   switch (s.strategy) {
     case BufferStrategy::kStream:
