@@ -2,7 +2,10 @@
 # The README's quick start. On a fresh Debian 12 machine (as root, or with
 # sudo) it installs what is missing, builds, and then:
 #   deploy/quickstart.sh run    serve a 1 GiB in-memory export on 127.0.0.1:10809
-#   deploy/quickstart.sh test   run the whole test suite (unit + interop)
+#   deploy/quickstart.sh test   run the whole test suite: unit + interop, then
+#                               the same under ASan+UBSan, the concurrency
+#                               tests under TSan, and the fuzz targets
+#                               (NBDMGR_QUICK=1 skips the sanitizer tier)
 # Extra arguments after `run` go to nbdmgrd.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,5 +27,7 @@ if [ "$mode" = run ]; then
   exec "$BUILD/daemon/nbdmgrd" --nbd-listen tcp:127.0.0.1:10809 \
     --export name=default,backend=memory,size=1GiB,description="nbdmgr quick start" "$@"
 fi
-cd "$BUILD"
-ctest -j "$(nproc)" --output-on-failure --timeout 900
+(cd "$BUILD" && ctest -j "$(nproc)" --output-on-failure --timeout 900)
+if [ "${NBDMGR_QUICK:-0}" != 1 ]; then
+  bash "$ROOT/tests/sanitizers.sh" "$BUILD"
+fi
