@@ -55,9 +55,15 @@ median() { $PY -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:] if x
 # nbdcopy in and out, over unix and tcp) against servers A and B, alternating
 # which goes first every round, and prints a table of medians with the ratio
 # A/B. The caller defines `uri SERVER TRANSPORT` and SRC_IMG (a 1 GiB file),
-# and may define `before_job SERVER` / `after_job SERVER` hooks.
+# and may define `before_job SERVER` / `after_job SERVER` hooks. If the
+# caller fills the associative array SERVER_PID (server -> pid), a second
+# table shows each server's CPU time per GB moved (ms/GB, lower is better),
+# which is less sensitive to scheduling noise than throughput.
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+
 bench_matrix() {
-  local a=$1 b=$2 round t job name rw bs qd s sec m k
+  local a=$1 b=$2 round t job name rw bs qd s sec m k c0 mbps
+  declare -A C
   local jobs=("seq read 1MiB qd8|read 1M 8" "seq write 1MiB qd8|write 1M 8"
               "rand read 4KiB qd32|randread 4k 32" "rand write 4KiB qd32|randwrite 4k 32")
   declare -A R
@@ -70,16 +76,23 @@ bench_matrix() {
         name=${job%%|*}; read -r rw bs qd <<<"${job#*|}"
         for s in "${order[@]}"; do
           before_job "$s"
-          R["$t|$name|$s"]+=" $(fio_mbps "$(uri "$s" "$t")" "$rw" "$bs" "$qd" "$SECS")"
+          c0=$(cpu_of "$s")
+          mbps=$(fio_mbps "$(uri "$s" "$t")" "$rw" "$bs" "$qd" "$SECS")
+          R["$t|$name|$s"]+=" $mbps"
+          C["$t|$name|$s"]+=" $(cpu_per_gb "$s" "$c0" "$($PY -c "print($mbps*$SECS/1000)")")"
           after_job "$s"
         done
       done
       for s in "${order[@]}"; do
         before_job "$s"
+        c0=$(cpu_of "$s")
         sec=$(seconds nbdcopy --no-extents "$SRC_IMG" "$(uri "$s" "$t")")
         R["$t|nbdcopy 1GiB file->nbd|$s"]+=" $($PY -c "print(round(1073.741824/$sec,1))")"
+        C["$t|nbdcopy 1GiB file->nbd|$s"]+=" $(cpu_per_gb "$s" "$c0" 1.073741824)"
+        c0=$(cpu_of "$s")
         sec=$(seconds nbdcopy --no-extents "$(uri "$s" "$t")" null:)
         R["$t|nbdcopy 1GiB nbd->null|$s"]+=" $($PY -c "print(round(1073.741824/$sec,1))")"
+        C["$t|nbdcopy 1GiB nbd->null|$s"]+=" $(cpu_per_gb "$s" "$c0" 1.073741824)"
         after_job "$s"
       done
     done
@@ -96,4 +109,26 @@ bench_matrix() {
     done
   done
   echo "(medians of $ROUNDS rounds, ${SECS}s per fio job; $(nproc) cores)"
+  declare -p SERVER_PID >/dev/null 2>&1 || return 0
+  printf '\n%-6s %-26s %14s %14s %7s\n' transport job "$a ms/GB" "$b ms/GB" ratio
+  for t in unix tcp; do
+    for name in "seq read 1MiB qd8" "seq write 1MiB qd8" "rand read 4KiB qd32" \
+                "rand write 4KiB qd32" "nbdcopy 1GiB file->nbd" "nbdcopy 1GiB nbd->null"; do
+      # shellcheck disable=SC2086
+      m=$(median ${C["$t|$name|$a"]}); k=$(median ${C["$t|$name|$b"]})
+      printf '%-6s %-26s %14s %14s %7s\n' "$t" "$name" "$m" "$k" \
+        "$($PY -c "print(f'{$m/$k:.3f}')")"
+    done
+  done
+  echo "(server CPU time, user+system, per GB moved; medians)"
+}
+
+# cpu_of SERVER: the server's CPU ticks so far (0 without SERVER_PID).
+cpu_of() {
+  if declare -p SERVER_PID >/dev/null 2>&1; then cpu_ticks "${SERVER_PID[$1]}"; else echo 0; fi
+}
+# cpu_per_gb SERVER TICKS_BEFORE GB: CPU ms per GB since TICKS_BEFORE.
+cpu_per_gb() {
+  local now; now=$(cpu_of "$1")
+  $PY -c "print(round(($now-$2)*1000/$(getconf CLK_TCK)/max($3,1e-9),1))"
 }

@@ -20,7 +20,7 @@ PIDS=()
 trap 'kill "${PIDS[@]}" $SCRAPER 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 SCRAPER=
 
-declare -A PORT
+declare -A PORT SERVER_PID
 for s in on off; do
   PORT[$s]=$(free_port)
   metrics=none; [ $s = on ] && metrics=127.0.0.1:0
@@ -29,6 +29,7 @@ for s in on off; do
     --metrics-listen $metrics --request-stats $s --ready-file "$WORK/$s.ready" \
     --export name=bench,backend=memory,size=1GiB &
   PIDS+=($!)
+  SERVER_PID[$s]=$!
 done
 for s in on off; do wait_for "$WORK/$s.sock"; wait_for "${PORT[$s]}"; done
 METRICS=$(sed -n 's/^metrics=//p' "$WORK/on.ready")
