@@ -16,6 +16,7 @@ int UpdateCommand(const Global& g, const std::vector<std::string>& words);
 int RemoveCommand(const Global& g, const std::vector<std::string>& words);
 int DaemonCommand(const Global& g, const std::vector<std::string>& words);
 int StatsCommand(const Global& g, const std::vector<std::string>& words);
+int HealthCommand(const Global& g, const std::vector<std::string>& words);
 
 }  // namespace nbdmgr::cli
 

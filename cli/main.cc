@@ -24,6 +24,7 @@ Commands:
   daemon            show the daemon; --memory-cap SIZE changes its cap
   stats [NAME]      I/O rates, latency, buffers (-o table|json|prometheus,
                     --watch 1s)
+  health [SERVICE]  gRPC health check (exit 0 if SERVING; for probes)
 
 Global flags:
   --control ADDR    unix:/PATH or tcp:HOST:PORT
@@ -90,6 +91,7 @@ int main(int argc, char** argv) {
   if (cmd == "remove") return RemoveCommand(g, rest);
   if (cmd == "daemon") return DaemonCommand(g, rest);
   if (cmd == "stats") return StatsCommand(g, rest);
+  if (cmd == "health") return HealthCommand(g, rest);
   if (cmd == "help") return std::printf("%s", kHelp), kExitOk;
   return UsageError("unknown command " + cmd, kHelp);
 }

@@ -22,6 +22,10 @@ int main(int argc, char** argv) {
     std::printf("nbdmgrd %s\n", NBDMGR_VERSION);
     return 0;
   }
+  if (flags->check_config) {
+    std::fputs(nbdmgr::DescribeConfig(flags->config).c_str(), stdout);
+    return 0;
+  }
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
   spdlog::set_level(spdlog::level::from_str(flags->config.log_level));
 

@@ -9,12 +9,14 @@ PKGS=(
   # libraries
   libboost1.81-dev libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   protobuf-compiler libgtest-dev libgmock-dev libspdlog-dev liburing-dev prometheus-cpp-dev
-  libssl-dev
+  libssl-dev libsystemd-dev
   # interop peers and benchmark tools
   libnbd-bin python3 python3-libnbd qemu-utils nbdkit fio procps curl
   python3-grpcio python3-protobuf openssl prometheus gnutls-bin
   # sanitizer and fuzzing builds
   clang-14 libclang-rt-14-dev
+  # packaging (CPack DEB, man pages) and deploy checks
+  dpkg-dev help2man python3-yaml systemd
 )
 
 missing=()

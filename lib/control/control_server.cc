@@ -88,6 +88,15 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
     return absl::UnavailableError(
         absl::StrCat("cannot listen for control on ", o.listen.ToString()));
   }
+  // Health per service too (grpc.health.v1 with a service name), so probes
+  // can ask for the API they use; all go NOT_SERVING when draining.
+  if (auto* health = server->GetHealthCheckService()) {
+    for (const char* name :
+         {"nbdmgr.v1.ExportService", "nbdmgr.v1.DaemonService",
+          "nbdmgr.v1.StatsService"}) {
+      health->SetServingStatus(name, true);
+    }
+  }
   ListenAddress bound = o.listen;
   if (bound.kind == ListenAddress::Kind::kUnix) {
     ::chmod(bound.path.c_str(), 0600);
@@ -99,6 +108,13 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
 }
 
 ControlServer::~ControlServer() { Shutdown(); }
+
+void ControlServer::SetNotServing() {
+  if (server_ == nullptr) return;
+  if (auto* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+  }
+}
 
 void ControlServer::Shutdown() {
   if (server_ == nullptr) return;

@@ -34,6 +34,8 @@ class ControlServer {
       std::vector<grpc::Service*> services);
   ~ControlServer();
 
+  // Health checks answer NOT_SERVING from now on (the daemon is draining).
+  void SetNotServing();
   void Shutdown();
   // The bound address ("unix:/path" or "tcp:host:port" with the real port).
   const ListenAddress& bound() const { return bound_; }

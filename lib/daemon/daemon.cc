@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "lib/daemon/notify.h"
 #include "lib/metrics/process_stats.h"
 #include "lib/util/errors.h"
 #include "lib/util/size.h"
@@ -253,7 +254,15 @@ absl::Status Daemon::Run() {
   }
   if (control_) spdlog::info("control API on {}", control_->bound().ToString());
   if (metrics_) spdlog::info("metrics on http://{}/metrics", metrics_->bound());
+  NotifyReady(
+      absl::StrCat("serving ", registry_->List().size(), " export(s) on ",
+                   absl::StrJoin(server_->bound(), " ",
+                                 [](std::string* out, const ListenAddress& a) {
+                                   out->append(a.ToString());
+                                 })));
   main_.run();
+  NotifyStopping("draining");
+  if (control_) control_->SetNotServing();
 
   if (control_) control_->Shutdown();
   server_->Shutdown(config_.drain_timeout);

@@ -4,6 +4,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "lib/daemon/config_file.h"
 #include "lib/util/duration.h"
 #include "lib/util/size.h"
 #include "lib/util/strings.h"
@@ -24,6 +25,141 @@ absl::StatusOr<int> ParseThreads(std::string_view flag, const std::string& v) {
         absl::StrCat("expected a number from 0 to 1024, got \"", v, "\""));
   }
   return n;
+}
+
+// Where a value comes from and what was set, while parsing.
+struct Parsing {
+  DaemonConfig& c;
+  bool cli = false;  // applying command-line flags (else the config file)
+  bool default_given = false;
+  bool control_given = false;
+  bool listen_from_cli = false;
+  bool allow_from_cli = false;
+};
+
+// Applies one valued flag (or config-file field) to the configuration.
+absl::Status ApplyFlag(const std::string& flag, const std::string& value,
+                       Parsing& p) {
+  DaemonConfig& c = p.c;
+  if (flag == "--nbd-listen") {
+    absl::StatusOr<ListenAddress> a = ParseListenAddress(value);
+    if (!a.ok()) return FlagError(flag, ToStd(a.status().message()));
+    if (p.cli && !p.listen_from_cli) {
+      c.nbd_listen.clear();  // the command line replaces the file's list
+      p.listen_from_cli = true;
+    }
+    c.nbd_listen.push_back(*a);
+  } else if (flag == "--export") {
+    absl::StatusOr<ExportConfig> e = ParseExportSpec(value);
+    if (!e.ok()) return FlagError(flag, ToStd(e.status().message()));
+    c.exports.push_back(*e);
+  } else if (flag == "--default-export") {
+    c.default_export = value;
+    p.default_given = true;
+  } else if (flag == "--io-threads") {
+    absl::StatusOr<int> n = ParseThreads(flag, value);
+    if (!n.ok()) return n.status();
+    c.io_threads = *n;
+  } else if (flag == "--blocking-threads") {
+    absl::StatusOr<int> n = ParseThreads(flag, value);
+    if (!n.ok()) return n.status();
+    c.blocking_threads = *n;
+  } else if (flag == "--drain-timeout") {
+    absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
+    if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
+    c.drain_timeout = *d;
+  } else if (flag == "--log-level") {
+    static const std::set<std::string> kLevels = {"trace", "debug", "info",
+                                                  "warn", "error"};
+    if (!kLevels.contains(value)) {
+      return FlagError(flag,
+                       absl::StrCat("unknown level \"", value,
+                                    "\" (trace, debug, info, warn, error)"));
+    }
+    c.log_level = value;
+  } else if (flag == "--memory-cap") {
+    absl::StatusOr<uint64_t> cap = ParseSize(value);
+    if (!cap.ok()) return FlagError(flag, ToStd(cap.status().message()));
+    c.memory_cap_bytes = *cap;
+  } else if (flag == "--ready-file") {
+    c.ready_file = value;
+  } else if (flag == "--control-listen") {
+    p.control_given = true;
+    if (value == "none") {
+      c.control_listen.reset();
+    } else {
+      absl::StatusOr<ListenAddress> a = ParseListenAddress(value);
+      if (!a.ok()) return FlagError(flag, ToStd(a.status().message()));
+      c.control_listen = *a;
+    }
+  } else if (flag == "--control-tls-cert") {
+    c.control_tls_cert = value;
+  } else if (flag == "--control-tls-key") {
+    c.control_tls_key = value;
+  } else if (flag == "--control-tls-ca") {
+    c.control_tls_ca = value;
+  } else if (flag == "--state-dir") {
+    if (value != "none" && (value.empty() || value.front() != '/')) {
+      return FlagError(flag, "must be an absolute path (or none)");
+    }
+    c.state_dir = value == "none" ? "" : value;
+  } else if (flag == "--allow-path") {
+    if (value.empty() || value.front() != '/') {
+      return FlagError(
+          flag, absl::StrCat("must be an absolute directory: \"", value, "\""));
+    }
+    if (p.cli && !p.allow_from_cli) {
+      c.allow_paths.clear();
+      p.allow_from_cli = true;
+    }
+    c.allow_paths.push_back(value);
+  } else if (flag == "--metrics-listen") {
+    if (value == "none") {
+      c.metrics_listen.clear();
+    } else {
+      std::string_view v = value;
+      if (v.starts_with("tcp:")) v.remove_prefix(4);
+      absl::StatusOr<ListenAddress> a =
+          ParseListenAddress(absl::StrCat("tcp:", ToAbsl(v)));
+      if (!a.ok() || a->host.find(':') != std::string::npos) {
+        return FlagError(flag, absl::StrCat("expected HOST:PORT or none, "
+                                            "got \"",
+                                            value, "\""));
+      }
+      c.metrics_listen = absl::StrCat(a->host, ":", a->port);
+    }
+  } else if (flag == "--tls-cert") {
+    c.tls.cert_file = value;
+  } else if (flag == "--tls-key") {
+    c.tls.key_file = value;
+  } else if (flag == "--tls-ca") {
+    c.tls.ca_file = value;
+  } else if (flag == "--tls-psk") {
+    c.tls.psk_file = value;
+  } else if (flag == "--handshake-timeout" || flag == "--idle-timeout") {
+    absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
+    if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
+    (flag == "--idle-timeout" ? c.idle_timeout : c.handshake_timeout) = *d;
+  } else if (flag == "--max-connections") {
+    uint32_t n = 0;
+    if (!absl::SimpleAtoi(value, &n)) {
+      return FlagError(flag,
+                       absl::StrCat("expected a count, got \"", value, "\""));
+    }
+    c.max_connections = n;
+  } else if (flag == "--request-stats") {
+    if (value != "on" && value != "off") {
+      return FlagError(flag,
+                       absl::StrCat("expected on or off, got \"", value, "\""));
+    }
+    c.request_stats = value == "on";
+  } else if (flag == "--control-insecure") {
+    c.control_insecure = value == "true";
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown flag ", flag, " (see --help)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -96,6 +232,12 @@ Flags:
   --log-level LEVEL       trace, debug, info, warn, error. Default info.
   --ready-file PATH       Once serving, write the bound addresses there (one per
                           line; useful with port 0).
+  --config FILE           Read settings from FILE (protobuf text format of
+                          nbdmgr.v1.DaemonConfig; see deploy/nbdmgrd.conf).
+                          Flags override it; --nbd-listen and --allow-path
+                          replace its lists, --export adds to its exports.
+  --check-config          Validate the configuration (file and flags), print
+                          it, and exit (0 if valid, 2 if not).
   --help                  Show this help.
   --version               Show the version.
 )";
@@ -105,8 +247,34 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
                                              const char* const* argv) {
   DaemonFlags out;
   DaemonConfig& c = out.config;
-  bool default_given = false;
-  bool control_given = false;
+  Parsing p{c};
+  // The config file first; the command line then overrides it.
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::string path;
+    if (arg == "--config") {
+      if (i + 1 >= argc) return FlagError("--config", "missing value");
+      path = argv[i + 1];
+    } else if (arg.starts_with("--config=")) {
+      path = arg.substr(9);
+    } else {
+      continue;
+    }
+    if (!out.config_file.empty()) {
+      return FlagError("--config", "given more than once");
+    }
+    out.config_file = path;
+    absl::StatusOr<ConfigFileContents> file = LoadConfigFile(path);
+    if (!file.ok()) return file.status();
+    for (const auto& [flag, value] : file->flags) {
+      if (absl::Status st = ApplyFlag(flag, value, p); !st.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": ", st.message()));
+      }
+    }
+    for (ExportConfig& e : file->exports) c.exports.push_back(std::move(e));
+  }
+  p.cli = true;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -115,6 +283,10 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
     }
     if (arg == "--version") {
       out.version = true;
+      continue;
+    }
+    if (arg == "--check-config") {
+      out.check_config = true;
       continue;
     }
     if (arg == "--control-insecure") {  // the one flag without a value
@@ -132,15 +304,31 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       value = arg.substr(eq + 1);
       has_value = true;
     }
-    static const std::set<std::string> kKnown = {
-        "--nbd-listen",        "--export",           "--default-export",
-        "--io-threads",        "--blocking-threads", "--drain-timeout",
-        "--log-level",         "--ready-file",       "--memory-cap",
-        "--control-listen",    "--control-tls-cert", "--control-tls-key",
-        "--control-tls-ca",    "--state-dir",        "--allow-path",
-        "--metrics-listen",    "--request-stats",    "--tls-cert",
-        "--tls-key",           "--tls-ca",           "--tls-psk",
-        "--handshake-timeout", "--idle-timeout",     "--max-connections"};
+    static const std::set<std::string> kKnown = {"--nbd-listen",
+                                                 "--export",
+                                                 "--default-export",
+                                                 "--io-threads",
+                                                 "--blocking-threads",
+                                                 "--drain-timeout",
+                                                 "--log-level",
+                                                 "--ready-file",
+                                                 "--memory-cap",
+                                                 "--control-listen",
+                                                 "--control-tls-cert",
+                                                 "--control-tls-key",
+                                                 "--control-tls-ca",
+                                                 "--state-dir",
+                                                 "--allow-path",
+                                                 "--metrics-listen",
+                                                 "--request-stats",
+                                                 "--tls-cert",
+                                                 "--tls-key",
+                                                 "--tls-ca",
+                                                 "--tls-psk",
+                                                 "--handshake-timeout",
+                                                 "--idle-timeout",
+                                                 "--max-connections",
+                                                 "--config"};
     if (!kKnown.contains(flag)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag ", flag, " (see --help)"));
@@ -149,112 +337,11 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       if (i + 1 >= argc) return FlagError(flag, "missing value");
       value = argv[++i];
     }
-    if (flag == "--nbd-listen") {
-      absl::StatusOr<ListenAddress> a = ParseListenAddress(value);
-      if (!a.ok()) return FlagError(flag, ToStd(a.status().message()));
-      c.nbd_listen.push_back(*a);
-    } else if (flag == "--export") {
-      absl::StatusOr<ExportConfig> e = ParseExportSpec(value);
-      if (!e.ok()) return FlagError(flag, ToStd(e.status().message()));
-      c.exports.push_back(*e);
-    } else if (flag == "--default-export") {
-      c.default_export = value;
-      default_given = true;
-    } else if (flag == "--io-threads") {
-      absl::StatusOr<int> n = ParseThreads(flag, value);
-      if (!n.ok()) return n.status();
-      c.io_threads = *n;
-    } else if (flag == "--blocking-threads") {
-      absl::StatusOr<int> n = ParseThreads(flag, value);
-      if (!n.ok()) return n.status();
-      c.blocking_threads = *n;
-    } else if (flag == "--drain-timeout") {
-      absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
-      if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
-      c.drain_timeout = *d;
-    } else if (flag == "--log-level") {
-      static const std::set<std::string> kLevels = {"trace", "debug", "info",
-                                                    "warn", "error"};
-      if (!kLevels.contains(value)) {
-        return FlagError(flag,
-                         absl::StrCat("unknown level \"", value,
-                                      "\" (trace, debug, info, warn, error)"));
-      }
-      c.log_level = value;
-    } else if (flag == "--memory-cap") {
-      absl::StatusOr<uint64_t> cap = ParseSize(value);
-      if (!cap.ok()) return FlagError(flag, ToStd(cap.status().message()));
-      c.memory_cap_bytes = *cap;
-    } else if (flag == "--ready-file") {
-      c.ready_file = value;
-    } else if (flag == "--control-listen") {
-      control_given = true;
-      if (value == "none") {
-        c.control_listen.reset();
-      } else {
-        absl::StatusOr<ListenAddress> a = ParseListenAddress(value);
-        if (!a.ok()) return FlagError(flag, ToStd(a.status().message()));
-        c.control_listen = *a;
-      }
-    } else if (flag == "--control-tls-cert") {
-      c.control_tls_cert = value;
-    } else if (flag == "--control-tls-key") {
-      c.control_tls_key = value;
-    } else if (flag == "--control-tls-ca") {
-      c.control_tls_ca = value;
-    } else if (flag == "--state-dir") {
-      if (value != "none" && (value.empty() || value.front() != '/')) {
-        return FlagError(flag, "must be an absolute path (or none)");
-      }
-      c.state_dir = value == "none" ? "" : value;
-    } else if (flag == "--allow-path") {
-      if (value.empty() || value.front() != '/') {
-        return FlagError(flag, absl::StrCat("must be an absolute directory: \"",
-                                            value, "\""));
-      }
-      c.allow_paths.push_back(value);
-    } else if (flag == "--metrics-listen") {
-      if (value == "none") {
-        c.metrics_listen.clear();
-      } else {
-        std::string_view v = value;
-        if (v.starts_with("tcp:")) v.remove_prefix(4);
-        absl::StatusOr<ListenAddress> a =
-            ParseListenAddress(absl::StrCat("tcp:", ToAbsl(v)));
-        if (!a.ok() || a->host.find(':') != std::string::npos) {
-          return FlagError(flag, absl::StrCat("expected HOST:PORT or none, "
-                                              "got \"",
-                                              value, "\""));
-        }
-        c.metrics_listen = absl::StrCat(a->host, ":", a->port);
-      }
-    } else if (flag == "--tls-cert") {
-      c.tls.cert_file = value;
-    } else if (flag == "--tls-key") {
-      c.tls.key_file = value;
-    } else if (flag == "--tls-ca") {
-      c.tls.ca_file = value;
-    } else if (flag == "--tls-psk") {
-      c.tls.psk_file = value;
-    } else if (flag == "--handshake-timeout" || flag == "--idle-timeout") {
-      absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
-      if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
-      (flag == "--idle-timeout" ? c.idle_timeout : c.handshake_timeout) = *d;
-    } else if (flag == "--max-connections") {
-      uint32_t n = 0;
-      if (!absl::SimpleAtoi(value, &n)) {
-        return FlagError(flag,
-                         absl::StrCat("expected a count, got \"", value, "\""));
-      }
-      c.max_connections = n;
-    } else if (flag == "--request-stats") {
-      if (value != "on" && value != "off") {
-        return FlagError(
-            flag, absl::StrCat("expected on or off, got \"", value, "\""));
-      }
-      c.request_stats = value == "on";
-    }
+    if (flag == "--config") continue;  // loaded above
+    if (absl::Status st = ApplyFlag(flag, value, p); !st.ok()) return st;
   }
+  const bool default_given = p.default_given;
+  const bool control_given = p.control_given;
   if (!control_given) {
     c.control_listen = *ParseListenAddress("unix:/run/nbdmgr/control.sock");
   }
@@ -299,6 +386,37 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
     }
   } else if (!c.exports.empty()) {
     c.default_export = c.exports.front().name;
+  }
+  return out;
+}
+
+std::string DescribeConfig(const DaemonConfig& c) {
+  std::string out = "configuration is valid\n";
+  auto line = [&out](std::string_view key, std::string_view value) {
+    absl::StrAppend(&out, "  ", ToAbsl(key), ": ", ToAbsl(value), "\n");
+  };
+  for (const ListenAddress& a : c.nbd_listen) line("nbd listen", a.ToString());
+  line("control listen",
+       c.control_listen ? c.control_listen->ToString() : std::string("none"));
+  line("state dir", c.state_dir.empty() ? std::string("none") : c.state_dir);
+  line("metrics listen",
+       c.metrics_listen.empty() ? std::string("none") : c.metrics_listen);
+  line("tls", c.tls.empty()             ? "off"
+              : c.tls.cert_file.empty() ? "psk"
+              : c.tls.psk_file.empty()  ? "x509"
+                                        : "x509+psk");
+  line("memory cap", c.memory_cap_bytes ? FormatSize(c.memory_cap_bytes)
+                                        : std::string("none"));
+  for (const ExportConfig& e : c.exports) {
+    line("export",
+         absl::StrCat(e.name, " (", ToAbsl(NameOf(e.backend)),
+                      e.path.empty() ? "" : " ", e.path,
+                      e.size ? absl::StrCat(" ", FormatSize(*e.size)) : "",
+                      e.read_only ? ", read-only" : "",
+                      e.tls != TlsMode::kOff
+                          ? absl::StrCat(", tls=", ToAbsl(NameOf(e.tls)))
+                          : "",
+                      e.name == c.default_export ? ", default" : "", ")"));
   }
   return out;
 }

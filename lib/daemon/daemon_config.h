@@ -54,8 +54,10 @@ struct DaemonConfig {
 // The outcome of parsing the command line.
 struct DaemonFlags {
   DaemonConfig config;
+  std::string config_file;  // --config, if given
   bool help = false;
   bool version = false;
+  bool check_config = false;  // --check-config
 };
 
 // Parses nbdmgrd's arguments (argv[0] is skipped). Flags take their value
@@ -66,6 +68,9 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc, const char* const* argv);
 
 // The --help text.
 std::string DaemonUsage();
+
+// A human summary of the effective configuration (--check-config).
+std::string DescribeConfig(const DaemonConfig& c);
 
 }  // namespace nbdmgr
 
