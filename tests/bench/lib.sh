@@ -98,29 +98,28 @@ bench_matrix() {
     done
     echo "round $round done" >&2
   done
-  printf '\n%-6s %-26s %14s %14s %7s\n' transport job "$a MB/s" "$b MB/s" ratio
-  for t in unix tcp; do
-    for name in "seq read 1MiB qd8" "seq write 1MiB qd8" "rand read 4KiB qd32" \
-                "rand write 4KiB qd32" "nbdcopy 1GiB file->nbd" "nbdcopy 1GiB nbd->null"; do
-      # shellcheck disable=SC2086
-      m=$(median ${R["$t|$name|$a"]}); k=$(median ${R["$t|$name|$b"]})
-      printf '%-6s %-26s %14s %14s %7s\n' "$t" "$name" "$m" "$k" \
-        "$($PY -c "print(f'{$m/$k:.3f}')")"
-    done
-  done
+  print_table R "$a" "$b" MB/s
   echo "(medians of $ROUNDS rounds, ${SECS}s per fio job; $(nproc) cores)"
   declare -p SERVER_PID >/dev/null 2>&1 || return 0
-  printf '\n%-6s %-26s %14s %14s %7s\n' transport job "$a ms/GB" "$b ms/GB" ratio
+  print_table C "$a" "$b" ms/GB
+  echo "(server CPU time, user+system, per GB moved; medians)"
+}
+
+# print_table ARRAY A B UNIT: medians of ARRAY["transport|job|server"] for
+# servers A and B, and the ratio A/B.
+print_table() {
+  local -n vals=$1
+  local a=$2 b=$3 unit=$4 t name m k
+  printf '\n%-6s %-26s %14s %14s %7s\n' transport job "$a $unit" "$b $unit" ratio
   for t in unix tcp; do
     for name in "seq read 1MiB qd8" "seq write 1MiB qd8" "rand read 4KiB qd32" \
                 "rand write 4KiB qd32" "nbdcopy 1GiB file->nbd" "nbdcopy 1GiB nbd->null"; do
       # shellcheck disable=SC2086
-      m=$(median ${C["$t|$name|$a"]}); k=$(median ${C["$t|$name|$b"]})
+      m=$(median ${vals["$t|$name|$a"]}); k=$(median ${vals["$t|$name|$b"]})
       printf '%-6s %-26s %14s %14s %7s\n' "$t" "$name" "$m" "$k" \
         "$($PY -c "print(f'{$m/$k:.3f}')")"
     done
   done
-  echo "(server CPU time, user+system, per GB moved; medians)"
 }
 
 # cpu_of SERVER: the server's CPU ticks so far (0 without SERVER_PID).
