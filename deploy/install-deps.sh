@@ -11,7 +11,7 @@ PKGS=(
   protobuf-compiler libgtest-dev libgmock-dev libspdlog-dev liburing-dev prometheus-cpp-dev
   libssl-dev libsystemd-dev
   # interop peers and benchmark tools
-  libnbd-bin python3 python3-libnbd qemu-utils nbdkit fio procps curl
+  libnbd-bin python3 python3-libnbd qemu-utils nbdkit fio procps curl file
   python3-grpcio python3-protobuf openssl prometheus gnutls-bin
   # sanitizer and fuzzing builds
   clang-14 libclang-rt-14-dev

@@ -118,7 +118,7 @@ absl::Status MemoryBackend::Write(uint64_t offset,
       offset, data.size(),
       [&](uint64_t page, size_t in_page, size_t n, uint64_t done) {
         std::atomic<uint8_t*>* slot = Slot(page, /*create=*/true);
-        std::shared_lock lock(StripeOf(page));
+        std::unique_lock lock(StripeOf(page));  // whole pages, never torn
         uint8_t* p = GetOrAllocate(*slot);
         if (p == nullptr) {
           return absl::ResourceExhaustedError(
@@ -143,7 +143,7 @@ void MemoryBackend::ZeroRange(uint64_t offset, uint64_t length,
               allocated_.fetch_sub(kPageSize, std::memory_order_relaxed);
             }
           } else {
-            std::shared_lock lock(StripeOf(page));
+            std::unique_lock lock(StripeOf(page));
             uint8_t* p = slot->load(std::memory_order_acquire);
             if (p != nullptr) std::memset(p + in_page, 0, n);
           }

@@ -54,7 +54,7 @@ class MemoryBackend final : public Backend {
   // does not exist and !create.
   std::atomic<uint8_t*>* Slot(uint64_t page, bool create);
   // Returns the page's memory, allocating a zeroed page if absent. Caller
-  // holds the page's stripe lock (shared is enough).
+  // holds the page's stripe lock.
   uint8_t* GetOrAllocate(std::atomic<uint8_t*>& slot);
   // Calls fn(page, offset_in_page, n, done) for each page-sized piece of
   // [offset, offset+length), in order; stops at the first non-OK status.
@@ -68,8 +68,10 @@ class MemoryBackend final : public Backend {
 
   const uint64_t size_;
   std::vector<std::atomic<Table*>> tables_;
-  // Readers and writers take a page's stripe shared; freeing a page takes it
-  // exclusive, so no page is freed while someone copies from it.
+  // Readers take a page's stripe shared; writers and freeing take it
+  // exclusive, so no page is freed while someone copies from it, and a
+  // reader never sees half of a concurrent write to its page (nor is there
+  // a data race between two writers).
   std::array<std::shared_mutex, 512> stripes_;
   std::atomic<uint64_t> allocated_{0};
 };
