@@ -42,20 +42,6 @@ struct Rates {
   double mean_latency_ms = 0;  // over requests answered in the interval
 };
 
-uint64_t TotalLatencyNs(const IoCounts& c) {
-  uint64_t n = 0;
-  for (uint64_t v : c.latency_sum_ns) n += v;
-  return n;
-}
-
-uint64_t TotalRequests(const IoCounts& c) {
-  uint64_t n = 0;
-  for (size_t op = 0; op < kNumIoOps; ++op) {
-    n += c.total_requests(static_cast<IoOp>(op));
-  }
-  return n;
-}
-
 Rates RatesBetween(const IoCounts& a, const IoCounts& b, double seconds) {
   Rates r;
   if (seconds <= 0) return r;
@@ -66,7 +52,7 @@ Rates RatesBetween(const IoCounts& a, const IoCounts& b, double seconds) {
       delta(a.total_requests(IoOp::kRead), b.total_requests(IoOp::kRead));
   const double writes =
       delta(a.total_requests(IoOp::kWrite), b.total_requests(IoOp::kWrite));
-  const double all = delta(TotalRequests(a), TotalRequests(b));
+  const double all = delta(a.total_requests(), b.total_requests());
   r.read_iops = reads / seconds;
   r.write_iops = writes / seconds;
   r.other_iops = (all - reads - writes) / seconds;
@@ -74,7 +60,8 @@ Rates RatesBetween(const IoCounts& a, const IoCounts& b, double seconds) {
   r.write_mbps = delta(a.bytes_written, b.bytes_written) / seconds / 1e6;
   r.errors_per_s = delta(a.errors(), b.errors()) / seconds;
   if (all > 0) {
-    r.mean_latency_ms = delta(TotalLatencyNs(a), TotalLatencyNs(b)) / all / 1e6;
+    r.mean_latency_ms =
+        delta(a.total_latency_ns(), b.total_latency_ns()) / all / 1e6;
   }
   return r;
 }

@@ -1,7 +1,6 @@
 #include "lib/control/stats_convert.h"
 
 #include <cmath>
-#include <limits>
 
 #include "google/protobuf/util/time_util.h"
 #include "lib/control/proto_convert.h"
@@ -95,10 +94,7 @@ v1::Stats StatsToProto(const StatsSnapshot& s) {
       for (size_t b = 0; b < kNumLatencyBuckets; ++b) {
         cumulative += e.io.latency[op][b];
         v1::LatencyBucket* lb = o->add_latency();
-        lb->set_upper_bound_seconds(
-            b < kLatencyBounds.size()
-                ? kLatencyBounds[b]
-                : std::numeric_limits<double>::infinity());
+        lb->set_upper_bound_seconds(LatencyBucketBound(b));
         lb->set_cumulative_count(cumulative);
       }
       o->set_latency_sum_seconds(static_cast<double>(e.io.latency_sum_ns[op]) /

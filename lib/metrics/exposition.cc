@@ -2,7 +2,6 @@
 
 #include <deque>
 #include <iterator>
-#include <limits>
 #include <utility>
 
 #include "prometheus/text_serializer.h"
@@ -93,9 +92,7 @@ void AddRequestFamilies(Builder& b, const StatsSnapshot& s) {
         cumulative += e.io.latency[op][i];
         ClientMetric::Bucket bucket;
         bucket.cumulative_count = cumulative;
-        bucket.upper_bound = i < kLatencyBounds.size()
-                                 ? kLatencyBounds[i]
-                                 : std::numeric_limits<double>::infinity();
+        bucket.upper_bound = LatencyBucketBound(i);
         m.histogram.bucket.push_back(bucket);
       }
       lat.metric.push_back(std::move(m));

@@ -1,6 +1,7 @@
 #include "lib/metrics/io_stats.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace nbdmgr {
 
@@ -16,6 +17,11 @@ std::string_view NameOf(IoResult r) {
       "ok",     "EPERM",     "EIO",     "ENOMEM",    "EINVAL",
       "ENOSPC", "EOVERFLOW", "ENOTSUP", "ESHUTDOWN", "other"};
   return kNames[static_cast<size_t>(r)];
+}
+
+double LatencyBucketBound(size_t i) {
+  return i < kLatencyBounds.size() ? kLatencyBounds[i]
+                                   : std::numeric_limits<double>::infinity();
 }
 
 size_t LatencyBucket(uint64_t ns) {
@@ -50,6 +56,20 @@ IoCounts& IoCounts::operator+=(const IoCounts& o) {
 uint64_t IoCounts::total_requests(IoOp op) const {
   uint64_t n = 0;
   for (uint64_t v : requests[static_cast<size_t>(op)]) n += v;
+  return n;
+}
+
+uint64_t IoCounts::total_requests() const {
+  uint64_t n = 0;
+  for (size_t op = 0; op < kNumIoOps; ++op) {
+    n += total_requests(static_cast<IoOp>(op));
+  }
+  return n;
+}
+
+uint64_t IoCounts::total_latency_ns() const {
+  uint64_t n = 0;
+  for (uint64_t v : latency_sum_ns) n += v;
   return n;
 }
 

@@ -53,6 +53,8 @@ inline constexpr std::array<double, 18> kLatencyBounds = {
     10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0,  2.5,    10.0};
 inline constexpr size_t kNumLatencyBuckets = kLatencyBounds.size() + 1;
 
+// Upper bound (seconds) of histogram bucket i; +Inf for the last one.
+double LatencyBucketBound(size_t i);
 // Index of the histogram bucket for a latency in nanoseconds.
 size_t LatencyBucket(uint64_t ns);
 
@@ -68,7 +70,9 @@ struct IoCounts {
 
   IoCounts& operator+=(const IoCounts& o);
   uint64_t total_requests(IoOp op) const;
-  uint64_t errors() const;  // every request not ok, all ops
+  uint64_t total_requests() const;    // all ops
+  uint64_t total_latency_ns() const;  // all ops
+  uint64_t errors() const;            // every request not ok, all ops
 };
 
 // The request counters of one connection. Written by the connection's

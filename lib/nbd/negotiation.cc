@@ -27,6 +27,8 @@ class Negotiator {
       : conn_(conn), registry_(registry), limits_(limits) {}
 
   asio::awaitable<absl::StatusOr<NegotiationResult>> Run();
+  // An option got ERR_TLS_REQD.
+  bool tls_refused() const { return tls_refused_; }
 
  private:
   asio::awaitable<ErrorCode> Reply(uint32_t option, uint32_t type,
@@ -187,12 +189,7 @@ asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiator::Run() {
     }
     uint8_t hdr[kOptionHeaderSize];
     if (ErrorCode ec = co_await conn_.ReadExact(hdr); ec) {
-      absl::Status st = IoError(ec, "option haggling");
-      if (tls_refused_ && absl::IsCancelled(st)) {
-        co_return absl::PermissionDeniedError(absl::StrCat(
-            "client left after TLS was required (", st.message(), ")"));
-      }
-      co_return st;
+      co_return IoError(ec, "option haggling");
     }
     OptionHeader oh = DecodeOptionHeader(hdr);
     if (oh.magic != kIHaveOpt) {
@@ -239,14 +236,7 @@ asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiator::Run() {
     }
     absl::StatusOr<bool> done =
         co_await HandleOption(oh.option, std::move(data));
-    if (!done.ok()) {
-      if (tls_refused_ && absl::IsCancelled(done.status())) {
-        co_return absl::PermissionDeniedError(
-            absl::StrCat("client left after TLS was required (",
-                         done.status().message(), ")"));
-      }
-      co_return done.status();
-    }
+    if (!done.ok()) co_return done.status();
     if (*done) break;
   }
   co_return std::move(result_);
@@ -467,7 +457,14 @@ asio::awaitable<absl::StatusOr<NegotiationResult>> Negotiate(
     Connection& conn, const ExportRegistry& registry,
     const NegotiationOptions& limits) {
   Negotiator n(conn, registry, limits);
-  co_return co_await n.Run();
+  absl::StatusOr<NegotiationResult> r = co_await n.Run();
+  // A client that leaves after being told TLS is required was refused, not
+  // merely gone.
+  if (n.tls_refused() && absl::IsCancelled(r.status())) {
+    co_return absl::PermissionDeniedError(absl::StrCat(
+        "client left after TLS was required (", r.status().message(), ")"));
+  }
+  co_return r;
 }
 
 }  // namespace nbdmgr::nbd
