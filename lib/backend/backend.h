@@ -20,7 +20,26 @@ struct BackendCaps {
   bool can_cache = false;       // Cache() prefetches
   bool blocking = false;        // calls may block on I/O: run off the
                                 // network threads
+  bool zero_copy_read = false;  // ReadPinned() lends stored bytes
 };
+
+// Keeps bytes lent by Backend::ReadPinned allocated until Release(), which
+// the borrower calls exactly once, from any thread, once it no longer reads
+// them (after they were written to the socket). Releasing never needs the
+// backend: a pin may outlive it.
+class Pin {
+ public:
+  virtual void Release() = 0;
+
+ protected:
+  ~Pin() = default;
+};
+
+// 64 KiB of zeroes that live forever: what holes are lent as.
+inline std::span<const uint8_t> ZeroBytes() {
+  static const uint8_t zeros[64 * 1024] = {};
+  return std::span<const uint8_t>(zeros, sizeof(zeros));
+}
 
 // One extent of an export: `length` bytes with base:allocation `flags`
 // (nbd::kStateHole | nbd::kStateZero).
@@ -51,6 +70,21 @@ class Backend {
 
   // Fills `buf` with the bytes at `offset`; holes read as zeroes.
   virtual absl::Status Read(uint64_t offset, std::span<uint8_t> buf) = 0;
+  // Zero-copy read, for backends with caps().zero_copy_read: calls `piece`
+  // with views of the stored bytes that cover [offset, offset+length) in
+  // order, each with the pin that keeps it allocated (null: never freed,
+  // e.g. ZeroBytes()). The caller releases every pin it was given. A trim or
+  // zero never frees pinned bytes, but a write that overlaps the range may
+  // show through while they are borrowed: NBD leaves overlapping requests in
+  // flight unordered. Unimplemented by default.
+  virtual absl::Status ReadPinned(
+      uint64_t offset, uint64_t length,
+      absl::FunctionRef<void(std::span<const uint8_t>, Pin*)> piece) {
+    (void)offset;
+    (void)length;
+    (void)piece;
+    return absl::UnimplementedError("zero-copy reads not supported");
+  }
   // Stores `data` at `offset`; with `fua`, durable before returning.
   virtual absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
                              bool fua) = 0;

@@ -35,7 +35,8 @@ int FaultBackend::injected(Op op) const {
 
 BackendCaps FaultBackend::caps() const {
   BackendCaps c = inner_->caps();
-  c.blocking = true;  // a delay must not stall a network thread
+  c.blocking = true;         // a delay must not stall a network thread
+  c.zero_copy_read = false;  // every read goes through Read(), and its faults
   return c;
 }
 

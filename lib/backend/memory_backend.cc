@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 
 #include "absl/strings/str_cat.h"
 #include "lib/nbd/wire.h"
@@ -32,7 +33,9 @@ MemoryBackend::~MemoryBackend() {
   for (auto& t : tables_) {
     Table* table = t.load();
     if (table == nullptr) continue;
-    for (auto& p : table->pages) std::free(p.load());
+    for (auto& p : table->pages) {
+      if (Page* page = p.load(); page != nullptr) page->Release();
+    }
     delete table;
   }
 }
@@ -47,10 +50,25 @@ BackendCaps MemoryBackend::caps() const {
   c.can_extents = true;
   c.can_cache = false;
   c.blocking = false;
+  c.zero_copy_read = true;
   return c;
 }
 
-std::atomic<uint8_t*>* MemoryBackend::Slot(uint64_t page, bool create) {
+MemoryBackend::Page* MemoryBackend::Page::Allocate() {
+  // calloc: fresh memory from the OS needs no clearing.
+  void* mem = std::calloc(1, sizeof(Page));
+  return mem == nullptr ? nullptr : new (mem) Page;
+}
+
+void MemoryBackend::Page::Release() {
+  if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    this->~Page();
+    std::free(this);
+  }
+}
+
+std::atomic<MemoryBackend::Page*>* MemoryBackend::Slot(uint64_t page,
+                                                       bool create) {
   std::atomic<Table*>& entry = tables_[page / kPagesPerTable];
   Table* table = entry.load(std::memory_order_acquire);
   if (table == nullptr) {
@@ -66,16 +84,16 @@ std::atomic<uint8_t*>* MemoryBackend::Slot(uint64_t page, bool create) {
   return &table->pages[page % kPagesPerTable];
 }
 
-uint8_t* MemoryBackend::GetOrAllocate(std::atomic<uint8_t*>& slot) {
-  uint8_t* p = slot.load(std::memory_order_acquire);
+MemoryBackend::Page* MemoryBackend::GetOrAllocate(std::atomic<Page*>& slot) {
+  Page* p = slot.load(std::memory_order_acquire);
   if (p != nullptr) return p;
-  auto* fresh = static_cast<uint8_t*>(std::calloc(1, kPageSize));
+  Page* fresh = Page::Allocate();
   if (fresh == nullptr) return nullptr;
   if (slot.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) {
     allocated_.fetch_add(kPageSize, std::memory_order_relaxed);
     return fresh;
   }
-  std::free(fresh);
+  fresh->Release();
   return p;
 }
 
@@ -99,13 +117,34 @@ absl::Status MemoryBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
   return ForEachPiece(
       offset, buf.size(),
       [&](uint64_t page, size_t in_page, size_t n, uint64_t done) {
-        std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
+        std::atomic<Page*>* slot = Slot(page, /*create=*/false);
         std::shared_lock lock(StripeOf(page));
-        uint8_t* p = slot ? slot->load(std::memory_order_acquire) : nullptr;
+        Page* p = slot ? slot->load(std::memory_order_acquire) : nullptr;
         if (p != nullptr) {
-          std::memcpy(buf.data() + done, p + in_page, n);
+          std::memcpy(buf.data() + done, p->data + in_page, n);
         } else {
           std::memset(buf.data() + done, 0, n);
+        }
+        return absl::OkStatus();
+      });
+}
+
+absl::Status MemoryBackend::ReadPinned(
+    uint64_t offset, uint64_t length,
+    absl::FunctionRef<void(std::span<const uint8_t>, Pin*)> piece) {
+  return ForEachPiece(
+      offset, length, [&](uint64_t page, size_t in_page, size_t n, uint64_t) {
+        std::atomic<Page*>* slot = Slot(page, /*create=*/false);
+        Page* p = nullptr;
+        if (slot != nullptr) {
+          std::shared_lock lock(StripeOf(page));
+          p = slot->load(std::memory_order_acquire);
+          if (p != nullptr) p->refs.fetch_add(1, std::memory_order_relaxed);
+        }
+        if (p != nullptr) {
+          piece(std::span<const uint8_t>(p->data + in_page, n), p);
+        } else {
+          piece(ZeroBytes().first(n), nullptr);
         }
         return absl::OkStatus();
       });
@@ -117,14 +156,14 @@ absl::Status MemoryBackend::Write(uint64_t offset,
   return ForEachPiece(
       offset, data.size(),
       [&](uint64_t page, size_t in_page, size_t n, uint64_t done) {
-        std::atomic<uint8_t*>* slot = Slot(page, /*create=*/true);
+        std::atomic<Page*>* slot = Slot(page, /*create=*/true);
         std::unique_lock lock(StripeOf(page));  // whole pages, never torn
-        uint8_t* p = GetOrAllocate(*slot);
+        Page* p = GetOrAllocate(*slot);
         if (p == nullptr) {
           return absl::ResourceExhaustedError(
               "out of memory for memory export");
         }
-        std::memcpy(p + in_page, data.data() + done, n);
+        std::memcpy(p->data + in_page, data.data() + done, n);
         return absl::OkStatus();
       });
 }
@@ -133,19 +172,22 @@ void MemoryBackend::ZeroRange(uint64_t offset, uint64_t length,
                               bool free_pages) {
   (void)ForEachPiece(
       offset, length, [&](uint64_t page, size_t in_page, size_t n, uint64_t) {
-        std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
+        std::atomic<Page*>* slot = Slot(page, /*create=*/false);
         if (slot != nullptr) {
           if (free_pages && n == kPageSize) {
-            std::unique_lock lock(StripeOf(page));
-            uint8_t* p = slot->exchange(nullptr, std::memory_order_acq_rel);
+            Page* p;
+            {
+              std::unique_lock lock(StripeOf(page));
+              p = slot->exchange(nullptr, std::memory_order_acq_rel);
+            }
             if (p != nullptr) {
-              std::free(p);
+              p->Release();  // freed now unless a reader still has it pinned
               allocated_.fetch_sub(kPageSize, std::memory_order_relaxed);
             }
           } else {
             std::unique_lock lock(StripeOf(page));
-            uint8_t* p = slot->load(std::memory_order_acquire);
-            if (p != nullptr) std::memset(p + in_page, 0, n);
+            Page* p = slot->load(std::memory_order_acquire);
+            if (p != nullptr) std::memset(p->data + in_page, 0, n);
           }
         }
         return absl::OkStatus();
@@ -168,7 +210,7 @@ absl::Status MemoryBackend::Zero(uint64_t offset, uint64_t length,
   ZeroRange(offset, length, /*free_pages=*/false);
   for (uint64_t page = offset / kPageSize; page * kPageSize < offset + length;
        ++page) {
-    std::atomic<uint8_t*>* slot = Slot(page, /*create=*/true);
+    std::atomic<Page*>* slot = Slot(page, /*create=*/true);
     std::shared_lock lock(StripeOf(page));
     if (GetOrAllocate(*slot) == nullptr) {
       return absl::ResourceExhaustedError("out of memory for memory export");
@@ -185,7 +227,7 @@ absl::Status MemoryBackend::Extents(uint64_t offset, uint64_t length,
   while (pos < end) {
     uint64_t page = pos / kPageSize;
     uint64_t n = std::min<uint64_t>(end - pos, kPageSize - pos % kPageSize);
-    std::atomic<uint8_t*>* slot = Slot(page, /*create=*/false);
+    std::atomic<Page*>* slot = Slot(page, /*create=*/false);
     bool allocated =
         slot != nullptr && slot->load(std::memory_order_acquire) != nullptr;
     uint32_t flags = allocated ? 0 : (nbd::kStateHole | nbd::kStateZero);

@@ -28,6 +28,11 @@ class MemoryBackend final : public Backend {
   uint64_t size() const override { return size_; }
   BackendCaps caps() const override;
   absl::Status Read(uint64_t offset, std::span<uint8_t> buf) override;
+  // Lends the pages themselves (one pin per page piece; holes are lent as
+  // ZeroBytes()). A trimmed page lives on until its last pin is released.
+  absl::Status ReadPinned(
+      uint64_t offset, uint64_t length,
+      absl::FunctionRef<void(std::span<const uint8_t>, Pin*)> piece) override;
   absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
                      bool fua) override;
   absl::Status Flush() override { return absl::OkStatus(); }
@@ -44,18 +49,27 @@ class MemoryBackend final : public Backend {
 
  private:
   static constexpr uint64_t kPagesPerTable = 4096;  // 256 MiB per table
+  // One page of data, reference counted: its slot holds one reference and
+  // every zero-copy reader one more; the last Release() frees it.
+  struct Page final : Pin {
+    std::atomic<uint32_t> refs{1};
+    uint8_t data[kPageSize];
+    // A zero-filled page with one reference; nullptr when out of memory.
+    static Page* Allocate();
+    void Release() override;
+  };
   struct Table {
-    std::array<std::atomic<uint8_t*>, kPagesPerTable> pages{};
+    std::array<std::atomic<Page*>, kPagesPerTable> pages{};
   };
 
   explicit MemoryBackend(uint64_t size);
 
   // The page's slot, creating its table when `create`; nullptr if the table
   // does not exist and !create.
-  std::atomic<uint8_t*>* Slot(uint64_t page, bool create);
-  // Returns the page's memory, allocating a zeroed page if absent. Caller
-  // holds the page's stripe lock.
-  uint8_t* GetOrAllocate(std::atomic<uint8_t*>& slot);
+  std::atomic<Page*>* Slot(uint64_t page, bool create);
+  // Returns the page, allocating a zeroed one if absent. Caller holds the
+  // page's stripe lock.
+  Page* GetOrAllocate(std::atomic<Page*>& slot);
   // Calls fn(page, offset_in_page, n, done) for each page-sized piece of
   // [offset, offset+length), in order; stops at the first non-OK status.
   template <typename Fn>
@@ -68,10 +82,10 @@ class MemoryBackend final : public Backend {
 
   const uint64_t size_;
   std::vector<std::atomic<Table*>> tables_;
-  // Readers take a page's stripe shared; writers and freeing take it
-  // exclusive, so no page is freed while someone copies from it, and a
-  // reader never sees half of a concurrent write to its page (nor is there
-  // a data race between two writers).
+  // Readers (and pinners) take a page's stripe shared; writers and freeing
+  // take it exclusive, so no page is freed while someone copies from or pins
+  // it, a copying reader never sees half of a concurrent write to its page,
+  // and there is no data race between two writers.
   std::array<std::shared_mutex, 512> stripes_;
   std::atomic<uint64_t> allocated_{0};
 };

@@ -1,5 +1,6 @@
 #include "lib/backend/null_backend.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "lib/nbd/wire.h"
@@ -20,11 +21,24 @@ BackendCaps NullBackend::caps() const {
   c.can_fast_zero = true;
   c.can_multi_conn = true;
   c.can_extents = true;
+  c.zero_copy_read = true;
   return c;
 }
 
 absl::Status NullBackend::Read(uint64_t, std::span<uint8_t> buf) {
   std::memset(buf.data(), 0, buf.size());
+  return absl::OkStatus();
+}
+
+absl::Status NullBackend::ReadPinned(
+    uint64_t, uint64_t length,
+    absl::FunctionRef<void(std::span<const uint8_t>, Pin*)> piece) {
+  for (uint64_t done = 0; done < length;) {
+    std::span<const uint8_t> zeros = ZeroBytes().first(
+        std::min<uint64_t>(length - done, ZeroBytes().size()));
+    piece(zeros, nullptr);
+    done += zeros.size();
+  }
   return absl::OkStatus();
 }
 

@@ -18,6 +18,10 @@ class NullBackend final : public Backend {
   uint64_t size() const override { return size_; }
   BackendCaps caps() const override;
   absl::Status Read(uint64_t offset, std::span<uint8_t> buf) override;
+  // Lends ZeroBytes().
+  absl::Status ReadPinned(
+      uint64_t offset, uint64_t length,
+      absl::FunctionRef<void(std::span<const uint8_t>, Pin*)> piece) override;
   absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
                      bool fua) override;
   absl::Status Flush() override { return absl::OkStatus(); }

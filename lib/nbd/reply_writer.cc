@@ -25,6 +25,16 @@ void Reply::AddData(std::span<const uint8_t> data) {
   segments_.push_back(Segment{data.data(), 0, data.size()});
 }
 
+void Reply::AddPinned(std::span<const uint8_t> data, Pin* pin) {
+  if (pin != nullptr) pins_.push_back(pin);
+  AddData(data);
+}
+
+void Reply::ReleasePins() {
+  for (Pin* pin : pins_) pin->Release();
+  pins_.clear();
+}
+
 void Reply::AddSimpleReply(uint32_t error, uint64_t cookie) {
   EncodeSimpleReply(AddBytes(kSimpleReplySize), error, cookie);
 }
@@ -46,6 +56,7 @@ void Reply::Reset() {
   bytes_.clear();
   segments_.clear();
   lease_.Reset();
+  ReleasePins();
   producer_ = nullptr;
   record_ = RequestRecord{};
 }

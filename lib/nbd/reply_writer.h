@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "lib/backend/backend.h"
 #include "lib/buffer/buffer_lease.h"
 #include "lib/metrics/io_stats.h"
 #include "lib/nbd/connection.h"
@@ -34,16 +35,24 @@ inline int64_t SteadyNowNs() {
 }
 
 // One reply on its way to the socket: a list of byte segments, each either
-// copied into the reply (headers) or borrowed from the reply's buffer lease
-// (data). Not thread-safe.
+// copied into the reply (headers), borrowed from the reply's buffer lease
+// or lent by the backend under a pin (data). Not thread-safe.
 class Reply {
  public:
+  Reply() = default;
+  Reply(const Reply&) = delete;
+  Reply& operator=(const Reply&) = delete;
+  ~Reply() { ReleasePins(); }
+
   // Appends `n` bytes owned by the reply and returns where to write them;
   // the pointer is valid until the next Add call.
   uint8_t* AddBytes(size_t n);
   // Appends borrowed bytes; they must stay valid until the reply is written
   // (point them into lease()).
   void AddData(std::span<const uint8_t> data);
+  // Appends bytes lent by a backend; the reply releases `pin` (if not null)
+  // when it is reset or destroyed, after it was written.
+  void AddPinned(std::span<const uint8_t> data, Pin* pin);
 
   // Simple reply header.
   void AddSimpleReply(uint32_t error, uint64_t cookie);
@@ -69,10 +78,13 @@ class Reply {
   // Appends this reply's segments to `out`.
   void Gather(std::vector<asio::const_buffer>* out) const;
   size_t segment_count() const { return segments_.size(); }
-  // Clears segments and releases the lease, keeping allocated capacity.
+  // Clears segments and releases the lease and pins, keeping allocated
+  // capacity.
   void Reset();
 
  private:
+  void ReleasePins();
+
   struct Segment {
     const uint8_t* data;  // nullptr: bytes_[offset, offset+length)
     size_t offset;
@@ -81,6 +93,7 @@ class Reply {
   std::vector<uint8_t> bytes_;
   std::vector<Segment> segments_;
   BufferLease lease_;
+  std::vector<Pin*> pins_;
   Producer producer_;
   RequestRecord record_;
 };

@@ -319,52 +319,32 @@ ReadPieces Transmission::PlanRead(const RequestHeader& h) {
   return pieces;
 }
 
-asio::awaitable<ErrorCode> Transmission::WriteReadInPieces(RequestHeader h,
-                                                           ReadPieces pieces,
-                                                           uint8_t* buf) {
+absl::Status Transmission::AddPinnedRead(const RequestHeader& h, Reply& reply) {
   Backend& be = export_->backend();
   const bool structured = limits_.structured_replies;
-  uint8_t header[kChunkHeaderSize + 12];
+  if (!structured) reply.AddSimpleReply(kOk, h.cookie);
+  ReadPieces pieces = PlanRead(h);
   for (size_t i = 0; i < pieces.size(); ++i) {
     const ReadPiece& p = pieces[i];
     const uint16_t flags = i + 1 == pieces.size() ? kReplyFlagDone : 0;
-    size_t header_len = 0;
-    if (!structured) {
-      EncodeSimpleReply(header, kOk, h.cookie);
-      header_len = kSimpleReplySize;
-    } else if (p.zero) {
-      EncodeChunkHeader(header, flags, kChunkOffsetHole, h.cookie, 12);
-      PutU64(header + kChunkHeaderSize, p.offset);
-      PutU32(header + kChunkHeaderSize + 8, p.length);
-      if (ErrorCode ec =
-              co_await conn_.WriteAll(std::span(header, kChunkHeaderSize + 12));
-          ec) {
-        co_return ec;
-      }
+    if (structured && p.zero) {
+      reply.AddChunkHeader(flags, kChunkOffsetHole, h.cookie, 12);
+      uint8_t* b = reply.AddBytes(12);
+      PutU64(b, p.offset);
+      PutU32(b + 8, p.length);
       continue;
-    } else {
-      EncodeChunkHeader(header, flags, kChunkOffsetData, h.cookie,
-                        8 + p.length);
-      PutU64(header + kChunkHeaderSize, p.offset);
-      header_len = kChunkHeaderSize + 8;
     }
-    for (uint64_t off = p.offset; off < p.offset + p.length;) {
-      size_t n = std::min<uint64_t>(kStreamChunk, p.offset + p.length - off);
-      uint8_t* piece = buf + (off - h.offset);
-      if (absl::Status st = be.Read(off, std::span(piece, n)); !st.ok()) {
-        // The reply header is already out: the only honest move is to close.
-        spdlog::warn("{}: READ failed mid-reply: {}; closing", conn_.peer(),
-                     st.message());
-        co_return asio::error::make_error_code(asio::error::connection_aborted);
-      }
-      asio::const_buffer bufs[2] = {asio::buffer(header, header_len),
-                                    asio::buffer(piece, n)};
-      if (ErrorCode ec = co_await conn_.WriteAll(bufs); ec) co_return ec;
-      header_len = 0;
-      off += n;
+    if (structured) {
+      reply.AddChunkHeader(flags, kChunkOffsetData, h.cookie, 8 + p.length);
+      PutU64(reply.AddBytes(8), p.offset);
     }
+    absl::Status st = be.ReadPinned(
+        p.offset, p.length, [&](std::span<const uint8_t> bytes, Pin* pin) {
+          reply.AddPinned(bytes, pin);
+        });
+    if (!st.ok()) return st;
   }
-  co_return ErrorCode{};
+  return absl::OkStatus();
 }
 
 asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
@@ -378,17 +358,10 @@ asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
   switch (h.type) {
     case kCmdRead: {
       ReadPieces pieces;
-      if (!export_->caps().blocking && h.length > kStreamChunk) {
-        // In-memory data: copy and send it a cache-sized piece at a time,
-        // in the writer (same reply on the wire, data still hot in cache).
-        pieces = PlanRead(h);
+      if (ZeroCopyReads()) {
         reply = writer_.NewReply();
-        uint8_t* buf = lease.data();
-        reply->set_lease(std::move(lease));
-        reply->set_producer([this, h, pieces, buf] {
-          return WriteReadInPieces(h, pieces, buf);
-        });
-        Track(*reply, h, kOk, start);
+        st = AddPinnedRead(h, *reply);
+        if (!st.ok()) reply.reset();  // releases what it pinned
         break;
       }
       st = co_await run([&]() -> absl::Status {
@@ -498,6 +471,8 @@ asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
 
 asio::awaitable<void> Transmission::ReadLoop() {
   const bool blocking = export_->caps().blocking;
+  // READs of such exports borrow the backend's bytes and need no buffer.
+  const bool zero_copy = ZeroCopyReads();
   for (;;) {
     co_await writer_.WaitInFlightBelow(options_.max_in_flight);
     if (writer_.failed()) {
@@ -537,7 +512,7 @@ asio::awaitable<void> Transmission::ReadLoop() {
       continue;
     }
     BufferLease lease;
-    if (h.type == kCmdRead || h.type == kCmdWrite) {
+    if (h.type == kCmdWrite || (h.type == kCmdRead && !zero_copy)) {
       // May suspend while a memory cap is full: backpressure, this
       // connection reads no further requests meanwhile.
       if (!buffers_.ShouldStream(h.length)) {

@@ -104,11 +104,16 @@ class Transmission {
   // How a READ is split into data and hole pieces (backend extents when
   // structured replies allow holes; one data piece otherwise).
   ReadPieces PlanRead(const RequestHeader& h);
-  // Produces a READ reply of an in-memory backend in the writer: each
-  // kStreamChunk piece is copied into `buf` (the request's lease) and sent
-  // at once, while it is still in cache.
-  asio::awaitable<ErrorCode> WriteReadInPieces(RequestHeader h,
-                                               ReadPieces pieces, uint8_t* buf);
+  // Fills `reply` with a READ's reply whose data segments borrow the
+  // backend's own bytes (caps().zero_copy_read): no buffer, no copy until
+  // the socket write. The pins are released when the reply is recycled.
+  absl::Status AddPinnedRead(const RequestHeader& h, Reply& reply);
+  // Whether READs take that path (it runs on the network thread, so only
+  // for backends that never block).
+  bool ZeroCopyReads() const {
+    BackendCaps c = export_->caps();
+    return c.zero_copy_read && !c.blocking;
+  }
   // Runs one validated request and sends its reply.
   // `start` (steady ns) is when the request's header was read.
   asio::awaitable<void> Execute(RequestHeader h, BufferLease lease,

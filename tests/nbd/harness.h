@@ -191,17 +191,26 @@ class ServerThread {
   std::thread thread_;
 };
 
-// A registry with one sparse memory export "mem" (default) of `size` bytes,
-// plus a session serving the socketpair.
+// A registry with one export "mem" (default) of kSize bytes, sparse memory
+// unless asked otherwise, plus a session serving the socketpair.
 class SessionFixture : public ::testing::Test {
  protected:
   static constexpr uint64_t kSize = 4 * 1024 * 1024;
 
-  void StartSession(bool read_only = false, BufferSettings buffers = {}) {
+  // `backend`: kMemory, or kFile (a new file under the test's temp dir:
+  // blocking, read through buffers rather than zero-copy).
+  void StartSession(bool read_only = false, BufferSettings buffers = {},
+                    BackendKind backend = BackendKind::kMemory) {
     ExportConfig c;
     c.name = "mem";
-    c.backend = BackendKind::kMemory;
+    c.backend = backend;
     c.size = kSize;
+    if (backend == BackendKind::kFile) {
+      c.path = ::testing::TempDir() + "/nbdmgr-session-" +
+               std::to_string(::getpid()) + ".img";
+      ::unlink(c.path.c_str());
+      file_path_ = c.path;
+    }
     c.read_only = read_only;
     c.description = "test disk";
     c.buffers = buffers;
@@ -242,9 +251,12 @@ class SessionFixture : public ::testing::Test {
     }
   }
   void TearDown() override {
-    if (session_ == nullptr) return;
-    server_.ClosePeer();
-    EXPECT_TRUE(SessionEnds()) << "session did not end after the client closed";
+    if (session_ != nullptr) {
+      server_.ClosePeer();
+      EXPECT_TRUE(SessionEnds())
+          << "session did not end after the client closed";
+    }
+    if (!file_path_.empty()) ::unlink(file_path_.c_str());
   }
   // Waits for the session to end; false on timeout.
   bool SessionEnds() {
@@ -264,6 +276,7 @@ class SessionFixture : public ::testing::Test {
   std::promise<void> done_;
   std::future<void> done_future_ = done_.get_future();
   bool ended_ = false;
+  std::string file_path_;  // the kFile export's image, removed at the end
 };
 
 }  // namespace nbdmgr::nbd::testing

@@ -268,10 +268,13 @@ TEST_F(TransmissionTest, NoHoleZeroStaysAllocated) {
 namespace nbdmgr::nbd {
 namespace {
 
+// Streaming (buffers smaller than a request) applies to backends read
+// through buffers; memory exports lend their pages and need none (see
+// ZeroCopyReadTest), so these run on a file export.
 class StreamingTest : public testing::SessionFixture {
  protected:
   void Go(bool structured, BufferSettings buffers) {
-    StartSession(false, buffers);
+    StartSession(false, buffers, BackendKind::kFile);
     GoTo("mem", structured, false);
   }
 };
@@ -380,6 +383,46 @@ namespace {
 
 // The export's counters see every answered request, by op and result, with
 // payload bytes of the successful ones only.
+// Memory exports answer READs with their own pages: no request buffer, so
+// even a 64 KiB cap never makes a 3 MiB read wait or stream.
+TEST_F(StreamingTest, MemoryReadsBorrowPagesInsteadOfBuffers) {
+  BufferSettings b;
+  b.strategy = BufferStrategy::kPool;
+  b.memory_cap_bytes = 64 * 1024;
+  StartSession(false, b);
+  GoTo("mem", true, false);
+  auto data = Pattern(3 << 20, 6);
+  peer().SendRequest(kCmdWrite, 1, 4096, 3 << 20, 0, data);
+  ASSERT_EQ(peer().ReadSimpleReply()->first, kOk);
+  const ExportBufferStats before = export_->buffers().stats();
+  // A READ, then a TRIM of the same range before its reply is out: the
+  // READ runs first (requests of a memory export run in order), so its
+  // reply carries the written data, from pages the TRIM has already
+  // removed from the export (ASan would see a use after free otherwise).
+  peer().SendRequest(kCmdRead, 2, 4096, 3 << 20);
+  peer().SendRequest(kCmdTrim, 3, 0, 4 << 20);
+  auto c = peer().ReadChunk();
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->cookie, 2u);
+  EXPECT_EQ(c->type, kChunkOffsetData);
+  EXPECT_TRUE(c->flags & kReplyFlagDone);
+  ASSERT_EQ(c->payload.size(), 8u + (3 << 20));
+  EXPECT_EQ(GetU64(c->payload.data()), 4096u);
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), c->payload.begin() + 8));
+  auto t = peer().ReadSimpleReply();
+  ASSERT_TRUE(t.has_value());
+  EXPECT_EQ(*t, std::make_pair(uint32_t{kOk}, uint64_t{3}));
+  peer().SendRequest(kCmdRead, 4, 0, 1 << 20);
+  c = peer().ReadChunk();
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->type, kChunkOffsetHole);  // the trim freed it all
+  const ExportBufferStats after = export_->buffers().stats();
+  EXPECT_EQ(after.allocations, before.allocations);
+  EXPECT_EQ(after.reuses, before.reuses);
+  EXPECT_EQ(after.streamed, before.streamed);
+  EXPECT_EQ(after.cap_waits, before.cap_waits);
+}
+
 TEST_F(TransmissionTest, CountsRequestsByOpAndResult) {
   Go();
   auto data = Pattern(8192, 5);
