@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "lib/nbd/wire.h"
 #include "lib/util/size.h"
+#include "lib/util/stream_copy.h"
 
 namespace nbdmgr {
 
@@ -163,7 +164,11 @@ absl::Status MemoryBackend::Write(uint64_t offset,
           return absl::ResourceExhaustedError(
               "out of memory for memory export");
         }
-        std::memcpy(p->data + in_page, data.data() + done, n);
+        if (n >= kStreamCopyBytes) {
+          StreamCopy(p->data + in_page, data.data() + done, n);
+        } else {
+          std::memcpy(p->data + in_page, data.data() + done, n);
+        }
         return absl::OkStatus();
       });
 }

@@ -49,11 +49,14 @@ class MemoryBackend final : public Backend {
 
  private:
   static constexpr uint64_t kPagesPerTable = 4096;  // 256 MiB per table
+  // Writes of at least this much of a page bypass the cache (StreamCopy):
+  // bulk data, unlikely to be read back while still cached.
+  static constexpr size_t kStreamCopyBytes = 32 * 1024;
   // One page of data, reference counted: its slot holds one reference and
   // every zero-copy reader one more; the last Release() frees it.
   struct Page final : Pin {
     std::atomic<uint32_t> refs{1};
-    uint8_t data[kPageSize];
+    alignas(16) uint8_t data[kPageSize];  // calloc's alignment
     // A zero-filled page with one reference; nullptr when out of memory.
     static Page* Allocate();
     void Release() override;

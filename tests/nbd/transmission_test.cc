@@ -339,7 +339,10 @@ TEST_F(StreamingTest, RequestLargerThanCapStillCompletes) {
 }
 
 TEST_F(StreamingTest, SwitchingStrategyAndCapUnderLoadLosesNothing) {
-  Go(false, BufferSettings{});
+  // A memory export: its requests run in order, so a READ pipelined behind
+  // the WRITE of the same range sees it (WRITEs still take buffers).
+  StartSession(false, BufferSettings{});
+  GoTo("mem", false, false);
   std::atomic<bool> stop{false};
   std::thread switcher([&] {
     const BufferStrategy all[] = {BufferStrategy::kFixed, BufferStrategy::kGrow,
