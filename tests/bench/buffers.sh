@@ -13,6 +13,8 @@
 #
 # Usage: tests/bench/buffers.sh [BUILD_DIR]
 #   env: CONNECTIONS=384 ROUNDS=3 STRATEGIES="fixed grow exact pool pool:256MiB stream"
+#        BACKEND=memory|file (memory exports lend their pages to READs, so
+#        only their WRITEs take buffers; a file export's READs take them too)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BUILD=${1:-$HERE/../../build}
@@ -27,12 +29,19 @@ WORK=$(mktemp -d)
 declare -A PIDS
 trap 'kill ${PIDS[*]:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
+backend_spec() {  # backend_spec CONFIG
+  case ${BACKEND:-memory} in
+    memory) echo "backend=memory,size=1GiB" ;;
+    file) echo "backend=file,path=$WORK/$1.img,size=1GiB" ;;
+    *) echo "BACKEND must be memory or file" >&2; exit 2 ;;
+  esac
+}
 start() {  # start CONFIG: serves unix:$WORK/CONFIG.sock
   local cfg=$1 strategy=${1%%:*} cap=""
   [ "$cfg" != "$strategy" ] && cap=${cfg#*:}
   rm -f "$WORK/$cfg.sock"
   "$NBDMGRD" --log-level warn --nbd-listen "unix:$WORK/$cfg.sock" --metrics-listen 127.0.0.1:0 \
-    --export "name=b,backend=memory,size=1GiB,buffer-strategy=$strategy,pool-idle-release=5s" \
+    --export "name=b,$(backend_spec "$cfg"),buffer-strategy=$strategy,pool-idle-release=5s" \
     ${cap:+--memory-cap "$cap"} &
   PIDS[$cfg]=$!
   wait_for "$WORK/$cfg.sock"
