@@ -1,10 +1,16 @@
 #!/usr/bin/python3
-"""Control-plane benchmark: create and remove memory exports through the gRPC
-API (one client) and report per-call latency, while fio reads an unrelated
-export; the same fio job alone is the baseline. Rounds alternate
-"fio alone" and "fio + API churn"; medians are reported.
+"""Control-plane benchmark: one client creates and removes memory exports
+through the gRPC API while fio reads an unrelated export.
+
+Reports, for 1,000 create+delete pairs back to back (the issue's workload):
+per-call latency (p50/p99/max), the daemon's and the client's CPU time per
+call, and the fio throughput of the unrelated export alone vs during the
+churn. The same churn is then run paced (--rate pairs per second), to show
+the data-plane cost per call at an operational rate. Rounds alternate "fio
+alone" and "fio + churn"; medians are reported.
 
 Usage: tests/bench/control.py [BUILD_DIR] [--exports 1000] [--rounds 3]
+                              [--rates 50,200]
 """
 import argparse
 import json
@@ -12,7 +18,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -31,74 +36,107 @@ def fio_mbps(uri, seconds):
     return j["read"]["bw_bytes"] / 1e6
 
 
+def cpu_seconds(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(q * len(v)))]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("build", nargs="?", default=os.path.join(HERE, "..", "..", "build"))
     p.add_argument("--exports", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rates", default="50,200",
+                   help="paced runs, create+delete pairs per second")
     args = p.parse_args()
-    os.environ["NBDMGRD"] = os.path.join(args.build, "daemon", "nbdmgrd")
     import nbdmgr_fixture
-    nbdmgr_fixture.NBDMGRD = os.environ["NBDMGRD"]
+    nbdmgr_fixture.NBDMGRD = os.path.join(args.build, "daemon", "nbdmgrd")
     d = Daemon(["name=data,backend=memory,size=1GiB"], extra=["--log-level", "warn"])
     d.start()
     try:
         subprocess.run(["fio", "--name=fill", "--ioengine=nbd", f"--uri={d.uri('data')}",
                         "--rw=write", "--bs=1M", "--size=1G"], capture_output=True)
         _, pb, call = raw_api(d.control)
-        create_ms, delete_ms, alone, busy, spin = [], [], [], [], []
+        create_ms, delete_ms = [], []
 
-        def churn(stop):
-            i = 0
-            while not stop.is_set() or i < args.exports:
-                name = f"bench{i % args.exports}"
-                t0 = time.perf_counter()
-                call("CreateExport", pb.CreateExportRequest(
-                    export_id=name, export=pb.Export(memory=pb.MemoryBackend(size_bytes=1 << 20))),
-                    pb.Export)
-                t1 = time.perf_counter()
-                call("DeleteExport", pb.DeleteExportRequest(name=f"exports/{name}"),
-                     pb.DeleteExportResponse)
-                t2 = time.perf_counter()
+        def pair(i, record):
+            name = f"bench{i % args.exports}"
+            t0 = time.perf_counter()
+            call("CreateExport", pb.CreateExportRequest(
+                export_id=name, export=pb.Export(memory=pb.MemoryBackend(size_bytes=1 << 20))),
+                pb.Export)
+            t1 = time.perf_counter()
+            call("DeleteExport", pb.DeleteExportRequest(name=f"exports/{name}"),
+                 pb.DeleteExportResponse)
+            t2 = time.perf_counter()
+            if record:
                 create_ms.append((t1 - t0) * 1e3)
                 delete_ms.append((t2 - t1) * 1e3)
+
+        # The cost of one call, with nothing else running.
+        s0, c0, w0 = cpu_seconds(d.proc.pid), time.process_time(), time.perf_counter()
+        for i in range(args.exports):
+            pair(i, record=True)
+        calls = 2 * args.exports
+        wall = time.perf_counter() - w0
+        server_us = (cpu_seconds(d.proc.pid) - s0) / calls * 1e6
+        client_us = (time.process_time() - c0) / calls * 1e6
+
+        def churn(stop, rate, counter):
+            # Back to back (rate 0) or paced; at least --exports pairs, and
+            # for as long as fio runs.
+            i, t0 = 0, time.perf_counter()
+            while not stop.is_set() or i < args.exports:
+                if rate:
+                    delay = t0 + i / rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                pair(i, record=rate == 0)
                 i += 1
-                if i >= args.exports and stop.is_set():
-                    break
+            counter.append((2 * i, time.perf_counter() - t0))
 
-        def spinner(stop):
-            # Control condition: a client process burning the same CPU
-            # without calling the daemon.
-            x = 0
-            while not stop.is_set():
-                x += 1
-
-        for _ in range(args.rounds):
-            alone.append(fio_mbps(d.uri("data"), 8))
-            for target, out in ((churn, busy), (spinner, spin)):
-                stop = threading.Event()
-                t = threading.Thread(target=target, args=(stop,))
+        results = {}
+        for rate in [0] + [int(r) for r in args.rates.split(",") if r]:
+            alone, busy, rates = [], [], []
+            for round_ in range(args.rounds):
+                # Alternate which goes first, so drift within a round does
+                # not read as an effect of the churn.
+                if round_ % 2 == 0:
+                    alone.append(fio_mbps(d.uri("data"), 8))
+                stop, counter = threading.Event(), []
+                t = threading.Thread(target=churn, args=(stop, rate, counter))
                 t.start()
-                out.append(fio_mbps(d.uri("data"), 8))
+                busy.append(fio_mbps(d.uri("data"), 8))
                 stop.set()
                 t.join()
+                rates.append(counter[0][0] / counter[0][1])
+                if round_ % 2 == 1:
+                    alone.append(fio_mbps(d.uri("data"), 8))
+            results[rate] = (statistics.median(alone), statistics.median(busy),
+                             statistics.median(rates))
     finally:
         d.stop()
         d.cleanup()
 
-    def pct(v, q):
-        v = sorted(v)
-        return v[min(len(v) - 1, int(q * len(v)))]
+    print(f"{args.exports} create+delete pairs back to back, one client "
+          f"({calls / wall:.0f} calls/s):")
     print(f"{'call':<14} {'count':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, v in (("CreateExport", create_ms), ("DeleteExport", delete_ms)):
         print(f"{name:<14} {len(v):>7} {pct(v, .5):>8.2f} {pct(v, .99):>8.2f} {max(v):>8.2f}")
-    a, b, c = statistics.median(alone), statistics.median(busy), statistics.median(spin)
-    print(f"\nunrelated export, fio 1 MiB reads qd8 [medians of {args.rounds} rounds]:")
-    print(f"  alone                          {a:8.0f} MB/s")
-    print(f"  during API churn (this client) {b:8.0f} MB/s ({(b / a - 1) * 100:+.1f}%)")
-    print(f"  beside a CPU-bound Python loop {c:8.0f} MB/s ({(c / a - 1) * 100:+.1f}%)"
-          "  <- control: the client's own CPU, no API calls")
-    print("(each call persists the export set: temp file, fsync, rename, fsync dir)")
+    print(f"CPU per call: daemon {server_us:.0f} us, client {client_us:.0f} us "
+          "(each call persists the export set: temp file, fsync, rename, fsync dir)")
+    print(f"\nunrelated export, fio 1 MiB reads qd8, 8 s [medians of {args.rounds} rounds]:")
+    print(f"{'churn':<22} {'calls/s':>8} {'alone MB/s':>11} {'during MB/s':>12} "
+          f"{'change':>7} {'MB/s lost per call/s':>21}")
+    for rate, (a, b, r) in results.items():
+        label = "back to back" if rate == 0 else f"paced, {rate} pairs/s"
+        print(f"{label:<22} {r:>8.0f} {a:>11.0f} {b:>12.0f} {(b / a - 1) * 100:>+6.1f}% "
+              f"{(a - b) / r:>21.2f}")
 
 
 if __name__ == "__main__":
