@@ -113,20 +113,21 @@ ExportInfo ExportManager::Describe(const Export& e) const {
   return info;
 }
 
-absl::Status ExportManager::Persist() {
-  if (store_ == nullptr) return absl::OkStatus();
-  absl::Status st = SaveState();
+namespace {
+
+absl::Status Saving(absl::Status st) {
   if (st.ok()) return st;
   return absl::Status(st.code(), absl::StrCat("saving state: ", st.message()));
 }
 
-absl::Status ExportManager::SaveState() {
-  std::vector<ExportConfig> all;
-  for (const auto& [name, c] : persistent_) {
-    auto e = registry_.Find(name);
-    all.push_back(e != nullptr ? e->current_config() : c);
-  }
-  return store_->Save(all);
+}  // namespace
+
+absl::Status ExportManager::PersistPut(const ExportConfig& config) {
+  return store_ == nullptr ? absl::OkStatus() : Saving(store_->Put(config));
+}
+
+absl::Status ExportManager::PersistDelete(const std::string& name) {
+  return store_ == nullptr ? absl::OkStatus() : Saving(store_->Delete(name));
 }
 
 absl::Status ExportManager::CheckTls(TlsMode mode) const {
@@ -155,7 +156,7 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
     e = *created;
     if (absl::Status st = registry_.Add(e); !st.ok()) return st;
     persistent_.emplace(config.name, config);
-    if (absl::Status st = Persist(); !st.ok()) {
+    if (absl::Status st = PersistPut(e->current_config()); !st.ok()) {
       // Not durable: undo, so the API never reports an export that would
       // vanish on restart.
       persistent_.erase(config.name);
@@ -236,7 +237,7 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
     if (update.max_clients) e->set_max_clients(*update.max_clients);
     e->buffers().Update(settings);
     if (persistent_.contains(name)) {
-      if (absl::Status st = Persist(); !st.ok()) {
+      if (absl::Status st = PersistPut(e->current_config()); !st.ok()) {
         return st;
       }
     }
@@ -293,7 +294,7 @@ absl::StatusOr<int> ExportManager::DeleteExport(
   (void)registry_.Remove(name);
   bool was_persistent = persistent_.erase(name) > 0;
   if (was_persistent) {
-    if (absl::Status st = Persist(); !st.ok()) {
+    if (absl::Status st = PersistDelete(name); !st.ok()) {
       return st;
     }
   }

@@ -93,9 +93,12 @@ class ExportManager {
   ExportManager(ExportManagerOptions options, ExportRegistry& registry,
                 BufferSystem& buffers);
   ExportInfo Describe(const Export& e) const;
-  // Writes the persisted set; errors say "saving state: ...".
-  absl::Status Persist() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status SaveState() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records a created or updated export / a deleted one in the state
+  // store (no-op without one); the error names what could not be saved.
+  absl::Status PersistPut(const ExportConfig& config)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status PersistDelete(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The registered export `name`, or NotFound.
   absl::StatusOr<std::shared_ptr<Export>> FindExport(
       const std::string& name) const;
