@@ -74,17 +74,10 @@ absl::Status WriteFileAtomically(const std::string& path,
   std::string tmp = absl::StrCat(path, ".tmp");
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("create ", tmp));
-  size_t done = 0;
-  while (done < contents.size()) {
-    ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      absl::Status st = ErrnoStatus(errno, absl::StrCat("write ", tmp));
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return st;
-    }
-    done += static_cast<size_t>(n);
+  if (absl::Status st = PwriteAll(fd, contents, 0, tmp); !st.ok()) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return st;
   }
   if (::fsync(fd) != 0) {
     absl::Status st = ErrnoStatus(errno, absl::StrCat("fsync ", tmp));
@@ -247,17 +240,13 @@ absl::StatusOr<std::vector<ExportConfig>> StateStore::Load() {
 absl::Status StateStore::Put(const ExportConfig& config) {
   v1::StateChange change;
   *change.mutable_put() = ExportConfigToProto(config);
-  ExportMap next = exports_;
-  next[config.name] = config;
-  return Apply(change, std::move(next));
+  return Apply(change, [&](ExportMap& m) { m[config.name] = config; });
 }
 
 absl::Status StateStore::Delete(const std::string& name) {
   v1::StateChange change;
   change.set_delete_name(ExportResourceName(name));
-  ExportMap next = exports_;
-  next.erase(name);
-  return Apply(change, std::move(next));
+  return Apply(change, [&](ExportMap& m) { m.erase(name); });
 }
 
 absl::Status StateStore::Save(const std::vector<ExportConfig>& exports) {
@@ -268,11 +257,14 @@ absl::Status StateStore::Save(const std::vector<ExportConfig>& exports) {
   return st;
 }
 
-absl::Status StateStore::Apply(const v1::StateChange& change, ExportMap next) {
+absl::Status StateStore::Apply(const v1::StateChange& change,
+                               absl::FunctionRef<void(ExportMap&)> mutate) {
   std::string payload = change.SerializeAsString();
   if (log_fd_ < 0 ||
       log_end_ + kRecordHeaderBytes + payload.size() > kLogBytes) {
     // No log to append to, or it is full: a new snapshot takes the change.
+    ExportMap next = exports_;
+    mutate(next);
     absl::Status st = Compact(next);
     if (st.ok()) exports_ = std::move(next);
     return st;
@@ -287,7 +279,7 @@ absl::Status StateStore::Apply(const v1::StateChange& change, ExportMap next) {
   }
   if (st.ok()) {
     log_end_ += record.size();
-    exports_ = std::move(next);
+    mutate(exports_);
     return st;
   }
   // The record may or may not be on disk: a snapshot without it makes the

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "lib/export/export_config.h"
 
@@ -64,8 +65,10 @@ class StateStore {
 
   absl::StatusOr<ExportMap> LoadSnapshot();
   absl::Status ReplayLog(ExportMap& exports);
-  // Records `change`, after which the set is `next`.
-  absl::Status Apply(const v1::StateChange& change, ExportMap next);
+  // Records `change`; `mutate` applies it to the set (to exports_ once it
+  // is durable, or to the copy a compaction writes).
+  absl::Status Apply(const v1::StateChange& change,
+                     absl::FunctionRef<void(ExportMap&)> mutate);
   // Writes `exports` as a new snapshot of the next generation and starts a
   // new, empty log for it.
   absl::Status Compact(const ExportMap& exports);
