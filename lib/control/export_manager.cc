@@ -44,7 +44,7 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
   absl::StatusOr<std::vector<ExportConfig>> saved = m->store_->Load();
   if (!saved.ok()) return saved.status();
   std::lock_guard lock(m->mu_);
-  for (ExportConfig& c : *saved) {
+  for (const ExportConfig& c : *saved) {
     if (registry.Find(c.name) != nullptr) {
       return absl::FailedPreconditionError(absl::StrCat(
           m->store_->path(), ": export \"", c.name,
@@ -61,7 +61,7 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
                                        "\": ", e.status().message()));
     }
     if (absl::Status st = registry.Add(*e); !st.ok()) return st;
-    m->persistent_.emplace(c.name, std::move(c));
+    m->persistent_.insert(c.name);
   }
   return m;
 }
@@ -155,7 +155,7 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
     if (!created.ok()) return created.status();
     e = *created;
     if (absl::Status st = registry_.Add(e); !st.ok()) return st;
-    persistent_.emplace(config.name, config);
+    persistent_.insert(config.name);
     if (absl::Status st = PersistPut(e->current_config()); !st.ok()) {
       // Not durable: undo, so the API never reports an export that would
       // vanish on restart.

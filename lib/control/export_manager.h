@@ -2,10 +2,10 @@
 #define NBDMGR_LIB_CONTROL_EXPORT_MANAGER_H_
 
 #include <chrono>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -113,8 +113,9 @@ class ExportManager {
   std::unique_ptr<StateStore> store_;
 
   mutable std::mutex mu_;
-  // API-created exports (persisted), by name.
-  std::map<std::string, ExportConfig> persistent_ ABSL_GUARDED_BY(mu_);
+  // Names of the API-created (persisted) exports; their configs live in
+  // the registry and the state store.
+  std::set<std::string> persistent_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace nbdmgr
