@@ -11,21 +11,36 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
 namespace nbdmgr::nbd {
 namespace {
 constexpr auto kAsTuple = asio::as_tuple(asio::use_awaitable);
+
+// Completion condition: done once MIN bytes have moved, and each system call
+// may move as much as the buffers hold. Asio's own transfer_all and
+// transfer_at_least hand the socket at most 64 KiB per call
+// (default_max_transfer_size): a 1 MiB reply then took 16 sendmsg calls and
+// epoll round trips, and over TCP with TCP_NODELAY each call left a runt
+// segment behind (64 KiB = one 65483-byte loopback segment + 53 bytes),
+// doubling the segments and ACKs both ends process per byte.
+struct TransferAtLeast {
+  size_t min;
+  size_t operator()(const ErrorCode& ec, size_t done) const {
+    return (ec || done >= min) ? 0 : std::numeric_limits<size_t>::max();
+  }
+};
 }  // namespace
 
 // Reads at least MIN bytes into BUF from the TLS stream or the socket,
 // without an extra coroutine frame on the request path.
-#define NBDMGR_READ(buf, min)                                                 \
-  (tls_ ? co_await asio::async_read(*tls_, buf, asio::transfer_at_least(min), \
-                                    kAsTuple)                                 \
-        : co_await asio::async_read(socket_, buf,                             \
-                                    asio::transfer_at_least(min), kAsTuple))
+#define NBDMGR_READ(buf, min)                                                  \
+  (tls_                                                                        \
+       ? co_await asio::async_read(*tls_, buf, TransferAtLeast{min}, kAsTuple) \
+       : co_await asio::async_read(socket_, buf, TransferAtLeast{min},         \
+                                   kAsTuple))
 
 Connection::Connection(Socket socket)
     : socket_(std::move(socket)), rbuf_(new uint8_t[kReadBufferSize]) {
@@ -103,16 +118,19 @@ asio::awaitable<ErrorCode> Connection::Skip(uint64_t n) {
 
 asio::awaitable<ErrorCode> Connection::WriteAll(
     std::span<const asio::const_buffer> buffers) {
-  auto [ec, n] = tls_ ? co_await asio::async_write(*tls_, buffers, kAsTuple)
-                      : co_await asio::async_write(socket_, buffers, kAsTuple);
+  TransferAtLeast all{asio::buffer_size(buffers)};
+  auto [ec, n] =
+      tls_ ? co_await asio::async_write(*tls_, buffers, all, kAsTuple)
+           : co_await asio::async_write(socket_, buffers, all, kAsTuple);
   co_return ec;
 }
 
 asio::awaitable<ErrorCode> Connection::WriteAll(
     std::span<const uint8_t> bytes) {
   asio::const_buffer b = asio::buffer(bytes.data(), bytes.size());
-  auto [ec, n] = tls_ ? co_await asio::async_write(*tls_, b, kAsTuple)
-                      : co_await asio::async_write(socket_, b, kAsTuple);
+  TransferAtLeast all{bytes.size()};
+  auto [ec, n] = tls_ ? co_await asio::async_write(*tls_, b, all, kAsTuple)
+                      : co_await asio::async_write(socket_, b, all, kAsTuple);
   co_return ec;
 }
 
