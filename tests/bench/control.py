@@ -5,12 +5,14 @@ through the gRPC API while fio reads an unrelated export.
 Reports, for 1,000 create+delete pairs back to back (the issue's workload):
 per-call latency (p50/p99/max), the daemon's and the client's CPU time per
 call, and the fio throughput of the unrelated export alone vs during the
-churn. The same churn is then run paced (--rate pairs per second), to show
-the data-plane cost per call at an operational rate. Rounds alternate "fio
+churn. The same churn is then run paced (--rates pairs per second), to show
+the data-plane cost per call at an operational rate, and back to back against
+a second nbdmgrd (--other-daemon): the same churn, but nothing shared with
+the daemon fio reads from except the machine. Rounds alternate "fio
 alone" and "fio + churn"; medians are reported.
 
 Usage: tests/bench/control.py [BUILD_DIR] [--exports 1000] [--rounds 3]
-                              [--rates 50,200]
+                              [--rates 50,200] [--other-daemon]
 """
 import argparse
 import json
@@ -53,18 +55,25 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--rates", default="50,200",
                    help="paced runs, create+delete pairs per second")
+    p.add_argument("--other-daemon", action="store_true",
+                   help="also churn a second daemon while fio reads the first")
     args = p.parse_args()
     import nbdmgr_fixture
     nbdmgr_fixture.NBDMGRD = os.path.join(args.build, "daemon", "nbdmgrd")
     d = Daemon(["name=data,backend=memory,size=1GiB"], extra=["--log-level", "warn"])
     d.start()
+    other = None
+    if args.other_daemon:
+        other = Daemon([], extra=["--log-level", "warn"])
+        other.start()
     try:
         subprocess.run(["fio", "--name=fill", "--ioengine=nbd", f"--uri={d.uri('data')}",
                         "--rw=write", "--bs=1M", "--size=1G"], capture_output=True)
-        _, pb, call = raw_api(d.control)
+        _, pb, call_same = raw_api(d.control)
+        call_other = raw_api(other.control)[2] if other else None
         create_ms, delete_ms = [], []
 
-        def pair(i, record):
+        def pair(i, record, call=call_same):
             name = f"bench{i % args.exports}"
             t0 = time.perf_counter()
             call("CreateExport", pb.CreateExportRequest(
@@ -87,7 +96,7 @@ def main():
         server_us = (cpu_seconds(d.proc.pid) - s0) / calls * 1e6
         client_us = (time.process_time() - c0) / calls * 1e6
 
-        def churn(stop, rate, counter):
+        def churn(stop, rate, counter, call):
             # Back to back (rate 0) or paced; at least --exports pairs, and
             # for as long as fio runs.
             i, t0 = 0, time.perf_counter()
@@ -96,12 +105,16 @@ def main():
                     delay = t0 + i / rate - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
-                pair(i, record=rate == 0)
+                pair(i, record=rate == 0 and call is call_same, call=call)
                 i += 1
             counter.append((2 * i, time.perf_counter() - t0))
 
         results = {}
-        for rate in [0] + [int(r) for r in args.rates.split(",") if r]:
+        runs = [(f"paced, {r} pairs/s" if r else "back to back", r, call_same)
+                for r in [0] + [int(r) for r in args.rates.split(",") if r]]
+        if other:
+            runs.append(("back to back, other", 0, call_other))
+        for label, rate, call in runs:
             alone, busy, rates = [], [], []
             for round_ in range(args.rounds):
                 # Alternate which goes first, so drift within a round does
@@ -109,7 +122,7 @@ def main():
                 if round_ % 2 == 0:
                     alone.append(fio_mbps(d.uri("data"), 8))
                 stop, counter = threading.Event(), []
-                t = threading.Thread(target=churn, args=(stop, rate, counter))
+                t = threading.Thread(target=churn, args=(stop, rate, counter, call))
                 t.start()
                 busy.append(fio_mbps(d.uri("data"), 8))
                 stop.set()
@@ -117,11 +130,13 @@ def main():
                 rates.append(counter[0][0] / counter[0][1])
                 if round_ % 2 == 1:
                     alone.append(fio_mbps(d.uri("data"), 8))
-            results[rate] = (statistics.median(alone), statistics.median(busy),
+            results[label] = (statistics.median(alone), statistics.median(busy),
                              statistics.median(rates))
     finally:
-        d.stop()
-        d.cleanup()
+        for x in (d, other):
+            if x:
+                x.stop()
+                x.cleanup()
 
     print(f"{args.exports} create+delete pairs back to back, one client "
           f"({calls / wall:.0f} calls/s):")
@@ -133,8 +148,7 @@ def main():
     print(f"\nunrelated export, fio 1 MiB reads qd8, 8 s [medians of {args.rounds} rounds]:")
     print(f"{'churn':<22} {'calls/s':>8} {'alone MB/s':>11} {'during MB/s':>12} "
           f"{'change':>7} {'MB/s lost per call/s':>21}")
-    for rate, (a, b, r) in results.items():
-        label = "back to back" if rate == 0 else f"paced, {rate} pairs/s"
+    for label, (a, b, r) in results.items():
         print(f"{label:<22} {r:>8.0f} {a:>11.0f} {b:>12.0f} {(b / a - 1) * 100:>+6.1f}% "
               f"{(a - b) / r:>21.2f}")
 
