@@ -6,9 +6,9 @@ Reports, for 1,000 create+delete pairs back to back (the issue's workload):
 per-call latency (p50/p99/max), the daemon's and the client's CPU time per
 call, and the fio throughput of the unrelated export alone vs during the
 churn. The same churn is then run paced (--rates pairs per second), to show
-the data-plane cost per call at an operational rate, and back to back against
-a second nbdmgrd (--other-daemon): the same churn, but nothing shared with
-the daemon fio reads from except the machine. Rounds alternate "fio
+the data-plane cost per call at an operational rate. With --other-daemon,
+every churn also runs against a second nbdmgrd, which shares nothing with the
+daemon fio reads from but the machine. Rounds alternate "fio
 alone" and "fio + churn"; medians are reported.
 
 Usage: tests/bench/control.py [BUILD_DIR] [--exports 1000] [--rounds 3]
@@ -110,10 +110,10 @@ def main():
             counter.append((2 * i, time.perf_counter() - t0))
 
         results = {}
-        runs = [(f"paced, {r} pairs/s" if r else "back to back", r, call_same)
-                for r in [0] + [int(r) for r in args.rates.split(",") if r]]
-        if other:
-            runs.append(("back to back, other", 0, call_other))
+        rates = [0] + [int(r) for r in args.rates.split(",") if r]
+        targets = [("", call_same)] + ([(", other", call_other)] if other else [])
+        runs = [((f"paced, {r} pairs/s" if r else "back to back") + suffix, r, call)
+                for suffix, call in targets for r in rates]
         for label, rate, call in runs:
             alone, busy, rates = [], [], []
             for round_ in range(args.rounds):
@@ -146,10 +146,10 @@ def main():
     print(f"CPU per call: daemon {server_us:.0f} us, client {client_us:.0f} us "
           "(each call is made durable: one state-log record and a flush)")
     print(f"\nunrelated export, fio 1 MiB reads qd8, 8 s [medians of {args.rounds} rounds]:")
-    print(f"{'churn':<22} {'calls/s':>8} {'alone MB/s':>11} {'during MB/s':>12} "
+    print(f"{'churn':<29} {'calls/s':>8} {'alone MB/s':>11} {'during MB/s':>12} "
           f"{'change':>7} {'MB/s lost per call/s':>21}")
     for label, (a, b, r) in results.items():
-        print(f"{label:<22} {r:>8.0f} {a:>11.0f} {b:>12.0f} {(b / a - 1) * 100:>+6.1f}% "
+        print(f"{label:<29} {r:>8.0f} {a:>11.0f} {b:>12.0f} {(b / a - 1) * 100:>+6.1f}% "
               f"{(a - b) / r:>21.2f}")
 
 
