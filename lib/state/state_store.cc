@@ -67,6 +67,19 @@ absl::Status PwriteAll(int fd, const std::string& data, uint64_t offset,
   return absl::OkStatus();
 }
 
+// The config of a persisted export; an error names the export when it can.
+absl::StatusOr<ExportConfig> ConfigFromPersisted(const v1::Export& p) {
+  absl::StatusOr<std::string> id = ExportIdFromName(p.name());
+  if (!id.ok()) return id.status();
+  absl::StatusOr<ExportConfig> c = ExportConfigFromProto(p, *id);
+  if (!c.ok()) {
+    return absl::Status(
+        c.status().code(),
+        absl::StrCat("export \"", *id, "\": ", c.status().message()));
+  }
+  return c;
+}
+
 }  // namespace
 
 absl::Status WriteFileAtomically(const std::string& path,
@@ -142,17 +155,12 @@ absl::StatusOr<StateStore::ExportMap> StateStore::LoadSnapshot() {
         ": not a valid state file (fix or move it; it was left untouched)"));
   }
   for (const v1::Export& p : state.exports()) {
-    absl::StatusOr<std::string> id = ExportIdFromName(p.name());
-    if (!id.ok()) {
-      return absl::DataLossError(
-          absl::StrCat(path_, ": ", id.status().message()));
-    }
-    absl::StatusOr<ExportConfig> c = ExportConfigFromProto(p, *id);
+    absl::StatusOr<ExportConfig> c = ConfigFromPersisted(p);
     if (!c.ok()) {
-      return absl::DataLossError(absl::StrCat(path_, ": export \"", *id,
-                                              "\": ", c.status().message()));
+      return absl::DataLossError(
+          absl::StrCat(path_, ": ", c.status().message()));
     }
-    out[*id] = std::move(*c);
+    out[c->name] = std::move(*c);
   }
   generation_ = state.log_generation();
   return out;
@@ -194,12 +202,9 @@ absl::Status StateStore::ReplayLog(ExportMap& exports) {
     if (!change.ParseFromString(payload)) break;
     absl::Status bad;
     if (change.has_put()) {
-      absl::StatusOr<std::string> id = ExportIdFromName(change.put().name());
-      absl::StatusOr<ExportConfig> c =
-          id.ok() ? ExportConfigFromProto(change.put(), *id)
-                  : absl::StatusOr<ExportConfig>(id.status());
+      absl::StatusOr<ExportConfig> c = ConfigFromPersisted(change.put());
       if (c.ok()) {
-        exports[*id] = std::move(*c);
+        exports[c->name] = std::move(*c);
       } else {
         bad = c.status();
       }
@@ -252,9 +257,7 @@ absl::Status StateStore::Delete(const std::string& name) {
 absl::Status StateStore::Save(const std::vector<ExportConfig>& exports) {
   ExportMap next;
   for (const ExportConfig& c : exports) next[c.name] = c;
-  absl::Status st = Compact(next);
-  if (st.ok()) exports_ = std::move(next);
-  return st;
+  return Compact(std::move(next));
 }
 
 absl::Status StateStore::Apply(const v1::StateChange& change,
@@ -265,9 +268,7 @@ absl::Status StateStore::Apply(const v1::StateChange& change,
     // No log to append to, or it is full: a new snapshot takes the change.
     ExportMap next = exports_;
     mutate(next);
-    absl::Status st = Compact(next);
-    if (st.ok()) exports_ = std::move(next);
-    return st;
+    return Compact(std::move(next));
   }
   std::string record;
   PutLe(record, payload.size(), 4);
@@ -289,7 +290,7 @@ absl::Status StateStore::Apply(const v1::StateChange& change,
   return st;
 }
 
-absl::Status StateStore::Compact(const ExportMap& exports) {
+absl::Status StateStore::Compact(ExportMap exports) {
   CloseLog();
   const uint64_t generation = generation_ + 1;
   v1::PersistedState state;
@@ -319,6 +320,7 @@ absl::Status StateStore::Compact(const ExportMap& exports) {
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", log_path_));
   log_fd_ = fd;
   log_end_ = kLogHeaderBytes;
+  exports_ = std::move(exports);
   return absl::OkStatus();
 }
 

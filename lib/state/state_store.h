@@ -69,9 +69,10 @@ class StateStore {
   // is durable, or to the copy a compaction writes).
   absl::Status Apply(const v1::StateChange& change,
                      absl::FunctionRef<void(ExportMap&)> mutate);
-  // Writes `exports` as a new snapshot of the next generation and starts a
-  // new, empty log for it.
-  absl::Status Compact(const ExportMap& exports);
+  // Writes `exports` as a new snapshot of the next generation, starts a
+  // new, empty log for it, and makes `exports` the store's set. On an error
+  // the set stays as it was.
+  absl::Status Compact(ExportMap exports);
   void CloseLog();
 
   const std::string dir_;
