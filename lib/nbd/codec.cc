@@ -151,10 +151,35 @@ absl::StatusOr<InfoRequest> ParseInfoRequest(std::span<const uint8_t> payload) {
   }
   InfoRequest req;
   req.name = std::move(*name);
-  req.info_types.reserve(*count);
-  for (uint16_t i = 0; i < *count; ++i) req.info_types.push_back(*r.U16());
+  for (uint16_t i = 0; i < *count; ++i) {
+    uint16_t type = *r.U16();
+    if (type < kInfoTypeCount) req.requested.set(type);
+  }
   return req;
 }
+
+namespace {
+
+// Reads one query (u32 length + bytes) as a view into the reader's input.
+absl::StatusOr<std::string_view> ReadQuery(std::span<const uint8_t> in,
+                                           size_t& pos) {
+  if (in.size() - pos < 4) {
+    return absl::InvalidArgumentError("query length past payload");
+  }
+  uint32_t len = GetU32(in.data() + pos);
+  pos += 4;
+  if (len > kMaxStringLength) {
+    return absl::InvalidArgumentError("query too long");
+  }
+  if (in.size() - pos < len) {
+    return absl::InvalidArgumentError("query past payload");
+  }
+  std::string_view q(reinterpret_cast<const char*>(in.data() + pos), len);
+  pos += len;
+  return q;
+}
+
+}  // namespace
 
 absl::StatusOr<MetaContextRequest> ParseMetaContextRequest(
     std::span<const uint8_t> payload) {
@@ -163,28 +188,34 @@ absl::StatusOr<MetaContextRequest> ParseMetaContextRequest(
   if (!name.ok()) return name.status();
   std::optional<uint32_t> count = r.U32();
   if (!count) return absl::InvalidArgumentError("missing query count");
-  // Each query needs at least its 4-byte length: bound the count by the
-  // payload before reserving anything.
+  // Each query needs at least its 4-byte length.
   if (*count > r.remaining() / 4) {
     return absl::InvalidArgumentError("query count past payload");
   }
   MetaContextRequest req;
   req.export_name = std::move(*name);
-  req.queries.reserve(*count);
+  req.query_count = *count;
+  req.queries = payload.subspan(payload.size() - r.remaining());
+  // Validate every query now so that ForEachQuery cannot fail.
+  size_t pos = 0;
   for (uint32_t i = 0; i < *count; ++i) {
-    std::optional<uint32_t> len = r.U32();
-    if (!len) return absl::InvalidArgumentError("query length past payload");
-    if (*len > kMaxStringLength) {
-      return absl::InvalidArgumentError("query too long");
-    }
-    std::optional<std::string> q = r.String(*len);
-    if (!q) return absl::InvalidArgumentError("query past payload");
-    req.queries.push_back(std::move(*q));
+    absl::StatusOr<std::string_view> q = ReadQuery(req.queries, pos);
+    if (!q.ok()) return q.status();
   }
-  if (r.remaining() != 0) {
+  if (pos != req.queries.size()) {
     return absl::InvalidArgumentError("trailing bytes after queries");
   }
   return req;
+}
+
+void ForEachQuery(const MetaContextRequest& req,
+                  absl::FunctionRef<void(std::string_view)> fn) {
+  size_t pos = 0;
+  for (uint32_t i = 0; i < req.query_count; ++i) {
+    absl::StatusOr<std::string_view> q = ReadQuery(req.queries, pos);
+    if (!q.ok()) return;  // not from ParseMetaContextRequest
+    fn(*q);
+  }
 }
 
 std::vector<uint8_t> EncodeInfoExport(uint64_t size, uint16_t tx_flags) {

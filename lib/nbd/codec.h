@@ -6,6 +6,7 @@
 // checked against the bytes actually present before it is used.
 
 #include <array>
+#include <bitset>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -13,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "lib/nbd/wire.h"
 
@@ -101,20 +103,40 @@ void EncodeChunkHeader(uint8_t* out, uint16_t flags, uint16_t type,
 // NBD_OPT_INFO / NBD_OPT_GO payload: u32 name length, name, u16 count,
 // count x u16 info types. InvalidArgument if lengths disagree with the
 // payload size or the name is longer than kMaxStringLength.
+// The requested types are kept as a set of the known ones (kInfoExport ..
+// kInfoBlockSize): a type asked for many times is one member, and unknown
+// types are dropped (the spec says to ignore them), so the result's size
+// does not depend on the client's count.
+inline constexpr size_t kInfoTypeCount = kInfoBlockSize + 1;
 struct InfoRequest {
   std::string name;
-  std::vector<uint16_t> info_types;
+  std::bitset<kInfoTypeCount> requested;
+  // Whether the client asked for `type` (false for unknown types).
+  bool Requested(uint16_t type) const {
+    return type < kInfoTypeCount && requested.test(type);
+  }
 };
 absl::StatusOr<InfoRequest> ParseInfoRequest(std::span<const uint8_t> payload);
 
 // NBD_OPT_{LIST,SET}_META_CONTEXT payload: u32 name length, name, u32 query
-// count, each query u32 length + string. InvalidArgument on any mismatch.
+// count, each query u32 length + string. InvalidArgument on any mismatch
+// (including a query longer than kMaxStringLength).
+// The queries are validated but not copied: `queries` views the parsed
+// payload, which must outlive the request. Holding them as strings would
+// cost up to 8 times the payload (a 4-byte empty query becomes a 32-byte
+// std::string).
 struct MetaContextRequest {
   std::string export_name;
-  std::vector<std::string> queries;
+  uint32_t query_count = 0;
+  // query_count x (u32 length, bytes), exactly as sent.
+  std::span<const uint8_t> queries;
 };
 absl::StatusOr<MetaContextRequest> ParseMetaContextRequest(
     std::span<const uint8_t> payload);
+// Calls `fn` with each query of a request ParseMetaContextRequest returned,
+// in order. The views live as long as the request's payload.
+void ForEachQuery(const MetaContextRequest& req,
+                  absl::FunctionRef<void(std::string_view)> fn);
 
 // Option reply payloads.
 std::vector<uint8_t> EncodeInfoExport(uint64_t size, uint16_t tx_flags);

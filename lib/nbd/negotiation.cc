@@ -40,6 +40,10 @@ class Negotiator {
                                                      std::vector<uint8_t> data);
   asio::awaitable<absl::StatusOr<bool>> HandleInfoOrGo(
       uint32_t option, const std::vector<uint8_t>& data);
+  // The NBD_REP_INFO payload of `type` for `e` as `req` asked for it;
+  // empty if that type is not to be sent.
+  std::vector<uint8_t> EncodeInfo(InfoType type, const Export& e,
+                                  const InfoRequest& req) const;
   asio::awaitable<absl::StatusOr<bool>> HandleExportName(
       const std::vector<uint8_t>& data);
   asio::awaitable<absl::StatusOr<bool>> HandleMetaContext(
@@ -290,8 +294,11 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleList(
   } else {
     for (const auto& e : registry_.List()) {
       if (e->draining() || NeedsTls(*e)) continue;
-      std::vector<uint8_t> payload =
-          EncodeServerReply(e->name(), e->description());
+      // The description is optional in the reply; one over the spec's
+      // string limit (never set through the API) is left out.
+      std::string description = e->description();
+      if (description.size() > kMaxStringLength) description.clear();
+      std::vector<uint8_t> payload = EncodeServerReply(e->name(), description);
       if ((ec = co_await Reply(kOptList, kRepServer, payload))) break;
     }
     if (!ec) ec = co_await Reply(kOptList, kRepAck);
@@ -302,10 +309,11 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleList(
 
 asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleExportName(
     const std::vector<uint8_t>& data) {
-  std::string name(data.begin(), data.end());
-  if (name.size() > kMaxStringLength) {
+  // Checked before the copy: the payload may be up to max_option_length.
+  if (data.size() > kMaxStringLength) {
     co_return absl::InvalidArgumentError("EXPORT_NAME longer than 4096 bytes");
   }
+  std::string name(data.begin(), data.end());
   std::shared_ptr<Export> e = FindServing(name);
   if (e == nullptr) {
     // The protocol has no error reply for EXPORT_NAME: close.
@@ -335,6 +343,33 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleExportName(
   result_.base_allocation = meta_export_ != nullptr && meta_export_ == e;
   result_.base_allocation_id = kBaseAllocationId;
   co_return true;
+}
+
+std::vector<uint8_t> Negotiator::EncodeInfo(InfoType type, const Export& e,
+                                            const InfoRequest& req) const {
+  switch (type) {
+    case kInfoExport:
+      return EncodeInfoExport(e.size(),
+                              e.TransmissionFlags(result_.structured_replies));
+    case kInfoBlockSize: {
+      const BlockSizes& bs = e.block_sizes();
+      return EncodeInfoBlockSize(bs.minimum, bs.preferred, bs.maximum_payload);
+    }
+    case kInfoName:
+      if (!req.Requested(kInfoName)) return {};
+      return EncodeInfoString(kInfoName, e.name());
+    case kInfoDescription: {
+      if (!req.Requested(kInfoDescription)) return {};
+      // Export::Create and UpdateExport hold it to 4096 bytes; checked
+      // again here so one reply stays bounded whatever set it.
+      std::string description = e.description();
+      if (description.empty() || description.size() > kMaxStringLength) {
+        return {};
+      }
+      return EncodeInfoString(kInfoDescription, description);
+    }
+  }
+  return {};
 }
 
 asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleInfoOrGo(
@@ -370,24 +405,15 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleInfoOrGo(
     if (ec) co_return IoError(ec, "option reply");
     co_return false;
   }
-  const BlockSizes& bs = e->block_sizes();
-  std::vector<std::vector<uint8_t>> infos;
-  infos.push_back(EncodeInfoExport(
-      e->size(), e->TransmissionFlags(result_.structured_replies)));
-  // Block sizes are always sent: clients that did not ask may still use them.
-  infos.push_back(
-      EncodeInfoBlockSize(bs.minimum, bs.preferred, bs.maximum_payload));
-  for (uint16_t type : req->info_types) {
-    if (type == kInfoName) {
-      infos.push_back(EncodeInfoString(kInfoName, e->name()));
-    } else if (type == kInfoDescription) {
-      std::string description = e->description();
-      if (!description.empty()) {
-        infos.push_back(EncodeInfoString(kInfoDescription, description));
-      }
-    }
-  }
-  for (const auto& info : infos) {
+  // Each reply is encoded just before it is sent, so one (at most 4 KiB of
+  // description) is in memory at a time, and each type is sent at most once
+  // however often the client listed it (as nbdkit does): the request holds a
+  // set of types, not the client's list. EXPORT and BLOCK_SIZE always go
+  // out: clients that did not ask may still use the block sizes.
+  for (InfoType type :
+       {kInfoExport, kInfoBlockSize, kInfoName, kInfoDescription}) {
+    std::vector<uint8_t> info = EncodeInfo(type, *e, *req);
+    if (info.empty()) continue;
     if ((ec = co_await Reply(option, kRepInfo, info))) {
       if (option == kOptGo) e->RemoveClient();
       co_return IoError(ec, "INFO reply");
@@ -433,13 +459,16 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleMetaContext(
     co_return finish(co_await RefuseWithoutTls(
         option, absl::StrCat("for export \"", req->export_name, "\"")));
   }
+  // We serve one context, so however many queries match it (duplicates
+  // included) it is answered once: the reply count is bounded by the
+  // contexts we have, not by the client's query count.
   bool match = false;
-  if (req->queries.empty()) {
+  if (req->query_count == 0) {
     match = !set;  // LIST with no query lists everything; SET selects nothing
   }
-  for (const std::string& q : req->queries) {
+  ForEachQuery(*req, [&](std::string_view q) {
     if (q == kBaseAllocation || (!set && q == "base:")) match = true;
-  }
+  });
   if (set) meta_export_ = match ? e : nullptr;
   if (match) {
     std::vector<uint8_t> payload =

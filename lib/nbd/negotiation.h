@@ -42,7 +42,11 @@ inline constexpr uint32_t kBaseAllocationId = 1;
 
 // Runs the fixed-newstyle handshake and option haggling on `conn` until the
 // client picks an export with GO or EXPORT_NAME. Every client-supplied
-// length is checked before it sizes anything.
+// length is checked before it sizes anything, and no client-chosen count
+// multiplies memory or replies: one option payload (at most
+// max_option_length) and one reply (at most ~8 KiB) are held at a time;
+// INFO/GO answers each NBD_INFO type at most once however often it was
+// asked for; META_CONTEXT sends one reply per matched context, not per query.
 // With TLS: STARTTLS upgrades the connection and forgets what was
 // negotiated in clear. Before TLS, exports with tls=require are hidden from
 // LIST and refused with ERR_TLS_REQD (if every export requires TLS, every

@@ -12,13 +12,15 @@ import urllib.request
 
 import nbd
 
-from nbdmgr_fixture import Daemon, RawClient
+from nbdmgr_fixture import Daemon, RawClient, run
 
 MiB = 1 << 20
 SIZE = 4 * MiB
 OPT_MAGIC = 0x49484156454F5054
 REQ_MAGIC = 0x25609513
-REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
+REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT = 1, 2, 3, 4
+INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
+MAX_OPTION_LENGTH = 64 * 1024  # NegotiationOptions::max_option_length
 ERR = 1 << 31
 ERR_UNSUP, ERR_POLICY, ERR_INVALID = ERR + 1, ERR + 2, ERR + 3
 ERR_TLS_REQD, ERR_UNKNOWN, ERR_TOO_BIG = ERR + 5, ERR + 6, ERR + 9
@@ -478,6 +480,114 @@ class LimitsTest(unittest.TestCase):
             c.close()
         self.wait_refusal(d, "option_too_long", 21)
         self.assertLessEqual(d.logs().count("refused (option_too_long)"), 2)
+
+
+def vm_kib(pid, field):
+    """A VmRSS/VmHWM line of /proc/PID/status, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+class HandshakeMemoryTest(unittest.TestCase):
+    """Issue 13: a client-chosen count must not multiply handshake memory.
+    One OPT_INFO may list NBD_INFO_DESCRIPTION ~32,000 times; with a 4 KiB
+    description that once built 128 MiB of replies per connection."""
+
+    DESCRIPTION = "d" * 4096  # the longest the export config allows
+
+    def setUp(self):
+        self.d = Daemon([f"name=disk,backend=memory,size=4MiB,"
+                         f"description={self.DESCRIPTION}"]).start()
+        self.addCleanup(self.d.stop)
+
+    def nbdinfo_works(self):
+        out = run("nbdinfo", "--size", self.d.uri("disk")).stdout
+        self.assertEqual(int(out.strip()), SIZE)
+
+    def info_replies(self, c, opt):
+        """{info type: count} of the INFO replies before the ACK."""
+        seen = {}
+        while True:
+            o, rtype, payload = c.reply()
+            self.assertEqual(o, opt)
+            if rtype == REP_ACK:
+                return seen
+            self.assertEqual(rtype, REP_INFO, hex(rtype))
+            itype = struct.unpack(">H", payload[:2])[0]
+            seen[itype] = seen.get(itype, 0) + 1
+            if itype == INFO_DESCRIPTION:
+                self.assertEqual(payload[2:].decode(), self.DESCRIPTION)
+
+    def test_repeated_info_requests_are_answered_once(self):
+        pid = self.d.proc.pid
+        self.nbdinfo_works()  # warm up: threads, first session
+        base_rss = vm_kib(pid, "VmRSS")
+        # The largest count that fits the option limit with the name "disk".
+        n = (MAX_OPTION_LENGTH - 4 - len("disk") - 2) // 2
+        self.assertGreaterEqual(n, 32760)
+        payload = name_data("disk", n, [INFO_DESCRIPTION] * n)
+        self.assertLessEqual(len(payload), MAX_OPTION_LENGTH)
+        conns = []
+        for _ in range(8):
+            c = Raw(self.d)
+            c.flags()
+            c.option(OPT_INFO, payload)
+            conns.append(c)
+        # Nobody reads for a moment: replies the server built up front
+        # would be held now. A well-behaved client works meanwhile.
+        time.sleep(0.5)
+        self.nbdinfo_works()
+        held_rss = vm_kib(pid, "VmRSS")
+        for c in conns:
+            self.assertEqual(self.info_replies(c, OPT_INFO),
+                             {INFO_EXPORT: 1, INFO_BLOCK_SIZE: 1,
+                              INFO_DESCRIPTION: 1})
+            # Still in sync and negotiating.
+            c.option(OPT_LIST)
+            self.assertEqual(c.reply()[1], REP_SERVER)
+            self.assertEqual(c.reply()[1], REP_ACK)
+        # Repeated NAME requests, and GO, likewise.
+        for c in conns[:2]:
+            c.option(OPT_GO, name_data("disk", n, [INFO_NAME] * n))
+            self.assertEqual(self.info_replies(c, OPT_GO),
+                             {INFO_EXPORT: 1, INFO_BLOCK_SIZE: 1, INFO_NAME: 1})
+            c.request(READ, 0, 512)
+            self.assertEqual(c.error_of_reply(length=512), 0)
+        peak = vm_kib(pid, "VmHWM")
+        for c in conns:
+            c.close()
+        self.nbdinfo_works()
+        self.assertIsNone(self.d.proc.poll(), "the daemon died")
+        # Before the fix: ~1 GiB. Generous bounds, not timing.
+        bound = 32 * 1024
+        self.assertLess(held_rss - base_rss, bound,
+                        f"RSS {base_rss} KiB -> {held_rss} KiB with replies unread")
+        self.assertLess(peak - base_rss, bound,
+                        f"RSS {base_rss} KiB -> peak {peak} KiB")
+
+    def test_duplicate_meta_context_queries_get_one_reply(self):
+        c = Raw(self.d)
+        c.flags()
+        c.option(OPT_STRUCTURED)
+        self.assertEqual(c.reply()[1], REP_ACK)
+        q = b"base:allocation"
+        n = (MAX_OPTION_LENGTH - 8 - len("disk")) // (4 + len(q))
+        data = (struct.pack(">I", 4) + b"disk" + struct.pack(">I", n) +
+                (struct.pack(">I", len(q)) + q) * n)
+        self.assertLessEqual(len(data), MAX_OPTION_LENGTH)
+        for opt in (OPT_LIST_META, OPT_SET_META):
+            c.option(opt, data)
+            o, rtype, payload = c.reply()
+            self.assertEqual((o, rtype), (opt, REP_META_CONTEXT))
+            self.assertEqual(payload[4:], q)
+            self.assertEqual(c.reply()[1], REP_ACK)
+        c.go("disk", structured=False)
+        c.request(BLOCK_STATUS, 0, 4096)
+        self.assertEqual(c.error_of_reply(), 0)
+        c.close()
 
 
 if __name__ == "__main__":

@@ -57,7 +57,27 @@ TEST(CodecTest, InfoRequestParses) {
   auto r = ParseInfoRequest(p);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->name, "disk");
-  EXPECT_EQ(r->info_types, (std::vector<uint16_t>{1, 3}));
+  EXPECT_FALSE(r->Requested(kInfoExport));
+  EXPECT_TRUE(r->Requested(kInfoName));
+  EXPECT_FALSE(r->Requested(kInfoDescription));
+  EXPECT_TRUE(r->Requested(kInfoBlockSize));
+}
+
+TEST(CodecTest, InfoRequestIsASetOfKnownTypes) {
+  // 30,000 requests: DESCRIPTION over and over, unknown types, NAME once.
+  std::vector<uint8_t> p = Cat({U32(0), {0x75, 0x30}});
+  for (int i = 0; i < 30000; ++i) {
+    uint16_t type = i == 7 ? kInfoName : i % 2 ? 0xffff : kInfoDescription;
+    p.push_back(static_cast<uint8_t>(type >> 8));
+    p.push_back(static_cast<uint8_t>(type));
+  }
+  auto r = ParseInfoRequest(p);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->requested.count(), 2u);
+  EXPECT_TRUE(r->Requested(kInfoName));
+  EXPECT_TRUE(r->Requested(kInfoDescription));
+  EXPECT_FALSE(r->Requested(0xffff));
+  EXPECT_FALSE(r->Requested(4));
 }
 
 TEST(CodecTest, InfoRequestRejectsMalformed) {
@@ -79,7 +99,32 @@ TEST(CodecTest, MetaContextRequestParses) {
   auto r = ParseMetaContextRequest(p);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->export_name, "mem");
-  EXPECT_EQ(r->queries, (std::vector<std::string>{"base:allocation", "base:"}));
+  EXPECT_EQ(r->query_count, 2u);
+  std::vector<std::string> queries;
+  ForEachQuery(*r, [&](std::string_view q) { queries.emplace_back(q); });
+  EXPECT_EQ(queries, (std::vector<std::string>{"base:allocation", "base:"}));
+}
+
+TEST(CodecTest, MetaContextRequestQueriesViewThePayload) {
+  // Empty queries, 4 bytes each: nothing per query is allocated, the
+  // views point into the payload.
+  std::vector<uint8_t> p = Cat({U32(0), U32(1001)});
+  p.resize(p.size() + 4 * 1000, 0);
+  p = Cat({p, U32(3), Str("abc")});
+  auto r = ParseMetaContextRequest(p);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->query_count, 1001u);
+  EXPECT_EQ(r->queries.data(), p.data() + 8);
+  int n = 0;
+  std::string_view last;
+  ForEachQuery(*r, [&](std::string_view q) {
+    ++n;
+    last = q;
+  });
+  EXPECT_EQ(n, 1001);
+  EXPECT_EQ(last, "abc");
+  EXPECT_EQ(static_cast<const void*>(last.data()),
+            static_cast<const void*>(p.data() + p.size() - 3));
 }
 
 TEST(CodecTest, MetaContextRequestHugeCountDoesNotAllocate) {
@@ -94,6 +139,11 @@ TEST(CodecTest, MetaContextRequestRejectsMalformed) {
       ParseMetaContextRequest(Cat({U32(0), U32(1), U32(9), Str("ab")})).ok());
   EXPECT_FALSE(ParseMetaContextRequest(Cat({U32(0), U32(0), U32(0)})).ok());
   EXPECT_FALSE(ParseMetaContextRequest(Cat({U32(2), Str("a")})).ok());
+  EXPECT_FALSE(ParseMetaContextRequest(Cat({U32(0), U32(1), U32(5000),
+                                            std::vector<uint8_t>(5000, 'a')}))
+                   .ok());  // query > 4096
+  EXPECT_FALSE(ParseMetaContextRequest(Cat({U32(0), U32(1), U32(1), Str("ab")}))
+                   .ok());  // trailing byte
 }
 
 TEST(CodecTest, ExportNameReplyZeroes) {

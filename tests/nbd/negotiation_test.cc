@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+#include <string>
+
 #include "tests/nbd/harness.h"
 
 namespace nbdmgr::nbd {
@@ -26,9 +29,45 @@ std::vector<uint8_t> InfoPayload(std::string_view name,
   return p;
 }
 
+// `n` copies of each of `types`, interleaved.
+std::vector<uint16_t> Repeated(std::vector<uint16_t> types, int n) {
+  std::vector<uint16_t> out;
+  for (int i = 0; i < n; ++i) out.insert(out.end(), types.begin(), types.end());
+  return out;
+}
+
+// META_CONTEXT payload for export `name` with `queries`.
+std::vector<uint8_t> MetaPayload(std::string_view name,
+                                 const std::vector<std::string>& queries) {
+  std::vector<uint8_t> p =
+      Cat({U32(static_cast<uint32_t>(name.size())), Str(name),
+           U32(static_cast<uint32_t>(queries.size()))});
+  for (const std::string& q : queries) {
+    std::vector<uint8_t> one =
+        Cat({U32(static_cast<uint32_t>(q.size())), Str(q)});
+    p.insert(p.end(), one.begin(), one.end());
+  }
+  return p;
+}
+
 class NegotiationTest : public testing::SessionFixture {
  protected:
   void SetUp() override { StartSession(); }
+
+  // Reads INFO replies up to the ACK; returns how many came of each info
+  // type (fails the test on any other reply).
+  std::map<uint16_t, int> CountInfoReplies(uint32_t option) {
+    std::map<uint16_t, int> seen;
+    for (;;) {
+      auto r = peer().ReadOptReply();
+      EXPECT_EQ(r.option, option);
+      if (r.type == kRepAck) break;
+      EXPECT_EQ(r.type, kRepInfo);
+      if (r.type != kRepInfo || r.data.size() < 2) break;
+      ++seen[GetU16(r.data.data())];
+    }
+    return seen;
+  }
 };
 
 TEST_F(NegotiationTest, GreetingAdvertisesFixedNewstyleAndNoZeroes) {
@@ -116,6 +155,90 @@ TEST_F(NegotiationTest, InfoReportsExportAndStaysInNegotiation) {
   // Still negotiating: another option works.
   peer().SendOption(kOptList, {});
   EXPECT_EQ(peer().ReadOptReply().type, kRepServer);
+}
+
+TEST_F(NegotiationTest, InfoAnswersEachRepeatedTypeOnce) {
+  peer().Hello();
+  // 1000 x NAME, 1000 x DESCRIPTION and 1000 x an unknown type.
+  peer().SendOption(
+      kOptInfo,
+      InfoPayload("mem", Repeated({kInfoDescription, kInfoName, 77}, 1000)));
+  std::map<uint16_t, int> seen = CountInfoReplies(kOptInfo);
+  EXPECT_EQ(seen, (std::map<uint16_t, int>{{kInfoExport, 1},
+                                           {kInfoName, 1},
+                                           {kInfoDescription, 1},
+                                           {kInfoBlockSize, 1}}));
+  // The stream is in sync and negotiation goes on.
+  peer().SendOption(kOptList, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepServer);
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+}
+
+TEST_F(NegotiationTest, GoAnswersEachRepeatedTypeOnceAndEntersTransmission) {
+  peer().Hello();
+  // Repeated EXPORT and BLOCK_SIZE requests add no replies either.
+  peer().SendOption(kOptGo,
+                    InfoPayload("mem", Repeated({kInfoDescription, kInfoExport,
+                                                 kInfoBlockSize, kInfoName},
+                                                1000)));
+  std::map<uint16_t, int> seen = CountInfoReplies(kOptGo);
+  EXPECT_EQ(seen, (std::map<uint16_t, int>{{kInfoExport, 1},
+                                           {kInfoName, 1},
+                                           {kInfoDescription, 1},
+                                           {kInfoBlockSize, 1}}));
+  peer().SendRequest(kCmdFlush, 5, 0, 0);
+  auto reply = peer().ReadSimpleReply();
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->first, kOk);
+  EXPECT_EQ(reply->second, 5u);
+}
+
+TEST_F(NegotiationTest, InfoLargestRepeatCountIsAnsweredOnce) {
+  // As many requests as the 64 KiB option limit allows.
+  const int n = (NegotiationOptions{}.max_option_length - 4 - 3 - 2) / 2;
+  peer().Hello();
+  peer().SendOption(kOptInfo,
+                    InfoPayload("mem", Repeated({kInfoDescription}, n)));
+  std::map<uint16_t, int> seen = CountInfoReplies(kOptInfo);
+  EXPECT_EQ(seen[kInfoDescription], 1);
+  EXPECT_EQ(seen.size(), 3u);  // EXPORT, BLOCK_SIZE, DESCRIPTION
+  peer().SendOption(kOptStructuredReply, {});
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+}
+
+TEST_F(NegotiationTest, SetMetaContextDuplicateQueriesGetOneReply) {
+  peer().Hello();
+  peer().SendOption(kOptStructuredReply, {});
+  ASSERT_EQ(peer().ReadOptReply().type, kRepAck);
+  std::vector<std::string> queries(1000, "base:allocation");
+  queries.push_back("qemu:dirty-bitmap:x");
+  peer().SendOption(kOptSetMetaContext, MetaPayload("mem", queries));
+  auto r = peer().ReadOptReply();
+  ASSERT_EQ(r.type, kRepMetaContext);
+  EXPECT_EQ(GetU32(r.data.data()), kBaseAllocationId);
+  EXPECT_EQ(std::string(r.data.begin() + 4, r.data.end()), "base:allocation");
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+  // LIST too: base: and base:allocation, repeated, name one context.
+  std::vector<std::string> list_queries;
+  for (int i = 0; i < 1000; ++i) {
+    list_queries.push_back("base:");
+    list_queries.push_back("base:allocation");
+  }
+  peer().SendOption(kOptListMetaContext, MetaPayload("mem", list_queries));
+  EXPECT_EQ(peer().ReadOptReply().type, kRepMetaContext);
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+  // Empty queries, as many as fit: no reply but the ACK.
+  peer().SendOption(kOptListMetaContext,
+                    MetaPayload("mem", std::vector<std::string>(16000, "")));
+  EXPECT_EQ(peer().ReadOptReply().type, kRepAck);
+  // Still negotiating, and the selected context survives into GO.
+  peer().SendOption(kOptGo, InfoPayload("mem"));
+  CountInfoReplies(kOptGo);
+  peer().SendRequest(kCmdBlockStatus, 9, 0, 4096);
+  auto chunk = peer().ReadChunk();
+  ASSERT_TRUE(chunk.has_value());
+  EXPECT_EQ(chunk->type, kChunkBlockStatus);
+  EXPECT_EQ(chunk->cookie, 9u);
 }
 
 TEST_F(NegotiationTest, InfoUnknownExport) {
