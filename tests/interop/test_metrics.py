@@ -1,9 +1,12 @@
 #!/usr/bin/python3
 """Interop: counters through /metrics, StatsService.GetStats and nbdctl stats,
-and a real Prometheus server scraping the daemon."""
+a real Prometheus server scraping the daemon, and scrapes that succeed while
+slow HTTP clients hold connections open."""
+import http.client
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import struct
@@ -225,6 +228,119 @@ class MetricsTest(unittest.TestCase):
         c.close()
         s = self.wait_for("nbdmgr_connections", 0, transport="unix")
         self.assertEqual(value(s, "nbdmgr_export_clients", export="disk"), 0)
+
+
+class SlowHttpClientsTest(unittest.TestCase):
+    """Slow HTTP clients cannot starve scrapes (a request head has 10 s)."""
+
+    HEADER_TIMEOUT = 10
+
+    def setUp(self):
+        self.d = Daemon(["name=disk,backend=memory,size=1MiB"]).start()
+        self.addCleanup(self.d.stop)
+        host, port = self.d.metrics.rsplit(":", 1)
+        self.addr = (host, int(port))
+
+    def slow_client(self):
+        s = socket.create_connection(self.addr, timeout=10)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /metr")
+        return s
+
+    def scrape(self):
+        with urllib.request.urlopen(f"http://{self.d.metrics}/metrics", timeout=10) as r:
+            self.assertEqual(r.status, 200)
+            return r.read().decode()
+
+    def test_scrapes_succeed_while_150_clients_trickle_their_headers(self):
+        slow = [self.slow_client() for _ in range(150)]
+        stop = threading.Event()
+        failures = []
+
+        def trickle():
+            # One byte a second from each, as long as the server keeps them.
+            for ch in b"ics HTTP/1.1\r\nX: ":
+                for s in slow:
+                    try:
+                        s.send(bytes([ch]))
+                    except OSError:
+                        pass
+                if stop.wait(1):
+                    return
+        t = threading.Thread(target=trickle)
+        t.start()
+        try:
+            for _ in range(5):
+                start = time.time()
+                try:
+                    text = self.scrape()
+                except OSError as e:
+                    failures.append(repr(e))
+                    continue
+                self.assertIn("nbdmgr_build_info", text)
+                self.assertLess(time.time() - start, 5)
+                time.sleep(0.5)
+            # The slow ones are all still connected (under the header deadline).
+            for s in slow:
+                s.setblocking(False)
+                try:
+                    self.assertNotEqual(s.recv(1), b"", "closed early")
+                except BlockingIOError:
+                    pass
+        finally:
+            stop.set()
+            t.join()
+            for s in slow:
+                s.close()
+        self.assertEqual(failures, [])
+        self.assertIn("nbdmgr_build_info", self.scrape())
+
+    def test_unfinished_header_is_closed_at_the_deadline(self):
+        s = self.slow_client()
+        start = time.time()
+        # One byte a second does not extend the deadline; the server closes
+        # without an answer.
+        data = None
+        for ch in b"ics HTTP/1.1\r\nX-Slow: " + b"x" * 30:
+            try:
+                s.send(bytes([ch]))
+            except OSError:
+                data = b""
+                break
+            readable, _, _ = select.select([s], [], [], 1)
+            if readable:
+                try:
+                    data = s.recv(4096)
+                except ConnectionResetError:
+                    data = b""
+                break
+        elapsed = time.time() - start
+        self.assertEqual(data, b"", "the server did not close the connection")
+        self.assertGreater(elapsed, self.HEADER_TIMEOUT - 1)
+        self.assertLess(elapsed, self.HEADER_TIMEOUT + 5)
+        self.assertIn("nbdmgr_build_info", self.scrape())
+
+    def test_keep_alive_other_paths_methods_and_head(self):
+        conn = http.client.HTTPConnection(*self.addr, timeout=10)
+        self.addCleanup(conn.close)
+        for method, path, status in (("GET", "/metrics", 200),
+                                     ("GET", "/metrics?x=1", 200),
+                                     ("HEAD", "/metrics", 200),
+                                     ("GET", "/", 404),
+                                     ("POST", "/metrics", 405)):
+            conn.request(method, path)
+            r = conn.getresponse()
+            body = r.read()
+            self.assertEqual(r.status, status, (method, path))
+            if status == 200:
+                self.assertEqual(r.getheader("Content-Type"),
+                                 "text/plain; version=0.0.4; charset=utf-8")
+                self.assertEqual(body == b"", method == "HEAD")
+                self.assertGreater(int(r.getheader("Content-Length")), 0)
+        conn.request("GET", "/metrics", headers={"Connection": "close"})
+        r = conn.getresponse()
+        self.assertIn(b"nbdmgr_build_info", r.read())
+        self.assertEqual(r.getheader("Connection"), "close")
 
 
 class RequestStatsOffTest(unittest.TestCase):
