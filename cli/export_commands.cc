@@ -20,6 +20,7 @@ constexpr char kCreateHelp[] =
                     [--read-only] [--description TEXT] [--buffer-strategy S]
                     [--memory-cap SIZE] [--pool-idle-release DUR]
                     [--tls off|optional|require] [--max-clients N]
+                    [--stall-timeout DUR|default]
                     [--min-block-size N] [--preferred-block-size N] [--max-payload N]
 
 Creates an export and starts serving it. It is persisted in the daemon's state
@@ -34,6 +35,9 @@ directory and recreated when the daemon restarts.
   --tls MODE              off (default), optional, or require: clients must
                           start TLS first (the daemon needs TLS credentials)
   --max-clients N         connected clients at once (0 = no cap)
+  --stall-timeout DUR     disconnect a client that stops sending a payload or
+                          reading replies for DUR (0 = never; default: the
+                          daemon's --stall-timeout)
   --min-block-size N, --preferred-block-size N, --max-payload N
                           block sizes advertised to clients (defaults 1, 4KiB,
                           32MiB); unaligned READ/WRITE get EINVAL
@@ -44,6 +48,7 @@ constexpr char kUpdateHelp[] =
     R"(Usage: nbdctl update NAME [--buffer-strategy S] [--memory-cap SIZE]
                     [--pool-idle-release DUR] [--description TEXT]
                     [--tls off|optional|require] [--max-clients N]
+                    [--stall-timeout DUR|default]
 
 Changes a live export. New requests use the new buffer settings; requests in
 flight finish with theirs; --tls and --max-clients apply to new clients; no
@@ -101,6 +106,15 @@ std::string ApplyCommonFlags(const Args& a, v1::Export* e,
     }
     e->set_max_clients(n);
     paths->push_back("max_clients");
+  }
+  if (a.has("--stall-timeout")) {
+    if (a.get("--stall-timeout") != "default") {
+      auto d = ParseDuration(a.get("--stall-timeout"));
+      if (!d.ok())
+        return absl::StrCat("--stall-timeout: ", d.status().message());
+      *e->mutable_stall_timeout() = DurationToProto(*d);
+    }
+    paths->push_back("stall_timeout");
   }
   return "";
 }
@@ -164,8 +178,8 @@ int CreateCommand(const Global& g, const std::vector<std::string>& words) {
       ParseArgs(words,
                 {"--memory", "--null", "--file", "--size", "--description",
                  "--buffer-strategy", "--memory-cap", "--pool-idle-release",
-                 "--tls", "--max-clients", "--min-block-size",
-                 "--preferred-block-size", "--max-payload"},
+                 "--tls", "--max-clients", "--stall-timeout",
+                 "--min-block-size", "--preferred-block-size", "--max-payload"},
                 {"--read-only"});
   if (!a.ok())
     return UsageError(std::string(a.status().message()), kCreateHelp);
@@ -285,10 +299,11 @@ int GetCommand(const Global& g, const std::vector<std::string>& words) {
 }
 
 int UpdateCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a = ParseArgs(words,
-                     {"--description", "--buffer-strategy", "--memory-cap",
-                      "--pool-idle-release", "--tls", "--max-clients"},
-                     {});
+  auto a = ParseArgs(
+      words,
+      {"--description", "--buffer-strategy", "--memory-cap",
+       "--pool-idle-release", "--tls", "--max-clients", "--stall-timeout"},
+      {});
   if (!a.ok())
     return UsageError(std::string(a.status().message()), kUpdateHelp);
   if (a->help) return std::printf("%s", kUpdateHelp), kExitOk;

@@ -27,7 +27,7 @@ Shows the live counters of every export (or of NAME) and of the daemon.
 
   -o table       (default) per export: IOPS and MB/s read and written,
                  errors per second, requests in flight, mean latency,
-                 buffer memory and cap waits, as rates between two samples
+                 buffer memory and cap-full counts, as rates between two samples
                  taken --watch apart (1s if not given)
   -o json        the raw counters (nbdmgr.v1.Stats) as JSON
   -o prometheus  the raw counters in Prometheus text format, as /metrics
@@ -71,7 +71,7 @@ void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
       static_cast<double>(now.time_ns - before.time_ns) / 1e9;
   std::printf("%-16s %7s %9s %9s %8s %8s %7s %7s %8s %10s %9s\n", "EXPORT",
               "CLIENTS", "READ/s", "WRITE/s", "RD MB/s", "WR MB/s", "ERR/s",
-              "INFLT", "LAT ms", "BUF USED", "CAP WAITS");
+              "INFLT", "LAT ms", "BUF USED", "CAP FULL");
   for (const ExportStats& e : now.exports) {
     IoCounts prev;  // an export new since `before` starts from zero
     for (const ExportStats& b : before.exports) {
@@ -84,19 +84,20 @@ void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
         r.write_iops, r.read_mbps, r.write_mbps, r.errors_per_s,
         static_cast<unsigned long long>(e.io.in_flight), r.mean_latency_ms,
         FormatSize(e.buffers.bytes_in_use).c_str(),
-        static_cast<unsigned long long>(e.buffers.cap_waits));
+        static_cast<unsigned long long>(e.buffers.cap_full));
   }
   const DaemonStats& d = now.daemon;
   uint64_t open = 0;
   for (uint64_t c : d.server.connections) open += c;
   std::printf(
       "daemon: %llu connections, buffers %s in use + %s pooled (cap %s), "
-      "%llu cap waits, RSS %s   [%.1fs interval]\n",
+      "%s reserves, %llu cap full, RSS %s   [%.1fs interval]\n",
       static_cast<unsigned long long>(open),
       FormatSize(d.buffers.bytes_in_use).c_str(),
       FormatSize(d.buffers.bytes_cached).c_str(),
       d.buffers.cap_bytes ? FormatSize(d.buffers.cap_bytes).c_str() : "none",
-      static_cast<unsigned long long>(d.buffers.cap_waits),
+      FormatSize(d.buffers.reserve_bytes).c_str(),
+      static_cast<unsigned long long>(d.buffers.cap_full),
       FormatSize(d.resident_memory_bytes).c_str(), seconds);
 }
 

@@ -1,5 +1,6 @@
 #include "lib/backend/fault_backend.h"
 
+#include <stdexcept>
 #include <thread>
 
 namespace nbdmgr {
@@ -14,6 +15,11 @@ void FaultBackend::Fail(Op op, absl::Status error, int count) {
   a.remaining = count;
 }
 
+void FaultBackend::Throw(Op op, int count) {
+  std::lock_guard lock(mu_);
+  armed_[static_cast<size_t>(op)].throws = count;
+}
+
 void FaultBackend::Delay(Op op, std::chrono::milliseconds delay) {
   std::lock_guard lock(mu_);
   armed_[static_cast<size_t>(op)].delay = delay;
@@ -25,6 +31,7 @@ void FaultBackend::Clear() {
     a.error = absl::OkStatus();
     a.remaining = 0;
     a.delay = std::chrono::milliseconds(0);
+    a.throws = 0;
   }
 }
 
@@ -43,17 +50,23 @@ BackendCaps FaultBackend::caps() const {
 absl::Status FaultBackend::Check(Op op) {
   std::chrono::milliseconds delay;
   absl::Status error;
+  bool raise = false;
   {
     std::lock_guard lock(mu_);
     Armed& a = armed_[static_cast<size_t>(op)];
     delay = a.delay;
-    if (a.remaining != 0 && !a.error.ok()) {
+    if (a.throws > 0) {
+      --a.throws;
+      ++a.injected;
+      raise = true;
+    } else if (a.remaining != 0 && !a.error.ok()) {
       error = a.error;
       if (a.remaining > 0) --a.remaining;
       ++a.injected;
     }
   }
   if (delay.count() > 0) std::this_thread::sleep_for(delay);
+  if (raise) throw std::runtime_error("injected backend exception");
   return error;
 }
 

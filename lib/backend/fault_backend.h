@@ -26,6 +26,9 @@ class FaultBackend final : public Backend {
   // The next `count` calls of `op` return `error` without reaching the
   // inner backend (count < 0: every call until Clear()).
   void Fail(Op op, absl::Status error, int count = 1);
+  // The next `count` calls of `op` throw std::runtime_error (a backend bug
+  // or std::bad_alloc, as the NBD layer must survive it).
+  void Throw(Op op, int count = 1);
   // Every call of `op` first sleeps `delay` (zero: no delay).
   void Delay(Op op, std::chrono::milliseconds delay);
   // Removes every armed fault and delay.
@@ -52,6 +55,7 @@ class FaultBackend final : public Backend {
     int remaining = 0;  // < 0: until cleared
     std::chrono::milliseconds delay{0};
     int injected = 0;
+    int throws = 0;
   };
   // Applies the delay of `op`, then returns its armed error or OK.
   absl::Status Check(Op op);

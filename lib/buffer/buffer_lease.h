@@ -18,7 +18,9 @@ class BufferReleaser {
 
 // A request buffer on loan: `size()` usable bytes at `data()`. Move-only;
 // destroying it hands the memory and its budget charge back to the releaser
-// that issued it. An empty (default-constructed) lease owns nothing.
+// that issued it. An empty (default-constructed) lease owns nothing. A
+// charge-only lease (no data, `charged()` bytes) accounts for memory that
+// lives elsewhere, such as backend pages pinned by a reply.
 class BufferLease {
  public:
   BufferLease() = default;
@@ -50,7 +52,10 @@ class BufferLease {
   size_t capacity() const { return capacity_; }
   size_t charged() const { return charged_; }
   std::span<uint8_t> span() const { return {data_, size_}; }
+  // Whether it holds memory (false for a charge-only lease).
   explicit operator bool() const { return data_ != nullptr; }
+  // Whether it holds anything: memory or a budget charge.
+  bool holds() const { return owner_ != nullptr; }
 
   // Returns the memory now.
   void Reset() {

@@ -9,9 +9,6 @@
 namespace nbdmgr {
 namespace {
 
-namespace asio = boost::asio;
-using Clock = std::chrono::steady_clock;
-
 // Exact-strategy buffers: page-backed above this size so freeing really
 // returns memory to the OS; malloc below it.
 constexpr size_t kExactMmapThreshold = 64 * 1024;
@@ -47,56 +44,27 @@ absl::StatusOr<BufferStrategy> ParseBufferStrategy(std::string_view name) {
                    "\" (fixed, grow, exact, pool, stream)"));
 }
 
-BufferSystem::BufferSystem(size_t max_payload, uint64_t memory_cap)
-    : max_payload_(max_payload), pool_(max_payload), budget_(memory_cap) {}
+BufferSystem::BufferSystem(size_t max_payload, uint64_t memory_cap,
+                           uint32_t connection_share_percent)
+    : max_payload_(max_payload),
+      share_percent_(std::clamp<uint32_t>(connection_share_percent, 1, 100)),
+      pool_(max_payload),
+      budget_(memory_cap) {}
 
 void BufferSystem::set_memory_cap(uint64_t cap) {
   budget_.set_cap(cap);
   if (cap != 0) {
-    uint64_t used = budget_.stats().used;
+    uint64_t used = budget_.used();
     pool_.TrimCacheTo(cap > used ? cap - used : 0);
   }
 }
 
 void BufferSystem::ReleaseIdle() { pool_.ReleaseExpired(); }
 
-// Frees exact-strategy buffers and returns their charge.
-class ExportBuffers::HeapReleaser final : public BufferReleaser {
- public:
-  explicit HeapReleaser(ExportBuffers& owner) : owner_(owner) {}
-  void Release(uint8_t* data, size_t capacity, size_t charged) override {
-    if (capacity >= kExactMmapThreshold) {
-      FreePages(data, capacity);
-    } else {
-      std::free(data);
-    }
-    owner_.Uncharge(charged);
-  }
-
- private:
-  ExportBuffers& owner_;
-};
-
-// Returns pool buffers to the shared pool and their charge.
-class ExportBuffers::PoolReleaser final : public BufferReleaser {
- public:
-  explicit PoolReleaser(ExportBuffers& owner) : owner_(owner) {}
-  void Release(uint8_t* data, size_t capacity, size_t charged) override {
-    owner_.system_.pool().Put(data, capacity,
-                              owner_.current()->pool_idle_release);
-    owner_.Uncharge(charged);
-  }
-
- private:
-  ExportBuffers& owner_;
-};
-
 ExportBuffers::ExportBuffers(BufferSystem& system, BufferSettings settings)
     : system_(system),
       settings_(std::make_shared<const BufferSettings>(settings)),
-      budget_(settings.memory_cap_bytes),
-      heap_(std::make_unique<HeapReleaser>(*this)),
-      pool_(std::make_unique<PoolReleaser>(*this)) {}
+      budget_(settings.memory_cap_bytes) {}
 
 ExportBuffers::~ExportBuffers() = default;
 
@@ -112,6 +80,7 @@ void ExportBuffers::Retire(const ConnectionBuffers* c) {
   retired_allocations_ += ConnectionBuffers::Get(c->allocations_);
   retired_reuses_ += ConnectionBuffers::Get(c->reuses_);
   retired_streamed_ += ConnectionBuffers::Get(c->streamed_);
+  retired_cap_full_ += ConnectionBuffers::Get(c->cap_full_);
   conns_.erase(std::remove(conns_.begin(), conns_.end(), c), conns_.end());
 }
 
@@ -128,37 +97,18 @@ ExportBufferStats ExportBuffers::stats() const {
     s.allocations = retired_allocations_;
     s.reuses = retired_reuses_;
     s.streamed = retired_streamed_;
+    s.cap_full = retired_cap_full_;
     for (const ConnectionBuffers* c : conns_) {
       s.cached += ConnectionBuffers::Get(c->idle_bytes_);
       s.allocations += ConnectionBuffers::Get(c->allocations_);
       s.reuses += ConnectionBuffers::Get(c->reuses_);
       s.streamed += ConnectionBuffers::Get(c->streamed_);
+      s.cap_full += ConnectionBuffers::Get(c->cap_full_);
     }
   }
-  MemoryBudgetStats b = budget_.stats();
-  s.in_use = b.used - std::min(b.used, s.cached);
-  s.cap_waits = b.waits + daemon_waits_.load(std::memory_order_relaxed);
-  s.wait_ns = b.wait_ns + daemon_wait_ns_.load(std::memory_order_relaxed);
+  const uint64_t used = budget_.used();
+  s.in_use = used - std::min(used, s.cached);
   return s;
-}
-
-bool ExportBuffers::Fits(uint64_t n) const {
-  return budget_.Fits(n) && system_.budget().Fits(n);
-}
-
-asio::awaitable<void> ExportBuffers::Charge(uint64_t n) {
-  co_await budget_.Charge(n);
-  if (!system_.budget().TryCharge(n)) {
-    auto start = Clock::now();
-    co_await system_.budget().Charge(n);
-    daemon_waits_.fetch_add(1, std::memory_order_relaxed);
-    daemon_wait_ns_.fetch_add(
-        static_cast<uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() -
-                                                                 start)
-                .count()),
-        std::memory_order_relaxed);
-  }
 }
 
 void ExportBuffers::Uncharge(uint64_t n) {
@@ -174,48 +124,66 @@ ConnectionBuffers::~ConnectionBuffers() {
   owner_.Retire(this);
 }
 
+bool ConnectionBuffers::TryCharge(uint64_t n) {
+  BufferSystem& sys = owner_.system_;
+  const uint64_t mine = Get(charged_);
+  // Fairness: this connection's share of each cap.
+  if (mine + n > sys.ShareOf(owner_.budget_.cap()) ||
+      mine + n > sys.ShareOf(sys.budget().cap())) {
+    return false;
+  }
+  if (!owner_.budget_.TryCharge(n)) return false;
+  if (!sys.budget().TryCharge(n)) {
+    owner_.budget_.Release(n);
+    return false;
+  }
+  charged_.fetch_add(n, std::memory_order_relaxed);
+  return true;
+}
+
+void ConnectionBuffers::Uncharge(uint64_t n) {
+  if (n == 0) return;
+  charged_.fetch_sub(n, std::memory_order_relaxed);
+  owner_.Uncharge(n);
+}
+
 void ConnectionBuffers::FreeHeld(const Held& h) {
   FreePages(h.data, h.capacity);
   Add(idle_bytes_, -static_cast<int64_t>(h.capacity));
-  owner_.Uncharge(h.capacity);
+  Uncharge(h.capacity);
 }
 
-bool ConnectionBuffers::ShouldStream(size_t size) {
-  // Hold the settings for the whole call: Update() may replace them.
-  const std::shared_ptr<const BufferSettings> settings = owner_.current();
-  const BufferSettings& s = *settings;
-  size_t charge = size;
-  switch (s.strategy) {
-    case BufferStrategy::kStream:
-      Add(streamed_, 1);
-      return true;
-    case BufferStrategy::kFixed:
-      charge = owner_.system_.max_payload();
-      break;
-    case BufferStrategy::kGrow:
-      charge = RoundUpPage(size);
-      break;
-    case BufferStrategy::kExact:
-      charge = size;
-      break;
-    case BufferStrategy::kPool:
-      charge = BufferPool::ClassSize(size);
-      break;
-  }
-  bool stream = !owner_.Fits(charge);
-  if (stream) Add(streamed_, 1);
-  return stream;
+BufferLease ConnectionBuffers::Refuse(bool cap_full) {
+  Add(streamed_, 1);
+  if (cap_full) Add(cap_full_, 1);
+  return BufferLease();
 }
 
 BufferLease ConnectionBuffers::AcquireChunk() {
-  uint8_t* p = owner_.system_.pool().Get(kStreamChunk);
-  // Not charged: the streaming path must always be able to make progress.
-  return BufferLease(owner_.pool_.get(), p, p ? kStreamChunk : 0, kStreamChunk,
-                     0);
+  BufferPool& pool = owner_.system_.pool();
+  if (TryCharge(kStreamChunk)) {
+    if (uint8_t* p = pool.Get(kStreamChunk)) {
+      return BufferLease(&pool_rel_, p, kStreamChunk, kStreamChunk,
+                         kStreamChunk);
+    }
+    Uncharge(kStreamChunk);
+  }
+  // The reserve: not charged, so the streaming path always makes progress.
+  uint8_t* p = pool.Get(kReserveChunk);
+  if (p == nullptr) return BufferLease();
+  owner_.system_.reserve_in_use_.fetch_add(kReserveChunk,
+                                           std::memory_order_relaxed);
+  return BufferLease(&reserve_rel_, p, kReserveChunk, kReserveChunk, 0);
 }
 
-asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
-  const BufferSettings s = *owner_.current();
+BufferLease ConnectionBuffers::TryChargePinned(size_t n) {
+  if (!TryCharge(n)) return BufferLease();
+  return BufferLease(&charge_rel_, nullptr, 0, 0, n);
+}
+
+BufferLease ConnectionBuffers::TryAcquire(size_t size) {
+  const std::shared_ptr<const BufferSettings> settings = owner_.current();
+  const BufferSettings& s = *settings;
   // A strategy change frees what the old one kept.
   if (s.strategy != idle_strategy_) {
     for (const Held& h : idle_) FreeHeld(h);
@@ -223,17 +191,19 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
     idle_strategy_ = s.strategy;
   }
   switch (s.strategy) {
+    case BufferStrategy::kStream:
+      return Refuse(false);
     case BufferStrategy::kExact: {
-      co_await owner_.Charge(size);
+      if (!TryCharge(size)) return Refuse(true);
       uint8_t* p = size >= kExactMmapThreshold
                        ? AllocatePages(size)
                        : static_cast<uint8_t*>(std::malloc(size));
       if (p == nullptr) {
-        owner_.Uncharge(size);
-        co_return BufferLease();
+        Uncharge(size);
+        return Refuse(false);
       }
       Add(allocations_, 1);
-      co_return BufferLease(owner_.heap_.get(), p, size, size, size);
+      return BufferLease(&heap_rel_, p, size, size, size);
     }
     case BufferStrategy::kFixed:
     case BufferStrategy::kGrow: {
@@ -245,7 +215,7 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
           idle_.erase(idle_.begin() + static_cast<ptrdiff_t>(i));
           Add(idle_bytes_, -static_cast<int64_t>(h.capacity));
           Add(reuses_, 1);
-          co_return BufferLease(this, h.data, size, h.capacity, h.capacity);
+          return BufferLease(&held_rel_, h.data, size, h.capacity, h.capacity);
         }
       }
       // grow: replace the largest held buffer with a bigger one.
@@ -255,64 +225,73 @@ asio::awaitable<BufferLease> ConnectionBuffers::Acquire(size_t size) {
       }
       size_t capacity =
           fixed ? owner_.system_.max_payload() : RoundUpPage(size);
-      // Held buffers never come back while the connection lives, so waiting
-      // for a cap could wait forever: if it does not fit now, the caller
-      // streams this request instead.
-      if (!owner_.budget_.TryCharge(capacity)) {
-        Add(streamed_, 1);
-        co_return BufferLease();
-      }
-      if (!owner_.system_.budget().TryCharge(capacity)) {
-        owner_.budget_.Release(capacity);
-        Add(streamed_, 1);
-        co_return BufferLease();
-      }
+      if (!TryCharge(capacity)) return Refuse(true);
       uint8_t* p = AllocatePages(capacity);
       if (p == nullptr) {
-        owner_.Uncharge(capacity);
-        co_return BufferLease();
+        Uncharge(capacity);
+        return Refuse(false);
       }
       Add(allocations_, 1);
-      co_return BufferLease(this, p, size, capacity, capacity);
+      return BufferLease(&held_rel_, p, size, capacity, capacity);
     }
-    case BufferStrategy::kPool:
-    case BufferStrategy::kStream: {
+    case BufferStrategy::kPool: {
       size_t capacity = BufferPool::ClassSize(size);
-      co_await owner_.Charge(capacity);
+      if (!TryCharge(capacity)) return Refuse(true);
       // Keep cached + in-use pool memory within the daemon cap.
-      uint64_t limit = owner_.system_.budget().cap() == 0
-                           ? UINT64_MAX
-                           : owner_.system_.budget().headroom();
+      MemoryBudget& daemon = owner_.system_.budget();
+      uint64_t limit = daemon.cap() == 0 ? UINT64_MAX : daemon.headroom();
       bool reused = false;
       uint8_t* p = owner_.system_.pool().Get(size, limit, &reused);
       if (p == nullptr) {
-        owner_.Uncharge(capacity);
-        co_return BufferLease();
+        Uncharge(capacity);
+        return Refuse(false);
       }
-      if (reused) {
-        Add(reuses_, 1);
-      } else {
-        Add(allocations_, 1);
-      }
-      co_return BufferLease(owner_.pool_.get(), p, size, capacity, capacity);
+      Add(reused ? reuses_ : allocations_, 1);
+      return BufferLease(&pool_rel_, p, size, capacity, capacity);
     }
   }
-  co_return BufferLease();
+  return Refuse(false);
 }
 
-void ConnectionBuffers::Release(uint8_t* data, size_t capacity,
-                                size_t charged) {
-  (void)charged;  // == capacity for held buffers
-  BufferStrategy now = owner_.current()->strategy;
-  if (now != idle_strategy_ ||
-      (now != BufferStrategy::kFixed && now != BufferStrategy::kGrow)) {
-    // The strategy changed while this buffer was in flight: drop it.
-    FreePages(data, capacity);
-    owner_.Uncharge(capacity);
-    return;
+void ConnectionBuffers::ReleaseLease(Kind kind, uint8_t* data, size_t capacity,
+                                     size_t charged) {
+  switch (kind) {
+    case Kind::kPool:
+      owner_.system_.pool().Put(data, capacity,
+                                owner_.current()->pool_idle_release);
+      Uncharge(charged);
+      return;
+    case Kind::kHeap:
+      if (capacity >= kExactMmapThreshold) {
+        FreePages(data, capacity);
+      } else {
+        std::free(data);
+      }
+      Uncharge(charged);
+      return;
+    case Kind::kReserve:
+      owner_.system_.pool().Put(data, capacity,
+                                owner_.current()->pool_idle_release);
+      owner_.system_.reserve_in_use_.fetch_sub(capacity,
+                                               std::memory_order_relaxed);
+      return;
+    case Kind::kChargeOnly:
+      Uncharge(charged);
+      return;
+    case Kind::kHeld: {
+      BufferStrategy now = owner_.current()->strategy;
+      if (now != idle_strategy_ ||
+          (now != BufferStrategy::kFixed && now != BufferStrategy::kGrow)) {
+        // The strategy changed while this buffer was in flight: drop it.
+        FreePages(data, capacity);
+        Uncharge(capacity);
+        return;
+      }
+      idle_.push_back(Held{data, capacity});
+      Add(idle_bytes_, static_cast<int64_t>(capacity));
+      return;
+    }
   }
-  idle_.push_back(Held{data, capacity});
-  Add(idle_bytes_, static_cast<int64_t>(capacity));
 }
 
 }  // namespace nbdmgr

@@ -37,13 +37,24 @@ struct BufferSettings {
   std::chrono::milliseconds pool_idle_release{std::chrono::seconds(5)};
 };
 
-// Chunk size of the streaming path.
+// Chunk size of the streaming path when the caps grant it.
 inline constexpr size_t kStreamChunk = 256 * 1024;
+// Chunk size of a connection's reserve: the streaming path's chunk when the
+// caps are full. Not charged to any cap (it is what lets every connection
+// make progress at a full cap) but counted daemon-wide; a connection uses
+// at most two at once (one streaming a WRITE in, one a READ out).
+inline constexpr size_t kReserveChunk = 64 * 1024;
+// The default share of a cap one connection may hold.
+inline constexpr uint32_t kDefaultConnectionSharePercent = 25;
 
 // Daemon-wide buffer state: the shared pool and the daemon cap. Thread-safe.
 class BufferSystem {
  public:
-  explicit BufferSystem(size_t max_payload, uint64_t memory_cap = 0);
+  // `connection_share_percent` (1-100): the most one connection may hold
+  // of the daemon cap and of its export's cap.
+  explicit BufferSystem(
+      size_t max_payload, uint64_t memory_cap = 0,
+      uint32_t connection_share_percent = kDefaultConnectionSharePercent);
 
   BufferPool& pool() { return pool_; }
   MemoryBudget& budget() { return budget_; }
@@ -56,10 +67,25 @@ class BufferSystem {
   // Frees pool buffers whose idle time has run out. Call periodically.
   void ReleaseIdle();
 
+  uint32_t connection_share_percent() const { return share_percent_; }
+  // The most one connection may hold under `cap` (0: no cap, no limit).
+  uint64_t ShareOf(uint64_t cap) const {
+    if (cap == 0) return UINT64_MAX;
+    return static_cast<uint64_t>(static_cast<unsigned __int128>(cap) *
+                                 share_percent_ / 100);
+  }
+  // Bytes of connection reserves in use now (not charged to any cap).
+  uint64_t reserve_in_use() const {
+    return reserve_in_use_.load(std::memory_order_relaxed);
+  }
+
  private:
+  friend class ConnectionBuffers;
   const size_t max_payload_;
+  const uint32_t share_percent_;
   BufferPool pool_;
   MemoryBudget budget_;
+  std::atomic<uint64_t> reserve_in_use_{0};
 };
 
 // Counters of one export's buffers (all bytes).
@@ -68,8 +94,8 @@ struct ExportBufferStats {
   uint64_t cached = 0;       // held idle by connections (fixed, grow)
   uint64_t allocations = 0;  // buffers obtained from the OS
   uint64_t reuses = 0;       // requests served by an existing buffer
-  uint64_t cap_waits = 0;    // requests that waited for a cap
-  uint64_t wait_ns = 0;      // total time waited
+  uint64_t cap_full = 0;     // requests refused a buffer by a full cap or
+                             // their connection's share (then streamed)
   uint64_t streamed = 0;     // requests served through the streaming path
 };
 
@@ -96,19 +122,12 @@ class ExportBuffers {
 
  private:
   friend class ConnectionBuffers;
-  class HeapReleaser;
-  class PoolReleaser;
 
-  // Charges `n` to the export and daemon budgets, waiting as needed.
-  boost::asio::awaitable<void> Charge(uint64_t n);
   void Uncharge(uint64_t n);
-  bool Fits(uint64_t n) const;
 
   BufferSystem& system_;
   std::atomic<std::shared_ptr<const BufferSettings>> settings_;
   MemoryBudget budget_;
-  std::unique_ptr<HeapReleaser> heap_;
-  std::unique_ptr<PoolReleaser> pool_;
   // Counters of connections that ended; live ones are summed on read.
   void Retire(const ConnectionBuffers* c);
   mutable std::mutex conns_mu_;
@@ -116,32 +135,52 @@ class ExportBuffers {
   uint64_t retired_allocations_ ABSL_GUARDED_BY(conns_mu_) = 0;
   uint64_t retired_reuses_ ABSL_GUARDED_BY(conns_mu_) = 0;
   uint64_t retired_streamed_ ABSL_GUARDED_BY(conns_mu_) = 0;
-  std::atomic<uint64_t> daemon_waits_{0};
-  std::atomic<uint64_t> daemon_wait_ns_{0};
+  uint64_t retired_cap_full_ ABSL_GUARDED_BY(conns_mu_) = 0;
 };
 
 // Request buffers for one connection, by the export's current strategy.
-// Used on the connection's executor only; its leases must be released before
-// it is destroyed.
-class ConnectionBuffers final : public RequestBufferSource,
-                                public BufferReleaser {
+// Every charge is tried, never waited for, against the export cap, the
+// daemon cap and this connection's share of each (fairness: a few
+// connections cannot take a whole cap). Used on the connection's executor
+// only; its leases must be released before it is destroyed.
+class ConnectionBuffers final : public RequestBufferSource {
  public:
   explicit ConnectionBuffers(ExportBuffers& owner);
   ~ConnectionBuffers() override;
 
-  bool ShouldStream(size_t size) override;
-  boost::asio::awaitable<BufferLease> Acquire(size_t size) override;
+  BufferLease TryAcquire(size_t size) override;
+  BufferLease TryChargePinned(size_t n) override;
   BufferLease AcquireChunk() override;
 
-  // BufferReleaser, for fixed and grow buffers kept by this connection.
-  void Release(uint8_t* data, size_t capacity, size_t charged) override;
+  // Bytes this connection holds charged to the caps now (leases, pinned
+  // replies, idle fixed/grow buffers).
+  uint64_t charged() const { return Get(charged_); }
 
  private:
   struct Held {
     uint8_t* data;
     size_t capacity;
   };
+  // What a lease's memory is, so its release knows where it goes.
+  enum class Kind { kPool, kHeap, kHeld, kReserve, kChargeOnly };
+  class Releaser final : public BufferReleaser {
+   public:
+    Releaser(ConnectionBuffers& c, Kind k) : c_(c), kind_(k) {}
+    void Release(uint8_t* data, size_t capacity, size_t charged) override {
+      c_.ReleaseLease(kind_, data, capacity, charged);
+    }
+
+   private:
+    ConnectionBuffers& c_;
+    const Kind kind_;
+  };
+  void ReleaseLease(Kind kind, uint8_t* data, size_t capacity, size_t charged);
+  // Charges `n` to this connection, the export cap and the daemon cap, all
+  // or nothing; false if any of them (or the share) is full.
+  bool TryCharge(uint64_t n);
+  void Uncharge(uint64_t n);
   void FreeHeld(const Held& h);
+  BufferLease Refuse(bool cap_full);
 
   friend class ExportBuffers;
   // This connection's counters: written on its executor only, read by
@@ -163,6 +202,13 @@ class ConnectionBuffers final : public RequestBufferSource,
   Counter allocations_{0};
   Counter reuses_{0};
   Counter streamed_{0};
+  Counter cap_full_{0};
+  Counter charged_{0};
+  Releaser pool_rel_{*this, Kind::kPool};
+  Releaser heap_rel_{*this, Kind::kHeap};
+  Releaser held_rel_{*this, Kind::kHeld};
+  Releaser reserve_rel_{*this, Kind::kReserve};
+  Releaser charge_rel_{*this, Kind::kChargeOnly};
 };
 
 }  // namespace nbdmgr

@@ -1,31 +1,32 @@
 #ifndef NBDMGR_LIB_BUFFER_BUFFER_SOURCE_H_
 #define NBDMGR_LIB_BUFFER_BUFFER_SOURCE_H_
 
-#include <boost/asio/awaitable.hpp>
 #include <cstddef>
 
 #include "lib/buffer/buffer_lease.h"
 
 namespace nbdmgr {
 
-// Supplies request buffers to one connection. Not thread-safe: used from
-// the connection's executor; leases may be released from any thread.
+// Supplies request buffers to one connection. Nothing here ever waits:
+// when the caps (or this connection's share of them) cannot grant memory
+// now, the caller streams the request through a chunk instead. Not
+// thread-safe: used from the connection's executor; leases may be released
+// from any thread, but before the source is destroyed.
 class RequestBufferSource {
  public:
   virtual ~RequestBufferSource() = default;
-  // Whether a request of `size` bytes must use the streaming path (the
-  // strategy streams, or no cap could ever grant that much).
-  virtual bool ShouldStream(size_t size) {
-    (void)size;
-    return false;
-  }
-  // A lease of exactly `size` bytes (size > 0). May suspend until memory
-  // is available (backpressure); never fails unless memory is exhausted,
-  // then the lease is empty.
-  virtual boost::asio::awaitable<BufferLease> Acquire(size_t size) = 0;
-  // A small buffer (kStreamChunk bytes) for the streaming path; not charged
-  // to any cap, so a connection can always make progress. Empty only when
-  // memory is exhausted.
+  // A lease of exactly `size` bytes (size > 0) charged to the caps, or an
+  // empty lease when the strategy streams, the caps or this connection's
+  // share are full, or the OS refuses memory: the caller then streams.
+  virtual BufferLease TryAcquire(size_t size) = 0;
+  // Charges `n` bytes that the backend lends (pages pinned until a reply
+  // is written) to the caps without allocating anything; empty when they
+  // do not fit (the caller copies through a chunk instead).
+  virtual BufferLease TryChargePinned(size_t n) = 0;
+  // A chunk for the streaming path: kStreamChunk bytes charged to the caps
+  // when they allow it, else the connection's reserve (kReserveChunk
+  // bytes, not charged to any cap, so a connection can always make
+  // progress). Empty only when the OS refuses memory.
   virtual BufferLease AcquireChunk() = 0;
 };
 

@@ -232,9 +232,16 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
     if (update.tls) {
       if (absl::Status st = CheckTls(*update.tls); !st.ok()) return st;
     }
+    if (update.stall_timeout && *update.stall_timeout &&
+        (**update.stall_timeout < std::chrono::milliseconds(0) ||
+         **update.stall_timeout > kMaxStallTimeout)) {
+      return absl::InvalidArgumentError(
+          "stall_timeout must be between 0 and 24h");
+    }
     if (update.description) e->set_description(*update.description);
     if (update.tls) e->set_tls_mode(*update.tls);
     if (update.max_clients) e->set_max_clients(*update.max_clients);
+    if (update.stall_timeout) e->set_stall_timeout(*update.stall_timeout);
     e->buffers().Update(settings);
     if (persistent_.contains(name)) {
       if (absl::Status st = PersistPut(e->current_config()); !st.ok()) {

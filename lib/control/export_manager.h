@@ -29,6 +29,9 @@ struct ExportUpdate {
   std::optional<std::chrono::milliseconds> pool_idle_release;
   std::optional<TlsMode> tls;
   std::optional<uint32_t> max_clients;
+  // Set: change the stall timeout to the inner value (nullopt: the
+  // daemon's default).
+  std::optional<std::optional<std::chrono::milliseconds>> stall_timeout;
 };
 
 // How the manager reaches the connections of an export (nbd::Server).

@@ -56,7 +56,8 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
   if (req->update_mask().paths().empty()) {
     return ToGrpcStatus(absl::InvalidArgumentError(
         "update_mask is required (description, buffer_strategy, "
-        "memory_cap_bytes, pool_idle_release, tls, max_clients)"));
+        "memory_cap_bytes, pool_idle_release, tls, max_clients, "
+        "stall_timeout)"));
   }
   ExportUpdate update;
   const v1::Export& e = req->export_();
@@ -82,12 +83,23 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
       update.tls = *m;
     } else if (path == "max_clients") {
       update.max_clients = e.max_clients();
+    } else if (path == "stall_timeout") {
+      if (!e.has_stall_timeout()) {
+        update.stall_timeout.emplace(std::nullopt);  // the daemon's default
+      } else {
+        const auto& d = e.stall_timeout();
+        if (d.seconds() < 0 || d.nanos() < 0 || d.seconds() > 86400) {
+          return ToGrpcStatus(absl::InvalidArgumentError(
+              "stall_timeout must be between 0 and 24h"));
+        }
+        update.stall_timeout.emplace(DurationFromProto(d));
+      }
     } else {
       return ToGrpcStatus(absl::InvalidArgumentError(
           absl::StrCat("field \"", path,
                        "\" cannot be updated (description, buffer_strategy, "
                        "memory_cap_bytes, pool_idle_release, tls, "
-                       "max_clients)")));
+                       "max_clients, stall_timeout)")));
     }
   }
   absl::StatusOr<ExportInfo> info = manager_.UpdateExport(*id, update);

@@ -148,6 +148,14 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
   if (!tls.ok()) return tls.status();
   c.tls = *tls;
   c.max_clients = p.max_clients();
+  if (p.has_stall_timeout()) {
+    const auto& d = p.stall_timeout();
+    if (d.seconds() < 0 || d.nanos() < 0 || d.seconds() > 86400) {
+      return absl::InvalidArgumentError(
+          "stall_timeout must be between 0 and 24h");
+    }
+    c.stall_timeout = DurationFromProto(d);
+  }
   if (absl::Status st = ValidateExportConfig(c); !st.ok()) return st;
   return c;
 }
@@ -178,6 +186,8 @@ v1::Export ExportConfigToProto(const ExportConfig& c) {
   *p.mutable_pool_idle_release() = DurationToProto(c.buffers.pool_idle_release);
   p.set_tls(TlsModeToProto(c.tls));
   p.set_max_clients(c.max_clients);
+  if (c.stall_timeout)
+    *p.mutable_stall_timeout() = DurationToProto(*c.stall_timeout);
   return p;
 }
 

@@ -15,8 +15,8 @@ v1::BufferStats BuffersToProto(const BufferCounts& b) {
   p.set_bytes_in_use(b.bytes_in_use);
   p.set_bytes_cached(b.bytes_cached);
   p.set_cap_bytes(b.cap_bytes);
-  p.set_cap_waits(b.cap_waits);
-  p.set_cap_wait_seconds(b.cap_wait_seconds);
+  p.set_cap_full(b.cap_full);
+  p.set_reserve_bytes(b.reserve_bytes);
   p.set_allocations(b.allocations);
   p.set_reuses(b.reuses);
   p.set_streamed(b.streamed);
@@ -24,8 +24,8 @@ v1::BufferStats BuffersToProto(const BufferCounts& b) {
 }
 
 BufferCounts BuffersFromProto(const v1::BufferStats& p) {
-  return BufferCounts{p.bytes_in_use(), p.bytes_cached(),     p.cap_bytes(),
-                      p.cap_waits(),    p.cap_wait_seconds(), p.allocations(),
+  return BufferCounts{p.bytes_in_use(), p.bytes_cached(),  p.cap_bytes(),
+                      p.cap_full(),     p.reserve_bytes(), p.allocations(),
                       p.reuses(),       p.streamed()};
 }
 

@@ -56,8 +56,10 @@ absl::StatusOr<ConfigFileContents> ParseConfigFile(const std::string& path,
     flag("--blocking-threads", std::to_string(p.blocking_threads()));
   }
   if (p.has_drain_timeout()) flag("--drain-timeout", Millis(p.drain_timeout()));
-  if (p.memory_cap_bytes() != 0) {
-    flag("--memory-cap", std::to_string(p.memory_cap_bytes()));
+  if (p.has_memory_cap_bytes()) {
+    flag("--memory-cap", p.memory_cap_bytes() == 0
+                             ? std::string("none")
+                             : std::to_string(p.memory_cap_bytes()));
   }
   if (!p.log_level().empty()) flag("--log-level", p.log_level());
   if (!p.ready_file().empty()) flag("--ready-file", p.ready_file());
@@ -85,6 +87,10 @@ absl::StatusOr<ConfigFileContents> ParseConfigFile(const std::string& path,
   if (p.has_idle_timeout()) flag("--idle-timeout", Millis(p.idle_timeout()));
   if (p.has_max_connections()) {
     flag("--max-connections", std::to_string(p.max_connections()));
+  }
+  if (p.has_stall_timeout()) flag("--stall-timeout", Millis(p.stall_timeout()));
+  if (p.has_connection_share_percent()) {
+    flag("--connection-share", std::to_string(p.connection_share_percent()));
   }
   for (int i = 0; i < p.exports_size(); ++i) {
     const v1::Export& e = p.exports(i);

@@ -36,8 +36,9 @@ class ServerSessionControl final : public SessionControl {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
-  auto buffers = std::make_unique<BufferSystem>(BlockSizes{}.maximum_payload,
-                                                config.memory_cap_bytes);
+  auto buffers = std::make_unique<BufferSystem>(
+      BlockSizes{}.maximum_payload, config.memory_cap_bytes,
+      config.connection_share_percent);
   auto registry = std::make_shared<ExportRegistry>();
   for (const ExportConfig& ec : config.exports) {
     absl::StatusOr<std::shared_ptr<Export>> e = Export::Create(ec, *buffers);
@@ -69,6 +70,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
   }
   so.session.handshake_timeout = cfg.handshake_timeout;
   so.session.idle_timeout = cfg.idle_timeout;
+  so.session.stall_timeout = cfg.stall_timeout;
   so.max_connections = cfg.max_connections;
   so.listen = cfg.nbd_listen;
   so.io_threads = cfg.io_threads;
@@ -158,8 +160,8 @@ StatsSnapshot Daemon::CollectStats() const {
   d.buffers.bytes_in_use = b.used;
   d.buffers.bytes_cached = buffers_->pool().stats().bytes_cached;
   d.buffers.cap_bytes = b.cap;
-  d.buffers.cap_waits = b.waits;
-  d.buffers.cap_wait_seconds = static_cast<double>(b.wait_ns) / 1e9;
+  d.buffers.cap_full = b.refused;
+  d.buffers.reserve_bytes = buffers_->reserve_in_use();
   ProcessStats p = ReadProcessStats();
   d.resident_memory_bytes = p.resident_memory_bytes;
   d.open_fds = p.open_fds;
@@ -177,8 +179,7 @@ StatsSnapshot Daemon::CollectStats() const {
     es.buffers.bytes_in_use = eb.in_use;
     es.buffers.bytes_cached = eb.cached;
     es.buffers.cap_bytes = e->buffers().current()->memory_cap_bytes;
-    es.buffers.cap_waits = eb.cap_waits;
-    es.buffers.cap_wait_seconds = static_cast<double>(eb.wait_ns) / 1e9;
+    es.buffers.cap_full = eb.cap_full;
     es.buffers.allocations = eb.allocations;
     es.buffers.reuses = eb.reuses;
     es.buffers.streamed = eb.streamed;
@@ -278,9 +279,10 @@ absl::Status Daemon::Run() {
   }
   MemoryBudgetStats b = buffers_->budget().stats();
   spdlog::info(
-      "request buffers: peak {} bytes in use (cap {}), {} waits for the cap",
+      "request buffers: peak {} bytes in use (cap {}), {} charges refused "
+      "by the cap",
       b.peak, b.cap == 0 ? std::string("none") : std::to_string(b.cap),
-      b.waits);
+      b.refused);
   spdlog::info("stopped");
   return result;
 }

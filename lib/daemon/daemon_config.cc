@@ -1,5 +1,8 @@
 #include "lib/daemon/daemon_config.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/numbers.h"
@@ -10,6 +13,17 @@
 #include "lib/util/strings.h"
 
 namespace nbdmgr {
+
+uint64_t DefaultMemoryCap() {
+  constexpr uint64_t kGiB = uint64_t{1} << 30;
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page_size = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) return kGiB;
+  const uint64_t ram =
+      static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+  return std::min(kGiB, ram / 8);
+}
+
 namespace {
 
 absl::Status FlagError(std::string_view flag, std::string_view message) {
@@ -78,9 +92,33 @@ absl::Status ApplyFlag(const std::string& flag, const std::string& value,
     }
     c.log_level = value;
   } else if (flag == "--memory-cap") {
-    absl::StatusOr<uint64_t> cap = ParseSize(value);
-    if (!cap.ok()) return FlagError(flag, ToStd(cap.status().message()));
-    c.memory_cap_bytes = *cap;
+    if (value == "none") {
+      c.memory_cap_bytes = 0;
+    } else if (value == "auto") {
+      c.memory_cap_bytes = DefaultMemoryCap();
+    } else {
+      absl::StatusOr<uint64_t> cap = ParseSize(value);
+      if (!cap.ok()) {
+        return FlagError(
+            flag, absl::StrCat(cap.status().message(), " (or none, auto)"));
+      }
+      c.memory_cap_bytes = *cap;
+    }
+  } else if (flag == "--connection-share") {
+    uint32_t n = 0;
+    std::string_view v = value;
+    if (v.ends_with("%")) v.remove_suffix(1);
+    if (!absl::SimpleAtoi(ToAbsl(v), &n) || n < 1 || n > 100) {
+      return FlagError(flag, absl::StrCat("expected a percentage from 1 to "
+                                          "100, got \"",
+                                          value, "\""));
+    }
+    c.connection_share_percent = n;
+  } else if (flag == "--stall-timeout") {
+    absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
+    if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
+    if (*d > kMaxStallTimeout) return FlagError(flag, "at most 24h");
+    c.stall_timeout = *d;
   } else if (flag == "--ready-file") {
     c.ready_file = value;
   } else if (flag == "--control-listen") {
@@ -184,7 +222,8 @@ Flags:
                             buffer-strategy=S  pool (default), exact, fixed,
                                                grow or stream
                             memory-cap=SIZE    cap on this export's request
-                                               buffers (requests wait for it)
+                                               buffers (full: requests stream)
+                            stall-timeout=DUR  override --stall-timeout
                             pool-idle-release=DUR  free idle pool buffers after
                                                DUR (default 5s)
                             min-block-size=N, preferred-block-size=N,
@@ -193,9 +232,18 @@ Flags:
                           Example: --export name=scratch,backend=memory,size=1GiB
   --default-export NAME   Export served to clients that ask for the empty name
                           (nbd://host/). Default: the first --export.
-  --memory-cap SIZE       Daemon-wide cap on request-buffer memory, e.g. 1GiB.
-                          Requests wait (backpressure) instead of failing;
-                          one larger than the cap is streamed in chunks.
+  --memory-cap SIZE|none|auto
+                          Daemon-wide cap on request-buffer memory, e.g. 1GiB
+                          (default auto: the smaller of 1 GiB and 1/8 of RAM;
+                          none: no cap). Requests never wait for it: when it
+                          is full they stream through their connection's
+                          64 KiB reserve instead.
+  --connection-share PCT  The most one connection may hold of the daemon cap
+                          and of its export's cap, in percent (default 25).
+  --stall-timeout DUR     Disconnect a client that stops sending a request's
+                          payload, or stops reading replies, for DUR, and
+                          free all it held (default 30s; 0 = never; exports
+                          may override with stall-timeout=DUR).
   --io-threads N          Network threads (0 = one per core).
   --blocking-threads N    Threads for file I/O (0 = automatic).
   --drain-timeout DUR     On SIGINT/SIGTERM, how long in-flight requests may take
@@ -304,31 +352,16 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       value = arg.substr(eq + 1);
       has_value = true;
     }
-    static const std::set<std::string> kKnown = {"--nbd-listen",
-                                                 "--export",
-                                                 "--default-export",
-                                                 "--io-threads",
-                                                 "--blocking-threads",
-                                                 "--drain-timeout",
-                                                 "--log-level",
-                                                 "--ready-file",
-                                                 "--memory-cap",
-                                                 "--control-listen",
-                                                 "--control-tls-cert",
-                                                 "--control-tls-key",
-                                                 "--control-tls-ca",
-                                                 "--state-dir",
-                                                 "--allow-path",
-                                                 "--metrics-listen",
-                                                 "--request-stats",
-                                                 "--tls-cert",
-                                                 "--tls-key",
-                                                 "--tls-ca",
-                                                 "--tls-psk",
-                                                 "--handshake-timeout",
-                                                 "--idle-timeout",
-                                                 "--max-connections",
-                                                 "--config"};
+    static const std::set<std::string> kKnown = {
+        "--nbd-listen",        "--export",           "--default-export",
+        "--io-threads",        "--blocking-threads", "--drain-timeout",
+        "--log-level",         "--ready-file",       "--memory-cap",
+        "--control-listen",    "--control-tls-cert", "--control-tls-key",
+        "--control-tls-ca",    "--state-dir",        "--allow-path",
+        "--metrics-listen",    "--request-stats",    "--tls-cert",
+        "--tls-key",           "--tls-ca",           "--tls-psk",
+        "--handshake-timeout", "--idle-timeout",     "--max-connections",
+        "--stall-timeout",     "--connection-share", "--config"};
     if (!kKnown.contains(flag)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag ", flag, " (see --help)"));
@@ -407,6 +440,10 @@ std::string DescribeConfig(const DaemonConfig& c) {
                                         : "x509+psk");
   line("memory cap", c.memory_cap_bytes ? FormatSize(c.memory_cap_bytes)
                                         : std::string("none"));
+  line("connection share", absl::StrCat(c.connection_share_percent, "%"));
+  line("stall timeout", c.stall_timeout.count() == 0
+                            ? std::string("never")
+                            : absl::StrCat(c.stall_timeout.count(), " ms"));
   for (const ExportConfig& e : c.exports) {
     line("export",
          absl::StrCat(e.name, " (", ToAbsl(NameOf(e.backend)),

@@ -13,6 +13,10 @@
 
 namespace nbdmgr {
 
+// The default daemon-wide buffer cap: the smaller of 1 GiB and 1/8 of the
+// machine's RAM.
+uint64_t DefaultMemoryCap();
+
 // Everything nbdmgrd is started with.
 struct DaemonConfig {
   std::vector<ListenAddress> nbd_listen;  // default: tcp:127.0.0.1:10809
@@ -23,7 +27,10 @@ struct DaemonConfig {
   int io_threads = 0;        // 0: one per core
   int blocking_threads = 0;  // 0: automatic
   std::chrono::milliseconds drain_timeout{30000};
-  uint64_t memory_cap_bytes = 0;  // daemon-wide request-buffer cap; 0: none
+  // Daemon-wide request-buffer cap; 0: none.
+  uint64_t memory_cap_bytes = DefaultMemoryCap();
+  // The most one connection may hold of the daemon cap or its export's cap.
+  uint32_t connection_share_percent = kDefaultConnectionSharePercent;
   std::string log_level = "info";
   // Written (atomically) with one bound address per line once serving.
   std::string ready_file;
@@ -48,7 +55,10 @@ struct DaemonConfig {
   // Limits against misbehaving clients.
   std::chrono::milliseconds handshake_timeout{10000};  // 0: none
   std::chrono::milliseconds idle_timeout{0};           // 0: none
-  uint32_t max_connections = 4096;                     // 0: no cap
+  // A client that stops sending a payload or reading replies for this long
+  // is disconnected (exports may override); 0: never.
+  std::chrono::milliseconds stall_timeout{30000};
+  uint32_t max_connections = 4096;  // 0: no cap
 };
 
 // The outcome of parsing the command line.

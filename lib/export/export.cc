@@ -58,7 +58,9 @@ Export::Export(ExportConfig config, std::unique_ptr<Backend> backend,
       tls_mode_(config_.tls),
       max_clients_(config_.max_clients),
       description_(config_.description),
-      created_(std::chrono::system_clock::now()) {}
+      created_(std::chrono::system_clock::now()) {
+  set_stall_timeout(config_.stall_timeout);
+}
 
 ExportConfig Export::current_config() const {
   ExportConfig c = config_;
@@ -66,6 +68,9 @@ ExportConfig Export::current_config() const {
   c.buffers = buffers_.settings();
   c.tls = tls_mode();
   c.max_clients = max_clients();
+  const int64_t stall = stall_timeout_ms();
+  c.stall_timeout = stall < 0 ? std::nullopt
+                              : std::optional(std::chrono::milliseconds(stall));
   return c;
 }
 

@@ -80,6 +80,14 @@ class Export {
   void set_max_clients(uint32_t n) {
     max_clients_.store(n, std::memory_order_relaxed);
   }
+  // The export's stall timeout in ms: -1 for the daemon's default, 0 for
+  // never. Read by its sessions' watchdogs; changes apply at once.
+  int64_t stall_timeout_ms() const {
+    return stall_timeout_ms_.load(std::memory_order_relaxed);
+  }
+  void set_stall_timeout(std::optional<std::chrono::milliseconds> t) {
+    stall_timeout_ms_.store(t ? t->count() : -1, std::memory_order_relaxed);
+  }
 
  private:
   Export(ExportConfig config, std::unique_ptr<Backend> backend,
@@ -96,6 +104,7 @@ class Export {
   std::atomic<bool> draining_{false};
   std::atomic<TlsMode> tls_mode_;
   std::atomic<uint32_t> max_clients_;
+  std::atomic<int64_t> stall_timeout_ms_{-1};
   mutable std::mutex mu_;
   std::string description_ ABSL_GUARDED_BY(mu_);
   const std::chrono::system_clock::time_point created_;

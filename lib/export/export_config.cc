@@ -138,6 +138,11 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
     return absl::InvalidArgumentError(
         "export description longer than 4096 bytes");
   }
+  if (c.stall_timeout &&
+      (c.stall_timeout->count() < 0 || *c.stall_timeout > kMaxStallTimeout)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "export ", c.name, ": stall timeout must be between 0 and 24h"));
+  }
   switch (c.backend) {
     case BackendKind::kMemory:
     case BackendKind::kNull:
@@ -217,6 +222,10 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
                                  "expected a count, got \"", value, "\"")));
       }
       c.max_clients = n;
+    } else if (key == "stall-timeout") {
+      absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
+      if (!d.ok()) return KeyError("stall-timeout", d.status());
+      c.stall_timeout = *d;
     } else if (key == "tls") {
       absl::StatusOr<TlsMode> mode = ParseTlsMode(value);
       if (!mode.ok()) return KeyError("tls", mode.status());
@@ -249,7 +258,7 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       return absl::InvalidArgumentError(absl::StrCat(
           "export spec \"", ToAbsl(spec), "\": unknown key \"", key,
           "\" (name, backend, path, size, read-only, description, tls, "
-          "max-clients, "
+          "max-clients, stall-timeout, "
           "buffer-strategy, memory-cap, pool-idle-release, min-block-size, "
           "preferred-block-size, max-payload)"));
     }

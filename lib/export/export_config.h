@@ -1,6 +1,7 @@
 #ifndef NBDMGR_LIB_EXPORT_EXPORT_CONFIG_H_
 #define NBDMGR_LIB_EXPORT_EXPORT_CONFIG_H_
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -51,7 +52,14 @@ struct ExportConfig {
   BufferSettings buffers;
   TlsMode tls = TlsMode::kOff;
   uint32_t max_clients = 0;  // connected clients at once; 0: no cap
+  // A client that stops sending a request's payload, or stops reading
+  // replies, for this long is disconnected; unset: the daemon's
+  // --stall-timeout; 0: never.
+  std::optional<std::chrono::milliseconds> stall_timeout;
 };
+
+// The longest stall timeout an export or the daemon may set.
+inline constexpr std::chrono::hours kMaxStallTimeout{24};
 
 // NBD's rules: minimum a power of two <= 64 KiB; preferred a power of two
 // >= max(minimum, 512); maximum_payload >= preferred and <= kMaxPayloadLimit.
@@ -68,7 +76,8 @@ absl::Status ValidateExportConfig(const ExportConfig& config);
 // "name=disk0,backend=file,path=/var/lib/disk0.img" or
 // "name=scratch,backend=memory,size=1GiB,read-only=true,description=Scratch",
 // plus buffer keys: buffer-strategy=pool, memory-cap=256MiB,
-// pool-idle-release=5s, tls=off|optional|require and max-clients=N.
+// pool-idle-release=5s, tls=off|optional|require, max-clients=N and
+// stall-timeout=DUR.
 // A literal comma inside a value is written "\,". Returns InvalidArgument
 // naming the bad key or value; the result is also validated.
 absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec);

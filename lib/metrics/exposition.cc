@@ -140,11 +140,12 @@ void AddExportFamilies(Builder& b, const StatsSnapshot& s) {
   PerExport(b, s, "nbdmgr_buffer_cap_bytes",
             "The export's request-buffer cap (0: none).", MetricType::Gauge,
             [](const ExportStats& e) { return e.buffers.cap_bytes; });
-  PerExport(b, s, "nbdmgr_buffer_cap_waits_total",
-            "Requests of the export that waited for a memory cap (the "
-            "export's or the daemon's).",
+  PerExport(b, s, "nbdmgr_buffer_cap_full_total",
+            "Requests of the export that found a memory cap (the export's, "
+            "the daemon's or their connection's share) full and streamed "
+            "through the connection's reserve instead.",
             MetricType::Counter,
-            [](const ExportStats& e) { return e.buffers.cap_waits; });
+            [](const ExportStats& e) { return e.buffers.cap_full; });
   PerExport(b, s, "nbdmgr_buffer_allocations_total",
             "Request buffers the export obtained from the OS (new memory).",
             MetricType::Counter,
@@ -158,10 +159,6 @@ void AddExportFamilies(Builder& b, const StatsSnapshot& s) {
             "buffer (stream strategy, or too large for a cap).",
             MetricType::Counter,
             [](const ExportStats& e) { return e.buffers.streamed; });
-  PerExport(b, s, "nbdmgr_buffer_cap_wait_seconds_total",
-            "Time requests of the export spent waiting for a memory cap.",
-            MetricType::Counter,
-            [](const ExportStats& e) { return e.buffers.cap_wait_seconds; });
 }
 
 void AddDaemonFamilies(Builder& b, const StatsSnapshot& s) {
@@ -213,12 +210,14 @@ void AddDaemonFamilies(Builder& b, const StatsSnapshot& s) {
   gauge("nbdmgr_daemon_buffer_cap_bytes",
         "The daemon-wide request-buffer cap (0: none).",
         static_cast<double>(d.buffers.cap_bytes));
-  counter("nbdmgr_daemon_buffer_cap_waits_total",
-          "Requests that waited for the daemon-wide cap.",
-          static_cast<double>(d.buffers.cap_waits));
-  counter("nbdmgr_daemon_buffer_cap_wait_seconds_total",
-          "Time requests spent waiting for the daemon-wide cap.",
-          d.buffers.cap_wait_seconds);
+  counter("nbdmgr_daemon_buffer_cap_full_total",
+          "Charges the daemon-wide cap refused (the request streamed "
+          "instead).",
+          static_cast<double>(d.buffers.cap_full));
+  gauge("nbdmgr_daemon_buffer_reserve_bytes",
+        "Connection reserve chunks in use (outside the caps; at most 2 x "
+        "64 KiB per connection).",
+        static_cast<double>(d.buffers.reserve_bytes));
   Builder::Add(
       b.Family("nbdmgr_build_info", "1, labelled with the nbdmgrd version.",
                MetricType::Gauge),

@@ -21,7 +21,7 @@ std::string_view NameOf(Refusal r) {
   static constexpr std::string_view kNames[kNumRefusals] = {
       "max_connections", "max_clients",      "handshake_timeout",
       "idle_timeout",    "too_many_options", "option_too_long",
-      "tls_required"};
+      "tls_required",    "stall_payload",    "stall_replies"};
   return kNames[static_cast<size_t>(r)];
 }
 

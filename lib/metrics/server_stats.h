@@ -40,8 +40,10 @@ enum class Refusal : uint8_t {
   kTooManyOptions,    // option count cap before an export is chosen
   kOptionTooLong,     // option length cap (answered ERR_TOO_BIG)
   kTlsRequired,       // an option refused with ERR_TLS_REQD
+  kStallPayload,      // a request's payload stopped arriving (stall timeout)
+  kStallReplies,      // the client stopped reading replies (stall timeout)
 };
-inline constexpr size_t kNumRefusals = 7;
+inline constexpr size_t kNumRefusals = 9;
 // "max_connections", "max_clients", ...: the `reason` label.
 std::string_view NameOf(Refusal r);
 

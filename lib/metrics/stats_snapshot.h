@@ -16,8 +16,12 @@ struct BufferCounts {
   uint64_t bytes_cached = 0;  // export: held idle by connections (fixed,
                               // grow); daemon: idle in the shared pool
   uint64_t cap_bytes = 0;     // 0: no cap
-  uint64_t cap_waits = 0;     // requests that waited for the cap
-  double cap_wait_seconds = 0;
+  // Export: requests refused a buffer by a full cap or their connection's
+  // share (they streamed instead; nothing ever waits). Daemon: charges the
+  // daemon cap refused.
+  uint64_t cap_full = 0;
+  // Daemon only: connection reserves in use (outside every cap).
+  uint64_t reserve_bytes = 0;
   // Export only: how requests got their buffers.
   uint64_t allocations = 0;  // new buffers obtained from the OS
   uint64_t reuses = 0;       // requests served by an existing buffer

@@ -26,21 +26,36 @@ constexpr auto kAsTuple = asio::as_tuple(asio::use_awaitable);
 // epoll round trips, and over TCP with TCP_NODELAY each call left a runt
 // segment behind (64 KiB = one 65483-byte loopback segment + 53 bytes),
 // doubling the segments and ACKs both ends process per byte.
+// It also counts every transfer that moved bytes in `*progress`.
 struct TransferAtLeast {
   size_t min;
+  uint64_t* progress;
   size_t operator()(const ErrorCode& ec, size_t done) const {
+    if (done != 0) ++*progress;
     return (ec || done >= min) ? 0 : std::numeric_limits<size_t>::max();
   }
+};
+
+// Marks a WriteAll in progress for its scope.
+class Writing {
+ public:
+  explicit Writing(int& n) : n_(n) { ++n_; }
+  ~Writing() { --n_; }
+  Writing(const Writing&) = delete;
+  Writing& operator=(const Writing&) = delete;
+
+ private:
+  int& n_;
 };
 }  // namespace
 
 // Reads at least MIN bytes into BUF from the TLS stream or the socket,
 // without an extra coroutine frame on the request path.
-#define NBDMGR_READ(buf, min)                                                  \
-  (tls_                                                                        \
-       ? co_await asio::async_read(*tls_, buf, TransferAtLeast{min}, kAsTuple) \
-       : co_await asio::async_read(socket_, buf, TransferAtLeast{min},         \
-                                   kAsTuple))
+#define NBDMGR_READ(buf, min)                                              \
+  (tls_ ? co_await asio::async_read(                                       \
+              *tls_, buf, TransferAtLeast{min, &read_progress_}, kAsTuple) \
+        : co_await asio::async_read(                                       \
+              socket_, buf, TransferAtLeast{min, &read_progress_}, kAsTuple))
 
 Connection::Connection(Socket socket)
     : socket_(std::move(socket)), rbuf_(new uint8_t[kReadBufferSize]) {
@@ -118,7 +133,8 @@ asio::awaitable<ErrorCode> Connection::Skip(uint64_t n) {
 
 asio::awaitable<ErrorCode> Connection::WriteAll(
     std::span<const asio::const_buffer> buffers) {
-  TransferAtLeast all{asio::buffer_size(buffers)};
+  Writing writing(writing_);
+  TransferAtLeast all{asio::buffer_size(buffers), &write_progress_};
   auto [ec, n] =
       tls_ ? co_await asio::async_write(*tls_, buffers, all, kAsTuple)
            : co_await asio::async_write(socket_, buffers, all, kAsTuple);
@@ -128,7 +144,8 @@ asio::awaitable<ErrorCode> Connection::WriteAll(
 asio::awaitable<ErrorCode> Connection::WriteAll(
     std::span<const uint8_t> bytes) {
   asio::const_buffer b = asio::buffer(bytes.data(), bytes.size());
-  TransferAtLeast all{bytes.size()};
+  Writing writing(writing_);
+  TransferAtLeast all{bytes.size(), &write_progress_};
   auto [ec, n] = tls_ ? co_await asio::async_write(*tls_, b, all, kAsTuple)
                       : co_await asio::async_write(socket_, b, all, kAsTuple);
   co_return ec;

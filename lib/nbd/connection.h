@@ -49,6 +49,15 @@ class Connection {
   void Close();
   bool is_open() const { return socket_.is_open(); }
 
+  // Progress, for the stall watchdog: counters that move whenever a read or
+  // a write transfers bytes, and whether the session is now waiting for a
+  // request's payload (set by the request loop) or for a write to finish.
+  uint64_t read_progress() const { return read_progress_; }
+  uint64_t write_progress() const { return write_progress_; }
+  bool awaiting_payload() const { return awaiting_payload_; }
+  void set_awaiting_payload(bool on) { awaiting_payload_ = on; }
+  bool writing() const { return writing_ > 0; }
+
   // "tcp:1.2.3.4:5678" or "unix" for logs.
   const std::string& peer() const { return peer_; }
   bool is_tcp() const { return is_tcp_; }
@@ -65,6 +74,10 @@ class Connection {
   size_t rend_ = 0;  // end of buffered bytes
   std::string peer_;
   bool is_tcp_ = false;
+  uint64_t read_progress_ = 0;
+  uint64_t write_progress_ = 0;
+  bool awaiting_payload_ = false;
+  int writing_ = 0;  // WriteAll calls in progress
 };
 
 }  // namespace nbdmgr::nbd

@@ -8,32 +8,41 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <exception>
 #include <utility>
 
 namespace nbdmgr::nbd {
 
 // Runs `fn` (which may block) on `pool` and resumes the awaiting coroutine
 // on its own executor with fn's result. `fn` must be callable once with no
-// arguments and must not throw; references it captures must stay valid
-// until the co_await completes (they do: the caller is suspended).
+// arguments; if it throws, the exception is caught on the pool (a pool
+// thread never dies of it) and rethrown in the awaiting coroutine, whose
+// caller answers the request with EIO. References `fn` captures must stay
+// valid until the co_await completes (they do: the caller is suspended).
 template <typename Fn>
 boost::asio::awaitable<decltype(std::declval<Fn&>()())> RunBlocking(
     boost::asio::thread_pool& pool, Fn fn) {
   using Result = decltype(fn());
   namespace asio = boost::asio;
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable),
-                                          void(Result)>(
+                                          void(std::exception_ptr, Result)>(
       [&pool](auto handler, Fn f) {
         auto work =
             asio::make_work_guard(asio::get_associated_executor(handler));
         asio::post(pool, [f = std::move(f), handler = std::move(handler),
                           work = std::move(work)]() mutable {
-          Result r = f();
+          std::exception_ptr error;
+          Result r{};
+          try {
+            r = f();
+          } catch (...) {
+            error = std::current_exception();
+          }
           auto ex = work.get_executor();
-          asio::dispatch(
-              ex, [handler = std::move(handler), r = std::move(r)]() mutable {
-                std::move(handler)(std::move(r));
-              });
+          asio::dispatch(ex, [handler = std::move(handler), error,
+                              r = std::move(r)]() mutable {
+            std::move(handler)(error, std::move(r));
+          });
         });
       },
       asio::use_awaitable, std::move(fn));

@@ -59,6 +59,18 @@ void Reply::Reset() {
   ReleasePins();
   producer_ = nullptr;
   record_ = RequestRecord{};
+  ticket_.Reset();
+}
+
+void Ticket::Reset() {
+  if (ReplyWriter* w = std::exchange(w_, nullptr)) w->EndRequest();
+}
+
+void ReplyWriter::EndRequest() {
+  --in_flight_;
+  if (stats_ != nullptr) stats_->SetInFlight(in_flight_);
+  Notify(reader_wake_);
+  if (finishing_ && in_flight_ == 0) Notify(writer_wake_);
 }
 
 ReplyWriter::ReplyWriter(Connection& conn, ConnectionIoStats* stats)
@@ -79,13 +91,11 @@ void ReplyWriter::Recycle(std::unique_ptr<Reply> reply) {
   if (free_.size() < kMaxFreeReplies) free_.push_back(std::move(reply));
 }
 
-void ReplyWriter::Send(std::unique_ptr<Reply> reply) {
+void ReplyWriter::Send(std::unique_ptr<Reply> reply, Ticket ticket) {
+  reply->set_ticket(std::move(ticket));
   if (failed_) {
     // Nobody can read it: drop it, and its request is over.
     Recycle(std::move(reply));
-    --in_flight_;
-    Notify(reader_wake_);
-    Notify(writer_wake_);
     return;
   }
   queue_.push_back(std::move(reply));
@@ -143,9 +153,7 @@ asio::awaitable<void> ReplyWriter::Run() {
       ec = co_await conn_.WriteAll(iov_);
     }
     if (!ec) RecordBatch();
-    in_flight_ -= batch_.size();
-    if (stats_ != nullptr) stats_->SetInFlight(in_flight_);
-    for (auto& r : batch_) Recycle(std::move(r));
+    for (auto& r : batch_) Recycle(std::move(r));  // ends their tickets
     batch_.clear();
     if (ec) {
       if (ec != asio::error::operation_aborted) {
@@ -154,7 +162,6 @@ asio::awaitable<void> ReplyWriter::Run() {
       }
       failed_ = true;
       conn_.Close();  // wakes a reader blocked on the socket
-      in_flight_ -= queue_.size();
       for (auto& r : queue_) Recycle(std::move(r));
       queue_.clear();
     }

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "lib/backend/backend.h"
@@ -33,6 +34,39 @@ inline int64_t SteadyNowNs() {
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
+
+class ReplyWriter;
+
+// A request's place in flight: taken when the request is admitted
+// (ReplyWriter::BeginRequest) and ended when its reply has been written or
+// dropped. Whoever holds a ticket owes the client a reply: Send() hands the
+// ticket over with the reply; a ticket destroyed without being sent (an
+// unexpected failure) still ends the request, so the count can never stay
+// raised. Move-only; used on the session's executor.
+class Ticket {
+ public:
+  Ticket() = default;
+  Ticket(Ticket&& o) noexcept : w_(std::exchange(o.w_, nullptr)) {}
+  Ticket& operator=(Ticket&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      w_ = std::exchange(o.w_, nullptr);
+    }
+    return *this;
+  }
+  Ticket(const Ticket&) = delete;
+  Ticket& operator=(const Ticket&) = delete;
+  ~Ticket() { Reset(); }
+
+  explicit operator bool() const { return w_ != nullptr; }
+  // Ends the request now.
+  void Reset();
+
+ private:
+  friend class ReplyWriter;
+  explicit Ticket(ReplyWriter* w) : w_(w) {}
+  ReplyWriter* w_ = nullptr;
+};
 
 // One reply on its way to the socket: a list of byte segments, each either
 // copied into the reply (headers), borrowed from the reply's buffer lease
@@ -74,6 +108,7 @@ class Reply {
 
   BufferLease& lease() { return lease_; }
   void set_lease(BufferLease lease) { lease_ = std::move(lease); }
+  void set_ticket(Ticket t) { ticket_ = std::move(t); }
 
   // Appends this reply's segments to `out`.
   void Gather(std::vector<asio::const_buffer>* out) const;
@@ -85,6 +120,7 @@ class Reply {
  private:
   void ReleasePins();
 
+  Ticket ticket_;  // declared first: ends last, after the memory below
   struct Segment {
     const uint8_t* data;  // nullptr: bytes_[offset, offset+length)
     size_t offset;
@@ -99,10 +135,11 @@ class Reply {
 };
 
 // The only writer of a session's socket in transmission. Requests are
-// counted in flight from BeginRequest() until their reply has been written
-// (or dropped because the connection failed). Run() batches every queued
-// reply into one gather write. Not thread-safe: all calls on the session's
-// executor.
+// counted in flight from BeginRequest() until their Ticket ends: when the
+// reply has been written (or dropped because the connection failed), or
+// when the ticket is destroyed unsent. Run() batches every queued reply into
+// one gather write. Not thread-safe: all calls on the session's executor;
+// every ticket must end before the writer is destroyed.
 class ReplyWriter {
  public:
   // `stats` (may be null: not counted) receives each written reply's
@@ -111,14 +148,17 @@ class ReplyWriter {
 
   // A cleared Reply, recycled when possible.
   std::unique_ptr<Reply> NewReply();
-  void BeginRequest() {
+  // Admits a request: counts it in flight until the ticket ends.
+  [[nodiscard]] Ticket BeginRequest() {
     ++in_flight_;
     if (stats_ != nullptr) stats_->SetInFlight(in_flight_);
+    return Ticket(this);
   }
   bool counting() const { return stats_ != nullptr; }
-  // Queues the reply of a begun request. Replies go out in the order Send is
+  // Queues the reply of the request `ticket` admitted; the ticket ends once
+  // the reply is written or dropped. Replies go out in the order Send is
   // called, which need not be the order requests arrived in.
-  void Send(std::unique_ptr<Reply> reply);
+  void Send(std::unique_ptr<Reply> reply, Ticket ticket);
 
   // Suspends until fewer than `limit` requests are in flight.
   asio::awaitable<void> WaitInFlightBelow(size_t limit);
@@ -131,6 +171,9 @@ class ReplyWriter {
   bool failed() const { return failed_; }
 
  private:
+  friend class Ticket;
+  // A ticket ended.
+  void EndRequest();
   void Recycle(std::unique_ptr<Reply> reply);
   static void Notify(asio::steady_timer& t) { t.cancel(); }
   static asio::awaitable<void> Wait(asio::steady_timer& t);

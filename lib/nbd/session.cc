@@ -54,33 +54,81 @@ void Session::OnHandshakeDeadline() {
   conn_.Close();
 }
 
-void Session::ScheduleIdleCheck() {
-  // Check four times per timeout: a client is dropped between 1 and 1.25
-  // timeouts after its last request.
-  timer_.expires_after(
-      std::max(options_.idle_timeout / 4, std::chrono::milliseconds(10)));
+std::chrono::milliseconds Session::StallTimeout() const {
+  const int64_t own =
+      export_in_use_ != nullptr ? export_in_use_->stall_timeout_ms() : -1;
+  return own >= 0 ? std::chrono::milliseconds(own) : options_.stall_timeout;
+}
+
+void Session::ScheduleWatch() {
+  std::chrono::milliseconds period = std::chrono::milliseconds::max();
+  if (options_.idle_timeout.count() > 0) period = options_.idle_timeout / 4;
+  if (std::chrono::milliseconds stall = StallTimeout(); stall.count() > 0) {
+    period = std::min(period, stall / 4);
+  }
+  // The export's stall timeout may change while we run: look again at
+  // least once a second.
+  period = std::clamp(period, std::chrono::milliseconds(10),
+                      std::chrono::milliseconds(1000));
+  timer_.expires_after(period);
   timer_.async_wait([self = shared_from_this()](const ErrorCode& ec) {
-    if (!ec && self->tx_ != nullptr) self->CheckIdle();
+    if (!ec && self->tx_ != nullptr) self->Watch();
   });
 }
 
-void Session::CheckIdle() {
-  const auto now = std::chrono::steady_clock::now();
-  const uint64_t n = tx_->requests_read();
-  if (n != idle_seen_ || writer_->in_flight() > 0) {
-    idle_seen_ = n;
-    idle_since_ = now;
-  } else if (now - idle_since_ >= options_.idle_timeout) {
-    if (options_.server_stats != nullptr) {
-      options_.server_stats->Refused(
-          Refusal::kIdleTimeout, conn_.peer(),
-          absl::StrCat("no request for ", options_.idle_timeout.count(),
-                       " ms"));
-    }
-    conn_.ShutdownRead();  // the reader ends; the writer finishes
-    return;
+void Session::DropStalled(Refusal why, std::chrono::milliseconds timeout) {
+  if (options_.server_stats != nullptr) {
+    options_.server_stats->Refused(
+        why, conn_.peer(),
+        absl::StrCat(why == Refusal::kStallPayload
+                         ? "request payload stopped arriving"
+                         : "client stopped reading replies",
+                     " for ", timeout.count(), " ms; disconnected"));
   }
-  ScheduleIdleCheck();
+  // Everything pending fails: the reader ends, the writer fails and drops
+  // what is queued, and every lease and pin comes back.
+  conn_.Close();
+}
+
+void Session::Watch() {
+  const auto now = std::chrono::steady_clock::now();
+  if (const std::chrono::milliseconds stall = StallTimeout();
+      stall.count() > 0) {
+    // Waiting on the client with no byte moving since the last check?
+    const uint64_t in = conn_.read_progress();
+    if (!conn_.awaiting_payload() || in != in_seen_) {
+      in_seen_ = in;
+      in_since_ = now;
+    } else if (now - in_since_ >= stall) {
+      DropStalled(Refusal::kStallPayload, stall);
+      return;
+    }
+    const uint64_t out = conn_.write_progress();
+    if (!conn_.writing() || out != out_seen_) {
+      out_seen_ = out;
+      out_since_ = now;
+    } else if (now - out_since_ >= stall) {
+      DropStalled(Refusal::kStallReplies, stall);
+      return;
+    }
+  }
+  if (options_.idle_timeout.count() > 0) {
+    const uint64_t n = tx_->requests_read();
+    if (n != idle_seen_ || writer_->in_flight() > 0) {
+      idle_seen_ = n;
+      idle_since_ = now;
+    } else if (now - idle_since_ >= options_.idle_timeout) {
+      if (options_.server_stats != nullptr) {
+        options_.server_stats->Refused(
+            Refusal::kIdleTimeout, conn_.peer(),
+            absl::StrCat("no request for ", options_.idle_timeout.count(),
+                         " ms"));
+      }
+      conn_.ShutdownRead();  // the reader ends; the writer finishes
+      return;
+    }
+  }
+  ScheduleWatch();
 }
 
 asio::awaitable<void> Session::Run() {
@@ -129,12 +177,10 @@ asio::awaitable<void> Session::Run() {
     ScopedIoStats io(options_.count_requests ? &e->io_stats() : nullptr);
     ReplyWriter writer(conn_, io.get());
     Transmission tx(conn_, writer, *buffers, *agreed, options_.transmission);
-    if (options_.idle_timeout.count() > 0) {
-      tx_ = &tx;
-      writer_ = &writer;
-      idle_since_ = std::chrono::steady_clock::now();
-      ScheduleIdleCheck();
-    }
+    tx_ = &tx;
+    writer_ = &writer;
+    idle_since_ = in_since_ = out_since_ = std::chrono::steady_clock::now();
+    ScheduleWatch();
     co_await (tx.ReadLoop() && writer.Run());
     tx_ = nullptr;
     writer_ = nullptr;

@@ -29,6 +29,10 @@ struct SessionOptions {
   // A transmitting client with nothing in flight that sends no request for
   // this long is disconnected gracefully (0: never).
   std::chrono::milliseconds idle_timeout{0};
+  // A transmitting client that stops sending a request's payload, or stops
+  // reading replies, for this long is disconnected and everything it held
+  // is freed (0: never). The export's own setting, if any, wins.
+  std::chrono::milliseconds stall_timeout{30000};
 };
 
 // One client connection: negotiation, then transmission with one reader
@@ -59,8 +63,14 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   // Timer callbacks (they hold a reference to the session).
   void OnHandshakeDeadline();
-  void ScheduleIdleCheck();
-  void CheckIdle();
+  // The transmission watchdog: idle and stall checks, four times per
+  // timeout, so a client is dropped between 1 and 1.25 timeouts in.
+  void ScheduleWatch();
+  void Watch();
+  // The stall timeout in force (the export's, else the daemon's); 0: none.
+  std::chrono::milliseconds StallTimeout() const;
+  // Drops the connection for a stall: counted, logged, socket closed.
+  void DropStalled(Refusal why, std::chrono::milliseconds timeout);
 
   Connection conn_;
   const ExportRegistry& registry_;
@@ -76,6 +86,12 @@ class Session : public std::enable_shared_from_this<Session> {
   const ReplyWriter* writer_ = nullptr;
   uint64_t idle_seen_ = 0;  // requests read at the last check
   std::chrono::steady_clock::time_point idle_since_;
+  // Stall checks: the progress counters seen last, and since when they
+  // have not moved while the session waited on the client.
+  uint64_t in_seen_ = 0;
+  uint64_t out_seen_ = 0;
+  std::chrono::steady_clock::time_point in_since_;
+  std::chrono::steady_clock::time_point out_since_;
 };
 
 }  // namespace nbdmgr::nbd

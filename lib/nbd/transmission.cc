@@ -19,6 +19,21 @@ constexpr size_t kMaxReadChunks = 16;
 // BLOCK_STATUS replies carry at most this many descriptors.
 constexpr size_t kMaxDescriptors = 1024;
 
+// Marks the connection as waiting for a request's payload (for the stall
+// watchdog) for its scope.
+class AwaitingPayload {
+ public:
+  explicit AwaitingPayload(Connection& c) : c_(c) {
+    c_.set_awaiting_payload(true);
+  }
+  ~AwaitingPayload() { c_.set_awaiting_payload(false); }
+  AwaitingPayload(const AwaitingPayload&) = delete;
+  AwaitingPayload& operator=(const AwaitingPayload&) = delete;
+
+ private:
+  Connection& c_;
+};
+
 }  // namespace
 
 RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l) {
@@ -171,7 +186,7 @@ void Transmission::Track(Reply& reply, const RequestHeader& h,
 asio::awaitable<void> Transmission::ReplyError(const RequestHeader& h,
                                                uint32_t error,
                                                std::string_view message,
-                                               int64_t start) {
+                                               int64_t start, Ticket ticket) {
   SPDLOG_DEBUG("{}: {} offset={} length={} -> {}: {}", conn_.peer(),
                NameOfCommand(h.type), h.offset, h.length, NameOfError(error),
                message);
@@ -189,7 +204,7 @@ asio::awaitable<void> Transmission::ReplyError(const RequestHeader& h,
     reply->AddSimpleReply(error, h.cookie);
   }
   Track(*reply, h, error, start);
-  writer_.Send(std::move(reply));
+  writer_.Send(std::move(reply), std::move(ticket));
   co_return;
 }
 
@@ -202,38 +217,41 @@ asio::awaitable<absl::Status> Transmission::RunBackend(Fn fn) {
 }
 
 asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h,
-                                                int64_t start) {
+                                                int64_t start, Ticket ticket) {
   Backend& be = export_->backend();
   BufferLease chunk = buffers_.AcquireChunk();
   absl::Status st;
   if (!chunk) st = absl::ResourceExhaustedError("out of memory for buffers");
   uint64_t pos = h.offset;
   uint64_t remaining = h.length;
-  while (remaining > 0) {
-    size_t n = std::min<uint64_t>(remaining, chunk ? chunk.size() : 0);
-    if (!st.ok()) {
-      // Keep the stream in sync after a failure: drain the rest.
-      if (co_await conn_.Skip(remaining)) co_return false;
-      break;
+  {
+    AwaitingPayload awaiting(conn_);
+    while (remaining > 0) {
+      if (!st.ok()) {
+        // Keep the stream in sync after a failure: drain the rest.
+        if (co_await conn_.Skip(remaining)) co_return false;
+        break;
+      }
+      size_t n = std::min<uint64_t>(remaining, chunk.size());
+      auto piece = chunk.span().first(n);
+      if (co_await conn_.ReadExact(piece)) co_return false;
+      st = co_await RunBackend([&] { return be.Write(pos, piece, false); });
+      pos += n;
+      remaining -= n;
     }
-    auto piece = chunk.span().first(n);
-    if (co_await conn_.ReadExact(piece)) co_return false;
-    st = co_await RunBackend([&] { return be.Write(pos, piece, false); });
-    pos += n;
-    remaining -= n;
   }
   if (st.ok() && (h.flags & kCmdFlagFua)) {
     st = co_await RunBackend([&] { return be.Flush(); });
   }
   chunk.Reset();
-  writer_.BeginRequest();
   if (!st.ok()) {
-    co_await ReplyError(h, NbdErrorFromStatus(st), ToStd(st.message()), start);
+    co_await ReplyError(h, NbdErrorFromStatus(st), ToStd(st.message()), start,
+                        std::move(ticket));
   } else {
     std::unique_ptr<Reply> reply = writer_.NewReply();
     reply->AddSimpleReply(kOk, h.cookie);
     Track(*reply, h, kOk, start);
-    writer_.Send(std::move(reply));
+    writer_.Send(std::move(reply), std::move(ticket));
   }
   co_return true;
 }
@@ -347,8 +365,31 @@ absl::Status Transmission::AddPinnedRead(const RequestHeader& h, Reply& reply) {
   return absl::OkStatus();
 }
 
+asio::awaitable<void> Transmission::ExecuteSafely(RequestHeader h,
+                                                  BufferLease lease,
+                                                  int64_t start,
+                                                  Ticket ticket) {
+  bool failed = false;
+  try {
+    co_await Execute(h, std::move(lease), start, ticket);
+  } catch (const std::exception& e) {
+    failed = true;
+    spdlog::error("{}: {} on export {} failed unexpectedly: {}", conn_.peer(),
+                  NameOfCommand(h.type), export_->name(), e.what());
+  } catch (...) {
+    failed = true;
+    spdlog::error("{}: {} on export {} failed unexpectedly", conn_.peer(),
+                  NameOfCommand(h.type), export_->name());
+  }
+  // Still holding the ticket: no reply went out. Answer EIO (counted like
+  // any other error) so the request is never left hanging.
+  if (failed && ticket) {
+    co_await ReplyError(h, kEio, "internal error", start, std::move(ticket));
+  }
+}
+
 asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
-                                            int64_t start) {
+                                            int64_t start, Ticket& ticket) {
   Backend& be = export_->backend();
   auto run = [this](auto fn) { return RunBackend(std::move(fn)); };
   const bool fua = (h.flags & kCmdFlagFua) != 0;
@@ -361,7 +402,11 @@ asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
       if (ZeroCopyReads()) {
         reply = writer_.NewReply();
         st = AddPinnedRead(h, *reply);
-        if (!st.ok()) reply.reset();  // releases what it pinned
+        if (!st.ok()) {
+          reply.reset();  // releases what it pinned
+        } else {
+          reply->set_lease(std::move(lease));  // the pins' charge
+        }
         break;
       }
       st = co_await run([&]() -> absl::Status {
@@ -458,7 +503,7 @@ asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
                    conn_.peer(), NameOfCommand(h.type), export_->name(),
                    h.offset, h.length, st.ToString());
     }
-    co_await ReplyError(h, err, ToStd(st.message()), start);
+    co_await ReplyError(h, err, ToStd(st.message()), start, std::move(ticket));
     co_return;
   }
   if (reply == nullptr) {
@@ -466,12 +511,13 @@ asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
     reply->AddSimpleReply(kOk, h.cookie);
   }
   if (!reply->record().active) Track(*reply, h, kOk, start);
-  writer_.Send(std::move(reply));
+  writer_.Send(std::move(reply), std::move(ticket));
 }
 
 asio::awaitable<void> Transmission::ReadLoop() {
   const bool blocking = export_->caps().blocking;
-  // READs of such exports borrow the backend's bytes and need no buffer.
+  // READs of such exports borrow the backend's bytes and need no buffer
+  // (but are charged to the caps while the pages are pinned).
   const bool zero_copy = ZeroCopyReads();
   for (;;) {
     co_await writer_.WaitInFlightBelow(options_.max_in_flight);
@@ -498,60 +544,62 @@ asio::awaitable<void> Transmission::ReadLoop() {
       end_reason_ = "disconnect";
       break;
     }
+    Ticket ticket = writer_.BeginRequest();
     RequestCheck check = ValidateRequest(h, limits_);
     if (check.error != kOk) {
       if (h.type == kCmdWrite) {
         // Keep the stream in sync: consume the rejected payload.
+        AwaitingPayload awaiting(conn_);
         if (ErrorCode ec = co_await conn_.Skip(h.length); ec) {
           end_reason_ = "closed during payload";
           break;
         }
       }
-      writer_.BeginRequest();
-      co_await ReplyError(h, check.error, check.message, start);
+      co_await ReplyError(h, check.error, check.message, start,
+                          std::move(ticket));
       continue;
     }
+    // Memory is only ever tried for, never waited for: when the caps (or
+    // this connection's share) are full, the request streams through a
+    // chunk, so no request can wait on memory held by one that waits on
+    // its client.
     BufferLease lease;
-    if (h.type == kCmdWrite || (h.type == kCmdRead && !zero_copy)) {
-      // May suspend while a memory cap is full: backpressure, this
-      // connection reads no further requests meanwhile.
-      if (!buffers_.ShouldStream(h.length)) {
-        lease = co_await buffers_.Acquire(h.length);
-      }
+    if (h.type == kCmdWrite) {
+      lease = buffers_.TryAcquire(h.length);
       if (!lease) {
-        // Streaming path: bounded chunks, always makes progress.
-        if (h.type == kCmdWrite) {
-          if (!co_await StreamWrite(h, start)) {
-            end_reason_ = "closed during payload";
-            break;
-          }
-        } else {
-          writer_.BeginRequest();
-          std::unique_ptr<Reply> reply = writer_.NewReply();
-          Track(*reply, h, kOk, start);
-          reply->set_producer([this, h, r = reply.get()] {
-            return StreamRead(h, r->record());
-          });
-          writer_.Send(std::move(reply));
-        }
-        continue;
-      }
-      if (h.type == kCmdWrite) {
-        if (ErrorCode ec = co_await conn_.ReadExact(lease.span()); ec) {
+        if (!co_await StreamWrite(h, start, std::move(ticket))) {
           end_reason_ = "closed during payload";
           break;
         }
+        continue;
+      }
+      AwaitingPayload awaiting(conn_);
+      if (ErrorCode ec = co_await conn_.ReadExact(lease.span()); ec) {
+        end_reason_ = "closed during payload";
+        break;
+      }
+    } else if (h.type == kCmdRead) {
+      lease = zero_copy ? buffers_.TryChargePinned(h.length)
+                        : buffers_.TryAcquire(h.length);
+      if (!lease.holds()) {
+        // Streamed READ: produced chunk by chunk by the writer.
+        std::unique_ptr<Reply> reply = writer_.NewReply();
+        Track(*reply, h, kOk, start);
+        reply->set_producer(
+            [this, h, r = reply.get()] { return StreamRead(h, r->record()); });
+        writer_.Send(std::move(reply), std::move(ticket));
+        continue;
       }
     }
-    writer_.BeginRequest();
     if (blocking) {
       asio::co_spawn(
-          conn_.socket().get_executor(), Execute(h, std::move(lease), start),
+          conn_.socket().get_executor(),
+          ExecuteSafely(h, std::move(lease), start, std::move(ticket)),
           [peer = conn_.peer()](std::exception_ptr e) {
             if (e) spdlog::error("{}: request failed with an exception", peer);
           });
     } else {
-      co_await Execute(h, std::move(lease), start);
+      co_await ExecuteSafely(h, std::move(lease), start, std::move(ticket));
     }
   }
   // Answer everything already read before the session ends.

@@ -97,7 +97,8 @@ class Transmission {
   asio::awaitable<absl::Status> RunBackend(Fn fn);
   // Streaming path (no request-sized buffer): a WRITE's payload moves to the
   // backend in chunks as it is read; returns false if the stream broke.
-  asio::awaitable<bool> StreamWrite(const RequestHeader& h, int64_t start);
+  asio::awaitable<bool> StreamWrite(const RequestHeader& h, int64_t start,
+                                    Ticket ticket);
   // Produces a streamed READ reply chunk by chunk (runs in the writer).
   // Sets `record`'s result if the READ fails.
   asio::awaitable<ErrorCode> StreamRead(RequestHeader h, RequestRecord& record);
@@ -114,12 +115,18 @@ class Transmission {
     BackendCaps c = export_->caps();
     return c.zero_copy_read && !c.blocking;
   }
-  // Runs one validated request and sends its reply.
-  // `start` (steady ns) is when the request's header was read.
+  // Runs one validated request and sends its reply with `ticket`.
+  // `start` (steady ns) is when the request's header was read. `lease` is
+  // the request's buffer, or the charge of a zero-copy READ's pins.
   asio::awaitable<void> Execute(RequestHeader h, BufferLease lease,
-                                int64_t start);
+                                int64_t start, Ticket& ticket);
+  // Execute, but a request that fails unexpectedly (an exception from a
+  // backend) is still answered: EIO, counted like any other error.
+  asio::awaitable<void> ExecuteSafely(RequestHeader h, BufferLease lease,
+                                      int64_t start, Ticket ticket);
   asio::awaitable<void> ReplyError(const RequestHeader& h, uint32_t error,
-                                   std::string_view message, int64_t start);
+                                   std::string_view message, int64_t start,
+                                   Ticket ticket);
   // Marks `reply` as answering `h` with `nbd_error` (kOk or an NBD error),
   // for the connection's counters, if counting is on.
   void Track(Reply& reply, const RequestHeader& h, uint32_t nbd_error,

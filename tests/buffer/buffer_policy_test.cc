@@ -2,23 +2,18 @@
 
 #include <gtest/gtest.h>
 
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/use_future.hpp>
+#include <thread>
+#include <vector>
 
 namespace nbdmgr {
 namespace {
 
-namespace asio = boost::asio;
 constexpr size_t kMax = 32 << 20;
 
 class BufferPolicyTest : public ::testing::Test {
  protected:
   BufferLease Acquire(ConnectionBuffers& c, size_t n) {
-    auto f = asio::co_spawn(ioc_, c.Acquire(n), asio::use_future);
-    ioc_.run();
-    ioc_.restart();
-    return f.get();
+    return c.TryAcquire(n);
   }
   BufferSettings With(BufferStrategy s, uint64_t cap = 0) {
     BufferSettings b;
@@ -26,8 +21,9 @@ class BufferPolicyTest : public ::testing::Test {
     b.memory_cap_bytes = cap;
     return b;
   }
-  asio::io_context ioc_;
-  BufferSystem system_{kMax};
+  // Share 100%: one connection may take a whole cap (the share has its own
+  // tests below).
+  BufferSystem system_{kMax, 0, 100};
 };
 
 TEST_F(BufferPolicyTest, ParsesNames) {
@@ -108,20 +104,94 @@ TEST_F(BufferPolicyTest, GrowGrowsNeverShrinks) {
 TEST_F(BufferPolicyTest, StreamNeverLeasesRequestSizedBuffers) {
   ExportBuffers eb(system_, With(BufferStrategy::kStream));
   auto c = eb.NewConnection();
-  EXPECT_TRUE(c->ShouldStream(4096));
+  EXPECT_FALSE(Acquire(*c, 4096));
+  EXPECT_EQ(eb.stats().streamed, 1u);
+  EXPECT_EQ(eb.stats().cap_full, 0u);  // the strategy, not a full cap
   BufferLease chunk = c->AcquireChunk();
   EXPECT_EQ(chunk.size(), kStreamChunk);
-  EXPECT_EQ(system_.budget().stats().used, 0u);  // chunks are not charged
+  EXPECT_EQ(system_.budget().used(), kStreamChunk);  // charged while it fits
 }
 
-TEST_F(BufferPolicyTest, RequestLargerThanCapStreams) {
+TEST_F(BufferPolicyTest, RequestLargerThanCapIsRefusedNotQueued) {
   ExportBuffers eb(system_, With(BufferStrategy::kPool, 16 << 20));
   auto c = eb.NewConnection();
-  EXPECT_FALSE(c->ShouldStream(16 << 20));
-  EXPECT_TRUE(c->ShouldStream((16 << 20) + 1));
+  EXPECT_TRUE(Acquire(*c, 16 << 20));
+  EXPECT_FALSE(Acquire(*c, (16 << 20) + 1));
   system_.set_memory_cap(8 << 20);
-  EXPECT_TRUE(c->ShouldStream(16 << 20));
-  EXPECT_FALSE(c->ShouldStream(8 << 20));
+  EXPECT_FALSE(Acquire(*c, 16 << 20));
+  EXPECT_TRUE(Acquire(*c, 8 << 20));
+  EXPECT_EQ(eb.stats().cap_full, 2u);
+  EXPECT_EQ(system_.budget().used(), 0u);
+}
+
+TEST_F(BufferPolicyTest, FullCapGivesTheReserveWhichIsNotCharged) {
+  system_.set_memory_cap(1 << 20);
+  ExportBuffers eb(system_, With(BufferStrategy::kPool));
+  auto c1 = eb.NewConnection();
+  auto c2 = eb.NewConnection();
+  BufferLease all = Acquire(*c1, 1 << 20);
+  ASSERT_TRUE(all);
+  // c2 gets nothing from the cap, and never waits: its streaming chunk is
+  // its reserve, outside the cap but counted.
+  EXPECT_FALSE(Acquire(*c2, 4096));
+  BufferLease chunk = c2->AcquireChunk();
+  ASSERT_TRUE(chunk);
+  EXPECT_EQ(chunk.size(), kReserveChunk);
+  EXPECT_EQ(chunk.charged(), 0u);
+  EXPECT_EQ(system_.reserve_in_use(), kReserveChunk);
+  EXPECT_EQ(system_.budget().used(), 1u << 20);
+  chunk.Reset();
+  EXPECT_EQ(system_.reserve_in_use(), 0u);
+  all.Reset();
+  // With room again, chunks come from the cap.
+  chunk = c2->AcquireChunk();
+  EXPECT_EQ(chunk.size(), kStreamChunk);
+  EXPECT_EQ(system_.budget().used(), kStreamChunk);
+}
+
+TEST_F(BufferPolicyTest, PinnedChargesCountAndComeBack) {
+  ExportBuffers eb(system_, With(BufferStrategy::kPool, 3 << 20));
+  auto c = eb.NewConnection();
+  BufferLease a = c->TryChargePinned(2 << 20);
+  ASSERT_TRUE(a.holds());
+  EXPECT_FALSE(a);  // no memory of its own
+  EXPECT_EQ(eb.stats().in_use, 2u << 20);
+  EXPECT_EQ(c->charged(), 2u << 20);
+  EXPECT_FALSE(c->TryChargePinned(2 << 20).holds());  // would pass the cap
+  a.Reset();
+  EXPECT_EQ(eb.stats().in_use, 0u);
+  EXPECT_EQ(c->charged(), 0u);
+  EXPECT_EQ(system_.budget().used(), 0u);
+}
+
+TEST(ConnectionShareTest, OneConnectionGetsAtMostItsShareOfEachCap) {
+  BufferSystem system(kMax, 100 << 20, 25);  // 25 MiB per connection
+  BufferSettings s;
+  s.memory_cap_bytes = 0;
+  ExportBuffers eb(system, s);
+  auto greedy = eb.NewConnection();
+  std::vector<BufferLease> held;
+  for (int i = 0; i < 10; ++i) {
+    BufferLease l = greedy->TryAcquire(8 << 20);
+    if (!l) break;
+    held.push_back(std::move(l));
+  }
+  EXPECT_EQ(held.size(), 3u);  // 24 MiB; a fourth 8 MiB would pass 25
+  EXPECT_EQ(greedy->charged(), 24u << 20);
+  EXPECT_EQ(eb.stats().cap_full, 1u);
+  // Others still get theirs: a few connections cannot take the whole cap.
+  auto other = eb.NewConnection();
+  EXPECT_TRUE(other->TryAcquire(8 << 20));
+  // The export's own cap has its share too.
+  BufferSettings capped;
+  capped.memory_cap_bytes = 16 << 20;  // 4 MiB per connection
+  ExportBuffers small(system, capped);
+  auto c = small.NewConnection();
+  BufferLease four = c->TryAcquire(4 << 20);
+  EXPECT_TRUE(four);
+  EXPECT_FALSE(c->TryAcquire(4096));
+  held.clear();
+  EXPECT_EQ(greedy->charged(), 0u);
 }
 
 TEST_F(BufferPolicyTest, FixedUnderFullCapFallsBackToStreaming) {

@@ -14,7 +14,7 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   s.daemon.server.connections[1] = 4;
   s.daemon.server.connections_total[0] = 9;
   s.daemon.server.handshake_failures[2] = 1;
-  s.daemon.buffers = {100, 200, 300, 4, 0.5};
+  s.daemon.buffers = {100, 200, 300, 4, 65536};
   s.daemon.resident_memory_bytes = 777;
   s.daemon.open_fds = 12;
   s.daemon.start_time_seconds = 1'700'000'000;
@@ -34,7 +34,7 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   e.io.bytes_read = 11;
   e.io.bytes_written = 22;
   e.io.in_flight = 5;
-  e.buffers = {1, 2, 3, 4, 5.5, 6, 7, 8};
+  e.buffers = {1, 2, 3, 4, 5, 6, 7, 8};
   s.exports.push_back(e);
 
   v1::Stats p = StatsToProto(s);
@@ -61,7 +61,8 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   EXPECT_EQ(b.io.latency_sum_ns[3], e.io.latency_sum_ns[3]);
   EXPECT_EQ(b.io.bytes_written, 22u);
   EXPECT_EQ(b.io.in_flight, 5u);
-  EXPECT_DOUBLE_EQ(b.buffers.cap_wait_seconds, 5.5);
+  EXPECT_EQ(b.buffers.cap_full, 4u);
+  EXPECT_EQ(b.buffers.reserve_bytes, 5u);
   EXPECT_EQ(b.buffers.allocations, 6u);
   EXPECT_EQ(b.buffers.reuses, 7u);
   EXPECT_EQ(b.buffers.streamed, 8u);

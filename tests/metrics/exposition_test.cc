@@ -35,8 +35,7 @@ StatsSnapshot Sample() {
   e.io.latency_sum_ns[static_cast<int>(IoOp::kRead)] = 1'500'000'000;
   e.io.bytes_read = 40960;
   e.buffers.cap_bytes = 256 << 20;
-  e.buffers.cap_waits = 5;
-  e.buffers.cap_wait_seconds = 0.25;
+  e.buffers.cap_full = 5;
   s.exports.push_back(e);
   return s;
 }
@@ -57,7 +56,7 @@ TEST(ExpositionTest, CountersCarryExportOpAndResultLabels) {
   EXPECT_THAT(text,
               HasSubstr("nbdmgr_buffer_cap_bytes{export=\"disk0\"} 268435456"));
   EXPECT_THAT(text,
-              HasSubstr("nbdmgr_buffer_cap_waits_total{export=\"disk0\"} 5"));
+              HasSubstr("nbdmgr_buffer_cap_full_total{export=\"disk0\"} 5"));
   EXPECT_THAT(text, HasSubstr("nbdmgr_export_info{export=\"disk0\",backend="
                               "\"file\",status=\"active\"} 1"));
 }

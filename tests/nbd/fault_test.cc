@@ -5,6 +5,7 @@
 #include <sys/un.h>
 
 #include <filesystem>
+#include <thread>
 
 #include "lib/backend/fault_backend.h"
 #include "lib/backend/memory_backend.h"
@@ -165,6 +166,31 @@ TEST_F(FaultTest, FailedCallsBecomeErrorRepliesAndConnectionsGoOn) {
   fault_->Clear();
   EXPECT_EQ(Read(*a_, 200, 8192, 4096), std::make_pair(uint32_t{kOk}, data));
   EXPECT_EQ(Read(*b_, 201, 8192, 4096), std::make_pair(uint32_t{kOk}, data));
+}
+
+// A backend that throws (a bug, std::bad_alloc) must not leave its request
+// hanging, kill a pool thread or leave the in-flight count raised: the
+// request gets EIO and the connection, and the others, go on.
+TEST_F(FaultTest, ThrowingBackendCallsAreAnsweredWithEio) {
+  const std::vector<uint8_t> data(4096, 0x5a);
+  ASSERT_EQ(Simple(*a_, kCmdWrite, 1, 0, 4096, data), kOk);
+  fault_->Throw(Op::kRead);
+  EXPECT_EQ(Read(*a_, 2, 0, 4096).first, kEio);
+  fault_->Throw(Op::kWrite);
+  EXPECT_EQ(Simple(*a_, kCmdWrite, 3, 0, 4096, data), kEio);
+  fault_->Throw(Op::kFlush);
+  EXPECT_EQ(Simple(*a_, kCmdFlush, 4, 0, 0), kEio);
+  EXPECT_EQ(fault_->injected(Op::kRead) + fault_->injected(Op::kWrite) +
+                fault_->injected(Op::kFlush),
+            3);
+  EXPECT_EQ(Read(*a_, 5, 0, 4096), std::make_pair(uint32_t{kOk}, data));
+  EXPECT_EQ(Read(*b_, 6, 0, 4096), std::make_pair(uint32_t{kOk}, data));
+  // Nothing is left in flight: the export's gauge is back to zero.
+  for (int i = 0; i < 100 && export_->io_stats().Snapshot().in_flight != 0;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(export_->io_stats().Snapshot().in_flight, 0u);
 }
 
 TEST_F(FaultTest, ASlowCallStallsNeitherItsConnectionNorOthers) {

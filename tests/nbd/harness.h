@@ -219,8 +219,9 @@ class SessionFixture : public ::testing::Test {
     export_ = *e;
     ASSERT_TRUE(registry_.Add(export_).ok());
     registry_.SetDefault("mem");
-    SessionOptions opts;
+    SessionOptions opts = session_options_;
     opts.transmission.blocking_pool = &server_.pool();
+    opts.server_stats = &server_stats_;
     session_ = std::make_shared<Session>(server_.TakeSocket(), registry_, opts);
     boost::asio::co_spawn(server_.ioc(), session_->Run(),
                           [this](std::exception_ptr) { done_.set_value(); });
@@ -269,6 +270,9 @@ class SessionFixture : public ::testing::Test {
   RawPeer& peer() { return server_.peer(); }
 
   ServerThread server_;
+  // Set before StartSession to change the session's limits.
+  SessionOptions session_options_;
+  ServerStats server_stats_;
   BufferSystem buffer_system_{32 * 1024 * 1024};
   ExportRegistry registry_;
   std::shared_ptr<Export> export_;

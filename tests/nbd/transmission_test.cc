@@ -299,7 +299,14 @@ TEST_F(StreamingTest, SimpleRepliesRoundTripInChunks) {
   EXPECT_EQ(r->first, kOk);
   EXPECT_EQ(peer().Read(data.size()), data);
   EXPECT_GT(export_->buffers().stats().streamed, 0u);
-  EXPECT_EQ(buffer_system_.budget().stats().peak, 0u);  // nothing charged
+  // Only chunks were charged, never a request-sized buffer, and they are
+  // all back.
+  EXPECT_LE(buffer_system_.budget().stats().peak, 2 * kStreamChunk);
+  // The last chunk comes back just after its bytes are written.
+  for (int i = 0; i < 200 && buffer_system_.budget().used() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(buffer_system_.budget().used(), 0u);
 }
 
 TEST_F(StreamingTest, StructuredReadIsChunkedOffsetData) {
@@ -386,12 +393,12 @@ namespace {
 
 // The export's counters see every answered request, by op and result, with
 // payload bytes of the successful ones only.
-// Memory exports answer READs with their own pages: no request buffer, so
-// even a 64 KiB cap never makes a 3 MiB read wait or stream.
+// Memory exports answer READs with their own pages: no request buffer and
+// no copy; the pinned bytes are charged to the caps until written.
 TEST_F(StreamingTest, MemoryReadsBorrowPagesInsteadOfBuffers) {
   BufferSettings b;
   b.strategy = BufferStrategy::kPool;
-  b.memory_cap_bytes = 64 * 1024;
+  b.memory_cap_bytes = 16 << 20;  // 4 MiB per connection (25% share)
   StartSession(false, b);
   GoTo("mem", true, false);
   auto data = Pattern(3 << 20, 6);
@@ -423,7 +430,7 @@ TEST_F(StreamingTest, MemoryReadsBorrowPagesInsteadOfBuffers) {
   EXPECT_EQ(after.allocations, before.allocations);
   EXPECT_EQ(after.reuses, before.reuses);
   EXPECT_EQ(after.streamed, before.streamed);
-  EXPECT_EQ(after.cap_waits, before.cap_waits);
+  EXPECT_EQ(after.cap_full, before.cap_full);
 }
 
 TEST_F(TransmissionTest, CountsRequestsByOpAndResult) {
@@ -458,6 +465,151 @@ TEST_F(TransmissionTest, CountsRequestsByOpAndResult) {
   uint64_t in_histogram = 0;
   for (uint64_t n : c.latency[1]) in_histogram += n;
   EXPECT_EQ(in_histogram, 3u);  // every write has a latency sample
+}
+
+}  // namespace
+}  // namespace nbdmgr::nbd
+
+namespace nbdmgr::nbd {
+namespace {
+
+// Liveness: what a client that stops moving can hold, and for how long.
+class LivenessTest : public testing::SessionFixture {
+ protected:
+  // A file export (READs take buffers) capped at `cap`, with a short stall
+  // timeout.
+  void Go(uint64_t cap, std::chrono::milliseconds stall) {
+    session_options_.stall_timeout = stall;
+    BufferSettings b;
+    b.memory_cap_bytes = cap;
+    StartSession(false, b, BackendKind::kFile);
+    GoTo("mem", false, false);
+  }
+  uint64_t Refusals(Refusal r) const {
+    return server_stats_.Snapshot().refusals[static_cast<size_t>(r)];
+  }
+};
+
+TEST_F(LivenessTest, StalledWritePayloadIsDroppedAndItsMemoryComesBack) {
+  Go(0, std::chrono::milliseconds(300));
+  // A 1 MiB WRITE whose payload stops after one byte.
+  peer().SendRequest(kCmdWrite, 1, 0, 1 << 20, 0, {0x42});
+  EXPECT_TRUE(SessionEnds()) << "a stalled payload must end the session";
+  EXPECT_EQ(Refusals(Refusal::kStallPayload), 1u);
+  EXPECT_EQ(Refusals(Refusal::kStallReplies), 0u);
+  EXPECT_EQ(buffer_system_.budget().used(), 0u);
+  EXPECT_EQ(export_->buffers().stats().in_use, 0u);
+}
+
+TEST_F(LivenessTest, UnreadRepliesAreDroppedAndTheirMemoryComesBack) {
+  Go(0, std::chrono::milliseconds(300));
+  std::vector<uint8_t> data(1 << 20, 7);
+  peer().SendRequest(kCmdWrite, 1, 0, 1 << 20, 0, data);
+  ASSERT_EQ(peer().ReadSimpleReply()->first, kOk);
+  // Eight 1 MiB READs that are never read: the socket fills, the writer
+  // stops moving.
+  for (uint64_t i = 0; i < 8; ++i)
+    peer().SendRequest(kCmdRead, 10 + i, 0, 1 << 20);
+  EXPECT_TRUE(SessionEnds()) << "unread replies must end the session";
+  EXPECT_EQ(Refusals(Refusal::kStallReplies), 1u);
+  EXPECT_EQ(buffer_system_.budget().used(), 0u);
+}
+
+TEST_F(LivenessTest, SlowButMovingClientIsNotDropped) {
+  Go(0, std::chrono::milliseconds(400));
+  std::vector<uint8_t> data(64 * 1024, 9);
+  peer().SendRequest(kCmdWrite, 1, 0, 64 * 1024, 0, {});
+  // Trickle the payload: 16 pieces, each well inside the stall timeout,
+  // the whole well past it.
+  for (size_t i = 0; i < 16; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    peer().Write(std::vector<uint8_t>(data.begin() + i * 4096,
+                                      data.begin() + (i + 1) * 4096));
+  }
+  auto r = peer().ReadSimpleReply();
+  ASSERT_TRUE(r.has_value()) << "a slow client that keeps moving was dropped";
+  EXPECT_EQ(r->first, kOk);
+  EXPECT_EQ(Refusals(Refusal::kStallPayload), 0u);
+}
+
+TEST_F(LivenessTest, ExportStallTimeoutOverridesTheDaemons) {
+  session_options_.stall_timeout = std::chrono::hours(1);
+  BufferSettings b;
+  StartSession(false, b, BackendKind::kFile);
+  export_->set_stall_timeout(std::chrono::milliseconds(200));
+  GoTo("mem", false, false);
+  peer().SendRequest(kCmdWrite, 1, 0, 4096, 0, {1, 2, 3});
+  EXPECT_TRUE(SessionEnds());
+  EXPECT_EQ(Refusals(Refusal::kStallPayload), 1u);
+}
+
+TEST_F(LivenessTest, FullCapStreamsInsteadOfWaiting) {
+  // A 1 MiB cap with a 25% share: no 1 MiB buffer is ever granted, so
+  // every request goes through the connection's reserve, and nothing waits.
+  Go(1 << 20, std::chrono::milliseconds(0));
+  auto data = Pattern(3 << 20, 11);
+  peer().SendRequest(kCmdWrite, 1, 0, 3 << 20, 0, data);
+  ASSERT_EQ(peer().ReadSimpleReply()->first, kOk);
+  peer().SendRequest(kCmdRead, 2, 0, 3 << 20);
+  auto r = peer().ReadSimpleReply();
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->first, kOk);
+  EXPECT_EQ(peer().Read(3 << 20), data);
+  const ExportBufferStats s = export_->buffers().stats();
+  EXPECT_EQ(s.streamed, 2u);
+  EXPECT_EQ(s.cap_full, 2u);
+  EXPECT_EQ(s.in_use, 0u);
+}
+
+TEST_F(LivenessTest, PinnedReadsAreChargedAndStreamWhenTheCapIsFull) {
+  BufferSettings b;
+  b.memory_cap_bytes = 64 * 1024;
+  StartSession(false, b);  // memory: zero-copy READs
+  GoTo("mem", true, false);
+  auto data = Pattern(3 << 20, 12);
+  peer().SendRequest(kCmdWrite, 1, 0, 3 << 20, 0, data);
+  ASSERT_EQ(peer().ReadSimpleReply()->first, kOk);
+  // 3 MiB of pins do not fit a 64 KiB cap: the READ is copied out in
+  // chunks instead, and no pinned byte escapes the cap.
+  peer().SendRequest(kCmdRead, 2, 0, 3 << 20);
+  std::vector<uint8_t> got(3 << 20);
+  int chunks = 0;
+  for (;;) {
+    auto c = peer().ReadChunk();
+    ASSERT_TRUE(c.has_value());
+    ASSERT_EQ(c->type, kChunkOffsetData);
+    uint64_t off = GetU64(c->payload.data());
+    std::copy(c->payload.begin() + 8, c->payload.end(), got.begin() + off);
+    ++chunks;
+    if (c->flags & kReplyFlagDone) break;
+  }
+  EXPECT_GT(chunks, 1);
+  EXPECT_EQ(got, data);
+  for (int i = 0; i < 200 && buffer_system_.budget().used() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(buffer_system_.budget().used(), 0u);
+}
+
+// The in-flight ticket: every path ends it, and the reader's wait for room
+// wakes when it does.
+TEST(TicketTest, EveryTicketEndsOnceWhetherSentDroppedOrDestroyed) {
+  testing::ServerThread server;
+  Connection conn(server.TakeSocket());
+  ReplyWriter w(conn);
+  {
+    Ticket a = w.BeginRequest();
+    Ticket b = w.BeginRequest();
+    EXPECT_EQ(w.in_flight(), 2u);
+    Ticket moved = std::move(a);
+    EXPECT_FALSE(a);
+    EXPECT_EQ(w.in_flight(), 2u);  // a move does not end it
+    moved.Reset();
+    EXPECT_EQ(w.in_flight(), 1u);
+    moved.Reset();  // idempotent
+    EXPECT_EQ(w.in_flight(), 1u);
+  }  // b destroyed unsent: ended all the same
+  EXPECT_EQ(w.in_flight(), 0u);
 }
 
 }  // namespace
