@@ -41,25 +41,25 @@ class CappedDaemonTest(unittest.TestCase):
     def check(self, strategy):
         d = Daemon([f"name=big,backend=memory,size={CONNECTIONS * 32}MiB,"
                     f"buffer-strategy={strategy}"],
-                   extra=["--memory-cap", "64MiB"])
+                   extra=["--memory-cap", "64MiB", "--connection-share", "100"])
         try:
             d.start()
             errors = self.run_clients(d, "big")
             self.assertEqual(d.stop(), 0, d.logs())
             self.assertEqual(errors, [])
-            m = re.search(r"request buffers: peak (\d+) bytes in use \(cap (\d+)\), (\d+) waits",
+            m = re.search(r"request buffers: peak (\d+) bytes in use \(cap (\d+)\), (\d+) charges refused",
                           d.logs())
             self.assertIsNotNone(m, d.logs())
-            peak, cap, waits = map(int, m.groups())
+            peak, cap, refused = map(int, m.groups())
             self.assertEqual(cap, CAP)
             self.assertLessEqual(peak, CAP)
-            return peak, waits
+            return peak, refused
         finally:
             d.cleanup()
 
     def test_pool_with_64MiB_cap_64_clients_32MiB_each(self):
-        peak, waits = self.check("pool")
-        self.assertGreater(waits, 0, "64 x 32 MiB must have waited on a 64 MiB cap")
+        peak, refused = self.check("pool")
+        self.assertGreater(refused, 0, "64 x 32 MiB must have found a 64 MiB cap full")
 
     def test_exact_with_64MiB_cap(self):
         self.check("exact")
