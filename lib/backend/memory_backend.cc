@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/nbd/wire.h"
+#include "lib/util/heap_trim.h"
 #include "lib/util/size.h"
 #include "lib/util/stream_copy.h"
 
@@ -65,6 +66,7 @@ void MemoryBackend::Page::Release() {
   if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
     this->~Page();
     std::free(this);
+    NoteHeapFreed(sizeof(Page));
   }
 }
 

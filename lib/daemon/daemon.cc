@@ -14,6 +14,7 @@
 #include "lib/daemon/notify.h"
 #include "lib/metrics/process_stats.h"
 #include "lib/util/errors.h"
+#include "lib/util/heap_trim.h"
 #include "lib/util/size.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
@@ -200,6 +201,8 @@ void Daemon::ScheduleIdleRelease() {
   idle_timer_.async_wait([this](const boost::system::error_code& ec) {
     if (ec) return;
     buffers_->ReleaseIdle();
+    // Export pages freed by TRIM or rewrites, back to the OS.
+    TrimHeapIfWorthIt(16 << 20);
     ScheduleIdleRelease();
   });
 }
