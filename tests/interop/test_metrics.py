@@ -426,7 +426,7 @@ class PrometheusEndToEndTest(unittest.TestCase):
         self.assertEqual(up[0]["value"][1], "1")
         rules = api("rules")["data"]["groups"]
         names = {r["name"] for g in rules for r in g["rules"]}
-        self.assertIn("NbdmgrBufferCapWaitsRising", names)
+        self.assertIn("NbdmgrBufferCapFull", names)
         self.assertIn("NbdmgrDaemonDown", names)
         self.assertTrue(all(r["health"] in ("ok", "unknown") for g in rules for r in g["rules"]))
 
