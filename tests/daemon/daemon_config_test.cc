@@ -16,6 +16,26 @@ TEST(DaemonFlagsTest, Defaults) {
   ASSERT_EQ(f->config.nbd_listen.size(), 1u);
   EXPECT_EQ(f->config.nbd_listen[0].ToString(), "tcp:127.0.0.1:10809");
   EXPECT_EQ(f->config.drain_timeout, std::chrono::seconds(30));
+  // Bounded by default.
+  EXPECT_EQ(f->config.memory_cap_bytes, DefaultMemoryCap());
+  EXPECT_GT(f->config.memory_cap_bytes, 0u);
+  EXPECT_LE(f->config.memory_cap_bytes, uint64_t{1} << 30);
+  EXPECT_EQ(f->config.connection_share_percent, 25u);
+  EXPECT_EQ(f->config.stall_timeout, std::chrono::seconds(30));
+}
+
+TEST(DaemonFlagsTest, LivenessFlags) {
+  auto f = Parse({"--memory-cap", "none", "--connection-share", "10%",
+                  "--stall-timeout", "2m"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->config.memory_cap_bytes, 0u);
+  EXPECT_EQ(f->config.connection_share_percent, 10u);
+  EXPECT_EQ(f->config.stall_timeout, std::chrono::minutes(2));
+  f = Parse({"--memory-cap", "256MiB", "--memory-cap", "auto",
+             "--stall-timeout", "0"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->config.memory_cap_bytes, DefaultMemoryCap());
+  EXPECT_EQ(f->config.stall_timeout.count(), 0);
 }
 
 TEST(DaemonFlagsTest, FullCommandLine) {
@@ -62,6 +82,11 @@ TEST(DaemonFlagsTest, ErrorsNameTheFlag) {
       {{"--io-threads", "many"}, "--io-threads"},
       {{"--drain-timeout", "soon"}, "--drain-timeout"},
       {{"--log-level", "loud"}, "--log-level"},
+      {{"--memory-cap", "lots"}, "(or none, auto)"},
+      {{"--connection-share", "0"}, "--connection-share"},
+      {{"--connection-share", "101"}, "percentage from 1 to 100"},
+      {{"--stall-timeout", "forever"}, "--stall-timeout"},
+      {{"--stall-timeout", "25h"}, "at most 24h"},
       {{"positional"}, "unexpected argument"},
   };
   for (const Case& c : cases) {

@@ -25,6 +25,18 @@ TEST(ParseExportSpecTest, FileWithAllKeys) {
   EXPECT_FALSE(c->size.has_value());
 }
 
+TEST(ParseExportSpecTest, StallTimeoutOverridesTheDaemons) {
+  auto c = ParseExportSpec("name=a,backend=memory,size=1M");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->stall_timeout.has_value());  // the daemon's
+  c = ParseExportSpec("name=a,backend=memory,size=1M,stall-timeout=5s");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->stall_timeout, std::chrono::seconds(5));
+  c = ParseExportSpec("name=a,backend=memory,size=1M,stall-timeout=0");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->stall_timeout, std::chrono::milliseconds(0));  // never
+}
+
 TEST(ParseExportSpecTest, ErrorsNameTheProblem) {
   struct Case {
     const char* spec;
@@ -44,6 +56,8 @@ TEST(ParseExportSpecTest, ErrorsNameTheProblem) {
       {"name=a/b,backend=memory,size=1M", "only letters"},
       {"name=a,backend=memory,size=1M,path=/x", "only for the file"},
       {"name=a,backend=memory,junk", "not key=value"},
+      {"name=a,backend=memory,size=1M,stall-timeout=soon", "stall-timeout"},
+      {"name=a,backend=memory,size=1M,stall-timeout=48h", "between 0 and 24h"},
   };
   for (const Case& c : cases) {
     auto r = ParseExportSpec(c.spec);

@@ -12,6 +12,7 @@ export, and asserts that:
 No timing thresholds: the deadlines below only bound how long a test waits
 for something that must happen.
 """
+import json
 import os
 import re
 import socket
@@ -262,6 +263,30 @@ class LivenessTest(unittest.TestCase):
                  f"RSS within {self.bound(128 * MiB)} (now {rss(d)})", 15)
         honest_io(self, d, "other")
         self.drop_and_recover("stall_replies", 8)
+
+
+class StallTimeoutApiTest(unittest.TestCase):
+    def test_per_export_stall_timeout_over_the_api(self):
+        d = Daemon(["name=other,backend=memory,size=64MiB"])
+        try:
+            d.start()
+            d.nbdctl("create", "s", "--memory", "64MiB", "--stall-timeout", "2s")
+            got = json.loads(d.nbdctl("-o", "json", "get", "s").stdout)
+            self.assertEqual(got.get("stall_timeout"), "2s")
+            h = Hostile(d, "s")
+            h.request(WRITE, 0, MiB, payload=b"x")
+            wait_for(lambda: refusals(d, "stall_payload") == 1,
+                     "the 2 s export override to drop the stalled client", 30)
+            self.assertTrue(h.dropped())
+            h.close()
+            d.nbdctl("update", "s", "--stall-timeout", "default")
+            got = json.loads(d.nbdctl("-o", "json", "get", "s").stdout)
+            self.assertNotIn("stall_timeout", got)
+            bad = d.nbdctl("update", "s", "--stall-timeout", "48h", check=False)
+            self.assertNotEqual(bad.returncode, 0)
+            self.assertIn("24h", bad.stderr)
+        finally:
+            d.cleanup()
 
 
 MULTIPLEXER = r"""
