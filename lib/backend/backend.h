@@ -21,6 +21,9 @@ struct BackendCaps {
   bool blocking = false;        // calls may block on I/O: run off the
                                 // network threads
   bool zero_copy_read = false;  // ReadPinned() lends stored bytes
+  // What one pin keeps allocated: whole units of this many bytes (a
+  // memory-export page), however few of them a READ asked for.
+  uint64_t pin_unit = 1;
 };
 
 // Keeps bytes lent by Backend::ReadPinned allocated until Release(), which

@@ -53,6 +53,7 @@ BackendCaps MemoryBackend::caps() const {
   c.can_cache = false;
   c.blocking = false;
   c.zero_copy_read = true;
+  c.pin_unit = kPageSize;
   return c;
 }
 

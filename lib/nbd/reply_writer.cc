@@ -79,6 +79,14 @@ ReplyWriter::ReplyWriter(Connection& conn, ConnectionIoStats* stats)
       writer_wake_(conn.socket().get_executor()),
       reader_wake_(conn.socket().get_executor()) {}
 
+ReplyWriter::~ReplyWriter() {
+  // Replies still here end their tickets while the timers they notify
+  // still exist.
+  batch_.clear();
+  queue_.clear();
+  free_.clear();
+}
+
 std::unique_ptr<Reply> ReplyWriter::NewReply() {
   if (free_.empty()) return std::make_unique<Reply>();
   std::unique_ptr<Reply> r = std::move(free_.back());
@@ -111,6 +119,15 @@ asio::awaitable<void> ReplyWriter::WaitInFlightBelow(size_t limit) {
   while (in_flight_ >= limit) co_await Wait(reader_wake_);
 }
 
+void ReplyWriter::Abandon() {
+  failed_ = true;
+  for (auto& r : batch_) Recycle(std::move(r));
+  batch_.clear();
+  for (auto& r : queue_) Recycle(std::move(r));
+  queue_.clear();
+  Notify(reader_wake_);
+}
+
 void ReplyWriter::Finish() {
   finishing_ = true;
   Notify(writer_wake_);
@@ -141,7 +158,13 @@ asio::awaitable<void> ReplyWriter::Run() {
       // A streamed reply owns the socket until it is complete.
       batch_.push_back(std::move(queue_.front()));
       queue_.pop_front();
-      ec = co_await batch_.front()->producer()();
+      try {
+        ec = co_await batch_.front()->producer()();
+      } catch (const std::exception& e) {
+        spdlog::error("{}: streaming a reply failed: {}", conn_.peer(),
+                      e.what());
+        ec = asio::error::make_error_code(asio::error::connection_aborted);
+      }
     } else {
       while (!queue_.empty() && !queue_.front()->streamed() &&
              (batch_.empty() || iov_.size() + queue_.front()->segment_count() <=

@@ -145,6 +145,7 @@ class ReplyWriter {
   // `stats` (may be null: not counted) receives each written reply's
   // RequestRecord and the in-flight count.
   explicit ReplyWriter(Connection& conn, ConnectionIoStats* stats = nullptr);
+  ~ReplyWriter();
 
   // A cleared Reply, recycled when possible.
   std::unique_ptr<Reply> NewReply();
@@ -164,6 +165,9 @@ class ReplyWriter {
   asio::awaitable<void> WaitInFlightBelow(size_t limit);
   // No more requests will begin; Run() returns once every one is answered.
   void Finish();
+  // After Run() ended abnormally: drops every queued reply (ending their
+  // tickets) and every later one, as if a write had failed.
+  void Abandon();
   asio::awaitable<void> Run();
 
   size_t in_flight() const { return in_flight_; }

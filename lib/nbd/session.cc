@@ -96,15 +96,18 @@ void Session::Watch() {
       stall.count() > 0) {
     // Waiting on the client with no byte moving since the last check?
     const uint64_t in = conn_.read_progress();
-    if (!conn_.awaiting_payload() || in != in_seen_) {
+    const bool in_moved = in != in_seen_;
+    if (!conn_.awaiting_payload() || in_moved) {
       in_seen_ = in;
       in_since_ = now;
     } else if (now - in_since_ >= stall) {
       DropStalled(Refusal::kStallPayload, stall);
       return;
     }
+    // A client busy sending (a long WRITE payload) is not ignoring its
+    // replies: only a writer stuck while nothing else moves is a stall.
     const uint64_t out = conn_.write_progress();
-    if (!conn_.writing() || out != out_seen_) {
+    if (!conn_.writing() || out != out_seen_ || in_moved) {
       out_seen_ = out;
       out_since_ = now;
     } else if (now - out_since_ >= stall) {
@@ -181,7 +184,24 @@ asio::awaitable<void> Session::Run() {
     writer_ = &writer;
     idle_since_ = in_since_ = out_since_ = std::chrono::steady_clock::now();
     ScheduleWatch();
-    co_await (tx.ReadLoop() && writer.Run());
+    bool broken = false;
+    try {
+      co_await (tx.ReadLoop() && writer.Run());
+    } catch (const std::exception& e) {
+      spdlog::error("{}: session failed: {}", conn_.peer(), e.what());
+      broken = true;
+    } catch (...) {
+      spdlog::error("{}: session failed", conn_.peer());
+      broken = true;
+    }
+    if (broken) {
+      // Requests may still run on the blocking pool and hold the writer,
+      // the transmission and their leases: drop their replies and wait for
+      // them before those go away.
+      conn_.Close();
+      writer.Abandon();
+      co_await writer.WaitInFlightBelow(1);
+    }
     tx_ = nullptr;
     writer_ = nullptr;
     timer_.cancel();

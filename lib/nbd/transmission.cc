@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/container/inlined_vector.h"
+#include "absl/strings/str_cat.h"
 #include "lib/buffer/buffer_policy.h"
 #include "lib/nbd/codec.h"
 #include "lib/nbd/offload.h"
@@ -18,6 +19,15 @@ namespace {
 constexpr size_t kMaxReadChunks = 16;
 // BLOCK_STATUS replies carry at most this many descriptors.
 constexpr size_t kMaxDescriptors = 1024;
+
+// Bytes a zero-copy READ of `h` keeps allocated while its reply is queued:
+// every pin unit it touches, in full.
+uint64_t PinnedFootprintOf(const RequestHeader& h, uint64_t unit) {
+  if (unit <= 1) return h.length;
+  const uint64_t first = h.offset / unit;
+  const uint64_t last = (h.offset + h.length - 1) / unit;
+  return (last - first + 1) * unit;
+}
 
 // Marks the connection as waiting for a request's payload (for the stall
 // watchdog) for its scope.
@@ -210,10 +220,23 @@ asio::awaitable<void> Transmission::ReplyError(const RequestHeader& h,
 
 template <typename Fn>
 asio::awaitable<absl::Status> Transmission::RunBackend(Fn fn) {
-  if (export_->caps().blocking) {
-    co_return co_await RunBlocking(*options_.blocking_pool, std::move(fn));
+  // A backend that throws (a bug, std::bad_alloc) fails its call, never the
+  // session: every backend call of every path comes through here.
+  try {
+    if (export_->caps().blocking) {
+      co_return co_await RunBlocking(*options_.blocking_pool, std::move(fn));
+    }
+    co_return fn();
+  } catch (const std::exception& e) {
+    co_return absl::InternalError(
+        absl::StrCat("backend failed unexpectedly: ", e.what()));
+  } catch (...) {
+    co_return absl::InternalError("backend failed unexpectedly");
   }
-  co_return fn();
+}
+
+uint64_t Transmission::PinnedFootprint(const RequestHeader& h) const {
+  return PinnedFootprintOf(h, export_->caps().pin_unit);
 }
 
 asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h,
@@ -224,21 +247,23 @@ asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h,
   if (!chunk) st = absl::ResourceExhaustedError("out of memory for buffers");
   uint64_t pos = h.offset;
   uint64_t remaining = h.length;
-  {
-    AwaitingPayload awaiting(conn_);
-    while (remaining > 0) {
-      if (!st.ok()) {
-        // Keep the stream in sync after a failure: drain the rest.
-        if (co_await conn_.Skip(remaining)) co_return false;
-        break;
-      }
-      size_t n = std::min<uint64_t>(remaining, chunk.size());
-      auto piece = chunk.span().first(n);
-      if (co_await conn_.ReadExact(piece)) co_return false;
-      st = co_await RunBackend([&] { return be.Write(pos, piece, false); });
-      pos += n;
-      remaining -= n;
+  while (remaining > 0) {
+    if (!st.ok()) {
+      // Keep the stream in sync after a failure: drain the rest.
+      AwaitingPayload awaiting(conn_);
+      if (co_await conn_.Skip(remaining)) co_return false;
+      break;
     }
+    size_t n = std::min<uint64_t>(remaining, chunk.size());
+    auto piece = chunk.span().first(n);
+    {
+      // Only while reading: a slow backend write is not the client's stall.
+      AwaitingPayload awaiting(conn_);
+      if (co_await conn_.ReadExact(piece)) co_return false;
+    }
+    st = co_await RunBackend([&] { return be.Write(pos, piece, false); });
+    pos += n;
+    remaining -= n;
   }
   if (st.ok() && (h.flags & kCmdFlagFua)) {
     st = co_await RunBackend([&] { return be.Flush(); });
@@ -579,7 +604,7 @@ asio::awaitable<void> Transmission::ReadLoop() {
         break;
       }
     } else if (h.type == kCmdRead) {
-      lease = zero_copy ? buffers_.TryChargePinned(h.length)
+      lease = zero_copy ? buffers_.TryChargePinned(PinnedFootprint(h))
                         : buffers_.TryAcquire(h.length);
       if (!lease.holds()) {
         // Streamed READ: produced chunk by chunk by the writer.

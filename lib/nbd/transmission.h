@@ -109,6 +109,8 @@ class Transmission {
   // backend's own bytes (caps().zero_copy_read): no buffer, no copy until
   // the socket write. The pins are released when the reply is recycled.
   absl::Status AddPinnedRead(const RequestHeader& h, Reply& reply);
+  // What a zero-copy READ of `h` is charged: the pin units it keeps alive.
+  uint64_t PinnedFootprint(const RequestHeader& h) const;
   // Whether READs take that path (it runs on the network thread, so only
   // for backends that never block).
   bool ZeroCopyReads() const {
