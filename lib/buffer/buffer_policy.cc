@@ -45,9 +45,11 @@ absl::StatusOr<BufferStrategy> ParseBufferStrategy(std::string_view name) {
 }
 
 BufferSystem::BufferSystem(size_t max_payload, uint64_t memory_cap,
-                           uint32_t connection_share_percent)
+                           uint32_t connection_share_percent,
+                           uint64_t connection_memory)
     : max_payload_(max_payload),
       share_percent_(std::clamp<uint32_t>(connection_share_percent, 1, 100)),
+      connection_memory_(connection_memory),
       pool_(max_payload),
       budget_(memory_cap) {}
 
@@ -127,9 +129,10 @@ ConnectionBuffers::~ConnectionBuffers() {
 bool ConnectionBuffers::TryCharge(uint64_t n) {
   BufferSystem& sys = owner_.system_;
   const uint64_t mine = Get(charged_);
-  // Fairness: this connection's share of each cap.
+  // Fairness: this connection's share of each cap, and its own limit.
   if (mine + n > sys.ShareOf(owner_.budget_.cap()) ||
-      mine + n > sys.ShareOf(sys.budget().cap())) {
+      mine + n > sys.ShareOf(sys.budget().cap()) ||
+      (sys.connection_memory() != 0 && mine + n > sys.connection_memory())) {
     return false;
   }
   if (!owner_.budget_.TryCharge(n)) return false;

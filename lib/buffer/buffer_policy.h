@@ -46,15 +46,20 @@ inline constexpr size_t kStreamChunk = 256 * 1024;
 inline constexpr size_t kReserveChunk = 64 * 1024;
 // The default share of a cap one connection may hold.
 inline constexpr uint32_t kDefaultConnectionSharePercent = 25;
+// The default of the most one connection may hold charged at once, cap or
+// not: what a client that stops moving can hold until it is dropped.
+inline constexpr uint64_t kDefaultConnectionMemory = 8 * 1024 * 1024;
 
 // Daemon-wide buffer state: the shared pool and the daemon cap. Thread-safe.
 class BufferSystem {
  public:
   // `connection_share_percent` (1-100): the most one connection may hold
-  // of the daemon cap and of its export's cap.
+  // of the daemon cap and of its export's cap; `connection_memory` (0: no
+  // limit): the most one connection may hold at all.
   explicit BufferSystem(
       size_t max_payload, uint64_t memory_cap = 0,
-      uint32_t connection_share_percent = kDefaultConnectionSharePercent);
+      uint32_t connection_share_percent = kDefaultConnectionSharePercent,
+      uint64_t connection_memory = 0);
 
   BufferPool& pool() { return pool_; }
   MemoryBudget& budget() { return budget_; }
@@ -68,6 +73,7 @@ class BufferSystem {
   void ReleaseIdle();
 
   uint32_t connection_share_percent() const { return share_percent_; }
+  uint64_t connection_memory() const { return connection_memory_; }
   // The most one connection may hold under `cap` (0: no cap, no limit).
   uint64_t ShareOf(uint64_t cap) const {
     if (cap == 0) return UINT64_MAX;
@@ -83,6 +89,7 @@ class BufferSystem {
   friend class ConnectionBuffers;
   const size_t max_payload_;
   const uint32_t share_percent_;
+  const uint64_t connection_memory_;
   BufferPool pool_;
   MemoryBudget budget_;
   std::atomic<uint64_t> reserve_in_use_{0};

@@ -89,6 +89,12 @@ absl::StatusOr<ConfigFileContents> ParseConfigFile(const std::string& path,
     flag("--max-connections", std::to_string(p.max_connections()));
   }
   if (p.has_stall_timeout()) flag("--stall-timeout", Millis(p.stall_timeout()));
+  if (p.has_connection_memory_bytes()) {
+    flag("--connection-memory",
+         p.connection_memory_bytes() == 0
+             ? std::string("none")
+             : std::to_string(p.connection_memory_bytes()));
+  }
   if (p.has_connection_share_percent()) {
     flag("--connection-share", std::to_string(p.connection_share_percent()));
   }

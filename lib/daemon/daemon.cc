@@ -39,7 +39,7 @@ class ServerSessionControl final : public SessionControl {
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
   auto buffers = std::make_unique<BufferSystem>(
       BlockSizes{}.maximum_payload, config.memory_cap_bytes,
-      config.connection_share_percent);
+      config.connection_share_percent, config.connection_memory_bytes);
   auto registry = std::make_shared<ExportRegistry>();
   for (const ExportConfig& ec : config.exports) {
     absl::StatusOr<std::shared_ptr<Export>> e = Export::Create(ec, *buffers);

@@ -104,6 +104,17 @@ absl::Status ApplyFlag(const std::string& flag, const std::string& value,
       }
       c.memory_cap_bytes = *cap;
     }
+  } else if (flag == "--connection-memory") {
+    if (value == "none") {
+      c.connection_memory_bytes = 0;
+    } else {
+      absl::StatusOr<uint64_t> n = ParseSize(value);
+      if (!n.ok()) {
+        return FlagError(flag,
+                         absl::StrCat(n.status().message(), " (or none)"));
+      }
+      c.connection_memory_bytes = *n;
+    }
   } else if (flag == "--connection-share") {
     uint32_t n = 0;
     std::string_view v = value;
@@ -240,6 +251,11 @@ Flags:
                           64 KiB reserve instead.
   --connection-share PCT  The most one connection may hold of the daemon cap
                           and of its export's cap, in percent (default 25).
+  --connection-memory SIZE|none
+                          The most one connection may hold in buffers and
+                          pinned pages at once, cap or not (default 8MiB):
+                          what a client that stops moving can hold until the
+                          stall timeout drops it. Larger requests stream.
   --stall-timeout DUR     Disconnect a client that stops sending a request's
                           payload, or stops reading replies, for DUR, and
                           free all it held (default 30s; 0 = never; exports
@@ -353,15 +369,20 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       has_value = true;
     }
     static const std::set<std::string> kKnown = {
-        "--nbd-listen",        "--export",           "--default-export",
-        "--io-threads",        "--blocking-threads", "--drain-timeout",
-        "--log-level",         "--ready-file",       "--memory-cap",
-        "--control-listen",    "--control-tls-cert", "--control-tls-key",
-        "--control-tls-ca",    "--state-dir",        "--allow-path",
-        "--metrics-listen",    "--request-stats",    "--tls-cert",
-        "--tls-key",           "--tls-ca",           "--tls-psk",
-        "--handshake-timeout", "--idle-timeout",     "--max-connections",
-        "--stall-timeout",     "--connection-share", "--config"};
+        "--nbd-listen",        "--export",
+        "--default-export",    "--io-threads",
+        "--blocking-threads",  "--drain-timeout",
+        "--log-level",         "--ready-file",
+        "--memory-cap",        "--control-listen",
+        "--control-tls-cert",  "--control-tls-key",
+        "--control-tls-ca",    "--state-dir",
+        "--allow-path",        "--metrics-listen",
+        "--request-stats",     "--tls-cert",
+        "--tls-key",           "--tls-ca",
+        "--tls-psk",           "--handshake-timeout",
+        "--idle-timeout",      "--max-connections",
+        "--stall-timeout",     "--connection-share",
+        "--connection-memory", "--config"};
     if (!kKnown.contains(flag)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag ", flag, " (see --help)"));
@@ -441,6 +462,9 @@ std::string DescribeConfig(const DaemonConfig& c) {
   line("memory cap", c.memory_cap_bytes ? FormatSize(c.memory_cap_bytes)
                                         : std::string("none"));
   line("connection share", absl::StrCat(c.connection_share_percent, "%"));
+  line("connection memory", c.connection_memory_bytes
+                                ? FormatSize(c.connection_memory_bytes)
+                                : std::string("none"));
   line("stall timeout", c.stall_timeout.count() == 0
                             ? std::string("never")
                             : absl::StrCat(c.stall_timeout.count(), " ms"));

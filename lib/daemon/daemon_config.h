@@ -31,6 +31,8 @@ struct DaemonConfig {
   uint64_t memory_cap_bytes = DefaultMemoryCap();
   // The most one connection may hold of the daemon cap or its export's cap.
   uint32_t connection_share_percent = kDefaultConnectionSharePercent;
+  // The most one connection may hold charged at once (0: no limit).
+  uint64_t connection_memory_bytes = kDefaultConnectionMemory;
   std::string log_level = "info";
   // Written (atomically) with one bound address per line once serving.
   std::string ready_file;

@@ -42,7 +42,7 @@ start() {  # start CONFIG: serves unix:$WORK/CONFIG.sock
   rm -f "$WORK/$cfg.sock"
   "$NBDMGRD" --log-level warn --nbd-listen "unix:$WORK/$cfg.sock" --metrics-listen 127.0.0.1:0 \
     --export "name=b,$(backend_spec "$cfg"),buffer-strategy=$strategy,pool-idle-release=5s" \
-    ${cap:+--memory-cap "$cap"} &
+    --memory-cap "${cap:-none}" --connection-memory none &
   PIDS[$cfg]=$!
   wait_for "$WORK/$cfg.sock"
 }

@@ -194,6 +194,23 @@ TEST(ConnectionShareTest, OneConnectionGetsAtMostItsShareOfEachCap) {
   EXPECT_EQ(greedy->charged(), 0u);
 }
 
+TEST(ConnectionShareTest, ConnectionMemoryBoundsEachConnectionCapOrNot) {
+  BufferSystem system(kMax, 0, 25, 8 << 20);  // no cap, 8 MiB per connection
+  ExportBuffers eb(system, BufferSettings{});
+  auto c = eb.NewConnection();
+  BufferLease a = c->TryAcquire(4 << 20);
+  BufferLease b = c->TryAcquire(4 << 20);
+  EXPECT_TRUE(a && b);
+  EXPECT_FALSE(c->TryAcquire(4096));               // a ninth MiB
+  EXPECT_FALSE(c->TryAcquire(32 << 20));           // larger requests stream
+  EXPECT_FALSE(c->TryChargePinned(4096).holds());  // pins count too
+  EXPECT_EQ(eb.stats().cap_full, 2u);
+  auto other = eb.NewConnection();
+  EXPECT_TRUE(other->TryAcquire(8 << 20));  // its own 8 MiB
+  a.Reset();
+  EXPECT_TRUE(c->TryAcquire(4 << 20));
+}
+
 TEST_F(BufferPolicyTest, FixedUnderFullCapFallsBackToStreaming) {
   system_.set_memory_cap(kMax);
   ExportBuffers eb(system_, With(BufferStrategy::kFixed));

@@ -21,13 +21,15 @@ TEST(DaemonFlagsTest, Defaults) {
   EXPECT_GT(f->config.memory_cap_bytes, 0u);
   EXPECT_LE(f->config.memory_cap_bytes, uint64_t{1} << 30);
   EXPECT_EQ(f->config.connection_share_percent, 25u);
+  EXPECT_EQ(f->config.connection_memory_bytes, 8u << 20);
   EXPECT_EQ(f->config.stall_timeout, std::chrono::seconds(30));
 }
 
 TEST(DaemonFlagsTest, LivenessFlags) {
   auto f = Parse({"--memory-cap", "none", "--connection-share", "10%",
-                  "--stall-timeout", "2m"});
+                  "--stall-timeout", "2m", "--connection-memory", "none"});
   ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->config.connection_memory_bytes, 0u);
   EXPECT_EQ(f->config.memory_cap_bytes, 0u);
   EXPECT_EQ(f->config.connection_share_percent, 10u);
   EXPECT_EQ(f->config.stall_timeout, std::chrono::minutes(2));
@@ -84,6 +86,7 @@ TEST(DaemonFlagsTest, ErrorsNameTheFlag) {
       {{"--log-level", "loud"}, "--log-level"},
       {{"--memory-cap", "lots"}, "(or none, auto)"},
       {{"--connection-share", "0"}, "--connection-share"},
+      {{"--connection-memory", "big"}, "(or none)"},
       {{"--connection-share", "101"}, "percentage from 1 to 100"},
       {{"--stall-timeout", "forever"}, "--stall-timeout"},
       {{"--stall-timeout", "25h"}, "at most 24h"},

@@ -41,7 +41,8 @@ class CappedDaemonTest(unittest.TestCase):
     def check(self, strategy):
         d = Daemon([f"name=big,backend=memory,size={CONNECTIONS * 32}MiB,"
                     f"buffer-strategy={strategy}"],
-                   extra=["--memory-cap", "64MiB", "--connection-share", "100"])
+                   extra=["--memory-cap", "64MiB", "--connection-share", "100",
+                          "--connection-memory", "none"])
         try:
             d.start()
             errors = self.run_clients(d, "big")

@@ -184,8 +184,11 @@ class LivenessTest(unittest.TestCase):
         honest_io(self, d, "other", offset=64 * MiB)
 
     def test_stalled_write_payloads_cannot_hold_the_cap(self):
+        # No per-connection limit: 32 MiB leases may fill the cap (the
+        # default 8 MiB per connection would stream them).
         d = self.start("name=victim,backend=file,path=IMAGE,size=1GiB,"
-                       "stall-timeout=8s", ["--memory-cap", "256MiB"])
+                       "stall-timeout=8s",
+                       ["--memory-cap", "256MiB", "--connection-memory", "none"])
         for i in range(8):
             h = Hostile(d, "victim")
             h.request(WRITE, i * REQUEST, REQUEST, payload=b"x")
@@ -199,7 +202,8 @@ class LivenessTest(unittest.TestCase):
 
     def test_unread_read_replies_cannot_hold_the_cap(self):
         d = self.start("name=victim,backend=file,path=IMAGE,size=1GiB,"
-                       "stall-timeout=8s", ["--memory-cap", "256MiB"])
+                       "stall-timeout=8s",
+                       ["--memory-cap", "256MiB", "--connection-memory", "none"])
         for i in range(4):
             h = Hostile(d, "victim")
             for j in range(4):
@@ -213,8 +217,9 @@ class LivenessTest(unittest.TestCase):
         self.drop_and_recover("stall_replies", 4)
 
     def test_default_settings_bound_what_unread_replies_hold(self):
-        # No --memory-cap: the default cap applies (min(1 GiB, RAM/8)); 16
-        # connections x 16 unread 32 MiB READs took 8.4 GB without one.
+        # Default settings: the default cap (min(1 GiB, RAM/8)) and 8 MiB per
+        # connection; 16 connections x 16 unread 32 MiB READs took 8.4 GB
+        # before.
         d = self.start("name=victim,backend=file,path=IMAGE,size=8GiB,"
                        "stall-timeout=10s", [])
         cap = metrics(d)["nbdmgr_daemon_buffer_cap_bytes"]
@@ -226,12 +231,37 @@ class LivenessTest(unittest.TestCase):
             for j in range(16):
                 h.request(READ, ((16 * i + j) % 256) * REQUEST, REQUEST, cookie=j)
             self.hostile.append(h)
-        wait_for(lambda: in_use(d) >= cap // 2, "the unread READs to hold memory")
+        wait_for(lambda: in_use(d) > 0, "the unread READs to hold memory")
         honest_io(self, d, "other")
         time.sleep(2)  # let every connection take what it can
-        self.assertLessEqual(in_use(d), cap)
-        self.assertLessEqual(rss(d), self.bound(int(cap)))
+        # Each holds at most its 8 MiB, far below the cap.
+        held = 16 * 8 * MiB
+        self.assertLessEqual(in_use(d), held)
+        self.assertLessEqual(rss(d), self.bound(held))
         self.drop_and_recover("stall_replies", 16)
+
+    def test_a_stalled_client_holds_at_most_its_connection_memory(self):
+        # The default per-connection limit, with no cap at all: 64 WRITEs of
+        # 32 MiB that stop after a byte, and 64 x 4 unread 1 MiB READs.
+        d = self.start("name=victim,backend=file,path=IMAGE,size=1GiB,"
+                       "stall-timeout=8s", ["--memory-cap", "none"])
+        for i in range(32):
+            h = Hostile(d, "victim")
+            h.request(WRITE, i * REQUEST, REQUEST, payload=b"x")
+            self.hostile.append(h)
+        for i in range(32):
+            h = Hostile(d, "victim")
+            for j in range(8):
+                h.request(READ, (i * 8 + j) * MiB, MiB, cookie=j)
+            self.hostile.append(h)
+        wait_for(lambda: in_use(d) > 0, "the hostile clients to hold memory")
+        honest_io(self, d, "other")
+        time.sleep(2)
+        held = len(self.hostile) * 8 * MiB
+        self.assertLessEqual(in_use(d), held)
+        self.assertLessEqual(rss(d), self.bound(held))
+        wait_for(lambda: refusals(d, "stall_payload") >= 32, "32 stall_payload drops")
+        self.drop_and_recover("stall_replies", 32)
 
     def test_pinned_pages_are_charged_and_bounded(self):
         # Zero-copy READs of a memory export pin its pages until written;
