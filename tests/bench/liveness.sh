@@ -21,7 +21,7 @@
 # every round; medians. Target: with/alone >= 0.90.
 #
 # Usage: tests/bench/liveness.sh [BUILD_DIR]
-#   env: CONNECTIONS=384 ROUNDS=3 BACKEND=file|memory (memory exports lend
+#   env: CONNECTIONS=384 ROUNDS=3 TABLES="1 2" BACKEND=file|memory (memory exports lend
 #        their pages to READs, so only their WRITEs take buffers; a file
 #        export's READs take them too). The uncapped spike holds about
 #        CONNECTIONS x 32 MiB (12 GiB at 384).
@@ -92,7 +92,15 @@ fio_mbps_jobs() {  # fio_mbps_jobs URI RW: MB/s (read+write), 1 MiB qd8 x2 jobs
       --runtime="$FIO_SECS" --output-format=json 2>/dev/null | sed -n '/^{/,$p' |
     $PY -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; r,w=j["read"],j["write"]; print(round((r["bw_bytes"]+w["bw_bytes"])/1e6))'
 }
-cap_flag() { [ "$1" = auto ] && return 0; echo "--memory-cap $1"; }
+cap_flag() {  # the uncapped baseline also lifts the per-connection limit
+  case $1 in
+    auto) ;;
+    none) echo "--memory-cap none --connection-memory none" ;;
+    *) echo "--memory-cap $1" ;;
+  esac
+}
+TABLES=${TABLES:-1 2}
+want() { [[ " $TABLES " == *" $1 "* ]]; }
 
 avail_mib=$(awk '/^MemAvailable/{printf "%d", $2/1024}' /proc/meminfo)
 if [ "$avail_mib" -lt $((N * 32 + 2048)) ]; then
@@ -101,6 +109,7 @@ fi
 
 # ---------------------------------------------------------------- table 1
 declare -A CAP SP_PK SP_10 WV_PK SP_MBPS WV_MBPS
+want 1 && {
 echo "spike phase ($N connections, $ROUNDS rounds, backend $BACKEND)..." >&2
 for round in $(seq 1 "$ROUNDS"); do
   order=("${CONFIGS[@]}")
@@ -128,6 +137,7 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "  round $round $cfg: spike $(field "$s" seconds)s, waves $(field "$w" seconds)s" >&2
   done
 done
+}
 
 # ---------------------------------------------------------------- table 2
 echo "stalled-clients phase ($STALLED stalled, $ROUNDS rounds)..." >&2
@@ -184,6 +194,7 @@ stop fio
 
 # ---------------------------------------------------------------- output
 label() { case $1 in auto) echo "default (auto)" ;; none) echo "none (uncapped)" ;; *) echo "$1" ;; esac; }
+want 1 && {
 # shellcheck disable=SC2086
 base_sp=$(median ${SP_MBPS[none]})
 # shellcheck disable=SC2086
@@ -208,6 +219,7 @@ echo "(nbdmgrd RSS in MiB: pk = VmHWM of a fresh daemon, median of $ROUNDS round
 echo " VmRSS 10 s after the spike with all $N connections open, first round. MB/s ="
 echo " 2 x $N x 32 MiB / elapsed, medians; ratio = vs uncapped. Targets: peak <= cap"
 echo " + 96 MiB, 10s <= 96 MiB, ratio >= 0.95. Waves time includes client-side verify.)"
+}
 
 printf '\nTable 2: fio on export a beside %s stalled clients on export b (backend %s, cap %s)\n' \
   "$STALLED" "$BACKEND" "$( [ "$FIO_CAP" = nan ] || [ "$FIO_CAP" = 0 ] && echo none || echo "$(mib "$FIO_CAP")M")"
