@@ -156,7 +156,8 @@ void ConnectionBuffers::FreeHeld(const Held& h) {
   Uncharge(h.capacity);
 }
 
-BufferLease ConnectionBuffers::Refuse(bool cap_full) {
+BufferLease ConnectionBuffers::Refuse(bool cap_full, bool count) {
+  if (!count) return BufferLease();
   Add(streamed_, 1);
   if (cap_full) Add(cap_full_, 1);
   return BufferLease();
@@ -184,7 +185,7 @@ BufferLease ConnectionBuffers::TryChargePinned(size_t n) {
   return BufferLease(&charge_rel_, nullptr, 0, 0, n);
 }
 
-BufferLease ConnectionBuffers::TryAcquire(size_t size) {
+BufferLease ConnectionBuffers::TryAcquire(size_t size, bool count) {
   const std::shared_ptr<const BufferSettings> settings = owner_.current();
   const BufferSettings& s = *settings;
   // A strategy change frees what the old one kept.
@@ -195,15 +196,15 @@ BufferLease ConnectionBuffers::TryAcquire(size_t size) {
   }
   switch (s.strategy) {
     case BufferStrategy::kStream:
-      return Refuse(false);
+      return Refuse(false, count);
     case BufferStrategy::kExact: {
-      if (!TryCharge(size)) return Refuse(true);
+      if (!TryCharge(size)) return Refuse(true, count);
       uint8_t* p = size >= kExactMmapThreshold
                        ? AllocatePages(size)
                        : static_cast<uint8_t*>(std::malloc(size));
       if (p == nullptr) {
         Uncharge(size);
-        return Refuse(false);
+        return Refuse(false, count);
       }
       Add(allocations_, 1);
       return BufferLease(&heap_rel_, p, size, size, size);
@@ -228,18 +229,18 @@ BufferLease ConnectionBuffers::TryAcquire(size_t size) {
       }
       size_t capacity =
           fixed ? owner_.system_.max_payload() : RoundUpPage(size);
-      if (!TryCharge(capacity)) return Refuse(true);
+      if (!TryCharge(capacity)) return Refuse(true, count);
       uint8_t* p = AllocatePages(capacity);
       if (p == nullptr) {
         Uncharge(capacity);
-        return Refuse(false);
+        return Refuse(false, count);
       }
       Add(allocations_, 1);
       return BufferLease(&held_rel_, p, size, capacity, capacity);
     }
     case BufferStrategy::kPool: {
       size_t capacity = BufferPool::ClassSize(size);
-      if (!TryCharge(capacity)) return Refuse(true);
+      if (!TryCharge(capacity)) return Refuse(true, count);
       // Keep cached + in-use pool memory within the daemon cap.
       MemoryBudget& daemon = owner_.system_.budget();
       uint64_t limit = daemon.cap() == 0 ? UINT64_MAX : daemon.headroom();
@@ -247,13 +248,13 @@ BufferLease ConnectionBuffers::TryAcquire(size_t size) {
       uint8_t* p = owner_.system_.pool().Get(size, limit, &reused);
       if (p == nullptr) {
         Uncharge(capacity);
-        return Refuse(false);
+        return Refuse(false, count);
       }
       Add(reused ? reuses_ : allocations_, 1);
       return BufferLease(&pool_rel_, p, size, capacity, capacity);
     }
   }
-  return Refuse(false);
+  return Refuse(false, count);
 }
 
 void ConnectionBuffers::ReleaseLease(Kind kind, uint8_t* data, size_t capacity,

@@ -155,7 +155,7 @@ class ConnectionBuffers final : public RequestBufferSource {
   explicit ConnectionBuffers(ExportBuffers& owner);
   ~ConnectionBuffers() override;
 
-  BufferLease TryAcquire(size_t size) override;
+  BufferLease TryAcquire(size_t size, bool count = true) override;
   BufferLease TryChargePinned(size_t n) override;
   BufferLease AcquireChunk() override;
 
@@ -187,7 +187,7 @@ class ConnectionBuffers final : public RequestBufferSource {
   bool TryCharge(uint64_t n);
   void Uncharge(uint64_t n);
   void FreeHeld(const Held& h);
-  BufferLease Refuse(bool cap_full);
+  BufferLease Refuse(bool cap_full, bool count);
 
   friend class ExportBuffers;
   // This connection's counters: written on its executor only, read by

@@ -18,7 +18,9 @@ class RequestBufferSource {
   // A lease of exactly `size` bytes (size > 0) charged to the caps, or an
   // empty lease when the strategy streams, the caps or this connection's
   // share are full, or the OS refuses memory: the caller then streams.
-  virtual BufferLease TryAcquire(size_t size) = 0;
+  // With `count` false a refusal is not counted as a streamed request (the
+  // caller will try again).
+  virtual BufferLease TryAcquire(size_t size, bool count = true) = 0;
   // Charges `n` bytes that the backend lends (pages pinned until a reply
   // is written) to the caps without allocating anything; empty when they
   // do not fit (the caller copies through a chunk instead).

@@ -1,6 +1,8 @@
 #include "lib/nbd/transmission.h"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <vector>
 
 #include "absl/container/inlined_vector.h"
@@ -233,6 +235,25 @@ asio::awaitable<absl::Status> Transmission::RunBackend(Fn fn) {
   } catch (...) {
     co_return absl::InternalError("backend failed unexpectedly");
   }
+}
+
+asio::awaitable<BufferLease> Transmission::TryLease(const RequestHeader& h) {
+  auto attempt = [&](bool count) {
+    return h.type == kCmdRead && ZeroCopyReads()
+               ? buffers_.TryChargePinned(PinnedFootprint(h))
+               : buffers_.TryAcquire(h.length, count);
+  };
+  // This request's own ticket is in flight; are others?
+  const bool others = writer_.in_flight() > 1;
+  BufferLease lease = attempt(/*count=*/!others);
+  if (!lease.holds() && others) {
+    // A client that sends its next request as soon as a reply arrived can
+    // be read before the writer's completion that returns that reply's
+    // memory has run: let queued completions run, then try once more.
+    co_await asio::post(conn_.socket().get_executor(), asio::use_awaitable);
+    lease = attempt(/*count=*/true);
+  }
+  co_return lease;
 }
 
 uint64_t Transmission::PinnedFootprint(const RequestHeader& h) const {
@@ -541,9 +562,6 @@ asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
 
 asio::awaitable<void> Transmission::ReadLoop() {
   const bool blocking = export_->caps().blocking;
-  // READs of such exports borrow the backend's bytes and need no buffer
-  // (but are charged to the caps while the pages are pinned).
-  const bool zero_copy = ZeroCopyReads();
   for (;;) {
     co_await writer_.WaitInFlightBelow(options_.max_in_flight);
     if (writer_.failed()) {
@@ -590,7 +608,7 @@ asio::awaitable<void> Transmission::ReadLoop() {
     // its client.
     BufferLease lease;
     if (h.type == kCmdWrite) {
-      lease = buffers_.TryAcquire(h.length);
+      lease = co_await TryLease(h);
       if (!lease) {
         if (!co_await StreamWrite(h, start, std::move(ticket))) {
           end_reason_ = "closed during payload";
@@ -604,8 +622,7 @@ asio::awaitable<void> Transmission::ReadLoop() {
         break;
       }
     } else if (h.type == kCmdRead) {
-      lease = zero_copy ? buffers_.TryChargePinned(PinnedFootprint(h))
-                        : buffers_.TryAcquire(h.length);
+      lease = co_await TryLease(h);
       if (!lease.holds()) {
         // Streamed READ: produced chunk by chunk by the writer.
         std::unique_ptr<Reply> reply = writer_.NewReply();

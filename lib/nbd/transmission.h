@@ -109,6 +109,10 @@ class Transmission {
   // backend's own bytes (caps().zero_copy_read): no buffer, no copy until
   // the socket write. The pins are released when the reply is recycled.
   absl::Status AddPinnedRead(const RequestHeader& h, Reply& reply);
+  // The buffer (or, for zero-copy READs, the pin charge) of a READ or WRITE
+  // if the caps grant it now; empty if it must stream. Never waits for
+  // memory.
+  asio::awaitable<BufferLease> TryLease(const RequestHeader& h);
   // What a zero-copy READ of `h` is charged: the pin units it keeps alive.
   uint64_t PinnedFootprint(const RequestHeader& h) const;
   // Whether READs take that path (it runs on the network thread, so only
