@@ -47,8 +47,9 @@ inline constexpr size_t kReserveChunk = 64 * 1024;
 // The default share of a cap one connection may hold.
 inline constexpr uint32_t kDefaultConnectionSharePercent = 25;
 // The default of the most one connection may hold charged at once, cap or
-// not: what a client that stops moving can hold until it is dropped.
-inline constexpr uint64_t kDefaultConnectionMemory = 8 * 1024 * 1024;
+// not: what a client that stops moving can hold until it is dropped. Room
+// for nbdcopy's 64 x 256 KiB and fio's or qemu's 8-16 x 1 MiB in flight.
+inline constexpr uint64_t kDefaultConnectionMemory = 16 * 1024 * 1024;
 
 // Daemon-wide buffer state: the shared pool and the daemon cap. Thread-safe.
 class BufferSystem {

@@ -253,7 +253,7 @@ Flags:
                           and of its export's cap, in percent (default 25).
   --connection-memory SIZE|none
                           The most one connection may hold in buffers and
-                          pinned pages at once, cap or not (default 8MiB):
+                          pinned pages at once, cap or not (default 16MiB):
                           what a client that stops moving can hold until the
                           stall timeout drops it. Larger requests stream.
   --stall-timeout DUR     Disconnect a client that stops sending a request's

@@ -21,7 +21,7 @@ TEST(DaemonFlagsTest, Defaults) {
   EXPECT_GT(f->config.memory_cap_bytes, 0u);
   EXPECT_LE(f->config.memory_cap_bytes, uint64_t{1} << 30);
   EXPECT_EQ(f->config.connection_share_percent, 25u);
-  EXPECT_EQ(f->config.connection_memory_bytes, 8u << 20);
+  EXPECT_EQ(f->config.connection_memory_bytes, 16u << 20);
   EXPECT_EQ(f->config.stall_timeout, std::chrono::seconds(30));
 }
 

@@ -185,7 +185,7 @@ class LivenessTest(unittest.TestCase):
 
     def test_stalled_write_payloads_cannot_hold_the_cap(self):
         # No per-connection limit: 32 MiB leases may fill the cap (the
-        # default 8 MiB per connection would stream them).
+        # default 16 MiB per connection would stream them).
         d = self.start("name=victim,backend=file,path=IMAGE,size=1GiB,"
                        "stall-timeout=8s",
                        ["--memory-cap", "256MiB", "--connection-memory", "none"])
@@ -217,7 +217,7 @@ class LivenessTest(unittest.TestCase):
         self.drop_and_recover("stall_replies", 4)
 
     def test_default_settings_bound_what_unread_replies_hold(self):
-        # Default settings: the default cap (min(1 GiB, RAM/8)) and 8 MiB per
+        # Default settings: the default cap (min(1 GiB, RAM/8)) and 16 MiB per
         # connection; 16 connections x 16 unread 32 MiB READs took 8.4 GB
         # before.
         d = self.start("name=victim,backend=file,path=IMAGE,size=8GiB,"
@@ -234,8 +234,8 @@ class LivenessTest(unittest.TestCase):
         wait_for(lambda: in_use(d) > 0, "the unread READs to hold memory")
         honest_io(self, d, "other")
         time.sleep(2)  # let every connection take what it can
-        # Each holds at most its 8 MiB, far below the cap.
-        held = 16 * 8 * MiB
+        # Each holds at most its 16 MiB, far below the cap.
+        held = 16 * 16 * MiB
         self.assertLessEqual(in_use(d), held)
         self.assertLessEqual(rss(d), self.bound(held))
         self.drop_and_recover("stall_replies", 16)
@@ -257,7 +257,7 @@ class LivenessTest(unittest.TestCase):
         wait_for(lambda: in_use(d) > 0, "the hostile clients to hold memory")
         honest_io(self, d, "other")
         time.sleep(2)
-        held = len(self.hostile) * 8 * MiB
+        held = len(self.hostile) * 16 * MiB
         self.assertLessEqual(in_use(d), held)
         self.assertLessEqual(rss(d), self.bound(held))
         wait_for(lambda: refusals(d, "stall_payload") >= 32, "32 stall_payload drops")
