@@ -9,6 +9,9 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <exception>
+#include <optional>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 namespace nbdmgr::nbd {
@@ -31,18 +34,27 @@ boost::asio::awaitable<decltype(std::declval<Fn&>()())> RunBlocking(
             asio::make_work_guard(asio::get_associated_executor(handler));
         asio::post(pool, [f = std::move(f), handler = std::move(handler),
                           work = std::move(work)]() mutable {
-          std::exception_ptr error;
+          // Only the message crosses threads: the exception object is made
+          // and consumed on the awaiting coroutine's thread.
+          std::optional<std::string> failure;
           Result r{};
           try {
             r = f();
+          } catch (const std::exception& e) {
+            failure = e.what();
           } catch (...) {
-            error = std::current_exception();
+            failure = "unknown exception";
           }
           auto ex = work.get_executor();
-          asio::dispatch(ex, [handler = std::move(handler), error,
-                              r = std::move(r)]() mutable {
-            std::move(handler)(error, std::move(r));
-          });
+          asio::dispatch(
+              ex, [handler = std::move(handler), failure = std::move(failure),
+                   r = std::move(r)]() mutable {
+                std::exception_ptr error;
+                if (failure) {
+                  error = std::make_exception_ptr(std::runtime_error(*failure));
+                }
+                std::move(handler)(error, std::move(r));
+              });
         });
       },
       asio::use_awaitable, std::move(fn));
