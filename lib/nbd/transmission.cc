@@ -237,23 +237,21 @@ asio::awaitable<absl::Status> Transmission::RunBackend(Fn fn) {
   }
 }
 
-asio::awaitable<BufferLease> Transmission::TryLease(const RequestHeader& h) {
-  auto attempt = [&](bool count) {
-    return h.type == kCmdRead && ZeroCopyReads()
-               ? buffers_.TryChargePinned(PinnedFootprint(h))
-               : buffers_.TryAcquire(h.length, count);
-  };
-  // This request's own ticket is in flight; are others?
-  const bool others = writer_.in_flight() > 1;
-  BufferLease lease = attempt(/*count=*/!others);
-  if (!lease.holds() && others) {
-    // A client that sends its next request as soon as a reply arrived can
-    // be read before the writer's completion that returns that reply's
-    // memory has run: let queued completions run, then try once more.
-    co_await asio::post(conn_.socket().get_executor(), asio::use_awaitable);
-    lease = attempt(/*count=*/true);
-  }
-  co_return lease;
+BufferLease Transmission::AttemptLease(const RequestHeader& h, bool count) {
+  return h.type == kCmdRead && ZeroCopyReads()
+             ? buffers_.TryChargePinned(PinnedFootprint(h))
+             : buffers_.TryAcquire(h.length, count);
+}
+
+asio::awaitable<BufferLease> Transmission::RetryLease(const RequestHeader& h) {
+  co_await asio::post(conn_.socket().get_executor(), asio::use_awaitable);
+  co_return AttemptLease(h, /*count=*/true);
+}
+
+void Transmission::LogUnexpected(const RequestHeader& h,
+                                 std::string_view what) const {
+  spdlog::error("{}: {} on export {} failed unexpectedly: {}", conn_.peer(),
+                NameOfCommand(h.type), export_->name(), what);
 }
 
 uint64_t Transmission::PinnedFootprint(const RequestHeader& h) const {
@@ -420,12 +418,10 @@ asio::awaitable<void> Transmission::ExecuteSafely(RequestHeader h,
     co_await Execute(h, std::move(lease), start, ticket);
   } catch (const std::exception& e) {
     failed = true;
-    spdlog::error("{}: {} on export {} failed unexpectedly: {}", conn_.peer(),
-                  NameOfCommand(h.type), export_->name(), e.what());
+    LogUnexpected(h, e.what());
   } catch (...) {
     failed = true;
-    spdlog::error("{}: {} on export {} failed unexpectedly", conn_.peer(),
-                  NameOfCommand(h.type), export_->name());
+    LogUnexpected(h, "unknown exception");
   }
   // Still holding the ticket: no reply went out. Answer EIO (counted like
   // any other error) so the request is never left hanging.
@@ -607,8 +603,18 @@ asio::awaitable<void> Transmission::ReadLoop() {
     // chunk, so no request can wait on memory held by one that waits on
     // its client.
     BufferLease lease;
+    if (h.type == kCmdWrite || h.type == kCmdRead) {
+      // This request's own ticket is in flight; are others?
+      const bool others = writer_.in_flight() > 1;
+      lease = AttemptLease(h, /*count=*/!others);
+      if (!lease.holds() && others) {
+        // A client that sends its next request as soon as a reply arrived
+        // can be read before the writer's completion that returns that
+        // reply's memory has run: let queued completions run, try again.
+        lease = co_await RetryLease(h);
+      }
+    }
     if (h.type == kCmdWrite) {
-      lease = co_await TryLease(h);
       if (!lease) {
         if (!co_await StreamWrite(h, start, std::move(ticket))) {
           end_reason_ = "closed during payload";
@@ -622,7 +628,6 @@ asio::awaitable<void> Transmission::ReadLoop() {
         break;
       }
     } else if (h.type == kCmdRead) {
-      lease = co_await TryLease(h);
       if (!lease.holds()) {
         // Streamed READ: produced chunk by chunk by the writer.
         std::unique_ptr<Reply> reply = writer_.NewReply();
@@ -641,7 +646,21 @@ asio::awaitable<void> Transmission::ReadLoop() {
             if (e) spdlog::error("{}: request failed with an exception", peer);
           });
     } else {
-      co_await ExecuteSafely(h, std::move(lease), start, std::move(ticket));
+      // Inline, without ExecuteSafely's extra coroutine frame per request.
+      bool failed = false;
+      try {
+        co_await Execute(h, std::move(lease), start, ticket);
+      } catch (const std::exception& e) {
+        failed = true;
+        LogUnexpected(h, e.what());
+      } catch (...) {
+        failed = true;
+        LogUnexpected(h, "unknown exception");
+      }
+      if (failed && ticket) {
+        co_await ReplyError(h, kEio, "internal error", start,
+                            std::move(ticket));
+      }
     }
   }
   // Answer everything already read before the session ends.

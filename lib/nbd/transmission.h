@@ -111,8 +111,12 @@ class Transmission {
   absl::Status AddPinnedRead(const RequestHeader& h, Reply& reply);
   // The buffer (or, for zero-copy READs, the pin charge) of a READ or WRITE
   // if the caps grant it now; empty if it must stream. Never waits for
-  // memory.
-  asio::awaitable<BufferLease> TryLease(const RequestHeader& h);
+  // memory. `count`: count a refusal as a streamed request.
+  BufferLease AttemptLease(const RequestHeader& h, bool count);
+  // AttemptLease (counted) after letting queued completions run.
+  asio::awaitable<BufferLease> RetryLease(const RequestHeader& h);
+  // Logs a request that failed with an exception.
+  void LogUnexpected(const RequestHeader& h, std::string_view what) const;
   // What a zero-copy READ of `h` is charged: the pin units it keeps alive.
   uint64_t PinnedFootprint(const RequestHeader& h) const;
   // Whether READs take that path (it runs on the network thread, so only
