@@ -243,7 +243,7 @@ BufferLease ConnectionBuffers::TryAcquire(size_t size, bool count) {
       if (!TryCharge(capacity)) return Refuse(true, count);
       // Keep cached + in-use pool memory within the daemon cap.
       MemoryBudget& daemon = owner_.system_.budget();
-      uint64_t limit = daemon.cap() == 0 ? UINT64_MAX : daemon.headroom();
+      uint64_t limit = daemon.headroom();  // UINT64_MAX without a cap
       bool reused = false;
       uint8_t* p = owner_.system_.pool().Get(size, limit, &reused);
       if (p == nullptr) {

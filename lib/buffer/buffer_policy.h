@@ -73,7 +73,6 @@ class BufferSystem {
   // Frees pool buffers whose idle time has run out. Call periodically.
   void ReleaseIdle();
 
-  uint32_t connection_share_percent() const { return share_percent_; }
   uint64_t connection_memory() const { return connection_memory_; }
   // The most one connection may hold under `cap` (0: no cap, no limit).
   uint64_t ShareOf(uint64_t cap) const {

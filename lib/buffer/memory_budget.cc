@@ -27,10 +27,6 @@ bool MemoryBudget::TryCharge(uint64_t n) {
   }
 }
 
-void MemoryBudget::ForceCharge(uint64_t n) {
-  NotePeak(used_.fetch_add(n, std::memory_order_relaxed) + n);
-}
-
 void MemoryBudget::Release(uint64_t n) {
   uint64_t used = used_.load(std::memory_order_relaxed);
   while (!used_.compare_exchange_weak(used, used - std::min(used, n),

@@ -29,16 +29,9 @@ class MemoryBudget {
   // Charges `n` bytes if used + n stays within the cap; false (and counted
   // as refused) otherwise.
   bool TryCharge(uint64_t n);
-  // Charges without checking the cap (memory that is already held).
-  void ForceCharge(uint64_t n);
   // Returns `n` charged bytes.
   void Release(uint64_t n);
 
-  // Whether a charge of n can ever succeed under the current cap.
-  bool Fits(uint64_t n) const {
-    uint64_t cap = cap_.load(std::memory_order_relaxed);
-    return cap == 0 || n <= cap;
-  }
   void set_cap(uint64_t cap) { cap_.store(cap, std::memory_order_relaxed); }
   uint64_t cap() const { return cap_.load(std::memory_order_relaxed); }
   uint64_t used() const { return used_.load(std::memory_order_relaxed); }

@@ -183,10 +183,8 @@ asio::awaitable<void> ReplyWriter::Run() {
         spdlog::info("{}: writing replies failed: {}", conn_.peer(),
                      ec.message());
       }
-      failed_ = true;
       conn_.Close();  // wakes a reader blocked on the socket
-      for (auto& r : queue_) Recycle(std::move(r));
-      queue_.clear();
+      Abandon();      // drops what is queued and every later reply
     }
     Notify(reader_wake_);
   }

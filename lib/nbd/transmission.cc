@@ -409,13 +409,135 @@ absl::Status Transmission::AddPinnedRead(const RequestHeader& h, Reply& reply) {
   return absl::OkStatus();
 }
 
-asio::awaitable<void> Transmission::ExecuteSafely(RequestHeader h,
-                                                  BufferLease lease,
-                                                  int64_t start,
-                                                  Ticket ticket) {
+asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
+                                            int64_t start, Ticket ticket) {
   bool failed = false;
   try {
-    co_await Execute(h, std::move(lease), start, ticket);
+    Backend& be = export_->backend();
+    auto run = [this](auto fn) { return RunBackend(std::move(fn)); };
+    const bool fua = (h.flags & kCmdFlagFua) != 0;
+    absl::Status st;
+    std::unique_ptr<Reply> reply;
+
+    switch (h.type) {
+      case kCmdRead: {
+        ReadPieces pieces;
+        if (ZeroCopyReads()) {
+          reply = writer_.NewReply();
+          st = AddPinnedRead(h, *reply);
+          if (!st.ok()) {
+            reply.reset();  // releases what it pinned
+          } else {
+            reply->set_lease(std::move(lease));  // the pins' charge
+          }
+          break;
+        }
+        st = co_await run([&]() -> absl::Status {
+          pieces = PlanRead(h);
+          for (const ReadPiece& p : pieces) {
+            if (p.zero) continue;
+            absl::Status rs = be.Read(
+                p.offset, lease.span().subspan(p.offset - h.offset, p.length));
+            if (!rs.ok()) return rs;
+          }
+          return absl::OkStatus();
+        });
+        if (!st.ok()) break;
+        reply = writer_.NewReply();
+        if (!limits_.structured_replies) {
+          reply->AddSimpleReply(kOk, h.cookie);
+          reply->AddData(lease.span());
+        } else {
+          for (size_t i = 0; i < pieces.size(); ++i) {
+            const ReadPiece& p = pieces[i];
+            uint16_t flags = i + 1 == pieces.size() ? kReplyFlagDone : 0;
+            if (p.zero) {
+              reply->AddChunkHeader(flags, kChunkOffsetHole, h.cookie, 12);
+              uint8_t* b = reply->AddBytes(12);
+              PutU64(b, p.offset);
+              PutU32(b + 8, p.length);
+            } else {
+              reply->AddChunkHeader(flags, kChunkOffsetData, h.cookie,
+                                    8 + p.length);
+              PutU64(reply->AddBytes(8), p.offset);
+              reply->AddData(
+                  lease.span().subspan(p.offset - h.offset, p.length));
+            }
+          }
+        }
+        reply->set_lease(std::move(lease));
+        break;
+      }
+      case kCmdWrite:
+        st =
+            co_await run([&] { return be.Write(h.offset, lease.span(), fua); });
+        lease.Reset();
+        break;
+      case kCmdFlush:
+        st = co_await run([&] { return be.Flush(); });
+        break;
+      case kCmdTrim:
+        st = co_await run([&] { return be.Trim(h.offset, h.length, fua); });
+        break;
+      case kCmdWriteZeroes: {
+        ZeroOptions zo;
+        zo.may_trim = !(h.flags & kCmdFlagNoHole);
+        zo.fast = (h.flags & kCmdFlagFastZero) != 0;
+        zo.fua = fua;
+        st = co_await run([&] { return be.Zero(h.offset, h.length, zo); });
+        break;
+      }
+      case kCmdCache:
+        st = co_await run([&] { return be.Cache(h.offset, h.length); });
+        break;
+      case kCmdBlockStatus: {
+        std::vector<Extent> descs;
+        const bool one = (h.flags & kCmdFlagReqOne) != 0;
+        st = co_await run([&] {
+          return be.Extents(h.offset, h.length, [&](Extent e) {
+            if (!descs.empty() && descs.back().flags == e.flags) {
+              descs.back().length += e.length;
+            } else {
+              descs.push_back(e);
+            }
+            return !one && descs.size() < kMaxDescriptors;
+          });
+        });
+        if (!st.ok()) break;
+        if (descs.empty()) descs.push_back(Extent{h.length, 0});
+        if (one) descs.resize(1);
+        reply = writer_.NewReply();
+        uint32_t payload = static_cast<uint32_t>(4 + 8 * descs.size());
+        reply->AddChunkHeader(kReplyFlagDone, kChunkBlockStatus, h.cookie,
+                              payload);
+        uint8_t* b = reply->AddBytes(payload);
+        PutU32(b, kBaseAllocationId);
+        for (size_t i = 0; i < descs.size(); ++i) {
+          uint64_t len = std::min<uint64_t>(descs[i].length, h.length);
+          PutU32(b + 4 + 8 * i, static_cast<uint32_t>(len));
+          PutU32(b + 8 + 8 * i, descs[i].flags);
+        }
+        break;
+      }
+    }
+
+    if (!st.ok()) {
+      uint32_t err = NbdErrorFromStatus(st);
+      if (err == kEio) {
+        spdlog::warn("{}: {} on export {} offset={} length={} failed: {}",
+                     conn_.peer(), NameOfCommand(h.type), export_->name(),
+                     h.offset, h.length, st.ToString());
+      }
+      co_await ReplyError(h, err, ToStd(st.message()), start,
+                          std::move(ticket));
+      co_return;
+    }
+    if (reply == nullptr) {
+      reply = writer_.NewReply();
+      reply->AddSimpleReply(kOk, h.cookie);
+    }
+    if (!reply->record().active) Track(*reply, h, kOk, start);
+    writer_.Send(std::move(reply), std::move(ticket));
   } catch (const std::exception& e) {
     failed = true;
     LogUnexpected(h, e.what());
@@ -428,132 +550,6 @@ asio::awaitable<void> Transmission::ExecuteSafely(RequestHeader h,
   if (failed && ticket) {
     co_await ReplyError(h, kEio, "internal error", start, std::move(ticket));
   }
-}
-
-asio::awaitable<void> Transmission::Execute(RequestHeader h, BufferLease lease,
-                                            int64_t start, Ticket& ticket) {
-  Backend& be = export_->backend();
-  auto run = [this](auto fn) { return RunBackend(std::move(fn)); };
-  const bool fua = (h.flags & kCmdFlagFua) != 0;
-  absl::Status st;
-  std::unique_ptr<Reply> reply;
-
-  switch (h.type) {
-    case kCmdRead: {
-      ReadPieces pieces;
-      if (ZeroCopyReads()) {
-        reply = writer_.NewReply();
-        st = AddPinnedRead(h, *reply);
-        if (!st.ok()) {
-          reply.reset();  // releases what it pinned
-        } else {
-          reply->set_lease(std::move(lease));  // the pins' charge
-        }
-        break;
-      }
-      st = co_await run([&]() -> absl::Status {
-        pieces = PlanRead(h);
-        for (const ReadPiece& p : pieces) {
-          if (p.zero) continue;
-          absl::Status rs = be.Read(
-              p.offset, lease.span().subspan(p.offset - h.offset, p.length));
-          if (!rs.ok()) return rs;
-        }
-        return absl::OkStatus();
-      });
-      if (!st.ok()) break;
-      reply = writer_.NewReply();
-      if (!limits_.structured_replies) {
-        reply->AddSimpleReply(kOk, h.cookie);
-        reply->AddData(lease.span());
-      } else {
-        for (size_t i = 0; i < pieces.size(); ++i) {
-          const ReadPiece& p = pieces[i];
-          uint16_t flags = i + 1 == pieces.size() ? kReplyFlagDone : 0;
-          if (p.zero) {
-            reply->AddChunkHeader(flags, kChunkOffsetHole, h.cookie, 12);
-            uint8_t* b = reply->AddBytes(12);
-            PutU64(b, p.offset);
-            PutU32(b + 8, p.length);
-          } else {
-            reply->AddChunkHeader(flags, kChunkOffsetData, h.cookie,
-                                  8 + p.length);
-            PutU64(reply->AddBytes(8), p.offset);
-            reply->AddData(lease.span().subspan(p.offset - h.offset, p.length));
-          }
-        }
-      }
-      reply->set_lease(std::move(lease));
-      break;
-    }
-    case kCmdWrite:
-      st = co_await run([&] { return be.Write(h.offset, lease.span(), fua); });
-      lease.Reset();
-      break;
-    case kCmdFlush:
-      st = co_await run([&] { return be.Flush(); });
-      break;
-    case kCmdTrim:
-      st = co_await run([&] { return be.Trim(h.offset, h.length, fua); });
-      break;
-    case kCmdWriteZeroes: {
-      ZeroOptions zo;
-      zo.may_trim = !(h.flags & kCmdFlagNoHole);
-      zo.fast = (h.flags & kCmdFlagFastZero) != 0;
-      zo.fua = fua;
-      st = co_await run([&] { return be.Zero(h.offset, h.length, zo); });
-      break;
-    }
-    case kCmdCache:
-      st = co_await run([&] { return be.Cache(h.offset, h.length); });
-      break;
-    case kCmdBlockStatus: {
-      std::vector<Extent> descs;
-      const bool one = (h.flags & kCmdFlagReqOne) != 0;
-      st = co_await run([&] {
-        return be.Extents(h.offset, h.length, [&](Extent e) {
-          if (!descs.empty() && descs.back().flags == e.flags) {
-            descs.back().length += e.length;
-          } else {
-            descs.push_back(e);
-          }
-          return !one && descs.size() < kMaxDescriptors;
-        });
-      });
-      if (!st.ok()) break;
-      if (descs.empty()) descs.push_back(Extent{h.length, 0});
-      if (one) descs.resize(1);
-      reply = writer_.NewReply();
-      uint32_t payload = static_cast<uint32_t>(4 + 8 * descs.size());
-      reply->AddChunkHeader(kReplyFlagDone, kChunkBlockStatus, h.cookie,
-                            payload);
-      uint8_t* b = reply->AddBytes(payload);
-      PutU32(b, kBaseAllocationId);
-      for (size_t i = 0; i < descs.size(); ++i) {
-        uint64_t len = std::min<uint64_t>(descs[i].length, h.length);
-        PutU32(b + 4 + 8 * i, static_cast<uint32_t>(len));
-        PutU32(b + 8 + 8 * i, descs[i].flags);
-      }
-      break;
-    }
-  }
-
-  if (!st.ok()) {
-    uint32_t err = NbdErrorFromStatus(st);
-    if (err == kEio) {
-      spdlog::warn("{}: {} on export {} offset={} length={} failed: {}",
-                   conn_.peer(), NameOfCommand(h.type), export_->name(),
-                   h.offset, h.length, st.ToString());
-    }
-    co_await ReplyError(h, err, ToStd(st.message()), start, std::move(ticket));
-    co_return;
-  }
-  if (reply == nullptr) {
-    reply = writer_.NewReply();
-    reply->AddSimpleReply(kOk, h.cookie);
-  }
-  if (!reply->record().active) Track(*reply, h, kOk, start);
-  writer_.Send(std::move(reply), std::move(ticket));
 }
 
 asio::awaitable<void> Transmission::ReadLoop() {
@@ -639,28 +635,15 @@ asio::awaitable<void> Transmission::ReadLoop() {
       }
     }
     if (blocking) {
-      asio::co_spawn(
-          conn_.socket().get_executor(),
-          ExecuteSafely(h, std::move(lease), start, std::move(ticket)),
-          [peer = conn_.peer()](std::exception_ptr e) {
-            if (e) spdlog::error("{}: request failed with an exception", peer);
-          });
+      asio::co_spawn(conn_.socket().get_executor(),
+                     Execute(h, std::move(lease), start, std::move(ticket)),
+                     [peer = conn_.peer()](std::exception_ptr e) {
+                       if (e)
+                         spdlog::error("{}: request failed with an exception",
+                                       peer);
+                     });
     } else {
-      // Inline, without ExecuteSafely's extra coroutine frame per request.
-      bool failed = false;
-      try {
-        co_await Execute(h, std::move(lease), start, ticket);
-      } catch (const std::exception& e) {
-        failed = true;
-        LogUnexpected(h, e.what());
-      } catch (...) {
-        failed = true;
-        LogUnexpected(h, "unknown exception");
-      }
-      if (failed && ticket) {
-        co_await ReplyError(h, kEio, "internal error", start,
-                            std::move(ticket));
-      }
+      co_await Execute(h, std::move(lease), start, std::move(ticket));
     }
   }
   // Answer everything already read before the session ends.

@@ -127,13 +127,11 @@ class Transmission {
   }
   // Runs one validated request and sends its reply with `ticket`.
   // `start` (steady ns) is when the request's header was read. `lease` is
-  // the request's buffer, or the charge of a zero-copy READ's pins.
+  // the request's buffer, or the charge of a zero-copy READ's pins. A
+  // request that fails unexpectedly (an exception from a backend or an
+  // allocation) is still answered: EIO, counted like any other error.
   asio::awaitable<void> Execute(RequestHeader h, BufferLease lease,
-                                int64_t start, Ticket& ticket);
-  // Execute, but a request that fails unexpectedly (an exception from a
-  // backend) is still answered: EIO, counted like any other error.
-  asio::awaitable<void> ExecuteSafely(RequestHeader h, BufferLease lease,
-                                      int64_t start, Ticket ticket);
+                                int64_t start, Ticket ticket);
   asio::awaitable<void> ReplyError(const RequestHeader& h, uint32_t error,
                                    std::string_view message, int64_t start,
                                    Ticket ticket);

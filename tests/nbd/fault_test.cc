@@ -186,11 +186,9 @@ TEST_F(FaultTest, ThrowingBackendCallsAreAnsweredWithEio) {
   EXPECT_EQ(Read(*a_, 5, 0, 4096), std::make_pair(uint32_t{kOk}, data));
   EXPECT_EQ(Read(*b_, 6, 0, 4096), std::make_pair(uint32_t{kOk}, data));
   // Nothing is left in flight: the export's gauge is back to zero.
-  for (int i = 0; i < 100 && export_->io_stats().Snapshot().in_flight != 0;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_EQ(export_->io_stats().Snapshot().in_flight, 0u);
+  EXPECT_EQ(testing::WaitForZero(
+                [&] { return export_->io_stats().Snapshot().in_flight; }),
+            0u);
 }
 
 TEST_F(FaultTest, ASlowCallStallsNeitherItsConnectionNorOthers) {

@@ -14,6 +14,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <functional>
 #include <future>
 #include <optional>
 #include <string>
@@ -149,11 +150,48 @@ class RawPeer {
     if (len > 0) c.payload = Read(len).value_or(std::vector<uint8_t>{});
     return c;
   }
+  // Reads a structured READ reply of `length` bytes at `offset` sent as
+  // OFFSET_DATA chunks into one buffer; counts the chunks in `*chunks`.
+  // nullopt (and a test failure) on anything else.
+  std::optional<std::vector<uint8_t>> ReadDataChunks(uint64_t offset,
+                                                     size_t length,
+                                                     int* chunks) {
+    std::vector<uint8_t> got(length);
+    *chunks = 0;
+    for (;;) {
+      auto c = ReadChunk();
+      EXPECT_TRUE(c.has_value());
+      if (!c) return std::nullopt;
+      EXPECT_EQ(c->type, kChunkOffsetData);
+      if (c->type != kChunkOffsetData || c->payload.size() < 8) {
+        return std::nullopt;
+      }
+      uint64_t at = GetU64(c->payload.data()) - offset;
+      EXPECT_LE(at + c->payload.size() - 8, length);
+      if (at + c->payload.size() - 8 > length) return std::nullopt;
+      std::copy(c->payload.begin() + 8, c->payload.end(),
+                got.begin() + static_cast<long>(at));
+      ++*chunks;
+      if (c->flags & kReplyFlagDone) return got;
+    }
+  }
   int fd() const { return fd_; }
 
  private:
   int fd_;
 };
+
+// Polls `value` until it reads 0, for at most 2 s; returns the last value.
+// For counters that drop just after the client saw the bytes they cover
+// (a reply's memory comes back once its write has completed).
+inline uint64_t WaitForZero(const std::function<uint64_t()>& value) {
+  uint64_t v = value();
+  for (int i = 0; i < 200 && v != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    v = value();
+  }
+  return v;
+}
 
 // An io_context thread plus a socketpair; the server end becomes a Socket.
 class ServerThread {

@@ -303,10 +303,8 @@ TEST_F(StreamingTest, SimpleRepliesRoundTripInChunks) {
   // all back.
   EXPECT_LE(buffer_system_.budget().stats().peak, 2 * kStreamChunk);
   // The last chunk comes back just after its bytes are written.
-  for (int i = 0; i < 200 && buffer_system_.budget().used() != 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_EQ(buffer_system_.budget().used(), 0u);
+  EXPECT_EQ(
+      testing::WaitForZero([&] { return buffer_system_.budget().used(); }), 0u);
 }
 
 TEST_F(StreamingTest, StructuredReadIsChunkedOffsetData) {
@@ -316,19 +314,11 @@ TEST_F(StreamingTest, StructuredReadIsChunkedOffsetData) {
                      data);
   ASSERT_EQ(peer().ReadSimpleReply()->first, kOk);
   peer().SendRequest(kCmdRead, 2, 0, static_cast<uint32_t>(data.size()));
-  std::vector<uint8_t> got(data.size());
   int chunks = 0;
-  for (;;) {
-    auto c = peer().ReadChunk();
-    ASSERT_TRUE(c.has_value());
-    ASSERT_EQ(c->type, kChunkOffsetData);
-    uint64_t off = GetU64(c->payload.data());
-    std::copy(c->payload.begin() + 8, c->payload.end(), got.begin() + off);
-    ++chunks;
-    if (c->flags & kReplyFlagDone) break;
-  }
+  auto got = peer().ReadDataChunks(0, data.size(), &chunks);
+  ASSERT_TRUE(got.has_value());
   EXPECT_EQ(chunks, 3);
-  EXPECT_EQ(got, data);
+  EXPECT_EQ(*got, data);
 }
 
 TEST_F(StreamingTest, RequestLargerThanCapStillCompletes) {
@@ -556,9 +546,7 @@ TEST_F(LivenessTest, FullCapStreamsInsteadOfWaiting) {
   ASSERT_EQ(r->first, kOk);
   EXPECT_EQ(peer().Read(3 << 20), data);
   // The last chunk comes back just after its bytes are written.
-  for (int i = 0; i < 200 && export_->buffers().stats().in_use != 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  testing::WaitForZero([&] { return export_->buffers().stats().in_use; });
   const ExportBufferStats s = export_->buffers().stats();
   EXPECT_EQ(s.streamed, 2u);
   EXPECT_EQ(s.cap_full, 2u);
@@ -576,23 +564,13 @@ TEST_F(LivenessTest, PinnedReadsAreChargedAndStreamWhenTheCapIsFull) {
   // 3 MiB of pins do not fit a 64 KiB cap: the READ is copied out in
   // chunks instead, and no pinned byte escapes the cap.
   peer().SendRequest(kCmdRead, 2, 0, 3 << 20);
-  std::vector<uint8_t> got(3 << 20);
   int chunks = 0;
-  for (;;) {
-    auto c = peer().ReadChunk();
-    ASSERT_TRUE(c.has_value());
-    ASSERT_EQ(c->type, kChunkOffsetData);
-    uint64_t off = GetU64(c->payload.data());
-    std::copy(c->payload.begin() + 8, c->payload.end(), got.begin() + off);
-    ++chunks;
-    if (c->flags & kReplyFlagDone) break;
-  }
+  auto got = peer().ReadDataChunks(0, 3 << 20, &chunks);
+  ASSERT_TRUE(got.has_value());
   EXPECT_GT(chunks, 1);
-  EXPECT_EQ(got, data);
-  for (int i = 0; i < 200 && buffer_system_.budget().used() != 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_EQ(buffer_system_.budget().used(), 0u);
+  EXPECT_EQ(*got, data);
+  EXPECT_EQ(
+      testing::WaitForZero([&] { return buffer_system_.budget().used(); }), 0u);
 }
 
 // The in-flight ticket: every path ends it, and the reader's wait for room
