@@ -1,33 +1,38 @@
 #include "lib/nbd/codec.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 
 namespace nbdmgr::nbd {
 
+// Grows the output by `n` bytes and returns where they start. (Resizing and
+// writing in place, rather than vector::insert of a range, also keeps GCC
+// 12's -O3 -Wstringop-overflow from misfiring on a vector that starts
+// empty.)
+uint8_t* ByteWriter::Grow(size_t n) {
+  const size_t at = out_->size();
+  out_->resize(at + n);
+  return out_->data() + at;
+}
 ByteWriter& ByteWriter::U16(uint16_t v) {
-  uint8_t b[2];
-  PutU16(b, v);
-  out_->insert(out_->end(), b, b + 2);
+  PutU16(Grow(2), v);
   return *this;
 }
 ByteWriter& ByteWriter::U32(uint32_t v) {
-  uint8_t b[4];
-  PutU32(b, v);
-  out_->insert(out_->end(), b, b + 4);
+  PutU32(Grow(4), v);
   return *this;
 }
 ByteWriter& ByteWriter::U64(uint64_t v) {
-  uint8_t b[8];
-  PutU64(b, v);
-  out_->insert(out_->end(), b, b + 8);
+  PutU64(Grow(8), v);
   return *this;
 }
 ByteWriter& ByteWriter::Bytes(std::string_view s) {
-  out_->insert(out_->end(), s.begin(), s.end());
+  if (!s.empty()) std::memcpy(Grow(s.size()), s.data(), s.size());
   return *this;
 }
 ByteWriter& ByteWriter::Zeroes(size_t n) {
-  out_->insert(out_->end(), n, 0);
+  Grow(n);  // resize value-initializes: zeroes
   return *this;
 }
 

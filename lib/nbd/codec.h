@@ -54,6 +54,7 @@ class ByteWriter {
   ByteWriter& Zeroes(size_t n);
 
  private:
+  uint8_t* Grow(size_t n);
   std::vector<uint8_t>* out_;
 };
 
