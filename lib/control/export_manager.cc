@@ -279,7 +279,8 @@ absl::StatusOr<int> ExportManager::DeleteExport(
     if (mode == DeleteMode::kHard) (void)e->backend().Flush();
     sessions_->StopSessionsOf(*e, mode == DeleteMode::kHard);
     auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (e->clients() > 0 && std::chrono::steady_clock::now() < deadline) {
+    while (e->clients() > 0 && std::chrono::steady_clock::now() < deadline &&
+           !aborting_.load(std::memory_order_acquire)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     if (e->clients() > 0) {
@@ -290,7 +291,8 @@ absl::StatusOr<int> ExportManager::DeleteExport(
       auto hard_deadline =
           std::chrono::steady_clock::now() + std::chrono::seconds(5);
       while (e->clients() > 0 &&
-             std::chrono::steady_clock::now() < hard_deadline) {
+             std::chrono::steady_clock::now() < hard_deadline &&
+             !aborting_.load(std::memory_order_acquire)) {
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
       }
     }

@@ -1,6 +1,7 @@
 #ifndef NBDMGR_LIB_CONTROL_EXPORT_MANAGER_H_
 #define NBDMGR_LIB_CONTROL_EXPORT_MANAGER_H_
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -92,6 +93,11 @@ class ExportManager {
   absl::StatusOr<int> DeleteExport(const std::string& name, DeleteMode mode,
                                    std::chrono::milliseconds timeout);
 
+  // The daemon is shutting down: DRAIN deletes in progress stop waiting
+  // for their clients now and close them (the daemon's own drain, bounded
+  // by --drain-timeout, takes over). Idempotent; thread-safe.
+  void AbortDrains() { aborting_.store(true, std::memory_order_release); }
+
  private:
   ExportManager(ExportManagerOptions options, ExportRegistry& registry,
                 BufferSystem& buffers);
@@ -113,6 +119,7 @@ class ExportManager {
   ExportRegistry& registry_;
   BufferSystem& buffers_;
   SessionControl* sessions_ = nullptr;
+  std::atomic<bool> aborting_{false};
   std::unique_ptr<StateStore> store_;
 
   mutable std::mutex mu_;
