@@ -48,11 +48,13 @@ constexpr char kUpdateHelp[] =
     R"(Usage: nbdctl update NAME [--buffer-strategy S] [--memory-cap SIZE]
                     [--pool-idle-release DUR] [--description TEXT]
                     [--tls off|optional|require] [--max-clients N]
-                    [--stall-timeout DUR|default]
+                    [--stall-timeout DUR|default] [--retry]
 
 Changes a live export. New requests use the new buffer settings; requests in
 flight finish with theirs; --tls and --max-clients apply to new clients; no
-client is disconnected.
+client is disconnected. The change is saved before it is applied.
+  --retry        reopen a FAILED export (one whose file could not be opened at
+                 start) after fixing the cause; it is served once that works
 )";
 constexpr char kRemoveHelp[] =
     R"(Usage: nbdctl remove NAME [--mode safe|drain|hard] [--timeout DUR]
@@ -137,6 +139,17 @@ std::string StrategyText(v1::BufferStrategy s) {
   return d.ok() ? std::string(NameOf(*d)) : "?";
 }
 
+std::string StateText(const v1::Export& e) {
+  switch (e.state()) {
+    case v1::Export::DRAINING:
+      return "draining";
+    case v1::Export::FAILED:
+      return "FAILED";
+    default:
+      return e.read_only() ? "active,ro" : "active";
+  }
+}
+
 void PrintTable(const std::vector<const v1::Export*>& exports) {
   std::printf("%-24s %-28s %10s %7s %-8s %10s %-8s\n", "NAME", "BACKEND",
               "SIZE", "CLIENTS", "BUFFERS", "MEM CAP", "STATE");
@@ -147,9 +160,13 @@ void PrintTable(const std::vector<const v1::Export*>& exports) {
         BackendText(*e).c_str(), FormatSize(e->size_bytes()).c_str(),
         e->connected_clients(), StrategyText(e->buffer_strategy()).c_str(),
         e->memory_cap_bytes() ? FormatSize(e->memory_cap_bytes()).c_str() : "-",
-        e->state() == v1::Export::DRAINING
-            ? "draining"
-            : (e->read_only() ? "active,ro" : "active"));
+        StateText(*e).c_str());
+  }
+  for (const v1::Export* e : exports) {
+    if (e->state() == v1::Export::FAILED) {
+      std::string id = e->name().substr(e->name().find('/') + 1);
+      std::printf("%s: FAILED: %s\n", id.c_str(), e->failure().c_str());
+    }
   }
 }
 
@@ -303,7 +320,7 @@ int UpdateCommand(const Global& g, const std::vector<std::string>& words) {
       words,
       {"--description", "--buffer-strategy", "--memory-cap",
        "--pool-idle-release", "--tls", "--max-clients", "--stall-timeout"},
-      {});
+      {"--retry"});
   if (!a.ok())
     return UsageError(std::string(a.status().message()), kUpdateHelp);
   if (a->help) return std::printf("%s", kUpdateHelp), kExitOk;
@@ -316,7 +333,10 @@ int UpdateCommand(const Global& g, const std::vector<std::string>& words) {
       !m.empty()) {
     return UsageError(m, kUpdateHelp);
   }
-  if (paths.empty()) return UsageError("nothing to update", kUpdateHelp);
+  req.set_retry(a->has("--retry"));
+  if (paths.empty() && !req.retry()) {
+    return UsageError("nothing to update", kUpdateHelp);
+  }
   for (const auto& p : paths) req.mutable_update_mask()->add_paths(p);
   int code = kExitOk;
   auto stub = Stub(g, &code);

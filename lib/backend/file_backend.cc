@@ -1,14 +1,20 @@
 #include "lib/backend/file_backend.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/openat2.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -18,80 +24,215 @@
 
 namespace nbdmgr {
 
+namespace {
+
+// Where a file is opened: beneath a directory descriptor, without symbolic
+// links (confined), or by plain path (`dir_fd` AT_FDCWD).
+class FileLocation {
+ public:
+  // The location of `path`, confined to one of `dirs` when there are any.
+  static absl::StatusOr<FileLocation> Find(
+      const std::string& path, const std::vector<std::string>& dirs);
+  FileLocation(FileLocation&& o) noexcept
+      : dir_fd_(std::exchange(o.dir_fd_, -1)),
+        rel_(std::move(o.rel_)),
+        path_(std::move(o.path_)) {}
+  ~FileLocation() {
+    if (dir_fd_ >= 0) ::close(dir_fd_);
+  }
+
+  // open(2) of the location; -1 with errno set on failure (ELOOP: a
+  // symbolic link on the way, EXDEV: the path escapes its directory).
+  int Open(int flags, mode_t mode = 0) const;
+  void Unlink() const {
+    ::unlinkat(dir_fd_ >= 0 ? dir_fd_ : AT_FDCWD, rel_.c_str(), 0);
+  }
+  bool confined() const { return dir_fd_ >= 0; }
+
+ private:
+  FileLocation(int dir_fd, std::string rel, std::string path)
+      : dir_fd_(dir_fd), rel_(std::move(rel)), path_(std::move(path)) {}
+
+  int dir_fd_;       // -1: not confined
+  std::string rel_;  // below dir_fd_, or the whole path
+  std::string path_;
+};
+
+absl::StatusOr<FileLocation> FileLocation::Find(
+    const std::string& path, const std::vector<std::string>& dirs) {
+  if (dirs.empty()) return FileLocation(-1, path, path);
+  const std::filesystem::path p(path);
+  for (const auto& part : p) {
+    if (part == "..") {
+      return absl::PermissionDeniedError(
+          absl::StrCat("path ", path, " contains \"..\""));
+    }
+  }
+  const std::filesystem::path normal = p.lexically_normal();
+  for (const std::string& dir : dirs) {
+    // The directory as given, and as it resolves (an operator may name
+    // either form): trusted, so symbolic links in it are followed.
+    std::vector<std::filesystem::path> forms = {
+        std::filesystem::path(dir).lexically_normal()};
+    char buf[PATH_MAX];
+    if (::realpath(dir.c_str(), buf) != nullptr) forms.emplace_back(buf);
+    for (const std::filesystem::path& form : forms) {
+      std::filesystem::path rel = normal.lexically_relative(form);
+      if (rel.empty() || *rel.begin() == ".." || rel == ".") continue;
+      int dfd = ::open(form.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+      if (dfd < 0) continue;
+      return FileLocation(dfd, rel.string(), path);
+    }
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat("path ", path, " is outside the allowed directories"));
+}
+
+int FileLocation::Open(int flags, mode_t mode) const {
+  if (dir_fd_ < 0) return ::open(rel_.c_str(), flags, mode);
+  struct open_how how {};
+  how.flags = static_cast<uint64_t>(flags);
+  how.mode = (flags & O_CREAT) ? mode : 0;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  int fd = static_cast<int>(
+      ::syscall(SYS_openat2, dir_fd_, rel_.c_str(), &how, sizeof(how)));
+  if (fd >= 0 || errno != ENOSYS) return fd;
+  // Kernels before 5.6: no symbolic link as the last component, then an
+  // equivalent check on what was opened.
+  fd = ::openat(dir_fd_, rel_.c_str(), flags | O_NOFOLLOW, mode);
+  if (fd < 0) return fd;
+  char opened[PATH_MAX], dir[PATH_MAX];
+  std::string self = absl::StrCat("/proc/self/fd/", fd);
+  std::string dirlink = absl::StrCat("/proc/self/fd/", dir_fd_);
+  ssize_t n = ::readlink(self.c_str(), opened, sizeof(opened) - 1);
+  ssize_t m = ::readlink(dirlink.c_str(), dir, sizeof(dir) - 1);
+  if (n > 0 && m > 0) {
+    std::string_view o(opened, static_cast<size_t>(n));
+    std::string_view d(dir, static_cast<size_t>(m));
+    if (o.size() > d.size() && o.starts_with(d) && o[d.size()] == '/' &&
+        o.substr(d.size() + 1) == rel_) {
+      return fd;
+    }
+  }
+  if (flags & O_CREAT) ::unlinkat(dir_fd_, rel_.c_str(), 0);
+  ::close(fd);
+  errno = ELOOP;
+  return -1;
+}
+
+// The status of a failed FileLocation::Open of `path`.
+absl::Status OpenError(int err, const std::string& path, bool create) {
+  switch (err) {
+    case ENOENT:
+      return absl::NotFoundError(absl::StrCat(
+          path, create ? ": no such file (give a size to create it)"
+                       : ": no such file"));
+    case ELOOP:
+      return absl::PermissionDeniedError(
+          absl::StrCat("path ", path,
+                       " goes through a symbolic link, which exports created "
+                       "over the API may not"));
+    case EXDEV:
+      return absl::PermissionDeniedError(
+          absl::StrCat("path ", path, " escapes the allowed directories"));
+    default:
+      return ErrnoStatus(err, absl::StrCat("open ", path));
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<FileBackend>> FileBackend::Open(
     const FileBackendOptions& options) {
   if (options.path.empty()) {
     return absl::InvalidArgumentError("file backend needs a path");
   }
-  int flags = (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
-  int fd = ::open(options.path.c_str(), flags);
+  absl::StatusOr<FileLocation> where =
+      FileLocation::Find(options.path, options.confine_to);
+  if (!where.ok()) return where.status();
+  // O_NONBLOCK: opening a FIFO or a device must not block (or wait for a
+  // peer); the type is checked on the descriptor before it is used.
+  const int flags = (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC |
+                    O_NOCTTY | O_NONBLOCK;
+  bool created = false;
+  int fd = where->Open(flags);
   if (fd < 0 && errno == ENOENT && options.size.has_value() && options.create) {
     if (options.read_only) {
       return absl::NotFoundError(absl::StrCat(
           options.path, ": does not exist (and export is read-only)"));
     }
-    fd = ::open(options.path.c_str(), flags | O_CREAT | O_EXCL, 0600);
-    if (fd >= 0 && ::ftruncate(fd, static_cast<off_t>(*options.size)) != 0) {
-      absl::Status st =
-          ErrnoStatus(errno, absl::StrCat("ftruncate ", options.path));
-      ::close(fd);
-      ::unlink(options.path.c_str());
-      return st;
+    fd = where->Open(flags | O_CREAT | O_EXCL, 0600);
+    if (fd >= 0) {
+      created = true;
+      if (::ftruncate(fd, static_cast<off_t>(*options.size)) != 0) {
+        absl::Status st =
+            ErrnoStatus(errno, absl::StrCat("ftruncate ", options.path));
+        ::close(fd);
+        where->Unlink();
+        return st;
+      }
     }
   }
-  if (fd < 0) {
-    int err = errno;
-    if (err == ENOENT) {
-      return absl::NotFoundError(absl::StrCat(
-          options.path, options.create
-                            ? ": no such file (give a size to create it)"
-                            : ": no such file"));
-    }
-    return ErrnoStatus(err, absl::StrCat("open ", options.path));
-  }
+  if (fd < 0) return OpenError(errno, options.path, options.create);
+  auto fail = [&](absl::Status st) {
+    ::close(fd);
+    if (created) where->Unlink();
+    return st;
+  };
   struct stat st;
   if (::fstat(fd, &st) != 0) {
-    absl::Status s = ErrnoStatus(errno, absl::StrCat("stat ", options.path));
-    ::close(fd);
-    return s;
+    return fail(ErrnoStatus(errno, absl::StrCat("stat ", options.path)));
   }
   uint64_t size = 0;
   bool is_block = S_ISBLK(st.st_mode);
   if (is_block) {
     if (::ioctl(fd, BLKGETSIZE64, &size) != 0) {
-      absl::Status s =
-          ErrnoStatus(errno, absl::StrCat("BLKGETSIZE64 ", options.path));
-      ::close(fd);
-      return s;
+      return fail(
+          ErrnoStatus(errno, absl::StrCat("BLKGETSIZE64 ", options.path)));
     }
   } else if (S_ISREG(st.st_mode)) {
     size = static_cast<uint64_t>(st.st_size);
   } else {
-    ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(options.path, ": not a regular file or block device"));
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat(options.path, ": not a regular file or block device")));
+  }
+  // Checked: the descriptor is a file or a disk. Blocking from here on.
+  if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+    return fail(ErrnoStatus(errno, absl::StrCat("fcntl ", options.path)));
   }
   if (options.size.has_value() && *options.size != size) {
-    ::close(fd);
-    return absl::InvalidArgumentError(
+    return fail(absl::InvalidArgumentError(
         absl::StrCat(options.path, ": is ", size,
-                     " bytes but size=", *options.size, " was given"));
+                     " bytes but size=", *options.size, " was given")));
   }
   if (size == 0) {
-    ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(options.path, ": is empty (size 0)"));
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat(options.path, ": is empty (size 0)")));
+  }
+  if (size > static_cast<uint64_t>(INT64_MAX)) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat(options.path, ": is larger than NBD allows")));
   }
   return std::unique_ptr<FileBackend>(
-      new FileBackend(fd, size, is_block, options.path));
+      new FileBackend(fd, size, is_block, options.path, created));
 }
 
 FileBackend::FileBackend(int fd, uint64_t size, bool is_block_device,
-                         std::string path)
+                         std::string path, bool created)
     : fd_(fd),
       size_(size),
       is_block_device_(is_block_device),
-      path_(std::move(path)) {}
+      path_(std::move(path)),
+      created_(created) {}
+
+void FileBackend::RemoveCreatedFile() {
+  if (!created_) return;
+  struct stat mine, named;
+  if (::fstat(fd_, &mine) == 0 && ::lstat(path_.c_str(), &named) == 0 &&
+      mine.st_dev == named.st_dev && mine.st_ino == named.st_ino) {
+    ::unlink(path_.c_str());
+  }
+}
 
 FileBackend::~FileBackend() { ::close(fd_); }
 

@@ -4,6 +4,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "lib/backend/backend.h"
@@ -18,6 +19,11 @@ struct FileBackendOptions {
   // match.
   std::optional<uint64_t> size;
   bool create = true;
+  // Non-empty: `path` must lie beneath one of these directories and is
+  // resolved without following any symbolic link below it (openat2 with
+  // RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so what is opened is what was
+  // checked, whatever is renamed meanwhile. Exports created over the API.
+  std::vector<std::string> confine_to = {};
 };
 
 // A regular file or block device. FLUSH is fdatasync, FUA writes use
@@ -27,12 +33,21 @@ struct FileBackendOptions {
 // runs them on a thread pool. Thread-safe: positional I/O on one descriptor.
 class FileBackend final : public Backend {
  public:
-  // NotFound if the file is missing and no size was given; InvalidArgument
-  // for a size mismatch or a path that is neither a regular file nor a
-  // block device; the errno-derived status if open fails.
+  // NotFound if the file is missing and it may not be created;
+  // InvalidArgument for a size mismatch or a path that is neither a regular
+  // file nor a block device (a FIFO, socket or character device is refused
+  // without blocking: it is opened O_NONBLOCK and checked on the
+  // descriptor); PermissionDenied for a path outside `confine_to` or
+  // through a symbolic link; the errno-derived status if open fails.
   static absl::StatusOr<std::unique_ptr<FileBackend>> Open(
       const FileBackendOptions& options);
   ~FileBackend() override;
+
+  // Whether Open created the file.
+  bool created_file() const { return created_; }
+  // Removes the file Open created (undoing a create that could not be
+  // committed), if the path still names it. No-op otherwise.
+  void RemoveCreatedFile();
 
   uint64_t size() const override { return size_; }
   BackendCaps caps() const override;
@@ -48,13 +63,15 @@ class FileBackend final : public Backend {
                        absl::FunctionRef<bool(Extent)> visit) override;
 
  private:
-  FileBackend(int fd, uint64_t size, bool is_block_device, std::string path);
+  FileBackend(int fd, uint64_t size, bool is_block_device, std::string path,
+              bool created);
   absl::Status WriteZeroesSlowly(uint64_t offset, uint64_t length);
 
   const int fd_;
   const uint64_t size_;
   const bool is_block_device_;
   const std::string path_;
+  const bool created_;
 };
 
 }  // namespace nbdmgr

@@ -8,6 +8,13 @@
 
 namespace nbdmgr {
 
+// Where an export is in its life.
+enum class ExportState {
+  kActive,    // served
+  kDraining,  // being deleted: new clients refused, connected ones finish
+  kFailed,    // not served: its backend could not be opened (see failure)
+};
+
 // An export as the control plane reports it.
 struct ExportInfo {
   ExportConfig config;  // current description and buffer settings
@@ -16,7 +23,8 @@ struct ExportInfo {
   bool multi_conn = false;
   int clients = 0;
   std::chrono::system_clock::time_point created;
-  bool draining = false;
+  ExportState state = ExportState::kActive;
+  std::string failure;      // kFailed: why
   bool persistent = false;  // created over the API
 };
 

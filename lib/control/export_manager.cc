@@ -1,9 +1,5 @@
 #include "lib/control/export_manager.h"
 
-#include <limits.h>
-#include <stdlib.h>
-
-#include <filesystem>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -13,20 +9,21 @@
 namespace nbdmgr {
 namespace {
 
-// realpath() of `p`, or of its parent joined with its last component when
-// `p` does not exist yet. Empty on failure.
-std::string Resolve(const std::string& p) {
-  char buf[PATH_MAX];
-  if (::realpath(p.c_str(), buf) != nullptr) return buf;
-  std::filesystem::path path(p);
-  if (::realpath(path.parent_path().c_str(), buf) == nullptr) return "";
-  return (std::filesystem::path(buf) / path.filename()).string();
+absl::Status Saving(absl::Status st) {
+  if (st.ok()) return st;
+  return absl::Status(st.code(), absl::StrCat("saving state: ", st.message()));
 }
 
-bool IsUnder(const std::string& path, const std::string& dir) {
-  if (dir == "/") return true;
-  return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
-         path[dir.size()] == '/';
+// `c` with the fields `u` sets.
+ExportConfig Updated(ExportConfig c, const ExportUpdate& u) {
+  if (u.description) c.description = *u.description;
+  if (u.buffer_strategy) c.buffers.strategy = *u.buffer_strategy;
+  if (u.memory_cap_bytes) c.buffers.memory_cap_bytes = *u.memory_cap_bytes;
+  if (u.pool_idle_release) c.buffers.pool_idle_release = *u.pool_idle_release;
+  if (u.tls) c.tls = *u.tls;
+  if (u.max_clients) c.max_clients = *u.max_clients;
+  if (u.stall_timeout) c.stall_timeout = *u.stall_timeout;
+  return c;
 }
 
 }  // namespace
@@ -43,22 +40,30 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
   m->store_ = std::move(*store);
   absl::StatusOr<std::vector<ExportConfig>> saved = m->store_->Load();
   if (!saved.ok()) return saved.status();
-  std::lock_guard lock(m->mu_);
   for (const ExportConfig& c : *saved) {
     if (registry.Find(c.name) != nullptr) {
       return absl::FailedPreconditionError(absl::StrCat(
           m->store_->path(), ": export \"", c.name,
           "\" is also given on the command line; remove one of them"));
     }
-    if (absl::Status st = m->CheckTls(c.tls); !st.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          m->store_->path(), ": export \"", c.name, "\": ", st.message()));
-    }
-    absl::StatusOr<std::shared_ptr<Export>> e = Export::Create(c, buffers);
+  }
+  if (saved->size() + registry.List().size() > m->options_.max_exports) {
+    spdlog::warn(
+        "{} exports saved and given, more than --max-exports {}: all are "
+        "kept, but no more can be created",
+        saved->size() + registry.List().size(), m->options_.max_exports);
+  }
+  for (const ExportConfig& c : *saved) {
+    absl::StatusOr<std::shared_ptr<Export>> e = m->Open(c, false);
+    std::lock_guard lock(m->mu_);
     if (!e.ok()) {
-      return absl::Status(e.status().code(),
-                          absl::StrCat(m->store_->path(), ": export \"", c.name,
-                                       "\": ", e.status().message()));
+      spdlog::error(
+          "export \"{}\" is FAILED and not served: {} (fix it, then "
+          "`nbdctl update {} --retry`, or remove it)",
+          c.name, e.status().message(), c.name);
+      m->failed_[c.name] = FailedExport{c, std::string(e.status().message()),
+                                        std::chrono::system_clock::now()};
+      continue;
     }
     if (absl::Status st = registry.Add(*e); !st.ok()) return st;
     m->persistent_.insert(c.name);
@@ -70,31 +75,16 @@ ExportManager::ExportManager(ExportManagerOptions options,
                              ExportRegistry& registry, BufferSystem& buffers)
     : options_(std::move(options)), registry_(registry), buffers_(buffers) {}
 
-absl::Status ExportManager::CheckPath(const std::string& path) const {
-  if (options_.allow_paths.empty()) {
+absl::StatusOr<std::shared_ptr<Export>> ExportManager::Open(
+    const ExportConfig& config, bool may_create) const {
+  if (absl::Status st = CheckTls(config.tls); !st.ok()) return st;
+  if (config.backend == BackendKind::kFile && options_.allow_paths.empty()) {
     return absl::PermissionDeniedError(
         "file exports over the API need the daemon to be started with "
         "--allow-path DIR");
   }
-  for (const auto& part : std::filesystem::path(path)) {
-    if (part == "..") {
-      return absl::PermissionDeniedError(
-          absl::StrCat("path ", path, " contains \"..\""));
-    }
-  }
-  std::string resolved = Resolve(path);
-  if (resolved.empty()) {
-    return absl::NotFoundError(
-        absl::StrCat("directory of ", path, " does not exist"));
-  }
-  for (const std::string& dir : options_.allow_paths) {
-    std::string allowed = Resolve(dir);
-    if (!allowed.empty() && IsUnder(resolved, allowed)) return absl::OkStatus();
-  }
-  return absl::PermissionDeniedError(absl::StrCat(
-      "path ", path,
-      resolved != path ? absl::StrCat(" (resolves to ", resolved, ")") : "",
-      " is outside the allowed directories"));
+  return Export::Create(config, buffers_,
+                        BackendOpenOptions{options_.allow_paths, may_create});
 }
 
 ExportInfo ExportManager::Describe(const Export& e) const {
@@ -105,7 +95,7 @@ ExportInfo ExportManager::Describe(const Export& e) const {
   info.multi_conn = e.caps().can_multi_conn;
   info.clients = e.clients();
   info.created = e.created();
-  info.draining = e.draining();
+  info.state = e.draining() ? ExportState::kDraining : ExportState::kActive;
   {
     std::lock_guard lock(mu_);
     info.persistent = persistent_.contains(e.name());
@@ -113,14 +103,23 @@ ExportInfo ExportManager::Describe(const Export& e) const {
   return info;
 }
 
-namespace {
-
-absl::Status Saving(absl::Status st) {
-  if (st.ok()) return st;
-  return absl::Status(st.code(), absl::StrCat("saving state: ", st.message()));
+ExportInfo ExportManager::DescribeFailed(const FailedExport& f) {
+  ExportInfo info;
+  info.config = f.config;
+  info.block_sizes = f.config.block_sizes;
+  info.created = f.since;
+  info.state = ExportState::kFailed;
+  info.failure = f.reason;
+  info.persistent = true;
+  return info;
 }
 
-}  // namespace
+std::vector<ExportInfo> ExportManager::FailedExports() const {
+  std::lock_guard lock(mu_);
+  std::vector<ExportInfo> out;
+  for (const auto& [name, f] : failed_) out.push_back(DescribeFailed(f));
+  return out;
+}
 
 absl::Status ExportManager::PersistPut(const ExportConfig& config) {
   return store_ == nullptr ? absl::OkStatus() : Saving(store_->Put(config));
@@ -140,33 +139,37 @@ absl::Status ExportManager::CheckTls(TlsMode mode) const {
 absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
   if (absl::Status st = ValidateExportConfig(config); !st.ok()) return st;
   if (absl::Status st = CheckTls(config.tls); !st.ok()) return st;
-  if (config.backend == BackendKind::kFile) {
-    if (absl::Status st = CheckPath(config.path); !st.ok()) return st;
-  }
-  std::shared_ptr<Export> e;
   {
     std::lock_guard lock(mu_);
-    if (registry_.Find(config.name) != nullptr) {
+    if (registry_.Find(config.name) != nullptr ||
+        failed_.contains(config.name) || pending_.contains(config.name)) {
       return absl::AlreadyExistsError(
           absl::StrCat("export \"", config.name, "\" already exists"));
     }
-    absl::StatusOr<std::shared_ptr<Export>> created =
-        Export::Create(config, buffers_);
-    if (!created.ok()) return created.status();
-    e = *created;
-    if (absl::Status st = registry_.Add(e); !st.ok()) return st;
-    persistent_.insert(config.name);
-    if (absl::Status st = PersistPut(e->current_config()); !st.ok()) {
-      // Not durable: undo, so the API never reports an export that would
-      // vanish on restart.
-      persistent_.erase(config.name);
-      (void)registry_.Remove(config.name);
-      return st;
+    const size_t count =
+        registry_.List().size() + failed_.size() + pending_.size();
+    if (count >= options_.max_exports) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the daemon holds ", count,
+                       " exports, the most --max-exports allows"));
     }
+    pending_.insert(config.name);  // the name is taken while we open
   }
+  absl::StatusOr<std::shared_ptr<Export>> e = Open(config, true);
+  std::unique_lock lock(mu_);
+  pending_.erase(config.name);
+  if (!e.ok()) return e.status();
+  if (absl::Status st = PersistPut((*e)->current_config()); !st.ok()) {
+    lock.unlock();
+    (*e)->RemoveCreatedFile();  // nothing may remain of a failed call
+    return st;
+  }
+  if (absl::Status st = registry_.Add(*e); !st.ok()) return st;
+  persistent_.insert(config.name);
+  lock.unlock();
   spdlog::info("created export \"{}\" ({} {})", config.name,
-               NameOf(config.backend), e->size());
-  return Describe(*e);
+               NameOf(config.backend), (*e)->size());
+  return Describe(**e);
 }
 
 absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindExport(
@@ -180,6 +183,12 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindExport(
 
 absl::StatusOr<ExportInfo> ExportManager::GetExport(
     const std::string& name) const {
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = failed_.find(name); it != failed_.end()) {
+      return DescribeFailed(it->second);
+    }
+  }
   absl::StatusOr<std::shared_ptr<Export>> e = FindExport(name);
   if (!e.ok()) return e.status();
   return Describe(**e);
@@ -195,63 +204,114 @@ absl::StatusOr<ExportManager::Page> ExportManager::ListExports(
   if (!page_token.empty() && !ValidateExportName(page_token).ok()) {
     return absl::InvalidArgumentError("invalid page_token");
   }
+  // Served and FAILED exports, merged by name.
+  std::map<std::string, std::shared_ptr<Export>> served;
+  for (auto& e : registry_.List()) served.emplace(e->name(), e);
+  std::map<std::string, ExportInfo> failed;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [name, f] : failed_) {
+      failed.emplace(name, DescribeFailed(f));
+    }
+  }
+  std::set<std::string> names;
+  for (const auto& [name, e] : served) names.insert(name);
+  for (const auto& [name, f] : failed) names.insert(name);
   Page page;
-  for (const auto& e : registry_.List()) {
-    if (!page_token.empty() && e->name() <= page_token) continue;
+  for (auto it = names.upper_bound(page_token); it != names.end(); ++it) {
     if (static_cast<int>(page.exports.size()) == page_size) {
       page.next_page_token = page.exports.back().config.name;
       break;
     }
-    page.exports.push_back(Describe(*e));
+    if (auto f = failed.find(*it); f != failed.end()) {
+      page.exports.push_back(f->second);
+    } else {
+      page.exports.push_back(Describe(*served.at(*it)));
+    }
   }
   return page;
 }
 
 absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
     const std::string& name, const ExportUpdate& update) {
-  std::shared_ptr<Export> e;
+  std::unique_lock lock(mu_);
+  if (auto it = failed_.find(name); it != failed_.end()) {
+    if (update.changes_fields()) {
+      ExportConfig next = Updated(it->second.config, update);
+      if (absl::Status st = ValidateExportConfig(next); !st.ok()) return st;
+      if (absl::Status st = PersistPut(next); !st.ok()) return st;
+      it->second.config = std::move(next);
+    }
+    if (!update.retry) return DescribeFailed(it->second);
+    lock.unlock();
+    return Retry(name);
+  }
+  if (pending_.contains(name)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "export \"", name, "\" is being created or retried; try again"));
+  }
+  absl::StatusOr<std::shared_ptr<Export>> found = FindExport(name);
+  if (!found.ok()) return found.status();
+  std::shared_ptr<Export> e = *found;
+  if (e->draining()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("export \"", name, "\" is being deleted"));
+  }
+  ExportConfig next = Updated(e->current_config(), update);
+  if (absl::Status st = ValidateExportConfig(next); !st.ok()) return st;
+  if (update.tls) {
+    if (absl::Status st = CheckTls(*update.tls); !st.ok()) return st;
+  }
+  // Saved first: what the call answers, what is live and what a restart
+  // brings back agree.
+  if (persistent_.contains(name)) {
+    if (absl::Status st = PersistPut(next); !st.ok()) return st;
+  }
+  if (update.description) e->set_description(next.description);
+  if (update.tls) e->set_tls_mode(next.tls);
+  if (update.max_clients) e->set_max_clients(next.max_clients);
+  if (update.stall_timeout) e->set_stall_timeout(next.stall_timeout);
+  e->buffers().Update(next.buffers);
+  lock.unlock();
+  if (update.changes_fields()) {
+    spdlog::info("updated export \"{}\": buffers {}, cap {}", name,
+                 NameOf(next.buffers.strategy), next.buffers.memory_cap_bytes);
+  }
+  return Describe(*e);
+}
+
+absl::StatusOr<ExportInfo> ExportManager::Retry(const std::string& name) {
+  ExportConfig config;
   {
     std::lock_guard lock(mu_);
-    absl::StatusOr<std::shared_ptr<Export>> found = FindExport(name);
-    if (!found.ok()) return found.status();
-    e = *found;
-    if (update.description && update.description->size() > 4096) {
-      return absl::InvalidArgumentError("description longer than 4096 bytes");
+    auto it = failed_.find(name);
+    if (it == failed_.end()) {  // removed or retried meanwhile
+      return absl::NotFoundError(
+          absl::StrCat("export \"", name, "\" is not FAILED any more"));
     }
-    BufferSettings settings = e->buffers().settings();
-    if (update.buffer_strategy) settings.strategy = *update.buffer_strategy;
-    if (update.memory_cap_bytes)
-      settings.memory_cap_bytes = *update.memory_cap_bytes;
-    if (update.pool_idle_release) {
-      if (update.pool_idle_release->count() < 0) {
-        return absl::InvalidArgumentError(
-            "pool_idle_release must not be negative");
-      }
-      settings.pool_idle_release = *update.pool_idle_release;
+    if (pending_.contains(name)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("export \"", name, "\" is already being retried"));
     }
-    if (update.tls) {
-      if (absl::Status st = CheckTls(*update.tls); !st.ok()) return st;
-    }
-    if (update.stall_timeout && *update.stall_timeout &&
-        (**update.stall_timeout < std::chrono::milliseconds(0) ||
-         **update.stall_timeout > kMaxStallTimeout)) {
-      return absl::InvalidArgumentError(
-          "stall_timeout must be between 0 and 24h");
-    }
-    if (update.description) e->set_description(*update.description);
-    if (update.tls) e->set_tls_mode(*update.tls);
-    if (update.max_clients) e->set_max_clients(*update.max_clients);
-    if (update.stall_timeout) e->set_stall_timeout(*update.stall_timeout);
-    e->buffers().Update(settings);
-    if (persistent_.contains(name)) {
-      if (absl::Status st = PersistPut(e->current_config()); !st.ok()) {
-        return st;
-      }
-    }
-    spdlog::info("updated export \"{}\": buffers {}, cap {}", name,
-                 NameOf(settings.strategy), settings.memory_cap_bytes);
+    config = it->second.config;
+    pending_.insert(name);
   }
-  return Describe(*e);  // takes mu_ itself
+  absl::StatusOr<std::shared_ptr<Export>> e = Open(config, false);
+  std::unique_lock lock(mu_);
+  pending_.erase(name);
+  auto it = failed_.find(name);  // still there: deletes wait for pending_
+  if (!e.ok()) {
+    it->second.reason = std::string(e.status().message());
+    return absl::Status(e.status().code(),
+                        absl::StrCat("export \"", name, "\" is still FAILED: ",
+                                     e.status().message()));
+  }
+  if (absl::Status st = registry_.Add(*e); !st.ok()) return st;
+  failed_.erase(it);
+  persistent_.insert(name);
+  lock.unlock();
+  spdlog::info("export \"{}\" is served again", name);
+  return Describe(**e);
 }
 
 absl::StatusOr<int> ExportManager::DeleteExport(
@@ -260,6 +320,16 @@ absl::StatusOr<int> ExportManager::DeleteExport(
   std::shared_ptr<Export> e;
   {
     std::lock_guard lock(mu_);
+    if (pending_.contains(name)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "export \"", name, "\" is being created or retried; try again"));
+    }
+    if (failed_.contains(name)) {
+      if (absl::Status st = PersistDelete(name); !st.ok()) return st;
+      failed_.erase(name);
+      spdlog::info("deleted FAILED export \"{}\"", name);
+      return 0;
+    }
     absl::StatusOr<std::shared_ptr<Export>> found = FindExport(name);
     if (!found.ok()) return found.status();
     e = *found;
@@ -271,6 +341,11 @@ absl::StatusOr<int> ExportManager::DeleteExport(
       return absl::FailedPreconditionError(
           absl::StrCat("export \"", name, "\" has ", e->clients(),
                        " connected client(s); use mode DRAIN or HARD"));
+    }
+    // Saved before anything changes: a failure leaves the export as it was.
+    if (persistent_.contains(name)) {
+      if (absl::Status st = PersistDelete(name); !st.ok()) return st;
+      persistent_.erase(name);
     }
     e->set_draining();  // from here on, no new client gets in
   }
@@ -299,13 +374,9 @@ absl::StatusOr<int> ExportManager::DeleteExport(
   }
   absl::Status flushed =
       e->read_only() ? absl::OkStatus() : e->backend().Flush();
-  std::lock_guard lock(mu_);
-  (void)registry_.Remove(name);
-  bool was_persistent = persistent_.erase(name) > 0;
-  if (was_persistent) {
-    if (absl::Status st = PersistDelete(name); !st.ok()) {
-      return st;
-    }
+  {
+    std::lock_guard lock(mu_);
+    (void)registry_.Remove(name);
   }
   if (!flushed.ok()) {
     spdlog::error("export \"{}\": final flush failed: {}", name,

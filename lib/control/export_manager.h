@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -33,6 +34,14 @@ struct ExportUpdate {
   // Set: change the stall timeout to the inner value (nullopt: the
   // daemon's default).
   std::optional<std::optional<std::chrono::milliseconds>> stall_timeout;
+  // Reopen a FAILED export's backend (after applying the fields above).
+  bool retry = false;
+
+  // Whether any field above is set (retry aside).
+  bool changes_fields() const {
+    return description || buffer_strategy || memory_cap_bytes ||
+           pool_idle_release || tls || max_clients || stall_timeout;
+  }
 };
 
 // How the manager reaches the connections of an export (nbd::Server).
@@ -49,19 +58,40 @@ struct ExportManagerOptions {
   std::vector<std::string> allow_paths;
   // The daemon has TLS credentials (exports may use tls=optional|require).
   bool tls_available = false;
+  // The most exports (served, FAILED or being created) the daemon holds;
+  // CreateExport beyond it gets ResourceExhausted.
+  uint32_t max_exports = kDefaultMaxExports;
 };
 
 // The domain API of the control plane: create, inspect, update and remove
 // exports at run time, and persist the ones created through it. Plain C++
-// (no protobuf); the gRPC service is a thin adapter over it. Thread-safe:
-// mutations are serialized; a DRAIN delete waits without blocking others.
+// (no protobuf); the gRPC service is a thin adapter over it.
+//
+// Contracts:
+// - A call returns OK only once its change is durable in the state store,
+//   and a call that fails changes nothing, live or persisted: changes are
+//   written ahead, then applied (a file CreateExport made is removed
+//   again if the export cannot be saved).
+// - No backend is opened with the manager's lock held, so a slow or
+//   hanging open delays only its own call.
+// - File exports created over the API are confined to the allowed
+//   directories at every open (creation, start, retry): resolved beneath
+//   them without symbolic links.
+// - A persisted export whose backend cannot be opened at start (missing,
+//   unreadable, no longer allowed, TLS no longer offered) is FAILED: kept,
+//   listed with its reason, not served; UpdateExport with retry reopens it.
+//   The other exports serve. A file is created only by the CreateExport
+//   that asked for it, never when reopening.
+// Thread-safe: mutations are serialized; a DRAIN delete waits without
+// blocking others.
 class ExportManager {
  public:
   // Loads the persisted exports and opens them into `registry` (which may
-  // already hold command-line exports). Fails, leaving the state file
-  // untouched, if it cannot be read or parsed, or a persisted export cannot
-  // be opened or clashes with a command-line one; the message names the
-  // file. `registry` and `buffers` must outlive the manager.
+  // already hold command-line exports); the ones that cannot be opened are
+  // FAILED. Fails, leaving the state untouched, if it cannot be read or
+  // parsed or a persisted export clashes with a command-line one; the
+  // message names the file. `registry` and `buffers` must outlive the
+  // manager.
   static absl::StatusOr<std::unique_ptr<ExportManager>> Create(
       ExportManagerOptions options, ExportRegistry& registry,
       BufferSystem& buffers);
@@ -69,8 +99,10 @@ class ExportManager {
   // Must be set before Delete is used with clients connected.
   void set_session_control(SessionControl* control) { sessions_ = control; }
 
-  // InvalidArgument (bad config), AlreadyExists, PermissionDenied (path not
-  // allowed), NotFound (missing file), or the backend's error.
+  // InvalidArgument (bad config, not a regular file or block device),
+  // AlreadyExists, PermissionDenied (path not allowed or through a
+  // symbolic link), NotFound (missing file), ResourceExhausted (at
+  // max_exports), the backend's error, or the state store's.
   absl::StatusOr<ExportInfo> CreateExport(ExportConfig config);
   // NotFound.
   absl::StatusOr<ExportInfo> GetExport(const std::string& name) const;
@@ -82,14 +114,18 @@ class ExportManager {
   // Sorted by name. InvalidArgument for a bad size or token.
   absl::StatusOr<Page> ListExports(int page_size,
                                    const std::string& page_token) const;
-  // NotFound, InvalidArgument.
+  // The updated config is validated whole (ValidateExportConfig), saved,
+  // then applied. NotFound, InvalidArgument, FailedPrecondition (being
+  // deleted, or TLS the daemon cannot offer), the state store's error, or
+  // with retry on a FAILED export the open error (it stays FAILED).
   absl::StatusOr<ExportInfo> UpdateExport(const std::string& name,
                                           const ExportUpdate& update);
   // SAFE: FailedPrecondition while clients are connected. DRAIN: new
   // clients are refused, connected ones finish in-flight requests and are
   // closed; at `timeout` the rest are closed. HARD: flush, then close now.
-  // Returns how many connections were closed. NotFound; FailedPrecondition
-  // if already being deleted.
+  // The removal is saved before clients are touched. A FAILED export is
+  // removed at once. Returns how many connections were closed. NotFound;
+  // FailedPrecondition if already being deleted, created or retried.
   absl::StatusOr<int> DeleteExport(const std::string& name, DeleteMode mode,
                                    std::chrono::milliseconds timeout);
 
@@ -98,10 +134,24 @@ class ExportManager {
   // by --drain-timeout, takes over). Idempotent; thread-safe.
   void AbortDrains() { aborting_.store(true, std::memory_order_release); }
 
+  // The FAILED exports, by name (for metrics).
+  std::vector<ExportInfo> FailedExports() const;
+
  private:
+  struct FailedExport {
+    ExportConfig config;
+    std::string reason;
+    std::chrono::system_clock::time_point since;
+  };
+
   ExportManager(ExportManagerOptions options, ExportRegistry& registry,
                 BufferSystem& buffers);
   ExportInfo Describe(const Export& e) const;
+  static ExportInfo DescribeFailed(const FailedExport& f);
+  // Opens `config`'s backend (confined for file exports; creating a
+  // missing file only if `may_create`). Call without mu_ held.
+  absl::StatusOr<std::shared_ptr<Export>> Open(const ExportConfig& config,
+                                               bool may_create) const;
   // Records a created or updated export / a deleted one in the state
   // store (no-op without one); the error names what could not be saved.
   absl::Status PersistPut(const ExportConfig& config)
@@ -111,9 +161,10 @@ class ExportManager {
   // The registered export `name`, or NotFound.
   absl::StatusOr<std::shared_ptr<Export>> FindExport(
       const std::string& name) const;
-  absl::Status CheckPath(const std::string& path) const;
   // FailedPrecondition for a TLS mode the daemon cannot offer.
   absl::Status CheckTls(TlsMode mode) const;
+  // Reopens the FAILED export `name` (its config already updated).
+  absl::StatusOr<ExportInfo> Retry(const std::string& name);
 
   const ExportManagerOptions options_;
   ExportRegistry& registry_;
@@ -123,9 +174,14 @@ class ExportManager {
   std::unique_ptr<StateStore> store_;
 
   mutable std::mutex mu_;
-  // Names of the API-created (persisted) exports; their configs live in
-  // the registry and the state store.
+  // Names of the API-created (persisted) exports that are served; their
+  // configs live in the registry and the state store.
   std::set<std::string> persistent_ ABSL_GUARDED_BY(mu_);
+  // Persisted exports that could not be opened: not in the registry.
+  std::map<std::string, FailedExport> failed_ ABSL_GUARDED_BY(mu_);
+  // Names whose backend is being opened outside the lock (a create or a
+  // retry): taken, but in neither the registry nor failed_ yet.
+  std::set<std::string> pending_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace nbdmgr

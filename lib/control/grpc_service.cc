@@ -53,13 +53,14 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
                                              v1::Export* out) {
   absl::StatusOr<std::string> id = ExportIdFromName(req->export_().name());
   if (!id.ok()) return ToGrpcStatus(id.status());
-  if (req->update_mask().paths().empty()) {
+  if (req->update_mask().paths().empty() && !req->retry()) {
     return ToGrpcStatus(absl::InvalidArgumentError(
         "update_mask is required (description, buffer_strategy, "
         "memory_cap_bytes, pool_idle_release, tls, max_clients, "
-        "stall_timeout)"));
+        "stall_timeout) unless retry is set"));
   }
   ExportUpdate update;
+  update.retry = req->retry();
   const v1::Export& e = req->export_();
   for (const std::string& path : req->update_mask().paths()) {
     if (path == "description") {
@@ -71,12 +72,10 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
     } else if (path == "memory_cap_bytes") {
       update.memory_cap_bytes = e.memory_cap_bytes();
     } else if (path == "pool_idle_release") {
-      const auto& d = e.pool_idle_release();
-      if (d.seconds() < 0 || d.nanos() < 0) {
-        return ToGrpcStatus(absl::InvalidArgumentError(
-            "pool_idle_release must not be negative"));
-      }
-      update.pool_idle_release = DurationFromProto(d);
+      absl::StatusOr<std::chrono::milliseconds> d =
+          DurationFromProto(e.pool_idle_release(), "pool_idle_release");
+      if (!d.ok()) return ToGrpcStatus(d.status());
+      update.pool_idle_release = *d;
     } else if (path == "tls") {
       absl::StatusOr<TlsMode> m = TlsModeFromProto(e.tls());
       if (!m.ok()) return ToGrpcStatus(m.status());
@@ -87,12 +86,10 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
       if (!e.has_stall_timeout()) {
         update.stall_timeout.emplace(std::nullopt);  // the daemon's default
       } else {
-        const auto& d = e.stall_timeout();
-        if (d.seconds() < 0 || d.nanos() < 0 || d.seconds() > 86400) {
-          return ToGrpcStatus(absl::InvalidArgumentError(
-              "stall_timeout must be between 0 and 24h"));
-        }
-        update.stall_timeout.emplace(DurationFromProto(d));
+        absl::StatusOr<std::chrono::milliseconds> d =
+            DurationFromProto(e.stall_timeout(), "stall_timeout");
+        if (!d.ok()) return ToGrpcStatus(d.status());
+        update.stall_timeout.emplace(*d);
       }
     } else {
       return ToGrpcStatus(absl::InvalidArgumentError(
@@ -130,12 +127,14 @@ grpc::Status ExportServiceImpl::DeleteExport(grpc::ServerContext*,
   }
   std::chrono::milliseconds timeout(30000);
   if (req->has_timeout()) {
-    const auto& d = req->timeout();
-    if (d.seconds() < 0 || d.nanos() < 0 || d.seconds() > 3600) {
+    absl::StatusOr<std::chrono::milliseconds> d =
+        DurationFromProto(req->timeout(), "timeout");
+    if (!d.ok()) return ToGrpcStatus(d.status());
+    if (*d > std::chrono::hours(1)) {
       return ToGrpcStatus(
           absl::InvalidArgumentError("timeout must be between 0 and 1h"));
     }
-    timeout = DurationFromProto(d);
+    timeout = *d;
   }
   absl::StatusOr<int> closed = manager_.DeleteExport(*id, mode, timeout);
   if (!closed.ok()) return ToGrpcStatus(closed.status());

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/control/export_info.h"
+#include "lib/util/strings.h"
 
 namespace nbdmgr {
 
@@ -27,8 +28,15 @@ google::protobuf::Duration DurationToProto(std::chrono::milliseconds d) {
   return p;
 }
 
-std::chrono::milliseconds DurationFromProto(
-    const google::protobuf::Duration& d) {
+absl::StatusOr<std::chrono::milliseconds> DurationFromProto(
+    const google::protobuf::Duration& d, std::string_view field) {
+  constexpr int64_t kMaxSeconds = int64_t{100} * 366 * 86400;
+  if (d.seconds() < 0 || d.nanos() < 0 || d.nanos() > 999999999 ||
+      d.seconds() > kMaxSeconds) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        ToAbsl(field), ": duration ", d.seconds(), "s ", d.nanos(),
+        "ns is out of range (0 to 100 years, nanos 0 to 999999999)"));
+  }
   return std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
 }
 
@@ -137,24 +145,20 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
   c.buffers.strategy = *strategy;
   c.buffers.memory_cap_bytes = p.memory_cap_bytes();
   if (p.has_pool_idle_release()) {
-    const auto& d = p.pool_idle_release();
-    if (d.seconds() < 0 || d.nanos() < 0 || d.seconds() > 86400 * 365) {
-      return absl::InvalidArgumentError(
-          "pool_idle_release must be between 0 and a year");
-    }
-    c.buffers.pool_idle_release = DurationFromProto(d);
+    absl::StatusOr<std::chrono::milliseconds> d =
+        DurationFromProto(p.pool_idle_release(), "pool_idle_release");
+    if (!d.ok()) return d.status();
+    c.buffers.pool_idle_release = *d;
   }
   absl::StatusOr<TlsMode> tls = TlsModeFromProto(p.tls());
   if (!tls.ok()) return tls.status();
   c.tls = *tls;
   c.max_clients = p.max_clients();
   if (p.has_stall_timeout()) {
-    const auto& d = p.stall_timeout();
-    if (d.seconds() < 0 || d.nanos() < 0 || d.seconds() > 86400) {
-      return absl::InvalidArgumentError(
-          "stall_timeout must be between 0 and 24h");
-    }
-    c.stall_timeout = DurationFromProto(d);
+    absl::StatusOr<std::chrono::milliseconds> d =
+        DurationFromProto(p.stall_timeout(), "stall_timeout");
+    if (!d.ok()) return d.status();
+    c.stall_timeout = *d;
   }
   if (absl::Status st = ValidateExportConfig(c); !st.ok()) return st;
   return c;
@@ -202,7 +206,18 @@ v1::Export ExportInfoToProto(const ExportInfo& info) {
   p.mutable_create_time()->set_nanos(static_cast<int32_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch - secs)
           .count()));
-  p.set_state(info.draining ? v1::Export::DRAINING : v1::Export::ACTIVE);
+  switch (info.state) {
+    case ExportState::kActive:
+      p.set_state(v1::Export::ACTIVE);
+      break;
+    case ExportState::kDraining:
+      p.set_state(v1::Export::DRAINING);
+      break;
+    case ExportState::kFailed:
+      p.set_state(v1::Export::FAILED);
+      p.set_failure(info.failure);
+      break;
+  }
   p.set_persistent(info.persistent);
   return p;
 }

@@ -19,10 +19,12 @@ absl::StatusOr<std::string> ExportIdFromName(const std::string& resource_name);
 std::string ExportResourceName(const std::string& id);
 
 // google.protobuf.Duration <-> milliseconds (sub-millisecond parts are
-// dropped). Range checks stay with the caller, which knows the limits.
+// dropped). InvalidArgument naming `field` for a negative duration, nanos
+// out of 0..999999999, or more than 100 years (which would overflow);
+// finer range checks stay with ValidateExportConfig and the flag parser.
 google::protobuf::Duration DurationToProto(std::chrono::milliseconds d);
-std::chrono::milliseconds DurationFromProto(
-    const google::protobuf::Duration& d);
+absl::StatusOr<std::chrono::milliseconds> DurationFromProto(
+    const google::protobuf::Duration& d, std::string_view field);
 
 absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s);
 v1::BufferStrategy StrategyToProto(BufferStrategy s);

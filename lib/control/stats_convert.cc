@@ -79,6 +79,8 @@ v1::Stats StatsToProto(const StatsSnapshot& s) {
     pe->set_name(ExportResourceName(e.name));
     pe->set_backend(e.backend);
     pe->set_draining(e.draining);
+    pe->set_failed(e.failed);
+    pe->set_failure(e.failure);
     pe->set_size_bytes(e.size_bytes);
     pe->set_clients(e.clients);
     pe->set_bytes_read(e.io.bytes_read);
@@ -129,6 +131,8 @@ StatsSnapshot StatsFromProto(const v1::Stats& p) {
     e.name = id.ok() ? *id : pe.name();
     e.backend = pe.backend();
     e.draining = pe.draining();
+    e.failed = pe.failed();
+    e.failure = pe.failure();
     e.size_bytes = pe.size_bytes();
     e.clients = pe.clients();
     e.io.bytes_read = pe.bytes_read();

@@ -29,8 +29,12 @@ class Errors final : public google::protobuf::io::ErrorCollector {
   std::string first_;
 };
 
+// The duration as a flag value; one out of range is passed on in a form
+// the flag parser rejects with its own message.
 std::string Millis(const google::protobuf::Duration& d) {
-  return absl::StrCat(DurationFromProto(d).count(), "ms");
+  absl::StatusOr<std::chrono::milliseconds> ms = DurationFromProto(d, "");
+  if (!ms.ok()) return absl::StrCat(d.seconds(), "s", d.nanos(), "ns");
+  return absl::StrCat(ms->count(), "ms");
 }
 
 }  // namespace
@@ -87,6 +91,9 @@ absl::StatusOr<ConfigFileContents> ParseConfigFile(const std::string& path,
   if (p.has_idle_timeout()) flag("--idle-timeout", Millis(p.idle_timeout()));
   if (p.has_max_connections()) {
     flag("--max-connections", std::to_string(p.max_connections()));
+  }
+  if (p.has_max_exports()) {
+    flag("--max-exports", std::to_string(p.max_exports()));
   }
   if (p.has_stall_timeout()) flag("--stall-timeout", Millis(p.stall_timeout()));
   if (p.has_connection_memory_bytes()) {

@@ -189,6 +189,14 @@ absl::Status ApplyFlag(const std::string& flag, const std::string& value,
     absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
     if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
     (flag == "--idle-timeout" ? c.idle_timeout : c.handshake_timeout) = *d;
+  } else if (flag == "--max-exports") {
+    uint32_t n = 0;
+    if (!absl::SimpleAtoi(value, &n) || n == 0 || n > 100000) {
+      return FlagError(flag, absl::StrCat("expected a count from 1 to 100000, "
+                                          "got \"",
+                                          value, "\""));
+    }
+    c.max_exports = n;
   } else if (flag == "--max-connections") {
     uint32_t n = 0;
     if (!absl::SimpleAtoi(value, &n)) {
@@ -293,6 +301,8 @@ Flags:
                           nothing is in flight (default 0 = never).
   --max-connections N     NBD connections at once; more are closed at accept
                           (default 4096; 0 = no cap). Per export: max-clients=N.
+  --max-exports N         Exports the daemon holds at most, given, created over
+                          the API or FAILED (default 512).
   --log-level LEVEL       trace, debug, info, warn, error. Default info.
   --ready-file PATH       Once serving, write the bound addresses there (one per
                           line; useful with port 0).
@@ -368,21 +378,35 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
       value = arg.substr(eq + 1);
       has_value = true;
     }
-    static const std::set<std::string> kKnown = {
-        "--nbd-listen",        "--export",
-        "--default-export",    "--io-threads",
-        "--blocking-threads",  "--drain-timeout",
-        "--log-level",         "--ready-file",
-        "--memory-cap",        "--control-listen",
-        "--control-tls-cert",  "--control-tls-key",
-        "--control-tls-ca",    "--state-dir",
-        "--allow-path",        "--metrics-listen",
-        "--request-stats",     "--tls-cert",
-        "--tls-key",           "--tls-ca",
-        "--tls-psk",           "--handshake-timeout",
-        "--idle-timeout",      "--max-connections",
-        "--stall-timeout",     "--connection-share",
-        "--connection-memory", "--config"};
+    static const std::set<std::string> kKnown = {"--nbd-listen",
+                                                 "--export",
+                                                 "--default-export",
+                                                 "--io-threads",
+                                                 "--blocking-threads",
+                                                 "--drain-timeout",
+                                                 "--log-level",
+                                                 "--ready-file",
+                                                 "--memory-cap",
+                                                 "--control-listen",
+                                                 "--control-tls-cert",
+                                                 "--control-tls-key",
+                                                 "--control-tls-ca",
+                                                 "--state-dir",
+                                                 "--allow-path",
+                                                 "--metrics-listen",
+                                                 "--request-stats",
+                                                 "--tls-cert",
+                                                 "--tls-key",
+                                                 "--tls-ca",
+                                                 "--tls-psk",
+                                                 "--handshake-timeout",
+                                                 "--idle-timeout",
+                                                 "--max-connections",
+                                                 "--max-exports",
+                                                 "--stall-timeout",
+                                                 "--connection-share",
+                                                 "--connection-memory",
+                                                 "--config"};
     if (!kKnown.contains(flag)) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown flag ", flag, " (see --help)"));
@@ -424,6 +448,12 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
   }
   if (c.nbd_listen.empty()) {
     c.nbd_listen.push_back(*ParseListenAddress("tcp:127.0.0.1:10809"));
+  }
+  if (c.exports.size() > c.max_exports) {
+    return FlagError("--export", absl::StrCat(c.exports.size(),
+                                              " exports given, more than "
+                                              "--max-exports ",
+                                              c.max_exports));
   }
   std::set<std::string> names;
   for (const ExportConfig& e : c.exports) {

@@ -61,6 +61,8 @@ struct DaemonConfig {
   // is disconnected (exports may override); 0: never.
   std::chrono::milliseconds stall_timeout{30000};
   uint32_t max_connections = 4096;  // 0: no cap
+  // Exports held at most (given, created over the API, FAILED).
+  uint32_t max_exports = kDefaultMaxExports;
 };
 
 // The outcome of parsing the command line.

@@ -8,7 +8,9 @@
 namespace nbdmgr {
 namespace {
 
-absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const ExportConfig& c) {
+absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
+    const ExportConfig& c, const BackendOpenOptions& open,
+    FileBackend** created) {
   switch (c.backend) {
     case BackendKind::kMemory: {
       auto b = MemoryBackend::Create(*c.size);
@@ -21,9 +23,11 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const ExportConfig& c) {
       return std::unique_ptr<Backend>(std::move(*b));
     }
     case BackendKind::kFile: {
-      auto b = FileBackend::Open(
-          FileBackendOptions{c.path, c.read_only, c.size, c.create});
+      auto b = FileBackend::Open(FileBackendOptions{c.path, c.read_only, c.size,
+                                                    c.create && open.may_create,
+                                                    open.confine_to});
       if (!b.ok()) return b.status();
+      if ((*b)->created_file()) *created = b->get();
       return std::unique_ptr<Backend>(std::move(*b));
     }
   }
@@ -32,12 +36,22 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const ExportConfig& c) {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Export>> Export::Create(ExportConfig config,
-                                                       BufferSystem& buffers) {
+absl::StatusOr<std::shared_ptr<Export>> Export::Create(
+    ExportConfig config, BufferSystem& buffers,
+    const BackendOpenOptions& open) {
   if (absl::Status st = ValidateExportConfig(config); !st.ok()) return st;
-  absl::StatusOr<std::unique_ptr<Backend>> backend = OpenBackend(config);
+  FileBackend* created = nullptr;
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      OpenBackend(config, open, &created);
   if (!backend.ok()) return backend.status();
-  return FromBackend(std::move(config), std::move(*backend), buffers);
+  std::shared_ptr<Export> e =
+      FromBackend(std::move(config), std::move(*backend), buffers);
+  e->created_file_ = created;
+  return e;
+}
+
+void Export::RemoveCreatedFile() {
+  if (created_file_ != nullptr) created_file_->RemoveCreatedFile();
 }
 
 std::shared_ptr<Export> Export::FromBackend(ExportConfig config,

@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -15,6 +16,20 @@
 #include "lib/metrics/io_stats.h"
 
 namespace nbdmgr {
+
+class FileBackend;
+
+// How Export::Create opens its backend.
+struct BackendOpenOptions {
+  // Non-empty: a file backend's path must lie beneath one of these
+  // directories, reached without symbolic links (exports created over the
+  // API, at creation and at every reopen).
+  std::vector<std::string> confine_to;
+  // Whether a missing file may be created (when the config asks for it).
+  // False when a persisted export is reopened: a file is created only by
+  // the API call that asked for it.
+  bool may_create = true;
+};
 
 // One served export: its configuration, its open backend and live state.
 // Thread-safe: config and backend are immutable after Create(); the client
@@ -25,8 +40,14 @@ class Export {
  public:
   // Validates `config` and opens its backend. Returns the validation or
   // backend-open error unchanged. `buffers` must outlive the export.
-  static absl::StatusOr<std::shared_ptr<Export>> Create(ExportConfig config,
-                                                        BufferSystem& buffers);
+  static absl::StatusOr<std::shared_ptr<Export>> Create(
+      ExportConfig config, BufferSystem& buffers,
+      const BackendOpenOptions& open = {});
+
+  // Undoes the creation of the backend's file, if opening it created one
+  // (a CreateExport that could not be persisted). Call before the export
+  // serves anyone.
+  void RemoveCreatedFile();
 
   // For tests and decorators: serve an already-built backend.
   static std::shared_ptr<Export> FromBackend(ExportConfig config,
@@ -95,6 +116,7 @@ class Export {
 
   const ExportConfig config_;
   const std::unique_ptr<Backend> backend_;
+  FileBackend* created_file_ = nullptr;  // the backend, if it made its file
   const uint64_t size_;
   const BackendCaps caps_;
   const BlockSizes block_sizes_;

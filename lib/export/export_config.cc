@@ -128,20 +128,44 @@ absl::Status ValidateBlockSizes(const BlockSizes& b) {
 
 absl::Status ValidateExportConfig(const ExportConfig& c) {
   if (absl::Status st = ValidateExportName(c.name); !st.ok()) return st;
-  if (absl::Status st = ValidateBlockSizes(c.block_sizes); !st.ok()) return st;
-  if (c.size && *c.size % c.block_sizes.minimum != 0) {
+  auto invalid = [&c](auto&&... parts) {
     return absl::InvalidArgumentError(
-        absl::StrCat("export ", c.name,
-                     ": size must be a multiple of the minimum block size"));
+        absl::StrCat("export ", c.name, ": ", parts...));
+  };
+  if (absl::Status st = ValidateBlockSizes(c.block_sizes); !st.ok()) {
+    return invalid(st.message());
   }
-  if (c.description.size() > 4096) {
-    return absl::InvalidArgumentError(
-        "export description longer than 4096 bytes");
+  if (c.size && *c.size > kMaxExportSize) {
+    return invalid("size ", *c.size, " is larger than NBD allows (",
+                   kMaxExportSize, " bytes)");
+  }
+  if (c.size && *c.size % c.block_sizes.minimum != 0) {
+    return invalid("size must be a multiple of the minimum block size");
+  }
+  if (c.description.size() > kMaxDescriptionBytes) {
+    return invalid("description longer than ", kMaxDescriptionBytes, " bytes");
+  }
+  if (!IsValidUtf8(c.description)) {
+    return invalid("description is not valid UTF-8");
+  }
+  if (c.buffers.memory_cap_bytes > kMaxExportSize) {
+    return invalid("memory cap ", c.buffers.memory_cap_bytes,
+                   " is out of range");
+  }
+  if (c.buffers.pool_idle_release.count() < 0 ||
+      c.buffers.pool_idle_release > kMaxPoolIdleRelease) {
+    return invalid("pool idle release must be between 0 and ",
+                   FormatDuration(kMaxPoolIdleRelease));
   }
   if (c.stall_timeout &&
       (c.stall_timeout->count() < 0 || *c.stall_timeout > kMaxStallTimeout)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "export ", c.name, ": stall timeout must be between 0 and 24h"));
+    return invalid("stall timeout must be between 0 and 24h");
+  }
+  if (c.path.size() > kMaxPathBytes) {
+    return invalid("path longer than ", kMaxPathBytes, " bytes");
+  }
+  if (c.path.find('\0') != std::string::npos || !IsValidUtf8(c.path)) {
+    return invalid("path is not a valid UTF-8 file name");
   }
   switch (c.backend) {
     case BackendKind::kMemory:

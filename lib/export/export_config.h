@@ -60,6 +60,16 @@ struct ExportConfig {
 
 // The longest stall timeout an export or the daemon may set.
 inline constexpr std::chrono::hours kMaxStallTimeout{24};
+// The longest pool_idle_release an export may set.
+inline constexpr std::chrono::hours kMaxPoolIdleRelease{24 * 365};
+// The largest export NBD can describe (sizes and offsets are signed 64-bit
+// in clients such as qemu and libnbd); also the largest memory cap.
+inline constexpr uint64_t kMaxExportSize = INT64_MAX;
+// The default of the most exports a daemon holds (--max-exports).
+inline constexpr uint32_t kDefaultMaxExports = 512;
+// Longest description, and longest file path.
+inline constexpr size_t kMaxDescriptionBytes = 4096;
+inline constexpr size_t kMaxPathBytes = 4095;
 
 // NBD's rules: minimum a power of two <= 64 KiB; preferred a power of two
 // >= max(minimum, 512); maximum_payload >= preferred and <= kMaxPayloadLimit.
@@ -69,7 +79,11 @@ absl::Status ValidateBlockSizes(const BlockSizes& b);
 // letter or digit (they appear in resource names and metric labels).
 absl::Status ValidateExportName(std::string_view name);
 
-// Checks names, required keys and sizes. InvalidArgument naming the field.
+// The one validation of an export's configuration, shared by the command
+// line, the config file, CreateExport, UpdateExport (on the updated
+// config) and the state loader: names, required keys, every size and
+// duration range, and strings that must be UTF-8. InvalidArgument naming
+// the field.
 absl::Status ValidateExportConfig(const ExportConfig& config);
 
 // Parses a command-line export spec: comma-separated key=value pairs, e.g.

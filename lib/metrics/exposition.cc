@@ -52,6 +52,7 @@ void PerExport(Builder& b, const StatsSnapshot& s, std::string name,
                std::string help, MetricType type, Fn value) {
   MetricFamily& f = b.Family(std::move(name), std::move(help), type);
   for (const ExportStats& e : s.exports) {
+    if (e.failed) continue;  // not served: only nbdmgr_export_info
     Builder::Add(f, {{"export", e.name}}, static_cast<double>(value(e)));
   }
 }
@@ -67,6 +68,7 @@ void AddRequestFamilies(Builder& b, const StatsSnapshot& s) {
       "Time from reading a request's header to writing its whole reply.",
       MetricType::Histogram);
   for (const ExportStats& e : s.exports) {
+    if (e.failed) continue;
     for (size_t op = 0; op < kNumIoOps; ++op) {
       const std::string op_name(NameOf(static_cast<IoOp>(op)));
       uint64_t total = 0;
@@ -113,13 +115,16 @@ void AddRequestFamilies(Builder& b, const StatsSnapshot& s) {
 void AddExportFamilies(Builder& b, const StatsSnapshot& s) {
   MetricFamily& info =
       b.Family("nbdmgr_export_info",
-               "1 for every export served, with its backend and status.",
+               "1 for every export, with its backend and status (active, "
+               "draining, or failed: not served, see the log or nbdctl get).",
                MetricType::Gauge);
   for (const ExportStats& e : s.exports) {
     Builder::Add(info,
                  {{"export", e.name},
                   {"backend", e.backend},
-                  {"status", e.draining ? "draining" : "active"}},
+                  {"status", e.failed     ? "failed"
+                             : e.draining ? "draining"
+                                          : "active"}},
                  1);
   }
   PerExport(b, s, "nbdmgr_export_size_bytes", "Size of the export.",

@@ -32,6 +32,8 @@ struct ExportStats {
   std::string name;
   std::string backend;  // "memory", "file", "null"
   bool draining = false;
+  bool failed = false;  // FAILED: not served (counters stay zero)
+  std::string failure;  // why
   uint64_t size_bytes = 0;
   uint64_t clients = 0;
   IoCounts io;
