@@ -97,5 +97,91 @@ TEST_F(FileBackendTest, ReadOnlyOpen) {
   EXPECT_FALSE(b->Write(0, d, false).ok());  // EBADF from a read-only fd
 }
 
+TEST_F(FileBackendTest, FifoAndDirectoryAreRefusedWithoutBlocking) {
+  // Opening a FIFO without O_NONBLOCK would wait for a writer for ever.
+  ASSERT_EQ(::mkfifo(path_.c_str(), 0600), 0);
+  for (bool ro : {true, false}) {
+    auto b = FileBackend::Open({path_, ro, std::nullopt, false});
+    ASSERT_FALSE(b.ok());
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(b.status().message().find("not a regular file or block device"),
+              absl::string_view::npos)
+        << b.status();
+  }
+  auto d = FileBackend::Open({dir_, true, std::nullopt, false});
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+class ConfinedFileTest : public FileBackendTest {
+ protected:
+  void SetUp() override {
+    FileBackendTest::SetUp();
+    allowed_ = dir_ + "/allowed";
+    outside_ = dir_ + "/outside";
+    std::filesystem::create_directories(allowed_ + "/sub");
+    std::filesystem::create_directories(outside_);
+    for (const std::string& p : {allowed_ + "/in.img", outside_ + "/out.img"}) {
+      int fd = ::open(p.c_str(), O_CREAT | O_WRONLY, 0600);
+      ASSERT_EQ(::ftruncate(fd, 4096), 0);
+      ::close(fd);
+    }
+  }
+  absl::StatusCode OpenCode(const std::string& path, bool create = false) {
+    FileBackendOptions o{path,
+                         false,
+                         create ? std::optional<uint64_t>(4096) : std::nullopt,
+                         create,
+                         {allowed_}};
+    return FileBackend::Open(o).status().code();
+  }
+  std::string allowed_, outside_;
+};
+
+TEST_F(ConfinedFileTest, OpensBeneathTheAllowedDirectory) {
+  EXPECT_EQ(OpenCode(allowed_ + "/in.img"), absl::StatusCode::kOk);
+  EXPECT_EQ(OpenCode(allowed_ + "//sub/../in.img"),
+            absl::StatusCode::kPermissionDenied);  // ".." is refused
+  EXPECT_EQ(OpenCode(outside_ + "/out.img"),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(OpenCode(allowed_ + "/missing.img"), absl::StatusCode::kNotFound);
+  // The allowed directory may be named through a symbolic link.
+  std::filesystem::create_directory_symlink(allowed_, dir_ + "/alias");
+  FileBackendOptions o{
+      dir_ + "/alias/in.img", false, std::nullopt, false, {dir_ + "/alias"}};
+  EXPECT_TRUE(FileBackend::Open(o).ok());
+}
+
+TEST_F(ConfinedFileTest, NoSymbolicLinkBelowIt) {
+  // A link as the last component, even to a file inside.
+  std::filesystem::create_symlink(outside_ + "/out.img", allowed_ + "/l.img");
+  std::filesystem::create_symlink(allowed_ + "/in.img", allowed_ + "/l2.img");
+  EXPECT_EQ(OpenCode(allowed_ + "/l.img"), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(OpenCode(allowed_ + "/l2.img"),
+            absl::StatusCode::kPermissionDenied);
+  // A link as a directory on the way; a create through it makes nothing.
+  std::filesystem::create_directory_symlink(outside_, allowed_ + "/dir");
+  EXPECT_EQ(OpenCode(allowed_ + "/dir/out.img"),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(OpenCode(allowed_ + "/dir/new.img", true),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_FALSE(std::filesystem::exists(outside_ + "/new.img"));
+}
+
+TEST_F(ConfinedFileTest, CreatedFileCanBeRemovedAgain) {
+  FileBackendOptions o{allowed_ + "/new.img", false, 8192, true, {allowed_}};
+  auto b = FileBackend::Open(o);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE((*b)->created_file());
+  (*b)->RemoveCreatedFile();
+  EXPECT_FALSE(std::filesystem::exists(allowed_ + "/new.img"));
+  // A file that existed is never removed.
+  auto c = FileBackend::Open(
+      {allowed_ + "/in.img", false, std::nullopt, true, {allowed_}});
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE((*c)->created_file());
+  (*c)->RemoveCreatedFile();
+  EXPECT_TRUE(std::filesystem::exists(allowed_ + "/in.img"));
+}
+
 }  // namespace
 }  // namespace nbdmgr

@@ -48,9 +48,9 @@ class ExportManagerTest : public ::testing::Test {
     c.size = 1 << 20;
     return c;
   }
-  ExportConfig File(const std::string& path) {
+  ExportConfig File(const std::string& path, const std::string& name = "f") {
     ExportConfig c;
-    c.name = "f";
+    c.name = name;
     c.backend = BackendKind::kFile;
     c.path = path;
     c.size = 1 << 20;
@@ -117,14 +117,15 @@ TEST_F(ExportManagerTest, PersistsAcrossRestartWithUpdates) {
 
 TEST_F(ExportManagerTest, PathPolicy) {
   EXPECT_TRUE(manager_->CreateExport(File(dir_ + "/allowed/a.img")).ok());
-  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/other/b.img")).status().code(),
-            absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/allowed/../other/c.img"))
+  EXPECT_EQ(
+      manager_->CreateExport(File(dir_ + "/other/b.img", "b")).status().code(),
+      absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/allowed/../other/c.img", "c"))
                 .status()
                 .code(),
             absl::StatusCode::kPermissionDenied);
   std::filesystem::create_symlink(dir_ + "/other", dir_ + "/allowed/escape");
-  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/allowed/escape/d.img"))
+  EXPECT_EQ(manager_->CreateExport(File(dir_ + "/allowed/escape/d.img", "d"))
                 .status()
                 .code(),
             absl::StatusCode::kPermissionDenied);
@@ -155,12 +156,94 @@ TEST_F(ExportManagerTest, DeleteModes) {
 }
 
 TEST_F(ExportManagerTest, CorruptStateRefusesStart) {
+  manager_.reset();  // one manager per state directory at a time
   { std::ofstream(dir_ + "/state/exports.textproto") << "garbage {"; }
   registry_ = std::make_unique<ExportRegistry>();
   auto m = ExportManager::Create({dir_ + "/state", {}}, *registry_, buffers_);
   ASSERT_FALSE(m.ok());
   EXPECT_NE(m.status().message().find("exports.textproto"),
             absl::string_view::npos);
+}
+
+TEST_F(ExportManagerTest, UnopenableExportsAtStartAreFailedAndRetried) {
+  ASSERT_TRUE(manager_->CreateExport(File(dir_ + "/allowed/a.img")).ok());
+  ASSERT_TRUE(manager_->CreateExport(Memory("m")).ok());
+  std::filesystem::rename(dir_ + "/allowed/a.img", dir_ + "/a.img");
+  Reopen();  // the file is missing: FAILED, not recreated
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/allowed/a.img"));
+  auto info = manager_->GetExport("f");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state, ExportState::kFailed);
+  EXPECT_NE(info->failure.find("no such file"), std::string::npos)
+      << info->failure;
+  EXPECT_EQ(registry_->Find("f"), nullptr);  // not served
+  EXPECT_NE(registry_->Find("m"), nullptr);  // the others are
+  auto page = manager_->ListExports(0, "");
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->exports.size(), 2u);
+  EXPECT_EQ(page->exports[0].config.name, "f");
+  ASSERT_EQ(manager_->FailedExports().size(), 1u);
+  // A retry that still fails keeps it FAILED; one that works serves it.
+  ExportUpdate retry;
+  retry.retry = true;
+  EXPECT_EQ(manager_->UpdateExport("f", retry).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->GetExport("f")->state, ExportState::kFailed);
+  std::filesystem::rename(dir_ + "/a.img", dir_ + "/allowed/a.img");
+  auto served = manager_->UpdateExport("f", retry);
+  ASSERT_TRUE(served.ok()) << served.status();
+  EXPECT_EQ(served->state, ExportState::kActive);
+  EXPECT_NE(registry_->Find("f"), nullptr);
+  EXPECT_TRUE(manager_->FailedExports().empty());
+}
+
+TEST_F(ExportManagerTest, SymlinkSwappedInBeforeRestartIsNotServed) {
+  ASSERT_TRUE(manager_->CreateExport(File(dir_ + "/allowed/a.img")).ok());
+  { std::ofstream(dir_ + "/other/secret.img") << std::string(1 << 20, 's'); }
+  std::filesystem::remove(dir_ + "/allowed/a.img");
+  std::filesystem::create_symlink(dir_ + "/other/secret.img",
+                                  dir_ + "/allowed/a.img");
+  Reopen();
+  auto info = manager_->GetExport("f");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state, ExportState::kFailed);
+  EXPECT_EQ(registry_->Find("f"), nullptr);
+  // A FAILED export is removed at once, and stays removed.
+  ASSERT_TRUE(
+      manager_->DeleteExport("f", DeleteMode::kSafe, std::chrono::seconds(1))
+          .ok());
+  Reopen();
+  EXPECT_EQ(manager_->GetExport("f").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(ExportManagerTest,
+       UpdateValidatesTheWholeConfigAndChangesNothingOnError) {
+  ASSERT_TRUE(manager_->CreateExport(Memory("u")).ok());
+  ExportUpdate bad;
+  bad.description = "changed";
+  bad.pool_idle_release = std::chrono::hours(9000);
+  EXPECT_EQ(manager_->UpdateExport("u", bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(manager_->GetExport("u")->config.description, "");
+  ExportUpdate ok;
+  ok.pool_idle_release = std::chrono::hours(8000);
+  ASSERT_TRUE(manager_->UpdateExport("u", ok).ok());
+  Reopen();  // what was accepted loads
+  EXPECT_EQ(manager_->GetExport("u")->config.buffers.pool_idle_release,
+            std::chrono::hours(8000));
+}
+
+TEST_F(ExportManagerTest, MaxExports) {
+  manager_.reset();
+  registry_ = std::make_unique<ExportRegistry>();
+  ExportManagerOptions o{dir_ + "/state", {}, false, 2};
+  auto m = ExportManager::Create(o, *registry_, buffers_);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE((*m)->CreateExport(Memory("a")).ok());
+  ASSERT_TRUE((*m)->CreateExport(Memory("b")).ok());
+  EXPECT_EQ((*m)->CreateExport(Memory("c")).status().code(),
+            absl::StatusCode::kResourceExhausted);
 }
 
 }  // namespace

@@ -100,5 +100,37 @@ TEST(ValidateExportNameTest, Limits) {
   EXPECT_FALSE(ValidateExportName("a b").ok());
 }
 
+TEST(ValidateExportConfigTest, RangesAndStrings) {
+  ExportConfig c;
+  c.name = "x";
+  c.backend = BackendKind::kNull;
+  c.size = uint64_t{1} << 63;  // one more than NBD can carry
+  EXPECT_EQ(ValidateExportConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.size = INT64_MAX;
+  EXPECT_TRUE(ValidateExportConfig(c).ok());
+  c.buffers.pool_idle_release = std::chrono::hours(9000);
+  EXPECT_EQ(ValidateExportConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.buffers.pool_idle_release = std::chrono::hours(8000);
+  EXPECT_TRUE(ValidateExportConfig(c).ok());
+  c.stall_timeout = std::chrono::hours(25);
+  EXPECT_EQ(ValidateExportConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.stall_timeout.reset();
+  c.description = "caf\xc3\xa9";  // UTF-8
+  EXPECT_TRUE(ValidateExportConfig(c).ok());
+  for (const char* bad : {"\xc3", "\xff", "\xc0\xaf", "\xed\xa0\x80"}) {
+    c.description = bad;  // truncated, invalid, overlong, surrogate
+    EXPECT_EQ(ValidateExportConfig(c).code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+  c.description.clear();
+  c.buffers.memory_cap_bytes = UINT64_MAX;
+  EXPECT_EQ(ValidateExportConfig(c).code(), absl::StatusCode::kInvalidArgument);
+  c.buffers.memory_cap_bytes = 0;
+  c.backend = BackendKind::kFile;
+  c.path = std::string("/a\0b", 4);
+  EXPECT_EQ(ValidateExportConfig(c).code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace nbdmgr
