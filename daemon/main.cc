@@ -1,5 +1,6 @@
 // nbdmgrd: flags -> DaemonConfig -> Daemon::Create() -> Run().
 
+#include <csignal>
 #include <cstdio>
 
 #include "lib/daemon/daemon.h"
@@ -7,6 +8,13 @@
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
+  // Until Daemon::Run() catches them (to log them), these must not kill a
+  // daemon that is starting. SIGINT and SIGTERM keep their default action:
+  // before Run() there is nothing to drain.
+  std::signal(SIGHUP, SIG_IGN);
+  std::signal(SIGUSR1, SIG_IGN);
+  std::signal(SIGUSR2, SIG_IGN);
+  std::signal(SIGPIPE, SIG_IGN);
   absl::StatusOr<nbdmgr::DaemonFlags> flags =
       nbdmgr::ParseDaemonFlags(argc, argv);
   if (!flags.ok()) {

@@ -2,14 +2,25 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/support/server_interceptor.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "lib/control/parse_error_interceptor.h"
+#include "lib/util/errors.h"
+#include "spdlog/spdlog.h"
 
 namespace nbdmgr {
 namespace {
@@ -27,6 +38,127 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
   return s.str();
 }
 
+// Makes `path` free for bind(): nothing is there, or a stale socket that no
+// process accepts on, which is removed. FailedPrecondition, leaving the path
+// alone, if it is not a socket or if a connect() to it is accepted (or
+// fails otherwise than with ECONNREFUSED: it cannot be shown stale).
+absl::Status ClaimSocketPath(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoStatus(errno, absl::StrCat("control socket ", path));
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "control socket path ", path,
+        " exists and is not a socket; not touching it (remove it or choose "
+        "another --control-listen)"));
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("control socket path ", path, " is too long"));
+  }
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ErrnoStatus(errno, "socket");
+  int rc =
+      ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+  int error = rc == 0 ? 0 : errno;
+  ::close(fd);
+  if (error == ECONNREFUSED) {
+    // Nobody listens: left by a daemon that was killed.
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return ErrnoStatus(errno, absl::StrCat("remove stale socket ", path));
+    }
+    return absl::OkStatus();
+  }
+  if (error == ENOENT) return absl::OkStatus();  // gone meanwhile
+  if (error == 0 || error == EAGAIN || error == EINPROGRESS) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("another process is serving the control API on ", path,
+                     " (is nbdmgrd already running?); leaving it in place"));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("control socket ", path, " exists and cannot be probed (",
+                   std::strerror(error), "); leaving it in place"));
+}
+
+}  // namespace
+
+// Counts unary calls from the moment they are received until their handler
+// has returned and the server has dropped them. Streaming calls (health
+// Watch, reflection) are open-ended and not counted. Thread-safe.
+class ControlCallTracker {
+ public:
+  void Begin() {
+    std::lock_guard lock(mu_);
+    ++in_flight_;
+  }
+  void End() {
+    std::lock_guard lock(mu_);
+    if (--in_flight_ == 0) changed_.notify_all();
+  }
+  // Waits until no unary call is in progress, `deadline` passes or
+  // StopWaiting() is called. Returns the number still in progress.
+  int WaitIdle(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock lock(mu_);
+    changed_.wait_until(lock, deadline,
+                        [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                          return in_flight_ == 0 || stop_waiting_;
+                        });
+    return in_flight_;
+  }
+  void StopWaiting() {
+    std::lock_guard lock(mu_);
+    stop_waiting_ = true;
+    changed_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable changed_;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_waiting_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+namespace {
+
+// Lives as long as its call: counts it in a ControlCallTracker.
+class CallCounter final : public grpc::experimental::Interceptor {
+ public:
+  explicit CallCounter(std::shared_ptr<ControlCallTracker> calls)
+      : calls_(std::move(calls)) {
+    calls_->Begin();
+  }
+  ~CallCounter() override { calls_->End(); }
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
+    methods->Proceed();
+  }
+
+ private:
+  std::shared_ptr<ControlCallTracker> calls_;
+};
+
+class CallCounterFactory final
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit CallCounterFactory(std::shared_ptr<ControlCallTracker> calls)
+      : calls_(std::move(calls)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    if (info->type() != grpc::experimental::ServerRpcInfo::Type::UNARY) {
+      return nullptr;
+    }
+    return new CallCounter(calls_);
+  }
+
+ private:
+  std::shared_ptr<ControlCallTracker> calls_;
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
@@ -37,7 +169,7 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
     std::error_code ec;
     std::filesystem::create_directories(
         std::filesystem::path(o.listen.path).parent_path(), ec);
-    ::unlink(o.listen.path.c_str());  // a stale socket from an earlier run
+    if (absl::Status st = ClaimSocketPath(o.listen.path); !st.ok()) return st;
     address = absl::StrCat("unix:", o.listen.path);
     creds = grpc::InsecureServerCredentials();  // protected by mode 0600
   } else {
@@ -79,6 +211,13 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
   int port = 0;
   builder.AddListeningPort(address, creds, &port);
   for (grpc::Service* s : services) builder.RegisterService(s);
+  auto calls = std::make_shared<ControlCallTracker>();
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(std::make_unique<CallCounterFactory>(calls));
+  interceptors.push_back(std::make_unique<ParseErrorInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   // The socket file must never be reachable with looser permissions.
   mode_t old_umask = ::umask(0077);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -98,16 +237,32 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
     }
   }
   ListenAddress bound = o.listen;
-  if (bound.kind == ListenAddress::Kind::kUnix) {
-    ::chmod(bound.path.c_str(), 0600);
-  } else {
+  if (bound.kind == ListenAddress::Kind::kTcp) {
     bound.port = static_cast<uint16_t>(port);
   }
-  return std::unique_ptr<ControlServer>(
-      new ControlServer(std::move(server), bound));
+  std::unique_ptr<ControlServer> control(
+      new ControlServer(std::move(server), bound, std::move(calls)));
+  if (bound.kind == ListenAddress::Kind::kUnix) {
+    ::chmod(bound.path.c_str(), 0600);
+    // Remember which file is ours: Shutdown() removes that one only.
+    struct stat st;
+    if (::lstat(bound.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      control->socket_dev_ = st.st_dev;
+      control->socket_ino_ = st.st_ino;
+      control->socket_known_ = true;
+    }
+  }
+  return control;
 }
 
-ControlServer::~ControlServer() { Shutdown(); }
+ControlServer::ControlServer(std::unique_ptr<grpc::Server> server,
+                             ListenAddress bound,
+                             std::shared_ptr<ControlCallTracker> calls)
+    : server_(std::move(server)),
+      bound_(std::move(bound)),
+      calls_(std::move(calls)) {}
+
+ControlServer::~ControlServer() { Shutdown(std::chrono::milliseconds(0)); }
 
 void ControlServer::SetNotServing() {
   if (server_ == nullptr) return;
@@ -116,11 +271,31 @@ void ControlServer::SetNotServing() {
   }
 }
 
-void ControlServer::Shutdown() {
+void ControlServer::StopWaiting() { calls_->StopWaiting(); }
+
+void ControlServer::Shutdown(std::chrono::milliseconds grace) {
   if (server_ == nullptr) return;
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // grpc::Server::Shutdown(deadline) alone would wait, up to the deadline,
+  // for every call and every connection: for health Watch streams, which
+  // never end, and for idle channels, which close only when the client
+  // answers the GOAWAY ping (a client with no call in progress may not read
+  // its socket for seconds). So wait here for the unary calls only, then
+  // shut down with a deadline already passed: gRPC cancels what is left
+  // and closes the connections at once, then waits for the handlers.
+  int left = calls_->WaitIdle(std::chrono::steady_clock::now() + grace);
+  if (left > 0) {
+    spdlog::warn("control API: cancelling {} call(s) still in progress", left);
+  }
+  server_->Shutdown(std::chrono::system_clock::now());
   server_.reset();
-  if (bound_.kind == ListenAddress::Kind::kUnix) ::unlink(bound_.path.c_str());
+  if (bound_.kind == ListenAddress::Kind::kUnix && socket_known_) {
+    // Only if the path is still our socket: never another daemon's.
+    struct stat st;
+    if (::lstat(bound_.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+        st.st_dev == socket_dev_ && st.st_ino == socket_ino_) {
+      ::unlink(bound_.path.c_str());
+    }
+  }
 }
 
 }  // namespace nbdmgr

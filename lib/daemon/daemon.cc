@@ -6,13 +6,16 @@
 #include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "lib/daemon/notify.h"
 #include "lib/metrics/process_stats.h"
+#include "lib/util/duration.h"
 #include "lib/util/errors.h"
 #include "lib/util/heap_trim.h"
 #include "lib/util/size.h"
@@ -56,9 +59,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
       new Daemon(std::move(config), std::move(buffers), std::move(registry)));
   const DaemonConfig& cfg = d->config_;
   absl::StatusOr<std::unique_ptr<ExportManager>> manager =
-      ExportManager::Create(ExportManagerOptions{cfg.state_dir, cfg.allow_paths,
-                                                 !cfg.tls.empty()},
-                            *d->registry_, *d->buffers_);
+      ExportManager::Create(
+          ExportManagerOptions{cfg.state_dir, cfg.allow_paths, !cfg.tls.empty(),
+                               cfg.max_exports},
+          *d->registry_, *d->buffers_);
   if (!manager.ok()) return manager.status();
   d->manager_ = std::move(*manager);
 
@@ -185,6 +189,13 @@ StatsSnapshot Daemon::CollectStats() const {
     es.buffers.reuses = eb.reuses;
     es.buffers.streamed = eb.streamed;
   }
+  for (const ExportInfo& f : manager_->FailedExports()) {
+    ExportStats& es = s.exports.emplace_back();
+    es.name = f.config.name;
+    es.backend = std::string(NameOf(f.config.backend));
+    es.failed = true;
+    es.failure = f.failure;
+  }
   return s;
 }
 
@@ -217,28 +228,152 @@ absl::Status Daemon::WriteReadyFile() const {
     absl::StrAppend(&text, "control=", control_->bound().ToString(), "\n");
   if (metrics_) absl::StrAppend(&text, "metrics=", metrics_->bound(), "\n");
   std::string tmp = absl::StrCat(config_.ready_file, ".tmp");
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // Never write through what is already at the temporary path (a symlink
+  // planted there would redirect the write): remove it, then create the
+  // file exclusively, refusing a symlink created meanwhile.
+  if (::unlink(tmp.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, absl::StrCat("remove stale ", tmp));
+  }
+  int fd = ::open(tmp.c_str(),
+                  O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("create ", tmp));
-  bool ok = ::write(fd, text.data(), text.size()) ==
-            static_cast<ssize_t>(text.size());
-  ok = ::fsync(fd) == 0 && ok;
+  int error = 0;
+  ssize_t n = ::write(fd, text.data(), text.size());
+  if (n < 0) {
+    error = errno;
+  } else if (static_cast<size_t>(n) != text.size()) {
+    error = EIO;  // short write: the disk is full, say
+  }
+  if (::fsync(fd) != 0 && error == 0) error = errno;
   ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), config_.ready_file.c_str()) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("write ", config_.ready_file));
+  if (error == 0 && ::rename(tmp.c_str(), config_.ready_file.c_str()) != 0) {
+    error = errno;
+  }
+  if (error != 0) {
+    ::unlink(tmp.c_str());
+    return ErrnoStatus(error, absl::StrCat("write ", config_.ready_file));
   }
   return absl::OkStatus();
 }
 
 void Daemon::RequestStop() {
-  boost::asio::post(main_, [this] { main_.stop(); });
+  boost::asio::post(main_, [this] {
+    if (!draining_) spdlog::info("stop requested, draining");
+    BeginDrain();
+  });
+}
+
+namespace {
+
+const char* SignalName(int sig) {
+  switch (sig) {
+    case SIGINT:
+      return "SIGINT";
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGHUP:
+      return "SIGHUP";
+    case SIGUSR1:
+      return "SIGUSR1";
+    case SIGUSR2:
+      return "SIGUSR2";
+  }
+  return "a signal";
+}
+
+}  // namespace
+
+void Daemon::WaitForSignal() {
+  signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
+    if (ec) return;  // the set is going away
+    OnSignal(sig);
+    WaitForSignal();
+  });
+}
+
+void Daemon::OnSignal(int sig) {
+  const char* name = SignalName(sig);
+  switch (sig) {
+    case SIGINT:
+    case SIGTERM:
+      if (!draining_) {
+        spdlog::info(
+            "received {}, draining (for up to {}; send {} again to stop at "
+            "once)",
+            name, FormatDuration(config_.drain_timeout), name);
+        BeginDrain();
+      } else {
+        spdlog::warn(
+            "received {} during the drain: closing the remaining "
+            "connections now, then flushing",
+            name);
+        StopWaiting();
+      }
+      break;
+    case SIGHUP:
+      spdlog::warn(
+          "received SIGHUP: configuration reload is not supported (change "
+          "exports with nbdctl); ignored");
+      break;
+    default:
+      spdlog::info("received {}: ignored", name);
+      break;
+  }
+}
+
+absl::Status Daemon::Drain() {
+  NotifyStopping("draining");
+  // Nothing may outlast the drain timeout: not the sessions, not the
+  // control calls. DRAIN deletes in progress stop waiting for their
+  // clients first, since the control server's shutdown waits for its
+  // handlers.
+  const auto deadline =
+      std::chrono::steady_clock::now() + config_.drain_timeout;
+  auto left = [deadline] {
+    return std::max(std::chrono::milliseconds(0),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline - std::chrono::steady_clock::now()));
+  };
+  manager_->AbortDrains();
+  if (control_) {
+    control_->SetNotServing();
+    control_->Shutdown(left());
+  }
+  server_->Shutdown(left());
+  absl::Status result = absl::OkStatus();
+  for (const auto& e : registry_->List()) {
+    if (e->read_only()) continue;
+    absl::Status st = e->backend().Flush();
+    if (!st.ok()) {
+      spdlog::error("flushing export \"{}\" failed: {}", e->name(),
+                    st.message());
+      if (result.ok()) result = st;
+    }
+  }
+  return result;
+}
+
+void Daemon::BeginDrain() {
+  if (draining_) return;
+  draining_ = true;
+  main_.stop();
+}
+
+void Daemon::StopWaiting() {
+  manager_->AbortDrains();
+  if (control_) control_->StopWaiting();
+  server_->StopWaiting();
 }
 
 absl::Status Daemon::Run() {
-  boost::asio::signal_set signals(main_, SIGINT, SIGTERM);
-  signals.async_wait([this](const boost::system::error_code& ec, int sig) {
-    if (!ec) spdlog::info("received {}, draining", strsignal(sig));
-    main_.stop();
-  });
+  // Caught from here until the Daemon is destroyed. SIGHUP and SIGUSR1/2
+  // must never kill it: main() ignores them until this point.
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) {
+    boost::system::error_code ec;
+    signals_.add(sig, ec);
+    if (ec) spdlog::error("cannot catch {}: {}", SignalName(sig), ec.message());
+  }
+  WaitForSignal();
   std::signal(SIGPIPE, SIG_IGN);
   server_->Start();
   ScheduleIdleRelease();
@@ -264,22 +399,15 @@ absl::Status Daemon::Run() {
                                  [](std::string* out, const ListenAddress& a) {
                                    out->append(a.ToString());
                                  })));
-  main_.run();
-  NotifyStopping("draining");
-  if (control_) control_->SetNotServing();
-
-  if (control_) control_->Shutdown();
-  server_->Shutdown(config_.drain_timeout);
-  absl::Status result = absl::OkStatus();
-  for (const auto& e : registry_->List()) {
-    if (e->read_only()) continue;
-    absl::Status st = e->backend().Flush();
-    if (!st.ok()) {
-      spdlog::error("flushing export \"{}\" failed: {}", e->name(),
-                    st.message());
-      if (result.ok()) result = st;
-    }
-  }
+  main_.run();  // until SIGINT, SIGTERM or RequestStop()
+  idle_timer_.cancel();
+  // main_ goes on handling signals on a thread of its own while this one
+  // drains: a second SIGINT/SIGTERM cuts the drain short.
+  main_.restart();
+  std::thread signal_thread([this] { main_.run(); });
+  absl::Status result = Drain();
+  main_.stop();
+  signal_thread.join();
   MemoryBudgetStats b = buffers_->budget().stats();
   spdlog::info(
       "request buffers: peak {} bytes in use (cap {}), {} charges refused "

@@ -2,6 +2,7 @@
 #define NBDMGR_LIB_DAEMON_DAEMON_H_
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <memory>
 
@@ -27,10 +28,14 @@ class Daemon {
   ~Daemon();
 
   // Serves until SIGINT or SIGTERM (or RequestStop()), then drains: stops
-  // accepting, lets in-flight requests finish within the drain timeout, and
-  // flushes writable exports. Returns the first flush error, if any.
+  // accepting, lets in-flight requests and control calls finish within the
+  // drain timeout (DRAIN deletes in progress stop waiting), and flushes
+  // writable exports. A second SIGINT/SIGTERM during the drain closes what
+  // remains at once; the flush still happens. SIGHUP, SIGUSR1 and SIGUSR2
+  // are logged and ignored. Returns the first flush error, if any. Call
+  // once.
   absl::Status Run();
-  // Thread-safe; makes Run() begin draining.
+  // Thread-safe; makes Run() begin draining (no-op once it drains).
   void RequestStop();
 
   const std::vector<ListenAddress>& bound() const { return server_->bound(); }
@@ -49,6 +54,18 @@ class Daemon {
   DaemonSnapshot Snapshot() const;
   void ScheduleIdleRelease();
   absl::Status WriteReadyFile() const;
+  // Arms signals_ for the next signal; the handler runs on main_.
+  void WaitForSignal();
+  void OnSignal(int sig);
+  // Makes main_.run() return so Run() drains; no-op if already draining.
+  // On main_'s thread.
+  void BeginDrain();
+  // Cuts a drain short: sessions and control calls are closed now.
+  // Thread-safe.
+  void StopWaiting();
+  // After main_.run(): stops the listeners and sessions within the drain
+  // timeout, then flushes. Returns the first flush error.
+  absl::Status Drain();
 
   const DaemonConfig config_;
   // Declared before the registry: exports (and their leases) go first.
@@ -68,6 +85,10 @@ class Daemon {
       std::chrono::system_clock::now();
   boost::asio::io_context main_;
   boost::asio::steady_timer idle_timer_{main_};
+  // Handled signals stay caught (queued, not fatal) until the Daemon goes.
+  boost::asio::signal_set signals_{main_};
+  // Only touched by handlers on main_ (run by one thread at a time).
+  bool draining_ = false;
 };
 
 }  // namespace nbdmgr

@@ -1,6 +1,8 @@
 #include "lib/nbd/server.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -11,9 +13,12 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "lib/util/errors.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
 
@@ -26,6 +31,54 @@ int DefaultIoThreads() {
 }
 
 int DefaultBlockingThreads() { return std::max(8, 4 * DefaultIoThreads()); }
+
+// Makes the path of `addr` (unix:) free for bind(): nothing is there, or a
+// stale socket that no process accepts on, which is removed.
+// FailedPrecondition naming the address, leaving the path alone, if it is
+// not a socket or if a connect() to it is accepted (or fails otherwise than
+// with ECONNREFUSED: it cannot be shown stale).
+absl::Status ClaimSocketPath(const ListenAddress& addr) {
+  const std::string& path = addr.path;
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoStatus(errno, addr.ToString());
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(addr.ToString(), ": path exists and is not a socket"));
+  }
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(sun.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(addr.ToString(), ": path too long"));
+  }
+  std::memcpy(sun.sun_path, path.data(), path.size());
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ErrnoStatus(errno, "socket");
+  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof(sun));
+  int error = rc == 0 ? 0 : errno;
+  ::close(fd);
+  if (error == ECONNREFUSED) {
+    // Nobody listens: left by a daemon that was killed.
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return ErrnoStatus(
+          errno, absl::StrCat(addr.ToString(), ": remove stale socket"));
+    }
+    return absl::OkStatus();
+  }
+  if (error == ENOENT) return absl::OkStatus();  // gone meanwhile
+  if (error == 0 || error == EAGAIN || error == EINPROGRESS) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        addr.ToString(),
+        ": another process is serving on this socket (is nbdmgrd already "
+        "running?); leaving it in place"));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat(addr.ToString(), ": socket exists and cannot be probed (",
+                   std::strerror(error), "); leaving it in place"));
+}
 
 }  // namespace
 
@@ -69,14 +122,7 @@ absl::Status Server::Listen(const ListenAddress& addr) {
     std::filesystem::path path(addr.path);
     std::error_code fs_ec;
     std::filesystem::create_directories(path.parent_path(), fs_ec);
-    struct stat st;
-    if (::lstat(addr.path.c_str(), &st) == 0) {
-      if (!S_ISSOCK(st.st_mode)) {
-        return absl::FailedPreconditionError(
-            absl::StrCat(addr.ToString(), ": path exists and is not a socket"));
-      }
-      ::unlink(addr.path.c_str());  // stale socket from an earlier run
-    }
+    if (absl::Status st = ClaimSocketPath(addr); !st.ok()) return st;
     endpoint = asio::local::stream_protocol::endpoint(addr.path);
   } else {
     std::string host = addr.host == "localhost" ? "127.0.0.1" : addr.host;
@@ -92,6 +138,13 @@ absl::Status Server::Listen(const ListenAddress& addr) {
     acceptor->set_option(asio::socket_base::reuse_address(true), ec);
   }
   if (!ec) acceptor->bind(endpoint, ec);
+  if (!ec && addr.kind == ListenAddress::Kind::kUnix) {
+    // Remember which file is ours: Shutdown() removes that one only.
+    struct stat st;
+    if (::lstat(addr.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      socket_files_.push_back({addr.path, st.st_dev, st.st_ino});
+    }
+  }
   if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
     return absl::UnavailableError(
@@ -222,6 +275,12 @@ size_t Server::session_count() const {
   return sessions_.size();
 }
 
+void Server::StopWaiting() {
+  std::lock_guard lock(mu_);
+  stop_waiting_ = true;
+  sessions_changed_.notify_all();
+}
+
 void Server::Shutdown(std::chrono::milliseconds grace) {
   if (shut_down_) return;
   shut_down_ = true;
@@ -235,15 +294,17 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
     // Ask every session to stop reading; repeat for any accepted meanwhile.
     auto deadline = std::chrono::steady_clock::now() + grace;
     std::unique_lock lock(mu_);
-    while (!sessions_.empty() && std::chrono::steady_clock::now() < deadline) {
+    while (!sessions_.empty() && !stop_waiting_ &&
+           std::chrono::steady_clock::now() < deadline) {
       lock.unlock();
       PostToSessions([](Session& s) { s.Stop(); });
       lock.lock();
       sessions_changed_.wait_for(lock, std::chrono::milliseconds(100));
     }
     if (!sessions_.empty()) {
-      spdlog::warn("{} session(s) still busy after the drain deadline; closing",
-                   sessions_.size());
+      spdlog::warn("{} session(s) still busy {}; closing", sessions_.size(),
+                   stop_waiting_ ? "when told to stop at once"
+                                 : "after the drain deadline");
       lock.unlock();
       PostToSessions([](Session& s) { s.Abort(); });
       lock.lock();
@@ -258,8 +319,13 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
   for (auto& ctx : contexts_) ctx->stop();
   for (auto& t : threads_) t.join();
   threads_.clear();
-  for (const ListenAddress& a : bound_) {
-    if (a.kind == ListenAddress::Kind::kUnix) ::unlink(a.path.c_str());
+  for (const SocketFile& f : socket_files_) {
+    // Only if the path is still our socket: never another daemon's.
+    struct stat st;
+    if (::lstat(f.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+        st.st_dev == f.dev && st.st_ino == f.ino) {
+      ::unlink(f.path.c_str());
+    }
   }
 }
 

@@ -1,6 +1,8 @@
 #ifndef NBDMGR_LIB_NBD_SERVER_H_
 #define NBDMGR_LIB_NBD_SERVER_H_
 
+#include <sys/types.h>
+
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/basic_socket_acceptor.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -42,9 +44,11 @@ struct ServerOptions {
 // accessors may be called from any thread. `registry` must outlive it.
 class Server {
  public:
-  // Binds every listen address (a stale Unix socket file is replaced; a
-  // regular file in its place is an error). FailedPrecondition/Unavailable
-  // naming the address if binding fails.
+  // Binds every listen address. An existing Unix socket path is replaced
+  // only if it is a stale socket (connect() refused); anything else there
+  // (not a socket, or a socket a process accepts on) is FailedPrecondition,
+  // naming the address, and is left untouched. Unavailable naming the
+  // address if binding fails.
   static absl::StatusOr<std::unique_ptr<Server>> Create(
       ServerOptions options, std::shared_ptr<ExportRegistry> registry);
   ~Server();
@@ -52,9 +56,14 @@ class Server {
   // Starts the threads and begins accepting.
   void Start();
   // Stops accepting, lets every session answer what it has read (no new
-  // requests are read) for up to `grace`, then closes what remains, and
-  // joins all threads. Idempotent.
+  // requests are read; idle sessions close at once) for up to `grace`, or
+  // until StopWaiting(), then closes what remains, and joins all threads.
+  // Removes each Unix socket file that is still the one it bound.
+  // Idempotent.
   void Shutdown(std::chrono::milliseconds grace);
+  // Makes a Shutdown() in progress, or the next one, stop waiting for
+  // sessions: they are closed now. Returns at once; thread-safe.
+  void StopWaiting();
 
   // Asks the sessions transmitting on `e` to stop: gracefully (no new
   // requests read, in-flight ones answered, then closed) or, with `hard`,
@@ -91,6 +100,13 @@ class Server {
   boost::asio::thread_pool blocking_pool_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::vector<ListenAddress> bound_;
+  // The Unix socket files bound, to remove only those on exit.
+  struct SocketFile {
+    std::string path;
+    dev_t dev;
+    ino_t ino;
+  };
+  std::vector<SocketFile> socket_files_;
   std::atomic<size_t> next_context_{0};
   std::deque<std::atomic<int>> load_;  // live sessions per context
   bool started_ = false;
@@ -98,6 +114,7 @@ class Server {
 
   mutable std::mutex mu_;
   std::condition_variable sessions_changed_;
+  bool stop_waiting_ ABSL_GUARDED_BY(mu_) = false;
   std::unordered_map<Session*, std::weak_ptr<Session>> sessions_
       ABSL_GUARDED_BY(mu_);
 };

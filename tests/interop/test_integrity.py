@@ -266,6 +266,33 @@ class IntegrityTest(unittest.TestCase):
         self.restart()
         self.assertNotIn("given", self.d.nbdctl("list").stdout)
 
+    def test_invalid_utf8_is_invalid_argument(self):
+        import grpc
+        self.d.start()
+        channel = grpc.insecure_channel(f"unix:{self.d.control}")
+        self.addCleanup(channel.close)
+        # CreateExportRequest{export_id: "\\xff\\xfe"} written by hand: no
+        # protobuf library lets a client send a string that is not UTF-8.
+        raw = b"\x0a\x02\xff\xfe"
+        stub = channel.unary_unary("/nbdmgr.v1.ExportService/CreateExport",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        with self.assertRaises(grpc.RpcError) as cm:
+            stub(raw, timeout=30)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT,
+                         cm.exception.details())
+        self.assertIn("cannot be parsed", cm.exception.details())
+        get = channel.unary_unary("/nbdmgr.v1.ExportService/GetExport",
+                                  request_serializer=lambda b: b,
+                                  response_deserializer=lambda b: b)
+        with self.assertRaises(grpc.RpcError) as cm:
+            get(b"\x0a\x03\xc0\xafx", timeout=30)  # overlong "/"
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        # The daemon keeps serving, and a real error is still what it is.
+        self.assertIn("cli", self.d.nbdctl("list").stdout)
+        p = self.d.nbdctl("get", "nope", check=False)
+        self.assertIn("NOT_FOUND", p.stderr)
+
     def test_max_exports(self):
         self.d.args += ["--max-exports", "3"]
         self.d.start()
