@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "lib/control/parse_error_interceptor.h"
 #include "lib/util/errors.h"
+#include "lib/util/socket_path.h"
 #include "spdlog/spdlog.h"
 
 namespace nbdmgr {
@@ -36,53 +37,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
-}
-
-// Makes `path` free for bind(): nothing is there, or a stale socket that no
-// process accepts on, which is removed. FailedPrecondition, leaving the path
-// alone, if it is not a socket or if a connect() to it is accepted (or
-// fails otherwise than with ECONNREFUSED: it cannot be shown stale).
-absl::Status ClaimSocketPath(const std::string& path) {
-  struct stat st;
-  if (::lstat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return absl::OkStatus();
-    return ErrnoStatus(errno, absl::StrCat("control socket ", path));
-  }
-  if (!S_ISSOCK(st.st_mode)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "control socket path ", path,
-        " exists and is not a socket; not touching it (remove it or choose "
-        "another --control-listen)"));
-  }
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("control socket path ", path, " is too long"));
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return ErrnoStatus(errno, "socket");
-  int rc =
-      ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
-  int error = rc == 0 ? 0 : errno;
-  ::close(fd);
-  if (error == ECONNREFUSED) {
-    // Nobody listens: left by a daemon that was killed.
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-      return ErrnoStatus(errno, absl::StrCat("remove stale socket ", path));
-    }
-    return absl::OkStatus();
-  }
-  if (error == ENOENT) return absl::OkStatus();  // gone meanwhile
-  if (error == 0 || error == EAGAIN || error == EINPROGRESS) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("another process is serving the control API on ", path,
-                     " (is nbdmgrd already running?); leaving it in place"));
-  }
-  return absl::FailedPreconditionError(
-      absl::StrCat("control socket ", path, " exists and cannot be probed (",
-                   std::strerror(error), "); leaving it in place"));
 }
 
 }  // namespace
@@ -169,7 +123,12 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
     std::error_code ec;
     std::filesystem::create_directories(
         std::filesystem::path(o.listen.path).parent_path(), ec);
-    if (absl::Status st = ClaimSocketPath(o.listen.path); !st.ok()) return st;
+    if (absl::Status st = ClaimSocketPath(
+            o.listen.path, absl::StrCat("control socket ", o.listen.path),
+            "--control-listen");
+        !st.ok()) {
+      return st;
+    }
     address = absl::StrCat("unix:", o.listen.path);
     creds = grpc::InsecureServerCredentials();  // protected by mode 0600
   } else {
@@ -245,12 +204,7 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
   if (bound.kind == ListenAddress::Kind::kUnix) {
     ::chmod(bound.path.c_str(), 0600);
     // Remember which file is ours: Shutdown() removes that one only.
-    struct stat st;
-    if (::lstat(bound.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-      control->socket_dev_ = st.st_dev;
-      control->socket_ino_ = st.st_ino;
-      control->socket_known_ = true;
-    }
+    control->socket_file_ = OwnedSocketFile::AfterBind(bound.path);
   }
   return control;
 }
@@ -288,14 +242,7 @@ void ControlServer::Shutdown(std::chrono::milliseconds grace) {
   }
   server_->Shutdown(std::chrono::system_clock::now());
   server_.reset();
-  if (bound_.kind == ListenAddress::Kind::kUnix && socket_known_) {
-    // Only if the path is still our socket: never another daemon's.
-    struct stat st;
-    if (::lstat(bound_.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
-        st.st_dev == socket_dev_ && st.st_ino == socket_ino_) {
-      ::unlink(bound_.path.c_str());
-    }
-  }
+  if (socket_file_) socket_file_->RemoveIfStillOurs();
 }
 
 }  // namespace nbdmgr

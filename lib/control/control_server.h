@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "lib/util/listen_address.h"
+#include "lib/util/socket_path.h"
 
 namespace nbdmgr {
 
@@ -71,9 +72,7 @@ class ControlServer {
   // interceptors, which may outlive a call to Shutdown()).
   std::shared_ptr<ControlCallTracker> calls_;
   // The socket file bound (Unix only), to remove only that one on exit.
-  dev_t socket_dev_ = 0;
-  ino_t socket_ino_ = 0;
-  bool socket_known_ = false;
+  std::optional<OwnedSocketFile> socket_file_;  // unix: the file we bound
 };
 
 }  // namespace nbdmgr

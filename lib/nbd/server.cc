@@ -32,54 +32,6 @@ int DefaultIoThreads() {
 
 int DefaultBlockingThreads() { return std::max(8, 4 * DefaultIoThreads()); }
 
-// Makes the path of `addr` (unix:) free for bind(): nothing is there, or a
-// stale socket that no process accepts on, which is removed.
-// FailedPrecondition naming the address, leaving the path alone, if it is
-// not a socket or if a connect() to it is accepted (or fails otherwise than
-// with ECONNREFUSED: it cannot be shown stale).
-absl::Status ClaimSocketPath(const ListenAddress& addr) {
-  const std::string& path = addr.path;
-  struct stat st;
-  if (::lstat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return absl::OkStatus();
-    return ErrnoStatus(errno, addr.ToString());
-  }
-  if (!S_ISSOCK(st.st_mode)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(addr.ToString(), ": path exists and is not a socket"));
-  }
-  sockaddr_un sun{};
-  sun.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(sun.sun_path)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(addr.ToString(), ": path too long"));
-  }
-  std::memcpy(sun.sun_path, path.data(), path.size());
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return ErrnoStatus(errno, "socket");
-  int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&sun), sizeof(sun));
-  int error = rc == 0 ? 0 : errno;
-  ::close(fd);
-  if (error == ECONNREFUSED) {
-    // Nobody listens: left by a daemon that was killed.
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-      return ErrnoStatus(
-          errno, absl::StrCat(addr.ToString(), ": remove stale socket"));
-    }
-    return absl::OkStatus();
-  }
-  if (error == ENOENT) return absl::OkStatus();  // gone meanwhile
-  if (error == 0 || error == EAGAIN || error == EINPROGRESS) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        addr.ToString(),
-        ": another process is serving on this socket (is nbdmgrd already "
-        "running?); leaving it in place"));
-  }
-  return absl::FailedPreconditionError(
-      absl::StrCat(addr.ToString(), ": socket exists and cannot be probed (",
-                   std::strerror(error), "); leaving it in place"));
-}
-
 }  // namespace
 
 Server::Server(ServerOptions options, std::shared_ptr<ExportRegistry> registry)
@@ -122,7 +74,11 @@ absl::Status Server::Listen(const ListenAddress& addr) {
     std::filesystem::path path(addr.path);
     std::error_code fs_ec;
     std::filesystem::create_directories(path.parent_path(), fs_ec);
-    if (absl::Status st = ClaimSocketPath(addr); !st.ok()) return st;
+    if (absl::Status st =
+            ClaimSocketPath(addr.path, addr.ToString(), "--nbd-listen");
+        !st.ok()) {
+      return st;
+    }
     endpoint = asio::local::stream_protocol::endpoint(addr.path);
   } else {
     std::string host = addr.host == "localhost" ? "127.0.0.1" : addr.host;
@@ -140,9 +96,8 @@ absl::Status Server::Listen(const ListenAddress& addr) {
   if (!ec) acceptor->bind(endpoint, ec);
   if (!ec && addr.kind == ListenAddress::Kind::kUnix) {
     // Remember which file is ours: Shutdown() removes that one only.
-    struct stat st;
-    if (::lstat(addr.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-      socket_files_.push_back({addr.path, st.st_dev, st.st_ino});
+    if (auto f = OwnedSocketFile::AfterBind(addr.path)) {
+      socket_files_.push_back(*f);
     }
   }
   if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
@@ -319,14 +274,8 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
   for (auto& ctx : contexts_) ctx->stop();
   for (auto& t : threads_) t.join();
   threads_.clear();
-  for (const SocketFile& f : socket_files_) {
-    // Only if the path is still our socket: never another daemon's.
-    struct stat st;
-    if (::lstat(f.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
-        st.st_dev == f.dev && st.st_ino == f.ino) {
-      ::unlink(f.path.c_str());
-    }
-  }
+  // Only the files still ours: never another daemon's.
+  for (const OwnedSocketFile& f : socket_files_) f.RemoveIfStillOurs();
 }
 
 }  // namespace nbdmgr::nbd

@@ -25,6 +25,7 @@
 #include "lib/metrics/server_stats.h"
 #include "lib/nbd/session.h"
 #include "lib/util/listen_address.h"
+#include "lib/util/socket_path.h"
 
 namespace nbdmgr::nbd {
 
@@ -101,12 +102,7 @@ class Server {
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::vector<ListenAddress> bound_;
   // The Unix socket files bound, to remove only those on exit.
-  struct SocketFile {
-    std::string path;
-    dev_t dev;
-    ino_t ino;
-  };
-  std::vector<SocketFile> socket_files_;
+  std::vector<OwnedSocketFile> socket_files_;
   std::atomic<size_t> next_context_{0};
   std::deque<std::atomic<int>> load_;  // live sessions per context
   bool started_ = false;

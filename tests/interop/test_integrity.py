@@ -65,6 +65,21 @@ class IntegrityTest(unittest.TestCase):
         with urllib.request.urlopen(f"http://{self.d.metrics}/metrics", timeout=10) as r:
             return r.read().decode()
 
+    def small_state_dir(self, size):
+        """Points the daemon's --state-dir at a tmpfs of `size` (skips the
+        test where mounting is not allowed)."""
+        if os.geteuid() != 0:
+            self.skipTest("mounting a tmpfs needs root")
+        state = os.path.join(self.d.dir, "small")
+        os.makedirs(state)
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700",
+                            "tmpfs", state], capture_output=True, text=True)
+        if p.returncode != 0:
+            self.skipTest(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+        self.addCleanup(subprocess.run, ["umount", "-l", state])
+        self.d.args[self.d.args.index(self.d.state_dir)] = state
+        return state
+
     # 1. Opening a backend never blocks the control plane.
     def test_fifo_is_refused_and_the_api_keeps_answering(self):
         self.d.start()
@@ -306,16 +321,7 @@ class IntegrityTest(unittest.TestCase):
 
     # 5. The API, the live set and the state file agree on a full disk.
     def test_full_state_filesystem(self):
-        if os.geteuid() != 0:
-            self.skipTest("mounting a tmpfs needs root")
-        state = os.path.join(self.d.dir, "small")
-        os.makedirs(state)
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700",
-                            "tmpfs", state], capture_output=True, text=True)
-        if p.returncode != 0:
-            self.skipTest(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-        self.addCleanup(subprocess.run, ["umount", "-l", state])
-        self.d.args[self.d.args.index(self.d.state_dir)] = state
+        state = self.small_state_dir("2m")
         self.d.start()
         self.d.nbdctl("create", "vm1", "--memory", "1MiB", "--description", "v0")
         self.d.nbdctl("create", "vm2", "--memory", "1MiB")
@@ -367,16 +373,7 @@ class IntegrityTest(unittest.TestCase):
         self.assertNotEqual(self.d.nbdctl("get", "vm2", check=False).returncode, 0)
 
     def test_created_file_is_removed_when_the_create_cannot_be_saved(self):
-        if os.geteuid() != 0:
-            self.skipTest("mounting a tmpfs needs root")
-        state = os.path.join(self.d.dir, "small")
-        os.makedirs(state)
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k,mode=0700",
-                            "tmpfs", state], capture_output=True, text=True)
-        if p.returncode != 0:
-            self.skipTest(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-        self.addCleanup(subprocess.run, ["umount", "-l", state])
-        self.d.args[self.d.args.index(self.d.state_dir)] = state
+        state = self.small_state_dir("1200k")
         self.d.start()
         # The first create needs a snapshot and a 1 MiB log: no room.
         subprocess.run(["dd", "if=/dev/zero", f"of={state}/filler", "bs=64k"],

@@ -224,7 +224,7 @@ class SocketPathTest(unittest.TestCase):
         with open(d.control, "w") as f:
             f.write("not a socket\n")
         err = self.start_fails(d)
-        self.assertIn(f"control socket path {d.control} exists and is not a socket",
+        self.assertIn(f"control socket {d.control}: the path exists and is not a socket",
                       err)
         with open(d.control) as f:
             self.assertEqual(f.read(), "not a socket\n")
@@ -258,7 +258,7 @@ class SocketPathTest(unittest.TestCase):
         i = second.args.index("--control-listen")
         second.args[i + 1] = f"unix:{first.control}"
         err = self.start_fails(second)
-        self.assertIn(f"another process is serving the control API on {first.control}",
+        self.assertIn(f"control socket {first.control}: another process is serving on this socket",
                       err)
         self.assertFalse(os.path.exists(second.sock))
         self.assert_untouched(first, control_ino, nbd_ino)
