@@ -73,6 +73,11 @@ void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
               "CLIENTS", "READ/s", "WRITE/s", "RD MB/s", "WR MB/s", "ERR/s",
               "INFLT", "LAT ms", "BUF USED", "CAP FULL");
   for (const ExportStats& e : now.exports) {
+    if (e.failed) {
+      std::printf("%-16s FAILED, not served: %s\n", e.name.c_str(),
+                  e.failure.c_str());
+      continue;
+    }
     IoCounts prev;  // an export new since `before` starts from zero
     for (const ExportStats& b : before.exports) {
       if (b.name == e.name) prev = b.io;

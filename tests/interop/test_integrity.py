@@ -155,6 +155,8 @@ class IntegrityTest(unittest.TestCase):
         self.assertIn("symbolic link", got["failure"])
         self.assertIn("FAILED", self.d.nbdctl("list").stdout)
         self.assertIn('status="failed"', self.export_info("vm1"))
+        self.assertIn("vm1              FAILED, not served: path",
+                      self.d.nbdctl("stats").stdout)
         self.assertIn("vm1", self.d.logs())
         p = run("nbdinfo", "--size", self.d.uri("vm1"), check=False)
         self.assertNotEqual(p.returncode, 0)
