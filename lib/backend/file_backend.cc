@@ -24,10 +24,12 @@
 
 namespace nbdmgr {
 
-namespace {
-
-// Where a file is opened: beneath a directory descriptor, without symbolic
-// links (confined), or by plain path (`dir_fd` AT_FDCWD).
+// Where a file is opened: a name in a directory held open. For a confined
+// path the directory was resolved beneath an allowed directory without
+// following any symbolic link, and the name is opened without following one
+// either, so what is opened, created or removed is always beneath it, however
+// the path is renamed meanwhile. For an unconfined path (the operator's own)
+// links are followed as usual.
 class FileLocation {
  public:
   // The location of `path`, confined to one of `dirs` when there are any.
@@ -35,33 +37,88 @@ class FileLocation {
       const std::string& path, const std::vector<std::string>& dirs);
   FileLocation(FileLocation&& o) noexcept
       : dir_fd_(std::exchange(o.dir_fd_, -1)),
-        rel_(std::move(o.rel_)),
-        path_(std::move(o.path_)) {}
+        name_(std::move(o.name_)),
+        confined_(o.confined_) {}
+  FileLocation& operator=(FileLocation&&) = delete;
   ~FileLocation() {
     if (dir_fd_ >= 0) ::close(dir_fd_);
   }
 
-  // open(2) of the location; -1 with errno set on failure (ELOOP: a
-  // symbolic link on the way, EXDEV: the path escapes its directory).
-  int Open(int flags, mode_t mode = 0) const;
-  void Unlink() const {
-    ::unlinkat(dir_fd_ >= 0 ? dir_fd_ : AT_FDCWD, rel_.c_str(), 0);
+  // open(2) of the name; -1 with errno set on failure (ELOOP: confined and
+  // the name is a symbolic link).
+  int Open(int flags, mode_t mode = 0) const {
+    return ::openat(dir_fd_, name_.c_str(),
+                    flags | (confined_ ? O_NOFOLLOW : 0), mode);
   }
-  bool confined() const { return dir_fd_ >= 0; }
+  // Removes the name if it is still the file `fd` has open.
+  void UnlinkIfStill(int fd) const {
+    struct stat mine, named;
+    if (::fstat(fd, &mine) == 0 &&
+        ::fstatat(dir_fd_, name_.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+        mine.st_dev == named.st_dev && mine.st_ino == named.st_ino) {
+      ::unlinkat(dir_fd_, name_.c_str(), 0);
+    }
+  }
 
  private:
-  FileLocation(int dir_fd, std::string rel, std::string path)
-      : dir_fd_(dir_fd), rel_(std::move(rel)), path_(std::move(path)) {}
+  FileLocation(int dir_fd, std::string name, bool confined)
+      : dir_fd_(dir_fd), name_(std::move(name)), confined_(confined) {}
 
-  int dir_fd_;       // -1: not confined
-  std::string rel_;  // below dir_fd_, or the whole path
-  std::string path_;
+  int dir_fd_;        // the directory holding the file
+  std::string name_;  // one component, no '/'
+  bool confined_;
 };
+
+namespace {
+
+// Opens the directory `rel` (components, no "..") beneath `root` without
+// following symbolic links: openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS,
+// or on kernels before 5.6 one O_NOFOLLOW component at a time. -1 with
+// errno set (ELOOP for a link on the way).
+int OpenDirBeneath(int root, const std::filesystem::path& rel) {
+  const int flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+  if (rel.empty()) return ::fcntl(root, F_DUPFD_CLOEXEC, 0);
+  struct open_how how {};
+  how.flags = static_cast<uint64_t>(flags);
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  int fd = static_cast<int>(
+      ::syscall(SYS_openat2, root, rel.c_str(), &how, sizeof(how)));
+  if (fd >= 0 || errno != ENOSYS) return fd;
+  fd = ::fcntl(root, F_DUPFD_CLOEXEC, 0);
+  for (const auto& part : rel) {
+    if (fd < 0) break;
+    int next = ::openat(fd, part.c_str(), flags | O_NOFOLLOW);
+    int err = errno;
+    ::close(fd);
+    fd = next;
+    errno = err;
+  }
+  return fd;
+}
+
+}  // namespace
 
 absl::StatusOr<FileLocation> FileLocation::Find(
     const std::string& path, const std::vector<std::string>& dirs) {
-  if (dirs.empty()) return FileLocation(-1, path, path);
   const std::filesystem::path p(path);
+  const std::string name = p.filename().string();
+  if (name.empty() || name == "." || name == "..") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not a path to a file"));
+  }
+  if (dirs.empty()) {
+    std::string parent = p.parent_path().string();
+    int fd = ::open(parent.empty() ? "." : parent.c_str(),
+                    O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+      if (errno == ENOENT) {
+        return absl::NotFoundError(
+            absl::StrCat(path, ": its directory does not exist"));
+      }
+      return ErrnoStatus(errno, absl::StrCat("open ", parent));
+    }
+    return FileLocation(fd, name, false);
+  }
   for (const auto& part : p) {
     if (part == "..") {
       return absl::PermissionDeniedError(
@@ -79,46 +136,34 @@ absl::StatusOr<FileLocation> FileLocation::Find(
     for (const std::filesystem::path& form : forms) {
       std::filesystem::path rel = normal.lexically_relative(form);
       if (rel.empty() || *rel.begin() == ".." || rel == ".") continue;
-      int dfd = ::open(form.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-      if (dfd < 0) continue;
-      return FileLocation(dfd, rel.string(), path);
+      int root = ::open(form.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+      if (root < 0) continue;
+      int fd = OpenDirBeneath(root, rel.parent_path());
+      int err = errno;
+      ::close(root);
+      if (fd < 0) {
+        switch (err) {
+          case ENOENT:
+            return absl::NotFoundError(
+                absl::StrCat(path, ": its directory does not exist"));
+          case ELOOP:
+          case EXDEV:
+            return absl::PermissionDeniedError(absl::StrCat(
+                "path ", path,
+                " goes through a symbolic link, which exports created "
+                "over the API may not"));
+          default:
+            return ErrnoStatus(err, absl::StrCat("open directory of ", path));
+        }
+      }
+      return FileLocation(fd, name, true);
     }
   }
   return absl::PermissionDeniedError(
       absl::StrCat("path ", path, " is outside the allowed directories"));
 }
 
-int FileLocation::Open(int flags, mode_t mode) const {
-  if (dir_fd_ < 0) return ::open(rel_.c_str(), flags, mode);
-  struct open_how how {};
-  how.flags = static_cast<uint64_t>(flags);
-  how.mode = (flags & O_CREAT) ? mode : 0;
-  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-  int fd = static_cast<int>(
-      ::syscall(SYS_openat2, dir_fd_, rel_.c_str(), &how, sizeof(how)));
-  if (fd >= 0 || errno != ENOSYS) return fd;
-  // Kernels before 5.6: no symbolic link as the last component, then an
-  // equivalent check on what was opened.
-  fd = ::openat(dir_fd_, rel_.c_str(), flags | O_NOFOLLOW, mode);
-  if (fd < 0) return fd;
-  char opened[PATH_MAX], dir[PATH_MAX];
-  std::string self = absl::StrCat("/proc/self/fd/", fd);
-  std::string dirlink = absl::StrCat("/proc/self/fd/", dir_fd_);
-  ssize_t n = ::readlink(self.c_str(), opened, sizeof(opened) - 1);
-  ssize_t m = ::readlink(dirlink.c_str(), dir, sizeof(dir) - 1);
-  if (n > 0 && m > 0) {
-    std::string_view o(opened, static_cast<size_t>(n));
-    std::string_view d(dir, static_cast<size_t>(m));
-    if (o.size() > d.size() && o.starts_with(d) && o[d.size()] == '/' &&
-        o.substr(d.size() + 1) == rel_) {
-      return fd;
-    }
-  }
-  if (flags & O_CREAT) ::unlinkat(dir_fd_, rel_.c_str(), 0);
-  ::close(fd);
-  errno = ELOOP;
-  return -1;
-}
+namespace {
 
 // The status of a failed FileLocation::Open of `path`.
 absl::Status OpenError(int err, const std::string& path, bool create) {
@@ -132,9 +177,6 @@ absl::Status OpenError(int err, const std::string& path, bool create) {
           absl::StrCat("path ", path,
                        " goes through a symbolic link, which exports created "
                        "over the API may not"));
-    case EXDEV:
-      return absl::PermissionDeniedError(
-          absl::StrCat("path ", path, " escapes the allowed directories"));
     default:
       return ErrnoStatus(err, absl::StrCat("open ", path));
   }
@@ -167,16 +209,16 @@ absl::StatusOr<std::unique_ptr<FileBackend>> FileBackend::Open(
       if (::ftruncate(fd, static_cast<off_t>(*options.size)) != 0) {
         absl::Status st =
             ErrnoStatus(errno, absl::StrCat("ftruncate ", options.path));
+        where->UnlinkIfStill(fd);
         ::close(fd);
-        where->Unlink();
         return st;
       }
     }
   }
   if (fd < 0) return OpenError(errno, options.path, options.create);
   auto fail = [&](absl::Status st) {
+    if (created) where->UnlinkIfStill(fd);
     ::close(fd);
-    if (created) where->Unlink();
     return st;
   };
   struct stat st;
@@ -213,25 +255,23 @@ absl::StatusOr<std::unique_ptr<FileBackend>> FileBackend::Open(
     return fail(absl::InvalidArgumentError(
         absl::StrCat(options.path, ": is larger than NBD allows")));
   }
-  return std::unique_ptr<FileBackend>(
-      new FileBackend(fd, size, is_block, options.path, created));
+  auto backend = std::unique_ptr<FileBackend>(
+      new FileBackend(fd, size, is_block, options.path));
+  if (created) {
+    backend->created_in_ = std::make_unique<FileLocation>(std::move(*where));
+  }
+  return backend;
 }
 
 FileBackend::FileBackend(int fd, uint64_t size, bool is_block_device,
-                         std::string path, bool created)
+                         std::string path)
     : fd_(fd),
       size_(size),
       is_block_device_(is_block_device),
-      path_(std::move(path)),
-      created_(created) {}
+      path_(std::move(path)) {}
 
 void FileBackend::RemoveCreatedFile() {
-  if (!created_) return;
-  struct stat mine, named;
-  if (::fstat(fd_, &mine) == 0 && ::lstat(path_.c_str(), &named) == 0 &&
-      mine.st_dev == named.st_dev && mine.st_ino == named.st_ino) {
-    ::unlink(path_.c_str());
-  }
+  if (created_in_ != nullptr) created_in_->UnlinkIfStill(fd_);
 }
 
 FileBackend::~FileBackend() { ::close(fd_); }

@@ -26,6 +26,8 @@ struct FileBackendOptions {
   std::vector<std::string> confine_to = {};
 };
 
+class FileLocation;  // a name in a directory held open (file_backend.cc)
+
 // A regular file or block device. FLUSH is fdatasync, FUA writes use
 // RWF_DSYNC, TRIM punches holes, WRITE_ZEROES uses fallocate (or
 // BLKZEROOUT on a block device), and block status comes from
@@ -44,9 +46,11 @@ class FileBackend final : public Backend {
   ~FileBackend() override;
 
   // Whether Open created the file.
-  bool created_file() const { return created_; }
+  bool created_file() const { return created_in_ != nullptr; }
   // Removes the file Open created (undoing a create that could not be
-  // committed), if the path still names it. No-op otherwise.
+  // committed), if its name in the directory it was created in (held
+  // open, so never a directory a link was swapped in for) still names it.
+  // No-op otherwise.
   void RemoveCreatedFile();
 
   uint64_t size() const override { return size_; }
@@ -63,15 +67,15 @@ class FileBackend final : public Backend {
                        absl::FunctionRef<bool(Extent)> visit) override;
 
  private:
-  FileBackend(int fd, uint64_t size, bool is_block_device, std::string path,
-              bool created);
+  FileBackend(int fd, uint64_t size, bool is_block_device, std::string path);
   absl::Status WriteZeroesSlowly(uint64_t offset, uint64_t length);
 
   const int fd_;
   const uint64_t size_;
   const bool is_block_device_;
   const std::string path_;
-  const bool created_;
+  // Set if Open created the file: where, to undo it.
+  std::unique_ptr<FileLocation> created_in_;
 };
 
 }  // namespace nbdmgr

@@ -119,16 +119,16 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
     const ControlServerOptions& o, std::vector<grpc::Service*> services) {
   std::shared_ptr<grpc::ServerCredentials> creds;
   std::string address;
+  std::optional<SocketPathClaim> claim;  // unix: held from here on
   if (o.listen.kind == ListenAddress::Kind::kUnix) {
     std::error_code ec;
     std::filesystem::create_directories(
         std::filesystem::path(o.listen.path).parent_path(), ec);
-    if (absl::Status st = ClaimSocketPath(
-            o.listen.path, absl::StrCat("control socket ", o.listen.path),
-            "--control-listen");
-        !st.ok()) {
-      return st;
-    }
+    absl::StatusOr<SocketPathClaim> c = SocketPathClaim::Claim(
+        o.listen.path, absl::StrCat("control socket ", o.listen.path),
+        "--control-listen");
+    if (!c.ok()) return c.status();
+    claim.emplace(std::move(*c));
     address = absl::StrCat("unix:", o.listen.path);
     creds = grpc::InsecureServerCredentials();  // protected by mode 0600
   } else {
@@ -204,7 +204,8 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
   if (bound.kind == ListenAddress::Kind::kUnix) {
     ::chmod(bound.path.c_str(), 0600);
     // Remember which file is ours: Shutdown() removes that one only.
-    control->socket_file_ = OwnedSocketFile::AfterBind(bound.path);
+    claim->Bound();
+    control->socket_claim_.emplace(std::move(*claim));
   }
   return control;
 }
@@ -242,7 +243,7 @@ void ControlServer::Shutdown(std::chrono::milliseconds grace) {
   }
   server_->Shutdown(std::chrono::system_clock::now());
   server_.reset();
-  if (socket_file_) socket_file_->RemoveIfStillOurs();
+  if (socket_claim_) socket_claim_->RemoveIfStillOurs();
 }
 
 }  // namespace nbdmgr

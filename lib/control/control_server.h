@@ -72,7 +72,7 @@ class ControlServer {
   // interceptors, which may outlive a call to Shutdown()).
   std::shared_ptr<ControlCallTracker> calls_;
   // The socket file bound (Unix only), to remove only that one on exit.
-  std::optional<OwnedSocketFile> socket_file_;  // unix: the file we bound
+  std::optional<SocketPathClaim> socket_claim_;  // unix: the path we bound
 };
 
 }  // namespace nbdmgr

@@ -155,6 +155,10 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
     }
     pending_.insert(config.name);  // the name is taken while we open
   }
+  // File exports are opened one at a time (and their undo done before the
+  // next opens), so an undo never removes a file another create opened.
+  std::unique_lock<std::mutex> opening(open_mu_, std::defer_lock);
+  if (config.backend == BackendKind::kFile) opening.lock();
   absl::StatusOr<std::shared_ptr<Export>> e = Open(config, true);
   std::unique_lock lock(mu_);
   pending_.erase(config.name);
@@ -235,20 +239,28 @@ absl::StatusOr<ExportManager::Page> ExportManager::ListExports(
 absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
     const std::string& name, const ExportUpdate& update) {
   std::unique_lock lock(mu_);
-  if (auto it = failed_.find(name); it != failed_.end()) {
-    if (update.changes_fields()) {
-      ExportConfig next = Updated(it->second.config, update);
-      if (absl::Status st = ValidateExportConfig(next); !st.ok()) return st;
-      if (absl::Status st = PersistPut(next); !st.ok()) return st;
-      it->second.config = std::move(next);
-    }
-    if (!update.retry) return DescribeFailed(it->second);
-    lock.unlock();
-    return Retry(name);
-  }
   if (pending_.contains(name)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "export \"", name, "\" is being created or retried; try again"));
+  }
+  if (auto it = failed_.find(name); it != failed_.end()) {
+    ExportConfig next = Updated(it->second.config, update);
+    if (absl::Status st = ValidateExportConfig(next); !st.ok()) return st;
+    if (update.tls) {
+      if (absl::Status st = CheckTls(*update.tls); !st.ok()) return st;
+    }
+    if (update.retry) {
+      // The fields are saved only if the export then serves: a retry that
+      // fails changes nothing.
+      pending_.insert(name);
+      lock.unlock();
+      return Retry(name, std::move(next), update.changes_fields());
+    }
+    if (update.changes_fields()) {
+      if (absl::Status st = PersistPut(next); !st.ok()) return st;
+      it->second.config = std::move(next);
+    }
+    return DescribeFailed(it->second);
   }
   absl::StatusOr<std::shared_ptr<Export>> found = FindExport(name);
   if (!found.ok()) return found.status();
@@ -280,31 +292,24 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
   return Describe(*e);
 }
 
-absl::StatusOr<ExportInfo> ExportManager::Retry(const std::string& name) {
-  ExportConfig config;
-  {
-    std::lock_guard lock(mu_);
-    auto it = failed_.find(name);
-    if (it == failed_.end()) {  // removed or retried meanwhile
-      return absl::NotFoundError(
-          absl::StrCat("export \"", name, "\" is not FAILED any more"));
-    }
-    if (pending_.contains(name)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("export \"", name, "\" is already being retried"));
-    }
-    config = it->second.config;
-    pending_.insert(name);
-  }
+absl::StatusOr<ExportInfo> ExportManager::Retry(const std::string& name,
+                                                ExportConfig config,
+                                                bool save) {
+  std::unique_lock<std::mutex> opening(open_mu_, std::defer_lock);
+  if (config.backend == BackendKind::kFile) opening.lock();
   absl::StatusOr<std::shared_ptr<Export>> e = Open(config, false);
   std::unique_lock lock(mu_);
   pending_.erase(name);
-  auto it = failed_.find(name);  // still there: deletes wait for pending_
+  auto it = failed_.find(name);  // still there: nothing else touches a
+                                 // pending name
   if (!e.ok()) {
     it->second.reason = std::string(e.status().message());
     return absl::Status(e.status().code(),
                         absl::StrCat("export \"", name, "\" is still FAILED: ",
                                      e.status().message()));
+  }
+  if (save) {
+    if (absl::Status st = PersistPut(config); !st.ok()) return st;
   }
   if (absl::Status st = registry_.Add(*e); !st.ok()) return st;
   failed_.erase(it);

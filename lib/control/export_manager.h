@@ -163,8 +163,11 @@ class ExportManager {
       const std::string& name) const;
   // FailedPrecondition for a TLS mode the daemon cannot offer.
   absl::Status CheckTls(TlsMode mode) const;
-  // Reopens the FAILED export `name` (its config already updated).
-  absl::StatusOr<ExportInfo> Retry(const std::string& name);
+  // Reopens the FAILED export `name` with `config` (its saved config with
+  // the update's fields), saving `config` first if `save`; the caller has
+  // put `name` in pending_. On an error nothing changes but the reason.
+  absl::StatusOr<ExportInfo> Retry(const std::string& name, ExportConfig config,
+                                   bool save);
 
   const ExportManagerOptions options_;
   ExportRegistry& registry_;
@@ -173,6 +176,9 @@ class ExportManager {
   std::atomic<bool> aborting_{false};
   std::unique_ptr<StateStore> store_;
 
+  // Held while a file export is opened by CreateExport or Retry, and until
+  // a failed create's file is removed again (taken before mu_).
+  std::mutex open_mu_;
   mutable std::mutex mu_;
   // Names of the API-created (persisted) exports that are served; their
   // configs live in the registry and the state store.

@@ -74,11 +74,10 @@ absl::Status Server::Listen(const ListenAddress& addr) {
     std::filesystem::path path(addr.path);
     std::error_code fs_ec;
     std::filesystem::create_directories(path.parent_path(), fs_ec);
-    if (absl::Status st =
-            ClaimSocketPath(addr.path, addr.ToString(), "--nbd-listen");
-        !st.ok()) {
-      return st;
-    }
+    absl::StatusOr<SocketPathClaim> claim =
+        SocketPathClaim::Claim(addr.path, addr.ToString(), "--nbd-listen");
+    if (!claim.ok()) return claim.status();
+    socket_claims_.push_back(std::move(*claim));
     endpoint = asio::local::stream_protocol::endpoint(addr.path);
   } else {
     std::string host = addr.host == "localhost" ? "127.0.0.1" : addr.host;
@@ -96,9 +95,7 @@ absl::Status Server::Listen(const ListenAddress& addr) {
   if (!ec) acceptor->bind(endpoint, ec);
   if (!ec && addr.kind == ListenAddress::Kind::kUnix) {
     // Remember which file is ours: Shutdown() removes that one only.
-    if (auto f = OwnedSocketFile::AfterBind(addr.path)) {
-      socket_files_.push_back(*f);
-    }
+    socket_claims_.back().Bound();
   }
   if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
@@ -275,7 +272,7 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
   for (auto& t : threads_) t.join();
   threads_.clear();
   // Only the files still ours: never another daemon's.
-  for (const OwnedSocketFile& f : socket_files_) f.RemoveIfStillOurs();
+  for (const SocketPathClaim& c : socket_claims_) c.RemoveIfStillOurs();
 }
 
 }  // namespace nbdmgr::nbd

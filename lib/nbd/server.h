@@ -102,7 +102,7 @@ class Server {
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::vector<ListenAddress> bound_;
   // The Unix socket files bound, to remove only those on exit.
-  std::vector<OwnedSocketFile> socket_files_;
+  std::vector<SocketPathClaim> socket_claims_;
   std::atomic<size_t> next_context_{0};
   std::deque<std::atomic<int>> load_;  // live sessions per context
   bool started_ = false;

@@ -32,6 +32,11 @@ absl::StatusOr<std::chrono::milliseconds> ParseDuration(std::string_view text) {
     ms_per_unit = 1;
   else
     return invalid();
+  // Bounded so a deadline of now + it cannot overflow a nanosecond clock.
+  if (n > static_cast<uint64_t>(kMaxDuration.count()) / ms_per_unit) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "duration \"", ToAbsl(text), "\" is longer than 100 years"));
+  }
   return std::chrono::milliseconds(n * ms_per_unit);
 }
 

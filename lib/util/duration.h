@@ -9,8 +9,14 @@
 
 namespace nbdmgr {
 
+// The longest duration any flag or field takes (about 100 years): a
+// deadline of now + it still fits a nanosecond clock.
+inline constexpr std::chrono::milliseconds kMaxDuration{int64_t{100} * 365 *
+                                                        86400 * 1000};
+
 // Parses "250ms", "30s", "5m", "1h" (one number, one unit; "0" alone is
-// allowed). InvalidArgument naming the input otherwise.
+// allowed), at most kMaxDuration. InvalidArgument naming the input
+// otherwise.
 absl::StatusOr<std::chrono::milliseconds> ParseDuration(std::string_view text);
 
 // "30s", "250ms", "5m".

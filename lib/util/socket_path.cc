@@ -1,5 +1,7 @@
 #include "lib/util/socket_path.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -7,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "lib/util/errors.h"
@@ -14,8 +17,11 @@
 
 namespace nbdmgr {
 
-absl::Status ClaimSocketPath(const std::string& path, std::string_view what,
-                             std::string_view flag) {
+namespace {
+
+// The path part of Claim() (the lock is held).
+absl::Status FreeSocketPath(const std::string& path, std::string_view what,
+                            std::string_view flag) {
   const absl::string_view w = ToAbsl(what);
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) {
@@ -59,18 +65,56 @@ absl::Status ClaimSocketPath(const std::string& path, std::string_view what,
                    std::strerror(error), "); leaving it in place"));
 }
 
-std::optional<OwnedSocketFile> OwnedSocketFile::AfterBind(
-    const std::string& path) {
-  struct stat st;
-  if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) {
-    return std::nullopt;
+}  // namespace
+
+absl::StatusOr<SocketPathClaim> SocketPathClaim::Claim(const std::string& path,
+                                                       std::string_view what,
+                                                       std::string_view flag) {
+  const std::string lock_path = absl::StrCat(path, ".lock");
+  int fd = ::open(lock_path.c_str(),
+                  O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", lock_path));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    ::close(fd);
+    if (err == EWOULDBLOCK) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          ToAbsl(what),
+          ": another process is serving on this socket (it holds ", lock_path,
+          "; is nbdmgrd already running?); leaving it in place"));
+    }
+    return ErrnoStatus(err, absl::StrCat("lock ", lock_path));
   }
-  return OwnedSocketFile(path, st.st_dev, st.st_ino);
+  if (absl::Status st = FreeSocketPath(path, what, flag); !st.ok()) {
+    ::close(fd);
+    return st;
+  }
+  return SocketPathClaim(path, fd);
 }
 
-void OwnedSocketFile::RemoveIfStillOurs() const {
+SocketPathClaim::SocketPathClaim(SocketPathClaim&& o) noexcept
+    : path_(std::move(o.path_)),
+      lock_fd_(std::exchange(o.lock_fd_, -1)),
+      bound_(o.bound_),
+      dev_(o.dev_),
+      ino_(o.ino_) {}
+
+SocketPathClaim::~SocketPathClaim() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+void SocketPathClaim::Bound() {
   struct stat st;
-  if (::lstat(path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+  if (::lstat(path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    bound_ = true;
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
+  }
+}
+
+void SocketPathClaim::RemoveIfStillOurs() const {
+  struct stat st;
+  if (bound_ && ::lstat(path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
       st.st_dev == dev_ && st.st_ino == ino_) {
     ::unlink(path_.c_str());
   }

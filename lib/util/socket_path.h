@@ -7,37 +7,47 @@
 #include <string>
 #include <string_view>
 
-#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace nbdmgr {
 
-// Makes the Unix socket path `path` free for bind(): nothing is there, or a
-// stale socket that no process accepts on (left by a killed daemon), which
-// is removed. FailedPrecondition, leaving the path alone, if it is not a
-// socket or a connect() to it is accepted (another process serves there) or
-// fails otherwise than with ECONNREFUSED (it cannot be shown stale).
-// Messages start with `what` (e.g. "control socket /run/x.sock"); `flag`
-// names the option to change in the not-a-socket case.
-absl::Status ClaimSocketPath(const std::string& path, std::string_view what,
-                             std::string_view flag);
-
-// The identity of a socket file this process bound, so that it removes
-// that file only and never one another process put at the same path.
-class OwnedSocketFile {
+// The right to bind a Unix socket at a path, and then to remove it.
+//
+// Claim() takes an exclusive lock on `<path>.lock` (flock, held until the
+// claim is destroyed; the lock file is left in place), so two daemons
+// starting at once on one path cannot both judge it free. Then it makes the
+// path free for bind(): nothing is there, or a stale socket no process
+// accepts on (left by a killed daemon), which is removed. FailedPrecondition,
+// leaving the path alone, if the lock is held, the path is not a socket, or
+// a connect() to it is accepted (another process serves there) or fails
+// otherwise than with ECONNREFUSED (it cannot be shown stale). Messages
+// start with `what` (e.g. "control socket /run/x.sock"); `flag` names the
+// option to change.
+//
+// Bound() records the socket file right after bind(); RemoveIfStillOurs()
+// removes it only if the path still names that file, never one another
+// process put there.
+class SocketPathClaim {
  public:
-  // Call right after bind(): records the file now at `path`. nullopt if
-  // the path holds no socket.
-  static std::optional<OwnedSocketFile> AfterBind(const std::string& path);
-  // Removes the file if the path still names the socket that was bound.
+  static absl::StatusOr<SocketPathClaim> Claim(const std::string& path,
+                                               std::string_view what,
+                                               std::string_view flag);
+  SocketPathClaim(SocketPathClaim&& o) noexcept;
+  SocketPathClaim& operator=(SocketPathClaim&&) = delete;
+  ~SocketPathClaim();
+
+  void Bound();
   void RemoveIfStillOurs() const;
   const std::string& path() const { return path_; }
 
  private:
-  OwnedSocketFile(std::string path, dev_t dev, ino_t ino)
-      : path_(std::move(path)), dev_(dev), ino_(ino) {}
+  SocketPathClaim(std::string path, int lock_fd)
+      : path_(std::move(path)), lock_fd_(lock_fd) {}
   std::string path_;
-  dev_t dev_;
-  ino_t ino_;
+  int lock_fd_;
+  bool bound_ = false;
+  dev_t dev_ = 0;
+  ino_t ino_ = 0;
 };
 
 }  // namespace nbdmgr

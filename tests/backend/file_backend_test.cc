@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "lib/nbd/wire.h"
 
@@ -174,6 +175,18 @@ TEST_F(ConfinedFileTest, CreatedFileCanBeRemovedAgain) {
   EXPECT_TRUE((*b)->created_file());
   (*b)->RemoveCreatedFile();
   EXPECT_FALSE(std::filesystem::exists(allowed_ + "/new.img"));
+  // Undoing follows the directory the file was made in, not the path: a
+  // link swapped in for that directory cannot redirect the removal.
+  std::filesystem::create_directories(allowed_ + "/d");
+  o.path = allowed_ + "/d/new.img";
+  auto d = FileBackend::Open(o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  { std::ofstream(outside_ + "/new.img") << "victim"; }
+  std::filesystem::rename(allowed_ + "/d", allowed_ + "/d.real");
+  std::filesystem::create_directory_symlink(outside_, allowed_ + "/d");
+  (*d)->RemoveCreatedFile();
+  EXPECT_TRUE(std::filesystem::exists(outside_ + "/new.img"));
+  EXPECT_FALSE(std::filesystem::exists(allowed_ + "/d.real/new.img"));
   // A file that existed is never removed.
   auto c = FileBackend::Open(
       {allowed_ + "/in.img", false, std::nullopt, true, {allowed_}});

@@ -186,13 +186,16 @@ TEST_F(ExportManagerTest, UnopenableExportsAtStartAreFailedAndRetried) {
   // A retry that still fails keeps it FAILED; one that works serves it.
   ExportUpdate retry;
   retry.retry = true;
+  retry.description = "only if it serves";
   EXPECT_EQ(manager_->UpdateExport("f", retry).status().code(),
             absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->GetExport("f")->config.description, "");  // unchanged
   EXPECT_EQ(manager_->GetExport("f")->state, ExportState::kFailed);
   std::filesystem::rename(dir_ + "/a.img", dir_ + "/allowed/a.img");
   auto served = manager_->UpdateExport("f", retry);
   ASSERT_TRUE(served.ok()) << served.status();
   EXPECT_EQ(served->state, ExportState::kActive);
+  EXPECT_EQ(served->config.description, "only if it serves");
   EXPECT_NE(registry_->Find("f"), nullptr);
   EXPECT_TRUE(manager_->FailedExports().empty());
 }

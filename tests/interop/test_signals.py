@@ -281,6 +281,36 @@ class SocketPathTest(unittest.TestCase):
         self.assert_untouched(first, control_ino, nbd_ino)
         self.assertEqual(first.stop(), 0)
 
+    def test_two_daemons_started_at_once_on_one_control_path(self):
+        # Both may judge the path free at the same moment: the lock next to
+        # the socket lets exactly one of them have it, every time.
+        for i in range(8):
+            control = os.path.join(self.dir, f"control{i}.sock")
+            pair = []
+            for who in ("a", "b"):
+                d = self.daemon(f"{who}{i}")
+                d.args[d.args.index("--control-listen") + 1] = f"unix:{control}"
+                d.control = control
+                pair.append(d)
+            procs = [subprocess.Popen(d.args, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True) for d in pair]
+            wait_for(lambda: any(p.poll() is not None for p in procs) or
+                     all(os.path.exists(d.ready) for d in pair), "both to settle")
+            time.sleep(0.2)
+            alive = [(d, p) for d, p in zip(pair, procs) if p.poll() is None]
+            try:
+                self.assertEqual(len(alive), 1, f"round {i}: {len(alive)} daemons run")
+                d, p = alive[0]
+                wait_for(lambda: os.path.exists(d.ready), "the winner to be ready")
+                self.assertIn("m", d.nbdctl("list").stdout)
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGTERM)
+                        self.assertEqual(p.wait(timeout=30), 0)
+                    p.stderr.close()
+            self.assertFalse(os.path.exists(control))
+
     def test_ready_file_temporary_does_not_follow_a_planted_symlink(self):
         d = self.daemon("d")
         victim = os.path.join(self.dir, "victim")

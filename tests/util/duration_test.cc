@@ -16,9 +16,15 @@ TEST(DurationTest, Parses) {
 }
 
 TEST(DurationTest, Rejects) {
-  for (const char* bad : {"", "s", "10", "1.5s", "-1s", "10x", "1d"}) {
+  for (const char* bad : {"", "s", "10", "1.5s", "-1s", "10x", "1d", "3000000h",
+                          "999999999999h"}) {
     EXPECT_FALSE(ParseDuration(bad).ok()) << bad;
   }
+}
+
+TEST(DurationTest, BoundedSoDeadlinesCannotOverflow) {
+  EXPECT_TRUE(ParseDuration("876000h").ok());   // 100 years
+  EXPECT_FALSE(ParseDuration("876001h").ok());  // just over
 }
 
 TEST(DurationTest, Formats) {
