@@ -83,12 +83,19 @@ int OpenDirBeneath(int root, const std::filesystem::path& rel) {
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
   int fd = static_cast<int>(
       ::syscall(SYS_openat2, root, rel.c_str(), &how, sizeof(how)));
-  if (fd >= 0 || errno != ENOSYS) return fd;
+  // No openat2 (ENOSYS), or a seccomp filter that refuses it (EPERM).
+  if (fd >= 0 || (errno != ENOSYS && errno != EPERM)) return fd;
   fd = ::fcntl(root, F_DUPFD_CLOEXEC, 0);
   for (const auto& part : rel) {
     if (fd < 0) break;
     int next = ::openat(fd, part.c_str(), flags | O_NOFOLLOW);
     int err = errno;
+    struct stat st;
+    if (next < 0 && err == ENOTDIR &&
+        ::fstatat(fd, part.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        S_ISLNK(st.st_mode)) {
+      err = ELOOP;  // O_NOFOLLOW|O_DIRECTORY on a link says ENOTDIR
+    }
     ::close(fd);
     fd = next;
     errno = err;
@@ -126,6 +133,7 @@ absl::StatusOr<FileLocation> FileLocation::Find(
     }
   }
   const std::filesystem::path normal = p.lexically_normal();
+  absl::Status first_error;
   for (const std::string& dir : dirs) {
     // The directory as given, and as it resolves (an operator may name
     // either form): trusted, so symbolic links in it are followed.
@@ -141,24 +149,30 @@ absl::StatusOr<FileLocation> FileLocation::Find(
       int fd = OpenDirBeneath(root, rel.parent_path());
       int err = errno;
       ::close(root);
-      if (fd < 0) {
-        switch (err) {
-          case ENOENT:
-            return absl::NotFoundError(
-                absl::StrCat(path, ": its directory does not exist"));
-          case ELOOP:
-          case EXDEV:
-            return absl::PermissionDeniedError(absl::StrCat(
-                "path ", path,
-                " goes through a symbolic link, which exports created "
-                "over the API may not"));
-          default:
-            return ErrnoStatus(err, absl::StrCat("open directory of ", path));
-        }
+      if (fd >= 0) return FileLocation(fd, name, true);
+      // Another allowed directory (nested, or reached through a link the
+      // operator set up) may still hold the path: the first error stands
+      // only if none does.
+      if (!first_error.ok()) continue;
+      switch (err) {
+        case ENOENT:
+          first_error = absl::NotFoundError(
+              absl::StrCat(path, ": its directory does not exist"));
+          break;
+        case ELOOP:
+        case EXDEV:
+          first_error = absl::PermissionDeniedError(absl::StrCat(
+              "path ", path,
+              " goes through a symbolic link, which exports created over the "
+              "API may not"));
+          break;
+        default:
+          first_error =
+              ErrnoStatus(err, absl::StrCat("open directory of ", path));
       }
-      return FileLocation(fd, name, true);
     }
   }
+  if (!first_error.ok()) return first_error;
   return absl::PermissionDeniedError(
       absl::StrCat("path ", path, " is outside the allowed directories"));
 }

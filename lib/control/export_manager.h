@@ -71,9 +71,14 @@ struct ExportManagerOptions {
 // - A call returns OK only once its change is durable in the state store,
 //   and a call that fails changes nothing, live or persisted: changes are
 //   written ahead, then applied (a file CreateExport made is removed
-//   again if the export cannot be saved).
+//   again if the export cannot be saved). The one exception is the state
+//   store's: a filesystem that fails to flush the directory after a new
+//   snapshot was renamed into place (an I/O error) gets the error
+//   reported while a restart may show the change.
 // - No backend is opened with the manager's lock held, so a slow or
-//   hanging open delays only its own call.
+//   hanging open never delays calls on other exports or reads; file
+//   exports are opened one at a time (with the undo of a failed create),
+//   so it delays other file creates and retries.
 // - File exports created over the API are confined to the allowed
 //   directories at every open (creation, start, retry): resolved beneath
 //   them without symbolic links.

@@ -93,8 +93,12 @@ bool Export::TryAddClient() {
   do {
     const uint32_t max = max_clients();
     if (max != 0 && n >= static_cast<int>(max)) return false;
-  } while (
-      !clients_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+  } while (!clients_.compare_exchange_weak(n, n + 1, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed));
+  if (draining()) {  // set meanwhile: back out (see set_draining)
+    RemoveClient();
+    return false;
+  }
   return true;
 }
 

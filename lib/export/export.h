@@ -70,8 +70,11 @@ class Export {
   std::chrono::system_clock::time_point created() const { return created_; }
   // A draining export is invisible to new clients (LIST, INFO, GO) while
   // connected ones finish; set by ExportManager::Delete.
-  bool draining() const { return draining_.load(std::memory_order_acquire); }
-  void set_draining() { draining_.store(true, std::memory_order_release); }
+  bool draining() const { return draining_.load(std::memory_order_seq_cst); }
+  // seq_cst, with TryAddClient: a client either is counted before the
+  // deleter reads clients() (and is stopped) or sees draining and is
+  // refused; none slips in unseen.
+  void set_draining() { draining_.store(true, std::memory_order_seq_cst); }
   const std::string& name() const { return config_.name; }
   Backend& backend() const { return *backend_; }
   uint64_t size() const { return size_; }
@@ -90,8 +93,9 @@ class Export {
   ExportIoStats& io_stats() const { return io_stats_; }
 
   // Connected clients (sessions in transmission on this export).
-  int clients() const { return clients_.load(std::memory_order_relaxed); }
-  // Counts one more client unless the export has max_clients() already.
+  int clients() const { return clients_.load(std::memory_order_seq_cst); }
+  // Counts one more client unless the export has max_clients() already or
+  // is being deleted (draining).
   bool TryAddClient();
   void RemoveClient() { clients_.fetch_sub(1, std::memory_order_relaxed); }
   // The cap on connected clients (0: none); changes apply to new clients.

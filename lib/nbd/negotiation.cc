@@ -107,6 +107,7 @@ asio::awaitable<ErrorCode> Negotiator::RefuseWithoutTls(uint32_t option,
 
 bool Negotiator::Admit(Export& e) {
   if (e.TryAddClient()) return true;
+  if (e.draining()) return false;  // deleted while this client negotiated
   Refused(Refusal::kMaxClients,
           absl::StrCat("export \"", e.name(), "\" has its maximum of ",
                        e.max_clients(), " clients"));

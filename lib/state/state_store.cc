@@ -620,10 +620,18 @@ absl::Status StateStore::Apply(const v1::StateChange& change,
   PutLe(record, Crc32c(payload), 4);
   record += payload;
   const uint64_t record_end = log_end_ + record.size();
-  // A torn record dropped by Load may reach past this one: zero it all in
-  // the same write, or its remains would look like corruption.
-  if (log_dirty_end_ > log_end_ + record.size()) {
-    record.resize(log_dirty_end_ - log_end_, '\0');
+  // A torn record dropped by Load may reach past this one: its remains
+  // would look like corruption behind the new record, so they are zeroed
+  // and flushed first (a crash between the two writes then leaves a log
+  // that still loads).
+  if (log_dirty_end_ > log_end_) {
+    const std::string zeroes(log_dirty_end_ - log_end_, '\0');
+    absl::Status cleared = PwriteAll(log_fd_, zeroes, log_end_, log_path_);
+    if (cleared.ok() && ::fdatasync(log_fd_) != 0) {
+      cleared = ErrnoStatus(errno, absl::StrCat("fdatasync ", log_path_));
+    }
+    if (!cleared.ok()) return cleared;  // nothing of this change written
+    log_dirty_end_ = log_end_;
   }
   absl::Status st = PwriteAll(log_fd_, record, log_end_, log_path_);
   if (st.ok() && ::fdatasync(log_fd_) != 0) {

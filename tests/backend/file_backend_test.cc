@@ -152,6 +152,21 @@ TEST_F(ConfinedFileTest, OpensBeneathTheAllowedDirectory) {
   EXPECT_TRUE(FileBackend::Open(o).ok());
 }
 
+TEST_F(ConfinedFileTest, EveryAllowedDirectoryIsTried) {
+  // /allowed/alias is a link the operator made and allowed itself: the path
+  // is refused beneath /allowed but opens beneath /allowed/alias.
+  std::filesystem::create_directory_symlink(outside_, allowed_ + "/alias");
+  FileBackendOptions o{allowed_ + "/alias/out.img",
+                       false,
+                       std::nullopt,
+                       false,
+                       {allowed_, allowed_ + "/alias"}};
+  EXPECT_TRUE(FileBackend::Open(o).ok()) << FileBackend::Open(o).status();
+  o.confine_to = {allowed_};
+  EXPECT_EQ(FileBackend::Open(o).status().code(),
+            absl::StatusCode::kPermissionDenied);
+}
+
 TEST_F(ConfinedFileTest, NoSymbolicLinkBelowIt) {
   // A link as the last component, even to a file inside.
   std::filesystem::create_symlink(outside_ + "/out.img", allowed_ + "/l.img");

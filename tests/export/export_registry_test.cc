@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "lib/nbd/wire.h"
 
 namespace nbdmgr {
@@ -56,6 +59,37 @@ TEST(ExportTest, TransmissionFlags) {
   EXPECT_TRUE(g & nbd::kTxReadOnly);
   EXPECT_FALSE(g &
                (nbd::kTxSendFua | nbd::kTxSendTrim | nbd::kTxSendWriteZeroes));
+}
+
+TEST(ExportTest, NoClientGetsInOnceDraining) {
+  auto e = Mem("d");
+  ASSERT_TRUE(e->TryAddClient());
+  e->set_draining();
+  EXPECT_FALSE(e->TryAddClient());
+  EXPECT_EQ(e->clients(), 1);  // the one counted before; none half-added
+}
+
+// Clients racing a deleter: each one is either seen by the deleter's count
+// (taken after draining is set) or refused. None slips in unseen.
+TEST(ExportTest, ClientsRacingADeleteAreSeenOrRefused) {
+  for (int round = 0; round < 200; ++round) {
+    auto e = Mem("race");
+    std::atomic<int> admitted{0};
+    std::thread client([&] {
+      if (e->TryAddClient()) admitted.fetch_add(1);
+    });
+    e->set_draining();
+    const int seen = e->clients();
+    client.join();
+    EXPECT_GE(seen, 0);
+    EXPECT_LE(admitted.load(), 1);
+    if (admitted.load() == 1) {
+      // Admitted after the deleter counted zero would be a client nobody
+      // stops: the deleter must have seen it.
+      EXPECT_EQ(seen, 1) << "round " << round;
+      EXPECT_EQ(e->clients(), 1);
+    }
+  }
 }
 
 }  // namespace
