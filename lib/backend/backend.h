@@ -63,7 +63,8 @@ struct ZeroOptions {
 // the device and length > 0. Implementations are thread-safe: several
 // connections call them concurrently. Errors are absl::Status values whose
 // code maps to an NBD error (ResourceExhausted -> ENOSPC, PermissionDenied ->
-// EPERM, InvalidArgument -> EINVAL, Unimplemented -> ENOTSUP, else EIO).
+// EPERM, InvalidArgument and OutOfRange -> EINVAL, Unimplemented -> ENOTSUP,
+// Unavailable -> ESHUTDOWN, else EIO; nbd::NbdErrorFromStatus).
 class Backend {
  public:
   virtual ~Backend() = default;
