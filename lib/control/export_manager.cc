@@ -106,6 +106,7 @@ ExportInfo ExportManager::Describe(const Export& e) const {
 ExportInfo ExportManager::DescribeFailed(const FailedExport& f) {
   ExportInfo info;
   info.config = f.config;
+  info.size = f.config.size.value_or(0);  // as configured; nothing is open
   info.block_sizes = f.config.block_sizes;
   info.created = f.since;
   info.state = ExportState::kFailed;
