@@ -3,30 +3,32 @@
 #include <stdexcept>
 #include <thread>
 
+#include "lib/util/mutex.h"
+
 namespace nbdmgr {
 
 FaultBackend::FaultBackend(std::unique_ptr<Backend> inner)
     : inner_(std::move(inner)) {}
 
 void FaultBackend::Fail(Op op, absl::Status error, int count) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   Armed& a = armed_[static_cast<size_t>(op)];
   a.error = std::move(error);
   a.remaining = count;
 }
 
 void FaultBackend::Throw(Op op, int count) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   armed_[static_cast<size_t>(op)].throws = count;
 }
 
 void FaultBackend::Delay(Op op, std::chrono::milliseconds delay) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   armed_[static_cast<size_t>(op)].delay = delay;
 }
 
 void FaultBackend::Clear() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   for (Armed& a : armed_) {
     a.error = absl::OkStatus();
     a.remaining = 0;
@@ -36,7 +38,7 @@ void FaultBackend::Clear() {
 }
 
 int FaultBackend::injected(Op op) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return armed_[static_cast<size_t>(op)].injected;
 }
 
@@ -52,7 +54,7 @@ absl::Status FaultBackend::Check(Op op) {
   absl::Status error;
   bool raise = false;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     Armed& a = armed_[static_cast<size_t>(op)];
     delay = a.delay;
     if (a.throws > 0) {

@@ -8,6 +8,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "lib/backend/backend.h"
+#include "lib/util/mutex.h"
 
 namespace nbdmgr {
 
@@ -61,7 +62,7 @@ class FaultBackend final : public Backend {
   absl::Status Check(Op op);
 
   const std::unique_ptr<Backend> inner_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::array<Armed, kNumOps> armed_ ABSL_GUARDED_BY(mu_);
 };
 

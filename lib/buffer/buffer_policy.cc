@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "lib/util/mutex.h"
 #include "lib/util/strings.h"
 
 namespace nbdmgr {
@@ -72,13 +73,13 @@ ExportBuffers::~ExportBuffers() = default;
 
 std::unique_ptr<ConnectionBuffers> ExportBuffers::NewConnection() {
   auto c = std::make_unique<ConnectionBuffers>(*this);
-  std::lock_guard lock(conns_mu_);
+  MutexLock lock(&conns_mu_);
   conns_.push_back(c.get());
   return c;
 }
 
 void ExportBuffers::Retire(const ConnectionBuffers* c) {
-  std::lock_guard lock(conns_mu_);
+  MutexLock lock(&conns_mu_);
   retired_allocations_ += ConnectionBuffers::Get(c->allocations_);
   retired_reuses_ += ConnectionBuffers::Get(c->reuses_);
   retired_streamed_ += ConnectionBuffers::Get(c->streamed_);
@@ -95,7 +96,7 @@ void ExportBuffers::Update(const BufferSettings& settings) {
 ExportBufferStats ExportBuffers::stats() const {
   ExportBufferStats s;
   {
-    std::lock_guard lock(conns_mu_);
+    MutexLock lock(&conns_mu_);
     s.allocations = retired_allocations_;
     s.reuses = retired_reuses_;
     s.streamed = retired_streamed_;

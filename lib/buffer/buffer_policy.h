@@ -14,6 +14,7 @@
 #include "lib/buffer/buffer_pool.h"
 #include "lib/buffer/buffer_source.h"
 #include "lib/buffer/memory_budget.h"
+#include "lib/util/mutex.h"
 
 namespace nbdmgr {
 
@@ -137,7 +138,7 @@ class ExportBuffers {
   MemoryBudget budget_;
   // Counters of connections that ended; live ones are summed on read.
   void Retire(const ConnectionBuffers* c);
-  mutable std::mutex conns_mu_;
+  mutable Mutex conns_mu_;
   std::vector<const ConnectionBuffers*> conns_ ABSL_GUARDED_BY(conns_mu_);
   uint64_t retired_allocations_ ABSL_GUARDED_BY(conns_mu_) = 0;
   uint64_t retired_reuses_ ABSL_GUARDED_BY(conns_mu_) = 0;

@@ -4,6 +4,8 @@
 
 #include <bit>
 
+#include "lib/util/mutex.h"
+
 namespace nbdmgr {
 
 uint8_t* AllocatePages(size_t size) {
@@ -37,7 +39,7 @@ uint8_t* BufferPool::Get(size_t size, uint64_t cache_limit, bool* reused) {
   SizeClass& c = classes_[ClassIndex(capacity)];
   uint8_t* p = nullptr;
   {
-    std::lock_guard lock(c.mu);
+    MutexLock lock(&c.mu);
     if (!c.free.empty()) {
       p = c.free.back().data;
       c.free.pop_back();
@@ -69,7 +71,7 @@ void BufferPool::Put(uint8_t* data, size_t capacity,
   auto expires = keep >= std::chrono::hours(24 * 365)
                      ? std::chrono::steady_clock::time_point::max()
                      : now + keep;
-  std::lock_guard lock(c.mu);
+  MutexLock lock(&c.mu);
   c.free.push_back(Cached{data, now, expires});
 }
 
@@ -78,7 +80,7 @@ uint64_t BufferPool::FreeIf(size_t i, Pred pred) {
   size_t capacity = kMinClassSize << i;
   std::vector<uint8_t*> victims;
   {
-    std::lock_guard lock(classes_[i].mu);
+    MutexLock lock(&classes_[i].mu);
     auto& free = classes_[i].free;
     std::erase_if(free, [&](const Cached& c) {
       if (!pred(c)) return false;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "lib/util/mutex.h"
 
 namespace nbdmgr {
 
@@ -76,7 +77,7 @@ class BufferPool {
   template <typename Pred>
   uint64_t FreeIf(size_t i, Pred pred);
   struct SizeClass {
-    std::mutex mu;
+    Mutex mu;
     std::vector<Cached> free ABSL_GUARDED_BY(mu);  // LIFO: hottest last
   };
   static int ClassIndex(size_t capacity);

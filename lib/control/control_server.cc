@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "lib/control/parse_error_interceptor.h"
 #include "lib/util/errors.h"
+#include "lib/util/mutex.h"
 #include "lib/util/socket_path.h"
 #include "spdlog/spdlog.h"
 
@@ -47,32 +47,32 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
 class ControlCallTracker {
  public:
   void Begin() {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     ++in_flight_;
   }
   void End() {
-    std::lock_guard lock(mu_);
-    if (--in_flight_ == 0) changed_.notify_all();
+    MutexLock lock(&mu_);
+    if (--in_flight_ == 0) changed_.SignalAll();
   }
   // Waits until no unary call is in progress, `deadline` passes or
   // StopWaiting() is called. Returns the number still in progress.
   int WaitIdle(std::chrono::steady_clock::time_point deadline) {
-    std::unique_lock lock(mu_);
-    changed_.wait_until(lock, deadline,
-                        [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                          return in_flight_ == 0 || stop_waiting_;
-                        });
+    MutexLock lock(&mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return in_flight_ == 0 || stop_waiting_;
+    };
+    changed_.WaitFor(&mu_, deadline - std::chrono::steady_clock::now(), idle);
     return in_flight_;
   }
   void StopWaiting() {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     stop_waiting_ = true;
-    changed_.notify_all();
+    changed_.SignalAll();
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable changed_;
+  Mutex mu_;
+  CondVar changed_;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_waiting_ ABSL_GUARDED_BY(mu_) = false;
 };

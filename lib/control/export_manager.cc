@@ -3,6 +3,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "lib/util/mutex.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
 
@@ -55,7 +56,7 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
   }
   for (const ExportConfig& c : *saved) {
     absl::StatusOr<std::shared_ptr<Export>> e = m->Open(c, false);
-    std::lock_guard lock(m->mu_);
+    MutexLock lock(&m->mu_);
     if (!e.ok()) {
       spdlog::error(
           "export \"{}\" is FAILED and not served: {} (fix it, then "
@@ -97,7 +98,7 @@ ExportInfo ExportManager::Describe(const Export& e) const {
   info.created = e.created();
   info.state = e.draining() ? ExportState::kDraining : ExportState::kActive;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     info.persistent = persistent_.contains(e.name());
   }
   return info;
@@ -116,7 +117,7 @@ ExportInfo ExportManager::DescribeFailed(const FailedExport& f) {
 }
 
 std::vector<ExportInfo> ExportManager::FailedExports() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   std::vector<ExportInfo> out;
   for (const auto& [name, f] : failed_) out.push_back(DescribeFailed(f));
   return out;
@@ -141,7 +142,7 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
   if (absl::Status st = ValidateExportConfig(config); !st.ok()) return st;
   if (absl::Status st = CheckTls(config.tls); !st.ok()) return st;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (registry_.Find(config.name) != nullptr ||
         failed_.contains(config.name) || pending_.contains(config.name)) {
       return absl::AlreadyExistsError(
@@ -161,17 +162,17 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
   std::unique_lock<std::mutex> opening(open_mu_, std::defer_lock);
   if (config.backend == BackendKind::kFile) opening.lock();
   absl::StatusOr<std::shared_ptr<Export>> e = Open(config, true);
-  std::unique_lock lock(mu_);
+  MutexLock lock(&mu_);
   pending_.erase(config.name);
   if (!e.ok()) return e.status();
   if (absl::Status st = PersistPut((*e)->current_config()); !st.ok()) {
-    lock.unlock();
+    lock.Release();
     (*e)->RemoveCreatedFile();  // nothing may remain of a failed call
     return st;
   }
   if (absl::Status st = registry_.Add(*e); !st.ok()) return st;
   persistent_.insert(config.name);
-  lock.unlock();
+  lock.Release();
   spdlog::info("created export \"{}\" ({} {})", config.name,
                NameOf(config.backend), (*e)->size());
   return Describe(**e);
@@ -189,7 +190,7 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindExport(
 absl::StatusOr<ExportInfo> ExportManager::GetExport(
     const std::string& name) const {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (auto it = failed_.find(name); it != failed_.end()) {
       return DescribeFailed(it->second);
     }
@@ -214,7 +215,7 @@ absl::StatusOr<ExportManager::Page> ExportManager::ListExports(
   for (auto& e : registry_.List()) served.emplace(e->name(), e);
   std::map<std::string, ExportInfo> failed;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     for (const auto& [name, f] : failed_) {
       failed.emplace(name, DescribeFailed(f));
     }
@@ -239,7 +240,7 @@ absl::StatusOr<ExportManager::Page> ExportManager::ListExports(
 
 absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
     const std::string& name, const ExportUpdate& update) {
-  std::unique_lock lock(mu_);
+  MutexLock lock(&mu_);
   if (pending_.contains(name)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "export \"", name, "\" is being created or retried; try again"));
@@ -254,7 +255,7 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
       // The fields are saved only if the export then serves: a retry that
       // fails changes nothing.
       pending_.insert(name);
-      lock.unlock();
+      lock.Release();
       return Retry(name, std::move(next), update.changes_fields());
     }
     if (update.changes_fields()) {
@@ -285,7 +286,7 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
   if (update.max_clients) e->set_max_clients(next.max_clients);
   if (update.stall_timeout) e->set_stall_timeout(next.stall_timeout);
   e->buffers().Update(next.buffers);
-  lock.unlock();
+  lock.Release();
   if (update.changes_fields()) {
     spdlog::info("updated export \"{}\": buffers {}, cap {}", name,
                  NameOf(next.buffers.strategy), next.buffers.memory_cap_bytes);
@@ -299,7 +300,7 @@ absl::StatusOr<ExportInfo> ExportManager::Retry(const std::string& name,
   std::unique_lock<std::mutex> opening(open_mu_, std::defer_lock);
   if (config.backend == BackendKind::kFile) opening.lock();
   absl::StatusOr<std::shared_ptr<Export>> e = Open(config, false);
-  std::unique_lock lock(mu_);
+  MutexLock lock(&mu_);
   pending_.erase(name);
   auto it = failed_.find(name);  // still there: nothing else touches a
                                  // pending name
@@ -315,7 +316,7 @@ absl::StatusOr<ExportInfo> ExportManager::Retry(const std::string& name,
   if (absl::Status st = registry_.Add(*e); !st.ok()) return st;
   failed_.erase(it);
   persistent_.insert(name);
-  lock.unlock();
+  lock.Release();
   spdlog::info("export \"{}\" is served again", name);
   return Describe(**e);
 }
@@ -325,7 +326,7 @@ absl::StatusOr<int> ExportManager::DeleteExport(
     std::chrono::milliseconds timeout) {
   std::shared_ptr<Export> e;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     if (pending_.contains(name)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "export \"", name, "\" is being created or retried; try again"));
@@ -381,7 +382,7 @@ absl::StatusOr<int> ExportManager::DeleteExport(
   absl::Status flushed =
       e->read_only() ? absl::OkStatus() : e->backend().Flush();
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     (void)registry_.Remove(name);
   }
   if (!flushed.ok()) {

@@ -18,6 +18,7 @@
 #include "lib/export/export.h"
 #include "lib/export/export_registry.h"
 #include "lib/state/state_store.h"
+#include "lib/util/mutex.h"
 
 namespace nbdmgr {
 
@@ -184,7 +185,7 @@ class ExportManager {
   // Held while a file export is opened by CreateExport or Retry, and until
   // a failed create's file is removed again (taken before mu_).
   std::mutex open_mu_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   // Names of the API-created (persisted) exports that are served; their
   // configs live in the registry and the state store.
   std::set<std::string> persistent_ ABSL_GUARDED_BY(mu_);

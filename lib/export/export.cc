@@ -4,6 +4,7 @@
 #include "lib/backend/memory_backend.h"
 #include "lib/backend/null_backend.h"
 #include "lib/nbd/wire.h"
+#include "lib/util/mutex.h"
 
 namespace nbdmgr {
 namespace {
@@ -103,12 +104,12 @@ bool Export::TryAddClient() {
 }
 
 std::string Export::description() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return description_;
 }
 
 void Export::set_description(std::string d) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   description_ = std::move(d);
 }
 

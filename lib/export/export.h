@@ -14,6 +14,7 @@
 #include "lib/backend/backend.h"
 #include "lib/export/export_config.h"
 #include "lib/metrics/io_stats.h"
+#include "lib/util/mutex.h"
 
 namespace nbdmgr {
 
@@ -131,7 +132,7 @@ class Export {
   std::atomic<TlsMode> tls_mode_;
   std::atomic<uint32_t> max_clients_;
   std::atomic<int64_t> stall_timeout_ms_{-1};
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::string description_ ABSL_GUARDED_BY(mu_);
   const std::chrono::system_clock::time_point created_;
 };

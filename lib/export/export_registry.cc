@@ -1,11 +1,12 @@
 #include "lib/export/export_registry.h"
 
 #include "absl/strings/str_cat.h"
+#include "lib/util/mutex.h"
 
 namespace nbdmgr {
 
 absl::Status ExportRegistry::Add(std::shared_ptr<Export> e) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   auto [it, inserted] = exports_.emplace(e->name(), e);
   if (!inserted) {
     return absl::AlreadyExistsError(
@@ -16,7 +17,7 @@ absl::Status ExportRegistry::Add(std::shared_ptr<Export> e) {
 
 absl::StatusOr<std::shared_ptr<Export>> ExportRegistry::Remove(
     const std::string& name) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   auto it = exports_.find(name);
   if (it == exports_.end()) {
     return absl::NotFoundError(absl::StrCat("export \"", name, "\" not found"));
@@ -27,13 +28,13 @@ absl::StatusOr<std::shared_ptr<Export>> ExportRegistry::Remove(
 }
 
 std::shared_ptr<Export> ExportRegistry::Find(const std::string& name) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   auto it = exports_.find(name.empty() ? default_ : name);
   return it == exports_.end() ? nullptr : it->second;
 }
 
 std::vector<std::shared_ptr<Export>> ExportRegistry::List() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   std::vector<std::shared_ptr<Export>> out;
   out.reserve(exports_.size());
   for (const auto& [name, e] : exports_) out.push_back(e);
@@ -41,12 +42,12 @@ std::vector<std::shared_ptr<Export>> ExportRegistry::List() const {
 }
 
 void ExportRegistry::SetDefault(std::string name) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   default_ = std::move(name);
 }
 
 std::string ExportRegistry::default_name() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return default_;
 }
 

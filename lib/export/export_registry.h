@@ -10,6 +10,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "lib/export/export.h"
+#include "lib/util/mutex.h"
 
 namespace nbdmgr {
 
@@ -33,7 +34,7 @@ class ExportRegistry {
   std::string default_name() const;
 
  private:
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::map<std::string, std::shared_ptr<Export>> exports_ ABSL_GUARDED_BY(mu_);
   std::string default_ ABSL_GUARDED_BY(mu_);
 };

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "lib/util/mutex.h"
+
 namespace nbdmgr {
 
 std::string_view NameOf(IoOp op) {
@@ -110,7 +112,7 @@ void ConnectionIoStats::AddTo(IoCounts* out) const {
 }
 
 void ExportIoStats::Attach(const ConnectionIoStats* c) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   live_.push_back(c);
 }
 
@@ -118,13 +120,13 @@ void ExportIoStats::Detach(const ConnectionIoStats* c) {
   IoCounts final_counts;
   c->AddTo(&final_counts);
   final_counts.in_flight = 0;
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   retired_ += final_counts;
   live_.erase(std::remove(live_.begin(), live_.end(), c), live_.end());
 }
 
 IoCounts ExportIoStats::Snapshot() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   IoCounts out = retired_;
   for (const ConnectionIoStats* c : live_) c->AddTo(&out);
   return out;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "lib/util/mutex.h"
 
 namespace nbdmgr {
 
@@ -116,7 +117,7 @@ class ExportIoStats {
   IoCounts Snapshot() const;
 
  private:
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   IoCounts retired_ ABSL_GUARDED_BY(mu_);
   std::vector<const ConnectionIoStats*> live_ ABSL_GUARDED_BY(mu_);
 };

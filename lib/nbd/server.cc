@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/util/errors.h"
+#include "lib/util/mutex.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
 
@@ -179,7 +180,7 @@ asio::awaitable<void> Server::AcceptLoop(Acceptor& acceptor) {
     auto session = std::make_shared<Session>(std::move(socket), *registry_,
                                              options_.session);
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(&mu_);
       sessions_.emplace(session.get(), session);
     }
     load_[ctx].fetch_add(1, std::memory_order_relaxed);
@@ -197,7 +198,7 @@ asio::awaitable<void> Server::AcceptLoop(Acceptor& acceptor) {
 void Server::PostToSessions(std::function<void(Session&)> fn) {
   std::vector<std::shared_ptr<Session>> live;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(&mu_);
     for (auto& [p, w] : sessions_) {
       if (auto s = w.lock()) live.push_back(std::move(s));
     }
@@ -217,20 +218,20 @@ void Server::StopSessionsOf(const Export& e, bool hard) {
 }
 
 void Server::Forget(Session* s) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   sessions_.erase(s);
-  sessions_changed_.notify_all();
+  sessions_changed_.SignalAll();
 }
 
 size_t Server::session_count() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   return sessions_.size();
 }
 
 void Server::StopWaiting() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(&mu_);
   stop_waiting_ = true;
-  sessions_changed_.notify_all();
+  sessions_changed_.SignalAll();
 }
 
 void Server::Shutdown(std::chrono::milliseconds grace) {
@@ -245,24 +246,30 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
     }
     // Ask every session to stop reading; repeat for any accepted meanwhile.
     auto deadline = std::chrono::steady_clock::now() + grace;
-    std::unique_lock lock(mu_);
+    auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return sessions_.empty() || stop_waiting_;
+    };
+    auto empty = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return sessions_.empty();
+    };
+    mu_.Lock();
     while (!sessions_.empty() && !stop_waiting_ &&
            std::chrono::steady_clock::now() < deadline) {
-      lock.unlock();
+      mu_.Unlock();
       PostToSessions([](Session& s) { s.Stop(); });
-      lock.lock();
-      sessions_changed_.wait_for(lock, std::chrono::milliseconds(100));
+      mu_.Lock();
+      sessions_changed_.WaitFor(&mu_, std::chrono::milliseconds(100), settled);
     }
     if (!sessions_.empty()) {
       spdlog::warn("{} session(s) still busy {}; closing", sessions_.size(),
                    stop_waiting_ ? "when told to stop at once"
                                  : "after the drain deadline");
-      lock.unlock();
+      mu_.Unlock();
       PostToSessions([](Session& s) { s.Abort(); });
-      lock.lock();
-      sessions_changed_.wait_for(lock, std::chrono::seconds(5),
-                                 [this] { return sessions_.empty(); });
+      mu_.Lock();
+      sessions_changed_.WaitFor(&mu_, std::chrono::seconds(5), empty);
     }
+    mu_.Unlock();
   }
   // Sessions still waiting on the pool need it to finish before the
   // contexts stop.

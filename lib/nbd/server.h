@@ -10,7 +10,6 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -25,6 +24,7 @@
 #include "lib/metrics/server_stats.h"
 #include "lib/nbd/session.h"
 #include "lib/util/listen_address.h"
+#include "lib/util/mutex.h"
 #include "lib/util/socket_path.h"
 
 namespace nbdmgr::nbd {
@@ -108,8 +108,8 @@ class Server {
   bool started_ = false;
   bool shut_down_ = false;
 
-  mutable std::mutex mu_;
-  std::condition_variable sessions_changed_;
+  mutable Mutex mu_;
+  CondVar sessions_changed_;  // a session ended, or StopWaiting()
   bool stop_waiting_ ABSL_GUARDED_BY(mu_) = false;
   std::unordered_map<Session*, std::weak_ptr<Session>> sessions_
       ABSL_GUARDED_BY(mu_);
