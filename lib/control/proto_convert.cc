@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/control/export_info.h"
+#include "lib/util/duration.h"
 #include "lib/util/strings.h"
 
 namespace nbdmgr {
@@ -30,9 +31,10 @@ google::protobuf::Duration DurationToProto(std::chrono::milliseconds d) {
 
 absl::StatusOr<std::chrono::milliseconds> DurationFromProto(
     const google::protobuf::Duration& d, std::string_view field) {
-  constexpr int64_t kMaxSeconds = int64_t{100} * 366 * 86400;
+  // The same bound as every flag (kMaxDuration), checked before the
+  // multiplication could overflow.
   if (d.seconds() < 0 || d.nanos() < 0 || d.nanos() > 999999999 ||
-      d.seconds() > kMaxSeconds) {
+      d.seconds() > kMaxDuration.count() / 1000) {
     return absl::InvalidArgumentError(absl::StrCat(
         ToAbsl(field), ": duration ", d.seconds(), "s ", d.nanos(),
         "ns is out of range (0 to 100 years, nanos 0 to 999999999)"));

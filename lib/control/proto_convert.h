@@ -20,7 +20,7 @@ std::string ExportResourceName(const std::string& id);
 
 // google.protobuf.Duration <-> milliseconds (sub-millisecond parts are
 // dropped). InvalidArgument naming `field` for a negative duration, nanos
-// out of 0..999999999, or more than 100 years (which would overflow);
+// out of 0..999999999, or longer than kMaxDuration (about 100 years);
 // finer range checks stay with ValidateExportConfig and the flag parser.
 google::protobuf::Duration DurationToProto(std::chrono::milliseconds d);
 absl::StatusOr<std::chrono::milliseconds> DurationFromProto(

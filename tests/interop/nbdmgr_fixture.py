@@ -59,6 +59,15 @@ def run(*cmd, check=True, timeout=120, **kw):
     return p
 
 
+def wait_for(cond, what, timeout=60, interval=0.1):
+    """Polls `cond` until it is true; fails naming `what` after `timeout` s."""
+    deadline = time.time() + timeout
+    while not cond():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
 def sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:

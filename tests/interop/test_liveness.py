@@ -27,7 +27,7 @@ import urllib.request
 
 import nbd
 
-from nbdmgr_fixture import Daemon
+from nbdmgr_fixture import Daemon, wait_for
 
 MiB = 1 << 20
 REQUEST = 32 * MiB
@@ -67,14 +67,6 @@ def in_use(d):
 def rss(d):
     with open(f"/proc/{d.proc.pid}/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
-
-
-def wait_for(predicate, what, timeout=60):
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 class Hostile:

@@ -23,18 +23,10 @@ import unittest
 
 import nbd
 
-from nbdmgr_fixture import NBDCTL, Daemon, RawClient, grpc_api, run
+from nbdmgr_fixture import NBDCTL, Daemon, RawClient, grpc_api, run, wait_for
 
 MiB = 1 << 20
 READ = 0
-
-
-def wait_for(cond, what, timeout=15):
-    deadline = time.time() + timeout
-    while not cond():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def stuck_read(d, name):
@@ -87,7 +79,8 @@ class SignalsTest(unittest.TestCase):
                 (signal.SIGUSR1, "received SIGUSR1: ignored"),
                 (signal.SIGUSR2, "received SIGUSR2: ignored")):
             d.proc.send_signal(sig)
-            wait_for(lambda: message in d.logs(), f"the log to say: {message}")
+            wait_for(lambda: message in d.logs(), f"the log to say: {message}",
+                     timeout=15)
             self.assert_serving(d)
         self.assertEqual(d.stop(signal.SIGTERM), 0, d.logs())
 
@@ -105,7 +98,8 @@ class SignalsTest(unittest.TestCase):
         time.sleep(0.3)
 
         d.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: "received SIGTERM, draining" in d.logs(), "the drain to start")
+        wait_for(lambda: "received SIGTERM, draining" in d.logs(), "the drain to start",
+                 timeout=15)
         time.sleep(1.5)
         self.assertIsNone(d.proc.poll(), "the drain should wait for the stuck client:\n"
                           + d.logs())
@@ -295,13 +289,15 @@ class SocketPathTest(unittest.TestCase):
             procs = [subprocess.Popen(d.args, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True) for d in pair]
             wait_for(lambda: any(p.poll() is not None for p in procs) or
-                     all(os.path.exists(d.ready) for d in pair), "both to settle")
+                     all(os.path.exists(d.ready) for d in pair), "both to settle",
+                     timeout=15)
             time.sleep(0.2)
             alive = [(d, p) for d, p in zip(pair, procs) if p.poll() is None]
             try:
                 self.assertEqual(len(alive), 1, f"round {i}: {len(alive)} daemons run")
                 d, p = alive[0]
-                wait_for(lambda: os.path.exists(d.ready), "the winner to be ready")
+                wait_for(lambda: os.path.exists(d.ready), "the winner to be ready",
+                         timeout=15)
                 self.assertIn("m", d.nbdctl("list").stdout)
             finally:
                 for p in procs:
