@@ -9,7 +9,7 @@ PKGS=(
   # libraries
   libboost1.81-dev libabsl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   protobuf-compiler libgtest-dev libgmock-dev libspdlog-dev liburing-dev prometheus-cpp-dev
-  libssl-dev libsystemd-dev
+  libssl-dev libsystemd-dev libcli11-dev
   # interop peers and benchmark tools
   libnbd-bin python3 python3-libnbd qemu-utils nbdkit fio procps curl file
   python3-grpcio python3-protobuf openssl prometheus gnutls-bin
