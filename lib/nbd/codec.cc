@@ -128,6 +128,42 @@ void EncodeChunkHeader(uint8_t* out, uint16_t flags, uint16_t type,
   PutU32(out + 16, length);
 }
 
+void EncodeOffsetDataHeader(uint8_t* out, uint16_t flags, uint64_t cookie,
+                            uint64_t offset, uint32_t length) {
+  EncodeChunkHeader(out, flags, kChunkOffsetData, cookie, 8 + length);
+  PutU64(out + kChunkHeaderSize, offset);
+}
+
+void EncodeOffsetHole(uint8_t* out, uint16_t flags, uint64_t cookie,
+                      uint64_t offset, uint32_t length) {
+  EncodeChunkHeader(out, flags, kChunkOffsetHole, cookie, 12);
+  PutU64(out + kChunkHeaderSize, offset);
+  PutU32(out + kChunkHeaderSize + 8, length);
+}
+
+void EncodeErrorChunk(uint8_t* out, uint64_t cookie, uint32_t error,
+                      std::string_view message) {
+  const size_t n = std::min(message.size(), kMaxErrorMessage);
+  EncodeChunkHeader(out, kReplyFlagDone, kChunkError, cookie,
+                    static_cast<uint32_t>(6 + n));
+  PutU32(out + kChunkHeaderSize, error);
+  PutU16(out + kChunkHeaderSize + 4, static_cast<uint16_t>(n));
+  if (n > 0) std::memcpy(out + kChunkHeaderSize + 6, message.data(), n);
+}
+
+void EncodeBlockStatusChunk(uint8_t* out, uint64_t cookie, uint32_t context_id,
+                            std::span<const BlockDescriptor> descriptors) {
+  EncodeChunkHeader(out, kReplyFlagDone, kChunkBlockStatus, cookie,
+                    static_cast<uint32_t>(4 + 8 * descriptors.size()));
+  PutU32(out + kChunkHeaderSize, context_id);
+  uint8_t* p = out + kChunkHeaderSize + 4;
+  for (const BlockDescriptor& d : descriptors) {
+    PutU32(p, d.length);
+    PutU32(p + 4, d.flags);
+    p += 8;
+  }
+}
+
 namespace {
 
 // u32 length + export name, as INFO, GO and the META_CONTEXT options start.

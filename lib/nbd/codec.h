@@ -5,6 +5,7 @@
 // to feed arbitrary bytes (fuzzable). Every length read from the wire is
 // checked against the bytes actually present before it is used.
 
+#include <algorithm>
 #include <array>
 #include <bitset>
 #include <cstdint>
@@ -100,6 +101,39 @@ std::array<uint8_t, kRequestHeaderSize> EncodeRequestHeader(
 void EncodeSimpleReply(uint8_t* out, uint32_t error, uint64_t cookie);
 void EncodeChunkHeader(uint8_t* out, uint16_t flags, uint16_t type,
                        uint64_t cookie, uint32_t length);
+
+// Structured reply chunks: every transmission reply the server sends is
+// encoded by these and EncodeSimpleReply, nowhere else. `flags` is
+// kReplyFlagDone on a reply's last chunk, 0 before it.
+//
+// NBD_REPLY_TYPE_OFFSET_DATA up to its data: chunk header and offset; the
+// `length` data bytes that follow are the caller's.
+inline constexpr size_t kOffsetDataHeaderSize = kChunkHeaderSize + 8;
+void EncodeOffsetDataHeader(uint8_t* out, uint16_t flags, uint64_t cookie,
+                            uint64_t offset, uint32_t length);
+// NBD_REPLY_TYPE_OFFSET_HOLE: `length` bytes of zeroes at `offset`.
+inline constexpr size_t kOffsetHoleSize = kChunkHeaderSize + 12;
+void EncodeOffsetHole(uint8_t* out, uint16_t flags, uint64_t cookie,
+                      uint64_t offset, uint32_t length);
+// NBD_REPLY_TYPE_ERROR (always the last chunk): error and message; the
+// message is cut to kMaxErrorMessage bytes. ErrorChunkSize(message) bytes.
+inline constexpr size_t kMaxErrorMessage = 4096;
+inline size_t ErrorChunkSize(std::string_view message) {
+  return kChunkHeaderSize + 6 + std::min(message.size(), kMaxErrorMessage);
+}
+void EncodeErrorChunk(uint8_t* out, uint64_t cookie, uint32_t error,
+                      std::string_view message);
+// NBD_REPLY_TYPE_BLOCK_STATUS (the last chunk): the context id and one
+// descriptor per entry; BlockStatusChunkSize(n) bytes.
+struct BlockDescriptor {
+  uint32_t length;
+  uint32_t flags;  // kStateHole | kStateZero for base:allocation
+};
+inline size_t BlockStatusChunkSize(size_t descriptors) {
+  return kChunkHeaderSize + 4 + 8 * descriptors;
+}
+void EncodeBlockStatusChunk(uint8_t* out, uint64_t cookie, uint32_t context_id,
+                            std::span<const BlockDescriptor> descriptors);
 
 // NBD_OPT_INFO / NBD_OPT_GO payload: u32 name length, name, u16 count,
 // count x u16 info types. InvalidArgument if lengths disagree with the

@@ -4,63 +4,9 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "lib/nbd/codec.h"
 #include "spdlog/spdlog.h"
 
 namespace nbdmgr::nbd {
-
-uint8_t* Reply::AddBytes(size_t n) {
-  size_t offset = bytes_.size();
-  bytes_.resize(offset + n);
-  if (!segments_.empty() && segments_.back().data == nullptr) {
-    segments_.back().length += n;  // extend the previous owned segment
-  } else {
-    segments_.push_back(Segment{nullptr, offset, n});
-  }
-  return bytes_.data() + offset;
-}
-
-void Reply::AddData(std::span<const uint8_t> data) {
-  if (data.empty()) return;
-  segments_.push_back(Segment{data.data(), 0, data.size()});
-}
-
-void Reply::AddPinned(std::span<const uint8_t> data, Pin* pin) {
-  if (pin != nullptr) pins_.push_back(pin);
-  AddData(data);
-}
-
-void Reply::ReleasePins() {
-  for (Pin* pin : pins_) pin->Release();
-  pins_.clear();
-}
-
-void Reply::AddSimpleReply(uint32_t error, uint64_t cookie) {
-  EncodeSimpleReply(AddBytes(kSimpleReplySize), error, cookie);
-}
-
-void Reply::AddChunkHeader(uint16_t flags, uint16_t type, uint64_t cookie,
-                           uint32_t payload_length) {
-  EncodeChunkHeader(AddBytes(kChunkHeaderSize), flags, type, cookie,
-                    payload_length);
-}
-
-void Reply::Gather(std::vector<asio::const_buffer>* out) const {
-  for (const Segment& s : segments_) {
-    const uint8_t* p = s.data != nullptr ? s.data : bytes_.data() + s.offset;
-    out->emplace_back(p, s.length);
-  }
-}
-
-void Reply::Reset() {
-  bytes_.clear();
-  segments_.clear();
-  lease_.Reset();
-  ReleasePins();
-  producer_ = nullptr;
-  record_ = RequestRecord{};
-  ticket_.Reset();
-}
 
 void Ticket::Reset() {
   if (ReplyWriter* w = std::exchange(w_, nullptr)) w->EndRequest();
@@ -145,6 +91,40 @@ void ReplyWriter::RecordBatch() {
   }
 }
 
+asio::awaitable<ErrorCode> ReplyWriter::WriteBatch() {
+  iov_.clear();
+  while (!queue_.empty() && queue_.front()->stream() == nullptr &&
+         (batch_.empty() ||
+          iov_.size() + queue_.front()->segment_count() <= kMaxBatchSegments)) {
+    queue_.front()->Gather(&iov_);
+    batch_.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+  co_return co_await conn_.WriteAll(iov_);
+}
+
+asio::awaitable<ErrorCode> ReplyWriter::WriteStreamed() {
+  batch_.push_back(std::move(queue_.front()));
+  queue_.pop_front();
+  Reply& reply = *batch_.front();
+  for (;;) {
+    reply.ClearSegments();
+    ReplyStream::Part part = ReplyStream::Part::kAbort;
+    try {
+      part = co_await reply.stream()->Next(reply);
+    } catch (const std::exception& e) {
+      spdlog::error("{}: streaming a reply failed: {}", conn_.peer(), e.what());
+    }
+    if (part == ReplyStream::Part::kAbort) {
+      co_return asio::error::make_error_code(asio::error::connection_aborted);
+    }
+    iov_.clear();
+    reply.Gather(&iov_);
+    if (ErrorCode ec = co_await conn_.WriteAll(iov_); ec) co_return ec;
+    if (part == ReplyStream::Part::kLast) co_return ErrorCode{};
+  }
+}
+
 asio::awaitable<void> ReplyWriter::Run() {
   for (;;) {
     while (queue_.empty()) {
@@ -152,29 +132,9 @@ asio::awaitable<void> ReplyWriter::Run() {
       co_await Wait(writer_wake_);
     }
     batch_.clear();
-    iov_.clear();
-    ErrorCode ec;
-    if (queue_.front()->streamed()) {
-      // A streamed reply owns the socket until it is complete.
-      batch_.push_back(std::move(queue_.front()));
-      queue_.pop_front();
-      try {
-        ec = co_await batch_.front()->producer()();
-      } catch (const std::exception& e) {
-        spdlog::error("{}: streaming a reply failed: {}", conn_.peer(),
-                      e.what());
-        ec = asio::error::make_error_code(asio::error::connection_aborted);
-      }
-    } else {
-      while (!queue_.empty() && !queue_.front()->streamed() &&
-             (batch_.empty() || iov_.size() + queue_.front()->segment_count() <=
-                                    kMaxBatchSegments)) {
-        queue_.front()->Gather(&iov_);
-        batch_.push_back(std::move(queue_.front()));
-        queue_.pop_front();
-      }
-      ec = co_await conn_.WriteAll(iov_);
-    }
+    ErrorCode ec = queue_.front()->stream() != nullptr
+                       ? co_await WriteStreamed()
+                       : co_await WriteBatch();
     if (!ec) RecordBatch();
     for (auto& r : batch_) Recycle(std::move(r));  // ends their tickets
     batch_.clear();

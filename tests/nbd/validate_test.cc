@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
-#include "lib/nbd/transmission.h"
+#include "lib/nbd/errors.h"
+#include "lib/nbd/validation.h"
 
 namespace nbdmgr::nbd {
 namespace {

@@ -1,0 +1,287 @@
+#include "lib/nbd/request_handler.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "lib/nbd/errors.h"
+#include "lib/util/strings.h"
+#include "spdlog/spdlog.h"
+
+namespace nbdmgr::nbd {
+namespace {
+
+// A structured READ is split into at most this many data/hole chunks; a
+// more fragmented range is sent as one data chunk.
+constexpr size_t kMaxReadChunks = 16;
+// BLOCK_STATUS replies carry at most this many descriptors.
+constexpr size_t kMaxDescriptors = 1024;
+
+// Appends a successful READ's reply: a simple reply header and the data,
+// or one chunk per piece (OFFSET_HOLE for zero pieces). `add_data(piece)`
+// appends a data piece's bytes; its error stops the reply.
+template <typename AddData>
+absl::Status AddReadReply(Reply& reply, const RequestHeader& h, bool structured,
+                          const ReadPieces& pieces, AddData add_data) {
+  if (!structured) reply.AddSimpleReply(kOk, h.cookie);
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const ReadPiece& p = pieces[i];
+    const uint16_t flags = i + 1 == pieces.size() ? kReplyFlagDone : 0;
+    if (structured && p.zero) {
+      reply.AddHoleChunk(flags, h.cookie, p.offset, p.length);
+      continue;
+    }
+    if (structured)
+      reply.AddDataChunkHeader(flags, h.cookie, p.offset, p.length);
+    if (absl::Status st = add_data(p); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+RequestHandler::RequestHandler(Connection& conn, ReplyWriter& writer,
+                               const NegotiationResult& agreed,
+                               asio::thread_pool* blocking_pool)
+    : conn_(conn),
+      writer_(writer),
+      export_(agreed.export_),
+      structured_(agreed.structured_replies),
+      base_allocation_id_(agreed.base_allocation_id),
+      call_(export_->backend(), export_->caps().blocking, blocking_pool) {}
+
+std::unique_ptr<Reply> RequestHandler::NewReply(const RequestHeader& h,
+                                                int64_t start) {
+  std::unique_ptr<Reply> reply = writer_.NewReply();
+  if (writer_.counting()) {
+    RequestRecord& r = reply->record();
+    r.active = true;
+    r.op = IoOpOfCommand(h.type);
+    r.result = IoResult::kOk;
+    r.bytes = h.length;
+    r.start_ns = start;
+  }
+  return reply;
+}
+
+void RequestHandler::SetError(Reply& reply, const RequestHeader& h,
+                              uint32_t error, std::string_view message) const {
+  SPDLOG_DEBUG("{}: {} offset={} length={} -> {}: {}", conn_.peer(),
+               NameOfCommand(h.type), h.offset, h.length, NameOfError(error),
+               message);
+  reply.ClearSegments();
+  reply.record().result = IoResultOfError(error);
+  if (h.type == kCmdRead && structured_) {
+    reply.AddErrorChunk(h.cookie, error, message);
+  } else {
+    reply.AddSimpleReply(error, h.cookie);
+  }
+}
+
+void RequestHandler::SendError(const RequestHeader& h, uint32_t error,
+                               std::string_view message, int64_t start,
+                               Ticket ticket) {
+  std::unique_ptr<Reply> reply = NewReply(h, start);
+  SetError(*reply, h, error, message);
+  writer_.Send(std::move(reply), std::move(ticket));
+}
+
+void RequestHandler::SendOk(const RequestHeader& h, int64_t start,
+                            Ticket ticket) {
+  std::unique_ptr<Reply> reply = NewReply(h, start);
+  reply->AddSimpleReply(kOk, h.cookie);
+  writer_.Send(std::move(reply), std::move(ticket));
+}
+
+void RequestHandler::LogFailure(const RequestHeader& h,
+                                std::string_view what) const {
+  spdlog::warn("{}: {} on export {} offset={} length={} failed: {}",
+               conn_.peer(), NameOfCommand(h.type), export_->name(), h.offset,
+               h.length, what);
+}
+
+asio::awaitable<void> RequestHandler::Execute(RequestHeader h,
+                                              BufferLease lease, int64_t start,
+                                              Ticket ticket) {
+  std::unique_ptr<Reply> reply = NewReply(h, start);
+  absl::Status st;
+  bool unexpected = false;
+  try {
+    st = co_await Dispatch(h, lease, *reply);
+  } catch (const std::exception& e) {
+    unexpected = true;
+    LogFailure(h, absl::StrCat("unexpected exception: ", e.what()));
+  } catch (...) {
+    unexpected = true;
+    LogFailure(h, "unexpected exception");
+  }
+  lease.Reset();  // a WRITE's payload is written: free it before replying
+  if (unexpected) {
+    // Never leave a request unanswered: EIO, counted like any other error.
+    SetError(*reply, h, kEio, "internal error");
+  } else if (!st.ok()) {
+    const uint32_t error = NbdErrorFromStatus(st);
+    if (error == kEio) LogFailure(h, st.ToString());
+    SetError(*reply, h, error, ToStd(st.message()));
+  } else if (reply->segment_count() == 0) {
+    reply->AddSimpleReply(kOk, h.cookie);
+  }
+  writer_.Send(std::move(reply), std::move(ticket));
+}
+
+asio::awaitable<absl::Status> RequestHandler::Dispatch(const RequestHeader& h,
+                                                       BufferLease& lease,
+                                                       Reply& reply) {
+  // Not a coroutine: returns the handler's own awaitable.
+  switch (h.type) {
+    case kCmdRead:
+      return Read(h, lease, reply);
+    case kCmdWrite:
+      return Write(h, lease);
+    case kCmdFlush:
+      return Flush();
+    case kCmdTrim:
+      return Trim(h);
+    case kCmdWriteZeroes:
+      return WriteZeroes(h);
+    case kCmdCache:
+      return Cache(h);
+    case kCmdBlockStatus:
+    default:  // ValidateRequest admits no other command
+      return BlockStatus(h, reply);
+  }
+}
+
+ReadPieces RequestHandler::PlanRead(const RequestHeader& h) const {
+  ReadPieces pieces;
+  const bool sparse =
+      structured_ && !(h.flags & kCmdFlagDf) && export_->caps().can_extents;
+  if (sparse) {
+    uint64_t pos = h.offset;
+    bool too_many = false;
+    absl::Status es =
+        call_.backend().Extents(h.offset, h.length, [&](Extent e) {
+          bool zero = (e.flags & kStateZero) != 0;
+          if (!pieces.empty() && pieces.back().zero == zero) {
+            pieces.back().length += static_cast<uint32_t>(e.length);
+          } else if (pieces.size() == kMaxReadChunks) {
+            too_many = true;
+            return false;
+          } else {
+            pieces.push_back({pos, static_cast<uint32_t>(e.length), zero});
+          }
+          pos += e.length;
+          return true;
+        });
+    if (!es.ok() || too_many || pos != h.offset + h.length) pieces.clear();
+  }
+  if (pieces.empty()) pieces.push_back({h.offset, h.length, false});
+  return pieces;
+}
+
+absl::Status RequestHandler::ReadPinned(const RequestHeader& h, Reply& reply) {
+  Backend& be = call_.backend();
+  return AddReadReply(
+      reply, h, structured_, PlanRead(h), [&](const ReadPiece& p) {
+        return be.ReadPinned(p.offset, p.length,
+                             [&](std::span<const uint8_t> bytes, Pin* pin) {
+                               reply.AddPinned(bytes, pin);
+                             });
+      });
+}
+
+asio::awaitable<absl::Status> RequestHandler::Read(const RequestHeader& h,
+                                                   BufferLease& lease,
+                                                   Reply& reply) {
+  if (ZeroCopyReads()) {
+    absl::Status st = ReadPinned(h, reply);
+    if (st.ok()) reply.set_lease(std::move(lease));  // the pins' charge
+    co_return st;
+  }
+  const std::span<uint8_t> buf = lease.span();
+  auto part = [&](const ReadPiece& p) {
+    return buf.subspan(p.offset - h.offset, p.length);
+  };
+  ReadPieces pieces;
+  absl::Status st = co_await call_([&]() -> absl::Status {
+    pieces = PlanRead(h);
+    for (const ReadPiece& p : pieces) {
+      if (p.zero) continue;
+      if (absl::Status rs = call_.backend().Read(p.offset, part(p)); !rs.ok()) {
+        return rs;
+      }
+    }
+    return absl::OkStatus();
+  });
+  if (!st.ok()) co_return st;
+  st = AddReadReply(reply, h, structured_, pieces, [&](const ReadPiece& p) {
+    reply.AddData(part(p));
+    return absl::OkStatus();
+  });
+  reply.set_lease(std::move(lease));  // the data's memory, until written
+  co_return st;
+}
+
+asio::awaitable<absl::Status> RequestHandler::Write(const RequestHeader& h,
+                                                    BufferLease& lease) {
+  const bool fua = (h.flags & kCmdFlagFua) != 0;
+  return call_([&be = call_.backend(), offset = h.offset, data = lease.span(),
+                fua] { return be.Write(offset, data, fua); });
+}
+
+asio::awaitable<absl::Status> RequestHandler::Flush() {
+  return call_([&be = call_.backend()] { return be.Flush(); });
+}
+
+asio::awaitable<absl::Status> RequestHandler::Trim(const RequestHeader& h) {
+  const bool fua = (h.flags & kCmdFlagFua) != 0;
+  return call_([&be = call_.backend(), h, fua] {
+    return be.Trim(h.offset, h.length, fua);
+  });
+}
+
+asio::awaitable<absl::Status> RequestHandler::WriteZeroes(
+    const RequestHeader& h) {
+  ZeroOptions zo;
+  zo.may_trim = !(h.flags & kCmdFlagNoHole);
+  zo.fast = (h.flags & kCmdFlagFastZero) != 0;
+  zo.fua = (h.flags & kCmdFlagFua) != 0;
+  return call_([&be = call_.backend(), h, zo] {
+    return be.Zero(h.offset, h.length, zo);
+  });
+}
+
+asio::awaitable<absl::Status> RequestHandler::Cache(const RequestHeader& h) {
+  return call_(
+      [&be = call_.backend(), h] { return be.Cache(h.offset, h.length); });
+}
+
+asio::awaitable<absl::Status> RequestHandler::BlockStatus(
+    const RequestHeader& h, Reply& reply) {
+  std::vector<Extent> extents;
+  const bool one = (h.flags & kCmdFlagReqOne) != 0;
+  absl::Status st = co_await call_([&] {
+    return call_.backend().Extents(h.offset, h.length, [&](Extent e) {
+      if (!extents.empty() && extents.back().flags == e.flags) {
+        extents.back().length += e.length;
+      } else {
+        extents.push_back(e);
+      }
+      return !one && extents.size() < kMaxDescriptors;
+    });
+  });
+  if (!st.ok()) co_return st;
+  if (extents.empty()) extents.push_back(Extent{h.length, 0});
+  if (one) extents.resize(1);
+  std::vector<BlockDescriptor> descriptors;
+  descriptors.reserve(extents.size());
+  for (const Extent& e : extents) {
+    descriptors.push_back(
+        {static_cast<uint32_t>(std::min<uint64_t>(e.length, h.length)),
+         e.flags});
+  }
+  reply.AddBlockStatusChunk(h.cookie, base_allocation_id_, descriptors);
+  co_return absl::OkStatus();
+}
+
+}  // namespace nbdmgr::nbd

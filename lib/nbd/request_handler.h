@@ -1,0 +1,110 @@
+#ifndef NBDMGR_LIB_NBD_REQUEST_HANDLER_H_
+#define NBDMGR_LIB_NBD_REQUEST_HANDLER_H_
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/container/inlined_vector.h"
+#include "absl/status/status.h"
+#include "lib/buffer/buffer_lease.h"
+#include "lib/export/export.h"
+#include "lib/nbd/backend_call.h"
+#include "lib/nbd/connection.h"
+#include "lib/nbd/negotiation.h"
+#include "lib/nbd/reply_writer.h"
+#include "lib/nbd/wire.h"
+
+namespace nbdmgr::nbd {
+
+// One piece of a READ reply: data, or (structured replies) a zero range
+// sent as OFFSET_HOLE.
+struct ReadPiece {
+  uint64_t offset;
+  uint32_t length;
+  bool zero;
+};
+using ReadPieces = absl::InlinedVector<ReadPiece, 4>;
+
+// Runs validated requests against the export's backend and hands their
+// replies to the ReplyWriter: one handler per command, each of which calls
+// the backend and builds its reply with the encoders of reply.h / codec.h.
+// Every request it is given is answered exactly once, with its ticket: a
+// backend error becomes an NBD error reply; an unexpected failure (an
+// exception) becomes EIO. Not thread-safe: lives on its session's executor;
+// `conn`, `writer` and `exp` must outlive it.
+class RequestHandler {
+ public:
+  // Serves the export and the features `agreed` in negotiation.
+  RequestHandler(Connection& conn, ReplyWriter& writer,
+                 const NegotiationResult& agreed,
+                 asio::thread_pool* blocking_pool);
+
+  // Runs request `h` and sends its reply with `ticket`. `lease` is the
+  // request's buffer (a WRITE's payload, already read; room for a READ's
+  // data) or, for a zero-copy READ, the charge of the pins its reply keeps.
+  // `start` (steady ns) is when its header was read.
+  asio::awaitable<void> Execute(RequestHeader h, BufferLease lease,
+                                int64_t start, Ticket ticket);
+
+  // Replies without running anything: `error` (an NBD error) with
+  // `message`, or success.
+  void SendError(const RequestHeader& h, uint32_t error,
+                 std::string_view message, int64_t start, Ticket ticket);
+  void SendOk(const RequestHeader& h, int64_t start, Ticket ticket);
+
+  // A reply for `h`, counted (if counting is on) as a success so far.
+  std::unique_ptr<Reply> NewReply(const RequestHeader& h, int64_t start);
+  // Empties `reply` and makes it `h`'s error reply: an error chunk for a
+  // READ under structured replies (required there), else a simple reply.
+  void SetError(Reply& reply, const RequestHeader& h, uint32_t error,
+                std::string_view message) const;
+
+  // How a READ is split into data and hole pieces (backend extents when
+  // structured replies allow holes; one data piece otherwise). Calls the
+  // backend directly: run it through call().
+  ReadPieces PlanRead(const RequestHeader& h) const;
+  // Whether READs lend the backend's bytes instead of copying them (only
+  // for backends that never block: pinning runs on the network thread).
+  bool ZeroCopyReads() const {
+    return export_->caps().zero_copy_read && !export_->caps().blocking;
+  }
+  const BackendCall& call() const { return call_; }
+  const std::string& peer() const { return conn_.peer(); }
+  bool structured_replies() const { return structured_; }
+
+ private:
+  // The handlers: each runs one command and, on success, fills `reply`
+  // (left as a simple success reply if it adds nothing).
+  asio::awaitable<absl::Status> Read(const RequestHeader& h, BufferLease& lease,
+                                     Reply& reply);
+  asio::awaitable<absl::Status> Write(const RequestHeader& h,
+                                      BufferLease& lease);
+  asio::awaitable<absl::Status> Flush();
+  asio::awaitable<absl::Status> Trim(const RequestHeader& h);
+  asio::awaitable<absl::Status> WriteZeroes(const RequestHeader& h);
+  asio::awaitable<absl::Status> Cache(const RequestHeader& h);
+  asio::awaitable<absl::Status> BlockStatus(const RequestHeader& h,
+                                            Reply& reply);
+  // Runs the handler for h.type.
+  asio::awaitable<absl::Status> Dispatch(const RequestHeader& h,
+                                         BufferLease& lease, Reply& reply);
+  // A zero-copy READ: the reply's data segments are the backend's own
+  // bytes under pins, released when the reply is recycled.
+  absl::Status ReadPinned(const RequestHeader& h, Reply& reply);
+  void LogFailure(const RequestHeader& h, std::string_view what) const;
+
+  Connection& conn_;
+  ReplyWriter& writer_;
+  std::shared_ptr<Export> export_;
+  const bool structured_;
+  const uint32_t base_allocation_id_;  // the context id BLOCK_STATUS reports
+  BackendCall call_;
+};
+
+}  // namespace nbdmgr::nbd
+
+#endif  // NBDMGR_LIB_NBD_REQUEST_HANDLER_H_
