@@ -1,13 +1,13 @@
 #include "lib/daemon/daemon_flags.h"
 
-// CLI11 comes from Debian's libcli11-dev through its CMake package
-// (CLI11::CLI11): an imported target, so its headers are system headers and
-// -Wall -Wextra -Werror does not apply to them.
-#include <CLI/CLI.hpp>
-#include <algorithm>
 #include <iterator>
 #include <utility>
 #include <vector>
+
+// No pragmas needed: CLI11 (Debian's libcli11-dev, CMake target
+// CLI11::CLI11) lives in /usr/include, a system include directory, so GCC
+// reports no -Wall -Wextra warnings from its headers.
+#include <CLI/CLI.hpp>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -270,8 +270,9 @@ absl::Status FlagError(std::string_view flag, std::string_view message) {
       absl::StrCat(ToAbsl(flag), ": ", ToAbsl(message)));
 }
 
-// Runs CLI11 on the arguments; true if --help was asked for. The errors
-// CLI11 can raise here are a missing value and a value given to a flag.
+// Runs CLI11 on the arguments; true if --help was asked for.
+// InvalidArgument for a missing value ("--flag: missing value"), an unknown
+// flag or a stray argument (the first one), or whatever else CLI11 refuses.
 absl::StatusOr<bool> ParseCommandLine(CLI::App& app, int argc,
                                       const char* const* argv) {
   // CLI11 2.1 reads "--flag=" as "--flag" followed by the next argument:
