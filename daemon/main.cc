@@ -4,7 +4,7 @@
 #include <cstdio>
 
 #include "lib/daemon/daemon.h"
-#include "lib/daemon/daemon_config.h"
+#include "lib/daemon/daemon_flags.h"
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {

@@ -2,28 +2,20 @@
 #define NBDMGR_LIB_DAEMON_CONFIG_FILE_H_
 
 #include <string>
-#include <utility>
-#include <vector>
 
 #include "absl/status/statusor.h"
-#include "lib/export/export_config.h"
+#include "nbdmgr/v1/config.pb.h"
 
 namespace nbdmgr {
 
-// A config file, as the flags it stands for (so file and command line are
-// validated by the same code) plus its exports.
-struct ConfigFileContents {
-  std::vector<std::pair<std::string, std::string>> flags;  // {"--flag", value}
-  std::vector<ExportConfig> exports;
-};
-
-// Parses `text`, the protobuf text format of nbdmgr.v1.DaemonConfig.
-// InvalidArgument naming `path` and the line and column of a syntax error,
-// or the export at fault.
-absl::StatusOr<ConfigFileContents> ParseConfigFile(const std::string& path,
-                                                   const std::string& text);
+// Parses `text`, the protobuf text format of nbdmgr.v1.DaemonConfig. Only
+// the syntax is checked here: the values are checked once, with the command
+// line's, by DaemonConfigFromMerged. InvalidArgument naming `path` and the
+// line and column of a syntax error (or an unknown field).
+absl::StatusOr<v1::DaemonConfig> ParseConfigFile(const std::string& path,
+                                                 const std::string& text);
 // Reads and parses `path`; InvalidArgument naming it if unreadable.
-absl::StatusOr<ConfigFileContents> LoadConfigFile(const std::string& path);
+absl::StatusOr<v1::DaemonConfig> LoadConfigFile(const std::string& path);
 
 }  // namespace nbdmgr
 

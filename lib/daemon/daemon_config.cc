@@ -5,9 +5,8 @@
 #include <algorithm>
 #include <set>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "lib/daemon/config_file.h"
+#include "lib/control/proto_convert.h"
 #include "lib/util/duration.h"
 #include "lib/util/size.h"
 #include "lib/util/strings.h"
@@ -26,419 +25,271 @@ uint64_t DefaultMemoryCap() {
 
 namespace {
 
+using Millis = std::chrono::milliseconds;
+
+constexpr char kDefaultNbdListen[] = "tcp:127.0.0.1:10809";
+constexpr char kDefaultControlListen[] = "unix:/run/nbdmgr/control.sock";
+
 absl::Status FlagError(std::string_view flag, std::string_view message) {
   return absl::InvalidArgumentError(
       absl::StrCat(ToAbsl(flag), ": ", ToAbsl(message)));
 }
 
-absl::StatusOr<int> ParseThreads(std::string_view flag, const std::string& v) {
-  int n = 0;
-  if (!absl::SimpleAtoi(v, &n) || n < 0 || n > 1024) {
-    return FlagError(
-        flag,
-        absl::StrCat("expected a number from 0 to 1024, got \"", v, "\""));
-  }
-  return n;
-}
+// Converts one MergedConfig: one method per group of fields, then the rules
+// across fields.
+class Converter {
+ public:
+  explicit Converter(const MergedConfig& m) : m_(m), p_(m.settings) {}
 
-// Where a value comes from and what was set, while parsing.
-struct Parsing {
-  DaemonConfig& c;
-  bool cli = false;  // applying command-line flags (else the config file)
-  bool default_given = false;
-  bool control_given = false;
-  bool listen_from_cli = false;
-  bool allow_from_cli = false;
+  absl::StatusOr<DaemonConfig> Run() {
+    using Step = absl::Status (Converter::*)();
+    for (Step step :
+         {&Converter::Listeners, &Converter::ThreadsAndTimeouts,
+          &Converter::Memory, &Converter::Limits, &Converter::Control,
+          &Converter::Observability, &Converter::Exports, &Converter::Tls,
+          &Converter::ExportRules, &Converter::DefaultExport}) {
+      if (absl::Status st = (this->*step)(); !st.ok()) return st;
+    }
+    return std::move(c_);
+  }
+
+ private:
+  bool FromFlags(std::string_view field) const {
+    return std::any_of(
+        m_.from_flags.paths().begin(), m_.from_flags.paths().end(),
+        [field](const std::string& path) { return path == field; });
+  }
+  // Names a value for an error: the flag if the command line gave it (or
+  // there is no file), else the file, the field and the flag.
+  std::string Where(std::string_view field, std::string_view flag) const {
+    if (m_.file.empty() || FromFlags(field)) return std::string(flag);
+    return absl::StrCat(m_.file, ": ", ToAbsl(field), " (", ToAbsl(flag), ")");
+  }
+  absl::Status Error(std::string_view field, std::string_view flag,
+                     std::string_view message) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Where(field, flag), ": ", ToAbsl(message)));
+  }
+  // The duration `d` of `field` if `has`, else `fallback`.
+  absl::StatusOr<Millis> Duration(std::string_view field, std::string_view flag,
+                                  bool has, const google::protobuf::Duration& d,
+                                  Millis fallback) const {
+    if (!has) return fallback;
+    return DurationFromProto(d, Where(field, flag));
+  }
+
+  absl::Status Listeners();
+  absl::Status ThreadsAndTimeouts();
+  absl::Status Memory();
+  absl::Status Limits();
+  absl::Status Control();
+  absl::Status Observability();
+  absl::Status Exports();
+  absl::Status Tls();
+  absl::Status ExportRules();
+  absl::Status DefaultExport();
+
+  const MergedConfig& m_;
+  const v1::DaemonConfig& p_;
+  DaemonConfig c_;
 };
 
-// Applies one valued flag (or config-file field) to the configuration.
-absl::Status ApplyFlag(const std::string& flag, const std::string& value,
-                       Parsing& p) {
-  DaemonConfig& c = p.c;
-  if (flag == "--nbd-listen") {
-    absl::StatusOr<ListenAddress> a = ParseListenAddress(value);
-    if (!a.ok()) return FlagError(flag, ToStd(a.status().message()));
-    if (p.cli && !p.listen_from_cli) {
-      c.nbd_listen.clear();  // the command line replaces the file's list
-      p.listen_from_cli = true;
+absl::Status Converter::Listeners() {
+  for (const std::string& text : p_.nbd_listen()) {
+    absl::StatusOr<ListenAddress> a = ParseListenAddress(text);
+    if (!a.ok()) {
+      return Error("nbd_listen", "--nbd-listen", ToStd(a.status().message()));
     }
-    c.nbd_listen.push_back(*a);
-  } else if (flag == "--export") {
-    absl::StatusOr<ExportConfig> e = ParseExportSpec(value);
-    if (!e.ok()) return FlagError(flag, ToStd(e.status().message()));
-    c.exports.push_back(*e);
-  } else if (flag == "--default-export") {
-    c.default_export = value;
-    p.default_given = true;
-  } else if (flag == "--io-threads") {
-    absl::StatusOr<int> n = ParseThreads(flag, value);
-    if (!n.ok()) return n.status();
-    c.io_threads = *n;
-  } else if (flag == "--blocking-threads") {
-    absl::StatusOr<int> n = ParseThreads(flag, value);
-    if (!n.ok()) return n.status();
-    c.blocking_threads = *n;
-  } else if (flag == "--drain-timeout") {
-    absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
-    if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
-    c.drain_timeout = *d;
-  } else if (flag == "--log-level") {
-    static const std::set<std::string> kLevels = {"trace", "debug", "info",
-                                                  "warn", "error"};
-    if (!kLevels.contains(value)) {
-      return FlagError(flag,
-                       absl::StrCat("unknown level \"", value,
-                                    "\" (trace, debug, info, warn, error)"));
+    c_.nbd_listen.push_back(*a);
+  }
+  if (c_.nbd_listen.empty()) {
+    c_.nbd_listen.push_back(*ParseListenAddress(kDefaultNbdListen));
+  }
+  if (!p_.has_metrics_listen()) return absl::OkStatus();
+  const std::string& value = p_.metrics_listen();
+  if (value == "none") {
+    c_.metrics_listen.clear();
+    return absl::OkStatus();
+  }
+  std::string_view v = value;
+  if (v.starts_with("tcp:")) v.remove_prefix(4);
+  absl::StatusOr<ListenAddress> a =
+      ParseListenAddress(absl::StrCat("tcp:", ToAbsl(v)));
+  if (!a.ok() || a->host.find(':') != std::string::npos) {
+    return Error(
+        "metrics_listen", "--metrics-listen",
+        absl::StrCat("expected HOST:PORT or none, got \"", value, "\""));
+  }
+  c_.metrics_listen = absl::StrCat(a->host, ":", a->port);
+  return absl::OkStatus();
+}
+
+absl::Status Converter::ThreadsAndTimeouts() {
+  struct Threads {
+    const char* field;
+    const char* flag;
+    int value;
+    int& out;
+  };
+  for (const Threads& t :
+       {Threads{"io_threads", "--io-threads", p_.io_threads(), c_.io_threads},
+        Threads{"blocking_threads", "--blocking-threads", p_.blocking_threads(),
+                c_.blocking_threads}}) {
+    if (t.value < 0 || t.value > kMaxThreads) {
+      return Error(t.field, t.flag,
+                   absl::StrCat("expected a number from 0 to ", kMaxThreads,
+                                ", got \"", t.value, "\""));
     }
-    c.log_level = value;
-  } else if (flag == "--memory-cap") {
-    if (value == "none") {
-      c.memory_cap_bytes = 0;
-    } else if (value == "auto") {
-      c.memory_cap_bytes = DefaultMemoryCap();
-    } else {
-      absl::StatusOr<uint64_t> cap = ParseSize(value);
-      if (!cap.ok()) {
-        return FlagError(
-            flag, absl::StrCat(cap.status().message(), " (or none, auto)"));
-      }
-      c.memory_cap_bytes = *cap;
-    }
-  } else if (flag == "--connection-memory") {
-    if (value == "none") {
-      c.connection_memory_bytes = 0;
-    } else {
-      absl::StatusOr<uint64_t> n = ParseSize(value);
-      if (!n.ok()) {
-        return FlagError(flag,
-                         absl::StrCat(n.status().message(), " (or none)"));
-      }
-      c.connection_memory_bytes = *n;
-    }
-  } else if (flag == "--connection-share") {
-    uint32_t n = 0;
-    std::string_view v = value;
-    if (v.ends_with("%")) v.remove_suffix(1);
-    if (!absl::SimpleAtoi(ToAbsl(v), &n) || n < 1 || n > 100) {
-      return FlagError(flag, absl::StrCat("expected a percentage from 1 to "
-                                          "100, got \"",
-                                          value, "\""));
-    }
-    c.connection_share_percent = n;
-  } else if (flag == "--stall-timeout") {
-    absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
-    if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
-    if (*d > kMaxStallTimeout) return FlagError(flag, "at most 24h");
-    c.stall_timeout = *d;
-  } else if (flag == "--ready-file") {
-    c.ready_file = value;
-  } else if (flag == "--control-listen") {
-    p.control_given = true;
-    if (value == "none") {
-      c.control_listen.reset();
-    } else {
-      absl::StatusOr<ListenAddress> a = ParseListenAddress(value);
-      if (!a.ok()) return FlagError(flag, ToStd(a.status().message()));
-      c.control_listen = *a;
-    }
-  } else if (flag == "--control-tls-cert") {
-    c.control_tls_cert = value;
-  } else if (flag == "--control-tls-key") {
-    c.control_tls_key = value;
-  } else if (flag == "--control-tls-ca") {
-    c.control_tls_ca = value;
-  } else if (flag == "--state-dir") {
-    if (value != "none" && (value.empty() || value.front() != '/')) {
-      return FlagError(flag, "must be an absolute path (or none)");
-    }
-    c.state_dir = value == "none" ? "" : value;
-  } else if (flag == "--allow-path") {
-    if (value.empty() || value.front() != '/') {
-      return FlagError(
-          flag, absl::StrCat("must be an absolute directory: \"", value, "\""));
-    }
-    if (p.cli && !p.allow_from_cli) {
-      c.allow_paths.clear();
-      p.allow_from_cli = true;
-    }
-    c.allow_paths.push_back(value);
-  } else if (flag == "--metrics-listen") {
-    if (value == "none") {
-      c.metrics_listen.clear();
-    } else {
-      std::string_view v = value;
-      if (v.starts_with("tcp:")) v.remove_prefix(4);
-      absl::StatusOr<ListenAddress> a =
-          ParseListenAddress(absl::StrCat("tcp:", ToAbsl(v)));
-      if (!a.ok() || a->host.find(':') != std::string::npos) {
-        return FlagError(flag, absl::StrCat("expected HOST:PORT or none, "
-                                            "got \"",
-                                            value, "\""));
-      }
-      c.metrics_listen = absl::StrCat(a->host, ":", a->port);
-    }
-  } else if (flag == "--tls-cert") {
-    c.tls.cert_file = value;
-  } else if (flag == "--tls-key") {
-    c.tls.key_file = value;
-  } else if (flag == "--tls-ca") {
-    c.tls.ca_file = value;
-  } else if (flag == "--tls-psk") {
-    c.tls.psk_file = value;
-  } else if (flag == "--handshake-timeout" || flag == "--idle-timeout") {
-    absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
-    if (!d.ok()) return FlagError(flag, ToStd(d.status().message()));
-    (flag == "--idle-timeout" ? c.idle_timeout : c.handshake_timeout) = *d;
-  } else if (flag == "--max-exports") {
-    uint32_t n = 0;
-    if (!absl::SimpleAtoi(value, &n) || n == 0 || n > 100000) {
-      return FlagError(flag, absl::StrCat("expected a count from 1 to 100000, "
-                                          "got \"",
-                                          value, "\""));
-    }
-    c.max_exports = n;
-  } else if (flag == "--max-connections") {
-    uint32_t n = 0;
-    if (!absl::SimpleAtoi(value, &n)) {
-      return FlagError(flag,
-                       absl::StrCat("expected a count, got \"", value, "\""));
-    }
-    c.max_connections = n;
-  } else if (flag == "--request-stats") {
-    if (value != "on" && value != "off") {
-      return FlagError(flag,
-                       absl::StrCat("expected on or off, got \"", value, "\""));
-    }
-    c.request_stats = value == "on";
-  } else if (flag == "--control-insecure") {
-    c.control_insecure = value == "true";
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown flag ", flag, " (see --help)"));
+    t.out = t.value;
+  }
+  struct Timeout {
+    const char* field;
+    const char* flag;
+    bool has;
+    const google::protobuf::Duration& value;
+    Millis& out;
+  };
+  for (const Timeout& t :
+       {Timeout{"drain_timeout", "--drain-timeout", p_.has_drain_timeout(),
+                p_.drain_timeout(), c_.drain_timeout},
+        Timeout{"handshake_timeout", "--handshake-timeout",
+                p_.has_handshake_timeout(), p_.handshake_timeout(),
+                c_.handshake_timeout},
+        Timeout{"idle_timeout", "--idle-timeout", p_.has_idle_timeout(),
+                p_.idle_timeout(), c_.idle_timeout},
+        Timeout{"stall_timeout", "--stall-timeout", p_.has_stall_timeout(),
+                p_.stall_timeout(), c_.stall_timeout}}) {
+    absl::StatusOr<Millis> d = Duration(t.field, t.flag, t.has, t.value, t.out);
+    if (!d.ok()) return d.status();
+    t.out = *d;
+  }
+  if (c_.stall_timeout > kMaxStallTimeout) {
+    return Error("stall_timeout", "--stall-timeout", "at most 24h");
   }
   return absl::OkStatus();
 }
 
-}  // namespace
-
-std::string DaemonUsage() {
-  return R"(Usage: nbdmgrd [flags]
-
-Serves block devices over the NBD protocol.
-
-Flags:
-  --nbd-listen ADDR       Where to accept NBD clients: tcp:HOST:PORT or
-                          unix:/PATH. Repeatable. Default tcp:127.0.0.1:10809.
-  --export SPEC           An export to serve. Repeatable. SPEC is comma-separated
-                          key=value pairs:
-                            name=NAME          (required) letters, digits, . _ : -
-                            backend=KIND       (required) memory, file or null
-                            size=SIZE          e.g. 1GiB; required for memory/null;
-                                               for file, creates a missing file
-                            path=/FILE         the file or block device (file)
-                            read-only=true     refuse writes
-                            description=TEXT   shown by nbdinfo --list
-                            buffer-strategy=S  pool (default), exact, fixed,
-                                               grow or stream
-                            memory-cap=SIZE    cap on this export's request
-                                               buffers (full: requests stream)
-                            stall-timeout=DUR  override --stall-timeout
-                            pool-idle-release=DUR  free idle pool buffers after
-                                               DUR (default 5s)
-                            min-block-size=N, preferred-block-size=N,
-                            max-payload=N      advertised block sizes
-                                               (defaults 1, 4KiB, 32MiB)
-                          Example: --export name=scratch,backend=memory,size=1GiB
-  --default-export NAME   Export served to clients that ask for the empty name
-                          (nbd://host/). Default: the first --export.
-  --memory-cap SIZE|none|auto
-                          Daemon-wide cap on request-buffer memory, e.g. 1GiB
-                          (default auto: the smaller of 1 GiB and 1/8 of RAM;
-                          none: no cap). Requests never wait for it: when it
-                          is full they stream through their connection's
-                          64 KiB reserve instead.
-  --connection-share PCT  The most one connection may hold of the daemon cap
-                          and of its export's cap, in percent (default 25).
-  --connection-memory SIZE|none
-                          The most one connection may hold in buffers and
-                          pinned pages at once, cap or not (default 16MiB):
-                          what a client that stops moving can hold until the
-                          stall timeout drops it. Larger requests stream.
-  --stall-timeout DUR     Disconnect a client that stops sending a request's
-                          payload, or stops reading replies, for DUR, and
-                          free all it held (default 30s; 0 = never; exports
-                          may override with stall-timeout=DUR).
-  --io-threads N          Network threads (0 = one per core).
-  --blocking-threads N    Threads for file I/O (0 = automatic).
-  --drain-timeout DUR     On SIGINT/SIGTERM, how long in-flight requests may take
-                          to finish before connections are closed. Default 30s.
-  --control-listen ADDR   gRPC control API (nbdctl): unix:/PATH (mode 0600) or
-                          tcp:HOST:PORT (needs TLS or --control-insecure), or
-                          none. Default unix:/run/nbdmgr/control.sock.
-  --control-tls-cert F, --control-tls-key F
-                          TLS certificate and key for a TCP control address.
-  --control-tls-ca F      Require client certificates signed by this CA.
-  --control-insecure      Allow a TCP control address without TLS.
-  --state-dir DIR         Where exports created over the API are persisted and
-                          recreated from at start. Default /var/lib/nbdmgr;
-                          none disables persistence.
-  --allow-path DIR        File exports created over the API must live under
-                          DIR (repeatable; .. and symlink escapes are refused).
-  --metrics-listen ADDR   Prometheus metrics at http://ADDR/metrics; ADDR is
-                          HOST:PORT or none. Default 127.0.0.1:9810.
-  --request-stats on|off  Count requests, bytes and latency per export (on by
-                          default; off leaves those counters at zero).
-  --tls-cert F, --tls-key F
-                          Offer NBD TLS (STARTTLS) with this X.509 certificate
-                          (PEM, chain allowed) and key.
-  --tls-ca F              Also require client certificates signed by this CA.
-  --tls-psk F             Offer TLS with pre-shared keys from this psktool file
-                          (IDENTITY:HEXKEY lines); with or without a cert.
-                          Exports choose with tls=off|optional|require.
-  --handshake-timeout DUR Disconnect clients that have not chosen an export
-                          after DUR (default 10s; 0 = never).
-  --idle-timeout DUR      Disconnect clients that send no request for DUR while
-                          nothing is in flight (default 0 = never).
-  --max-connections N     NBD connections at once; more are closed at accept
-                          (default 4096; 0 = no cap). Per export: max-clients=N.
-  --max-exports N         Exports the daemon holds at most, given, created over
-                          the API or FAILED (default 512).
-  --log-level LEVEL       trace, debug, info, warn, error. Default info.
-  --ready-file PATH       Once serving, write the bound addresses there (one per
-                          line; useful with port 0).
-  --config FILE           Read settings from FILE (protobuf text format of
-                          nbdmgr.v1.DaemonConfig; see deploy/nbdmgrd.conf).
-                          Flags override it; --nbd-listen and --allow-path
-                          replace its lists, --export adds to its exports.
-  --check-config          Validate the configuration (file and flags), print
-                          it, and exit (0 if valid, 2 if not).
-  --help                  Show this help.
-  --version               Show the version.
-)";
+absl::Status Converter::Memory() {
+  // Unset: auto (the struct's default); 0: none.
+  if (p_.has_memory_cap_bytes()) c_.memory_cap_bytes = p_.memory_cap_bytes();
+  if (p_.has_connection_memory_bytes()) {
+    c_.connection_memory_bytes = p_.connection_memory_bytes();
+  }
+  if (p_.has_connection_share_percent()) {
+    const uint32_t n = p_.connection_share_percent();
+    if (n < 1 || n > 100) {
+      return Error(
+          "connection_share_percent", "--connection-share",
+          absl::StrCat("expected a percentage from 1 to 100, got \"", n, "\""));
+    }
+    c_.connection_share_percent = n;
+  }
+  return absl::OkStatus();
 }
 
-absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
-                                             const char* const* argv) {
-  DaemonFlags out;
-  DaemonConfig& c = out.config;
-  Parsing p{c};
-  // The config file first; the command line then overrides it.
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    std::string path;
-    if (arg == "--config") {
-      if (i + 1 >= argc) return FlagError("--config", "missing value");
-      path = argv[i + 1];
-    } else if (arg.starts_with("--config=")) {
-      path = arg.substr(9);
-    } else {
-      continue;
+absl::Status Converter::Limits() {
+  if (p_.has_max_connections()) c_.max_connections = p_.max_connections();
+  if (p_.has_max_exports()) {
+    const uint32_t n = p_.max_exports();
+    if (n == 0 || n > kMaxExportsLimit) {
+      return Error("max_exports", "--max-exports",
+                   absl::StrCat("expected a count from 1 to ", kMaxExportsLimit,
+                                ", got \"", n, "\""));
     }
-    if (!out.config_file.empty()) {
-      return FlagError("--config", "given more than once");
-    }
-    out.config_file = path;
-    absl::StatusOr<ConfigFileContents> file = LoadConfigFile(path);
-    if (!file.ok()) return file.status();
-    for (const auto& [flag, value] : file->flags) {
-      if (absl::Status st = ApplyFlag(flag, value, p); !st.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": ", st.message()));
-      }
-    }
-    for (ExportConfig& e : file->exports) c.exports.push_back(std::move(e));
+    c_.max_exports = n;
   }
-  p.cli = true;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      out.help = true;
-      continue;
+  return absl::OkStatus();
+}
+
+absl::Status Converter::Control() {
+  if (!p_.has_control_listen()) {
+    c_.control_listen = *ParseListenAddress(kDefaultControlListen);
+  } else if (p_.control_listen() != "none") {
+    absl::StatusOr<ListenAddress> a = ParseListenAddress(p_.control_listen());
+    if (!a.ok()) {
+      return Error("control_listen", "--control-listen",
+                   ToStd(a.status().message()));
     }
-    if (arg == "--version") {
-      out.version = true;
-      continue;
-    }
-    if (arg == "--check-config") {
-      out.check_config = true;
-      continue;
-    }
-    if (arg == "--control-insecure") {  // the one flag without a value
-      c.control_insecure = true;
-      continue;
-    }
-    if (!arg.starts_with("--")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unexpected argument \"", arg, "\" (see --help)"));
-    }
-    std::string flag = arg, value;
-    bool has_value = false;
-    if (size_t eq = arg.find('='); eq != std::string::npos) {
-      flag = arg.substr(0, eq);
-      value = arg.substr(eq + 1);
-      has_value = true;
-    }
-    static const std::set<std::string> kKnown = {"--nbd-listen",
-                                                 "--export",
-                                                 "--default-export",
-                                                 "--io-threads",
-                                                 "--blocking-threads",
-                                                 "--drain-timeout",
-                                                 "--log-level",
-                                                 "--ready-file",
-                                                 "--memory-cap",
-                                                 "--control-listen",
-                                                 "--control-tls-cert",
-                                                 "--control-tls-key",
-                                                 "--control-tls-ca",
-                                                 "--state-dir",
-                                                 "--allow-path",
-                                                 "--metrics-listen",
-                                                 "--request-stats",
-                                                 "--tls-cert",
-                                                 "--tls-key",
-                                                 "--tls-ca",
-                                                 "--tls-psk",
-                                                 "--handshake-timeout",
-                                                 "--idle-timeout",
-                                                 "--max-connections",
-                                                 "--max-exports",
-                                                 "--stall-timeout",
-                                                 "--connection-share",
-                                                 "--connection-memory",
-                                                 "--config"};
-    if (!kKnown.contains(flag)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown flag ", flag, " (see --help)"));
-    }
-    if (!has_value) {
-      if (i + 1 >= argc) return FlagError(flag, "missing value");
-      value = argv[++i];
-    }
-    if (flag == "--config") continue;  // loaded above
-    if (absl::Status st = ApplyFlag(flag, value, p); !st.ok()) return st;
+    c_.control_listen = *a;
   }
-  const bool default_given = p.default_given;
-  const bool control_given = p.control_given;
-  if (!control_given) {
-    c.control_listen = *ParseListenAddress("unix:/run/nbdmgr/control.sock");
+  c_.control_tls_cert = p_.control_tls_cert();
+  c_.control_tls_key = p_.control_tls_key();
+  c_.control_tls_ca = p_.control_tls_ca();
+  c_.control_insecure = p_.control_insecure();
+  if (p_.has_state_dir()) {
+    const std::string& v = p_.state_dir();
+    if (v != "none" && (v.empty() || v.front() != '/')) {
+      return Error("state_dir", "--state-dir",
+                   "must be an absolute path (or none)");
+    }
+    c_.state_dir = v == "none" ? "" : v;
   }
-  if (c.control_listen && c.control_listen->kind == ListenAddress::Kind::kTcp &&
-      c.control_tls_cert.empty() && !c.control_insecure) {
+  for (const std::string& v : p_.allow_path()) {
+    if (v.empty() || v.front() != '/') {
+      return Error("allow_path", "--allow-path",
+                   absl::StrCat("must be an absolute directory: \"", v, "\""));
+    }
+    c_.allow_paths.push_back(v);
+  }
+  if (c_.control_listen &&
+      c_.control_listen->kind == ListenAddress::Kind::kTcp &&
+      c_.control_tls_cert.empty() && !c_.control_insecure) {
     return FlagError("--control-listen",
                      "a TCP control address needs --control-tls-cert and "
                      "--control-tls-key (or --control-insecure)");
   }
-  if (!c.tls.empty() || !c.tls.key_file.empty() || !c.tls.ca_file.empty()) {
-    if (c.tls.cert_file.empty() != c.tls.key_file.empty()) {
-      return FlagError("--tls-cert", "--tls-cert and --tls-key go together");
+  return absl::OkStatus();
+}
+
+absl::Status Converter::Observability() {
+  // Empty in the file is unset; given as a flag, it is a bad level.
+  if (!p_.log_level().empty() || FromFlags("log_level")) {
+    static const std::set<std::string> kLevels = {"trace", "debug", "info",
+                                                  "warn", "error"};
+    if (!kLevels.contains(p_.log_level())) {
+      return Error("log_level", "--log-level",
+                   absl::StrCat("unknown level \"", p_.log_level(),
+                                "\" (trace, debug, info, warn, error)"));
     }
-    if (!c.tls.ca_file.empty() && c.tls.cert_file.empty()) {
-      return FlagError("--tls-ca", "needs --tls-cert and --tls-key");
-    }
+    c_.log_level = p_.log_level();
   }
-  for (const ExportConfig& e : c.exports) {
-    if (e.tls != TlsMode::kOff && c.tls.empty()) {
+  c_.ready_file = p_.ready_file();
+  if (p_.has_request_stats()) c_.request_stats = p_.request_stats();
+  return absl::OkStatus();
+}
+
+absl::Status Converter::Exports() {
+  for (int i = 0; i < p_.exports_size(); ++i) {
+    const v1::Export& e = p_.exports(i);
+    std::string id = e.name();
+    if (id.starts_with("exports/")) id = id.substr(8);
+    absl::StatusOr<ExportConfig> c = ExportConfigFromProto(e, id);
+    if (!c.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          m_.file.empty() ? "" : absl::StrCat(m_.file, ": "), "exports[", i,
+          "] (\"", id, "\"): ", c.status().message()));
+    }
+    c_.exports.push_back(std::move(*c));
+  }
+  c_.exports.insert(c_.exports.end(), m_.flag_exports.begin(),
+                    m_.flag_exports.end());
+  return absl::OkStatus();
+}
+
+absl::Status Converter::Tls() {
+  const v1::DaemonConfig::Tls& t = p_.tls();
+  c_.tls = TlsFiles{.cert_file = t.cert_file(),
+                    .key_file = t.key_file(),
+                    .ca_file = t.ca_file(),
+                    .psk_file = t.psk_file()};
+  if (c_.tls.cert_file.empty() != c_.tls.key_file.empty()) {
+    return FlagError("--tls-cert", "--tls-cert and --tls-key go together");
+  }
+  if (!c_.tls.ca_file.empty() && c_.tls.cert_file.empty()) {
+    return FlagError("--tls-ca", "needs --tls-cert and --tls-key");
+  }
+  for (const ExportConfig& e : c_.exports) {
+    if (e.tls != TlsMode::kOff && c_.tls.empty()) {
       return FlagError(
           "--export",
           absl::StrCat("export \"", e.name,
@@ -446,32 +297,46 @@ absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc,
                        ", which needs --tls-cert/--tls-key or --tls-psk"));
     }
   }
-  if (c.nbd_listen.empty()) {
-    c.nbd_listen.push_back(*ParseListenAddress("tcp:127.0.0.1:10809"));
-  }
-  if (c.exports.size() > c.max_exports) {
-    return FlagError("--export", absl::StrCat(c.exports.size(),
+  return absl::OkStatus();
+}
+
+absl::Status Converter::ExportRules() {
+  if (c_.exports.size() > c_.max_exports) {
+    return FlagError("--export", absl::StrCat(c_.exports.size(),
                                               " exports given, more than "
                                               "--max-exports ",
-                                              c.max_exports));
+                                              c_.max_exports));
   }
   std::set<std::string> names;
-  for (const ExportConfig& e : c.exports) {
+  for (const ExportConfig& e : c_.exports) {
     if (!names.insert(e.name).second) {
       return FlagError("--export", absl::StrCat("export \"", e.name,
                                                 "\" is declared twice"));
     }
   }
-  if (default_given) {
-    if (!c.default_export.empty() && !names.contains(c.default_export)) {
-      return FlagError(
-          "--default-export",
-          absl::StrCat("no --export named \"", c.default_export, "\""));
-    }
-  } else if (!c.exports.empty()) {
-    c.default_export = c.exports.front().name;
+  return absl::OkStatus();
+}
+
+absl::Status Converter::DefaultExport() {
+  // Empty in the file is unset (the first export); given as a flag, it
+  // means no default export.
+  if (p_.default_export().empty() && !FromFlags("default_export")) {
+    if (!c_.exports.empty()) c_.default_export = c_.exports.front().name;
+    return absl::OkStatus();
   }
-  return out;
+  c_.default_export = p_.default_export();
+  if (c_.default_export.empty()) return absl::OkStatus();
+  for (const ExportConfig& e : c_.exports) {
+    if (e.name == c_.default_export) return absl::OkStatus();
+  }
+  return FlagError("--default-export", absl::StrCat("no --export named \"",
+                                                    c_.default_export, "\""));
+}
+
+}  // namespace
+
+absl::StatusOr<DaemonConfig> DaemonConfigFromMerged(const MergedConfig& m) {
+  return Converter(m).Run();
 }
 
 std::string DescribeConfig(const DaemonConfig& c) {

@@ -7,9 +7,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "google/protobuf/field_mask.pb.h"
 #include "lib/export/export_config.h"
 #include "lib/tls/tls_context.h"
 #include "lib/util/listen_address.h"
+#include "nbdmgr/v1/config.pb.h"
 
 namespace nbdmgr {
 
@@ -65,23 +67,37 @@ struct DaemonConfig {
   uint32_t max_exports = kDefaultMaxExports;
 };
 
-// The outcome of parsing the command line.
-struct DaemonFlags {
-  DaemonConfig config;
-  std::string config_file;  // --config, if given
-  bool help = false;
-  bool version = false;
-  bool check_config = false;  // --check-config
+// The largest --io-threads and --blocking-threads.
+inline constexpr int kMaxThreads = 1024;
+// The largest --max-exports.
+inline constexpr uint32_t kMaxExportsLimit = 100000;
+
+// A configuration as given, before it is checked: the config file with the
+// command line merged over it (ParseDaemonFlags documents the precedence).
+struct MergedConfig {
+  // The file's fields, each replaced by its flag where one was given;
+  // exports: the file's only.
+  v1::DaemonConfig settings;
+  // The --export specs (parsed and validated by ParseExportSpec), served
+  // after the file's exports.
+  std::vector<ExportConfig> flag_exports;
+  // The --config path, "" if none: errors in a value that came from the
+  // file name the file and the field.
+  std::string file;
+  // The fields set by flags, as paths ("io_threads", "tls.cert_file"):
+  // their errors name just the flag, and an empty string given as a flag
+  // counts as given (--default-export "" serves no default export).
+  google::protobuf::FieldMask from_flags;
 };
 
-// Parses nbdmgrd's arguments (argv[0] is skipped). Flags take their value
-// as "--flag value" or "--flag=value". InvalidArgument naming the flag for
-// unknown flags, missing or bad values, duplicate export names, or a
-// --default-export that names no export.
-absl::StatusOr<DaemonFlags> ParseDaemonFlags(int argc, const char* const* argv);
-
-// The --help text.
-std::string DaemonUsage();
+// The one conversion and validation of nbdmgrd's configuration, file and
+// flags alike: every value's syntax and range, defaults for what was not
+// given, the file's exports (ExportConfigFromProto), and the rules across
+// fields (TLS files that go together, a TCP control address needs TLS,
+// export TLS needs daemon TLS, unique export names, --max-exports, the
+// default export). InvalidArgument naming the flag (and the file and field
+// when the value came from the file).
+absl::StatusOr<DaemonConfig> DaemonConfigFromMerged(const MergedConfig& m);
 
 // A human summary of the effective configuration (--check-config).
 std::string DescribeConfig(const DaemonConfig& c);

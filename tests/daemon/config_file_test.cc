@@ -9,10 +9,19 @@ namespace nbdmgr {
 namespace {
 
 using ::testing::HasSubstr;
-using ::testing::Pair;
 
-TEST(ConfigFileTest, FieldsBecomeTheFlagsTheyStandFor) {
-  auto c = ParseConfigFile("f.conf", R"pb(
+// The configuration `text` stands for, alone (no flags).
+absl::StatusOr<DaemonConfig> FromFile(const std::string& text) {
+  absl::StatusOr<v1::DaemonConfig> p = ParseConfigFile("f.conf", text);
+  if (!p.ok()) return p.status();
+  MergedConfig m;
+  m.settings = *std::move(p);
+  m.file = "f.conf";
+  return DaemonConfigFromMerged(m);
+}
+
+TEST(ConfigFileTest, FieldsSetWhatTheirFlagsSet) {
+  auto c = FromFile(R"pb(
     nbd_listen: "tcp:127.0.0.1:1"
     nbd_listen: "unix:/tmp/x.sock"
     drain_timeout { seconds: 2 nanos: 500000000 }
@@ -31,18 +40,30 @@ TEST(ConfigFileTest, FieldsBecomeTheFlagsTheyStandFor) {
     }
   )pb");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_THAT(c->flags,
-              ::testing::ElementsAre(Pair("--nbd-listen", "tcp:127.0.0.1:1"),
-                                     Pair("--nbd-listen", "unix:/tmp/x.sock"),
-                                     Pair("--drain-timeout", "2500ms"),
-                                     Pair("--control-listen", "none"),
-                                     Pair("--request-stats", "off"),
-                                     Pair("--tls-psk", "/etc/k.psk"),
-                                     Pair("--max-connections", "0")));
+  ASSERT_EQ(c->nbd_listen.size(), 2u);
+  EXPECT_EQ(c->nbd_listen[0].ToString(), "tcp:127.0.0.1:1");
+  EXPECT_EQ(c->nbd_listen[1].ToString(), "unix:/tmp/x.sock");
+  EXPECT_EQ(c->drain_timeout, std::chrono::milliseconds(2500));
+  EXPECT_FALSE(c->control_listen.has_value());
+  EXPECT_FALSE(c->request_stats);
+  EXPECT_EQ(c->tls.psk_file, "/etc/k.psk");
+  EXPECT_EQ(c->max_connections, 0u);
   ASSERT_EQ(c->exports.size(), 2u);
   EXPECT_EQ(c->exports[0].name, "a");
   EXPECT_EQ(c->exports[1].name, "b");
   EXPECT_TRUE(c->exports[1].read_only);
+  EXPECT_EQ(c->default_export, "a");
+}
+
+TEST(ConfigFileTest, UnsetFieldsKeepTheDefaults) {
+  auto c = FromFile("log_level: \"\"\ndefault_export: \"\"\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->log_level, "info");
+  EXPECT_EQ(c->memory_cap_bytes, DefaultMemoryCap());
+  EXPECT_EQ(c->state_dir, "/var/lib/nbdmgr");
+  EXPECT_EQ(c->metrics_listen, "127.0.0.1:9810");
+  ASSERT_TRUE(c->control_listen.has_value());
+  EXPECT_EQ(c->control_listen->ToString(), "unix:/run/nbdmgr/control.sock");
 }
 
 TEST(ConfigFileTest, SyntaxErrorsNameFileLineAndColumn) {
@@ -52,8 +73,20 @@ TEST(ConfigFileTest, SyntaxErrorsNameFileLineAndColumn) {
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("nope"));
 }
 
+TEST(ConfigFileTest, BadValuesNameFileFieldAndFlag) {
+  auto c = FromFile("io_threads: 2000\n");
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("f.conf: io_threads (--io-threads): expected a number "
+                        "from 0 to 1024"));
+  c = FromFile("stall_timeout { seconds: -1 }\n");
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("f.conf: stall_timeout (--stall-timeout): duration"));
+}
+
 TEST(ConfigFileTest, BadExportNamesTheExport) {
-  auto c = ParseConfigFile("f.conf", R"pb(
+  auto c = FromFile(R"pb(
     exports {
       name: "ok"
       memory { size_bytes: 1 }
@@ -66,6 +99,13 @@ TEST(ConfigFileTest, BadExportNamesTheExport) {
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(std::string(c.status().message()),
               HasSubstr("f.conf: exports[1]"));
+}
+
+TEST(ConfigFileTest, UnreadableFileIsNamed) {
+  auto c = LoadConfigFile("/nonexistent/nbdmgrd.conf");
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("--config /nonexistent/nbdmgrd.conf: cannot read"));
 }
 
 }  // namespace

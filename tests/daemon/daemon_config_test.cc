@@ -1,102 +1,115 @@
 #include "lib/daemon/daemon_config.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 namespace nbdmgr {
 namespace {
 
-absl::StatusOr<DaemonFlags> Parse(std::vector<const char*> args) {
-  args.insert(args.begin(), "nbdmgrd");
-  return ParseDaemonFlags(static_cast<int>(args.size()), args.data());
+using ::testing::HasSubstr;
+
+ExportConfig Memory(const std::string& name) {
+  ExportConfig e;
+  e.name = name;
+  e.size = 1 << 20;
+  return e;
 }
 
-TEST(DaemonFlagsTest, Defaults) {
-  auto f = Parse({});
-  ASSERT_TRUE(f.ok());
-  ASSERT_EQ(f->config.nbd_listen.size(), 1u);
-  EXPECT_EQ(f->config.nbd_listen[0].ToString(), "tcp:127.0.0.1:10809");
-  EXPECT_EQ(f->config.drain_timeout, std::chrono::seconds(30));
-  // Bounded by default.
-  EXPECT_EQ(f->config.memory_cap_bytes, DefaultMemoryCap());
-  EXPECT_GT(f->config.memory_cap_bytes, 0u);
-  EXPECT_LE(f->config.memory_cap_bytes, uint64_t{1} << 30);
-  EXPECT_EQ(f->config.connection_share_percent, 25u);
-  EXPECT_EQ(f->config.connection_memory_bytes, 16u << 20);
-  EXPECT_EQ(f->config.stall_timeout, std::chrono::seconds(30));
+TEST(DaemonConfigFromMergedTest, EmptyIsTheDefaults) {
+  auto c = DaemonConfigFromMerged(MergedConfig{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->nbd_listen.size(), 1u);
+  EXPECT_EQ(c->nbd_listen[0].ToString(), "tcp:127.0.0.1:10809");
+  EXPECT_EQ(c->log_level, "info");
+  EXPECT_EQ(c->max_exports, kDefaultMaxExports);
+  EXPECT_EQ(c->handshake_timeout, std::chrono::seconds(10));
+  EXPECT_TRUE(c->default_export.empty());
 }
 
-TEST(DaemonFlagsTest, LivenessFlags) {
-  auto f = Parse({"--memory-cap", "none", "--connection-share", "10%",
-                  "--stall-timeout", "2m", "--connection-memory", "none"});
-  ASSERT_TRUE(f.ok()) << f.status();
-  EXPECT_EQ(f->config.connection_memory_bytes, 0u);
-  EXPECT_EQ(f->config.memory_cap_bytes, 0u);
-  EXPECT_EQ(f->config.connection_share_percent, 10u);
-  EXPECT_EQ(f->config.stall_timeout, std::chrono::minutes(2));
-  f = Parse({"--memory-cap", "256MiB", "--memory-cap", "auto",
-             "--stall-timeout", "0"});
-  ASSERT_TRUE(f.ok()) << f.status();
-  EXPECT_EQ(f->config.memory_cap_bytes, DefaultMemoryCap());
-  EXPECT_EQ(f->config.stall_timeout.count(), 0);
+TEST(DaemonConfigFromMergedTest, ErrorsNameTheFlagOrTheFileField) {
+  MergedConfig m;
+  m.settings.set_connection_share_percent(101);
+  m.file = "f.conf";
+  auto c = DaemonConfigFromMerged(m);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("f.conf: connection_share_percent (--connection-share)"
+                        ": expected a percentage from 1 to 100"));
+  m.from_flags.add_paths("connection_share_percent");
+  c = DaemonConfigFromMerged(m);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()),
+              ::testing::StartsWith("--connection-share: expected"));
 }
 
-TEST(DaemonFlagsTest, FullCommandLine) {
-  auto f = Parse({"--nbd-listen", "tcp:127.0.0.1:10809",
-                  "--nbd-listen=unix:/run/x.sock", "--export",
-                  "name=disk0,backend=file,path=/var/lib/disk0.img",
-                  "--export=name=scratch,backend=memory,size=1GiB",
-                  "--default-export", "scratch", "--drain-timeout", "5s",
-                  "--io-threads", "2", "--log-level", "debug"});
-  ASSERT_TRUE(f.ok()) << f.status();
-  EXPECT_EQ(f->config.nbd_listen.size(), 2u);
-  EXPECT_EQ(f->config.exports.size(), 2u);
-  EXPECT_EQ(f->config.default_export, "scratch");
-  EXPECT_EQ(f->config.drain_timeout, std::chrono::seconds(5));
-  EXPECT_EQ(f->config.io_threads, 2);
+TEST(DaemonConfigFromMergedTest, FlagExportsFollowTheFiles) {
+  MergedConfig m;
+  v1::Export* e = m.settings.add_exports();
+  e->set_name("exports/file");
+  e->mutable_null()->set_size_bytes(4096);
+  m.flag_exports = {Memory("flag")};
+  auto c = DaemonConfigFromMerged(m);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->exports.size(), 2u);
+  EXPECT_EQ(c->exports[0].name, "file");
+  EXPECT_EQ(c->exports[1].name, "flag");
+  EXPECT_EQ(c->default_export, "file");
 }
 
-TEST(DaemonFlagsTest, DefaultExportIsFirst) {
-  auto f = Parse({"--export", "name=a,backend=null,size=1M", "--export",
-                  "name=b,backend=null,size=1M"});
-  ASSERT_TRUE(f.ok());
-  EXPECT_EQ(f->config.default_export, "a");
+TEST(DaemonConfigFromMergedTest, EmptyDefaultExportFromAFlagMeansNone) {
+  MergedConfig m;
+  m.flag_exports = {Memory("a")};
+  m.from_flags.add_paths("default_export");
+  auto c = DaemonConfigFromMerged(m);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->default_export, "");
 }
 
-TEST(DaemonFlagsTest, HelpAndVersion) {
-  EXPECT_TRUE(Parse({"--help"})->help);
-  EXPECT_TRUE(Parse({"--version"})->version);
-  EXPECT_NE(DaemonUsage().find("--nbd-listen"), std::string::npos);
+TEST(DaemonConfigFromMergedTest, EmptyLogLevelFromAFlagIsAnError) {
+  MergedConfig m;
+  m.from_flags.add_paths("log_level");
+  auto c = DaemonConfigFromMerged(m);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("--log-level: unknown level"));
 }
 
-TEST(DaemonFlagsTest, ErrorsNameTheFlag) {
+TEST(DaemonConfigFromMergedTest, RulesAcrossFields) {
   struct Case {
-    std::vector<const char*> args;
+    std::function<void(MergedConfig&)> set;
     const char* mentions;
   } cases[] = {
-      {{"--bogus"}, "unknown flag --bogus"},
-      {{"--nbd-listen"}, "missing value"},
-      {{"--nbd-listen", "ftp:x"}, "--nbd-listen"},
-      {{"--export", "name=a"}, "--export"},
-      {{"--export", "name=a,backend=null,size=1M", "--export",
-        "name=a,backend=null,size=1M"},
+      {[](MergedConfig& m) { m.settings.mutable_tls()->set_cert_file("/c"); },
+       "--tls-cert and --tls-key go together"},
+      {[](MergedConfig& m) { m.settings.mutable_tls()->set_ca_file("/ca"); },
+       "--tls-ca: needs --tls-cert"},
+      {[](MergedConfig& m) {
+         m.settings.set_control_listen("tcp:127.0.0.1:1");
+       },
+       "--control-listen: a TCP control address needs"},
+      {[](MergedConfig& m) {
+         m.flag_exports = {Memory("a")};
+         m.flag_exports[0].tls = TlsMode::kRequire;
+       },
+       "tls=require, which needs"},
+      {[](MergedConfig& m) {
+         m.settings.set_max_exports(1);
+         m.flag_exports = {Memory("a"), Memory("b")};
+       },
+       "2 exports given, more than --max-exports 1"},
+      {[](MergedConfig& m) {
+         m.flag_exports = {Memory("a"), Memory("a")};
+       },
        "declared twice"},
-      {{"--default-export", "x"}, "no --export named"},
-      {{"--io-threads", "many"}, "--io-threads"},
-      {{"--drain-timeout", "soon"}, "--drain-timeout"},
-      {{"--log-level", "loud"}, "--log-level"},
-      {{"--memory-cap", "lots"}, "(or none, auto)"},
-      {{"--connection-share", "0"}, "--connection-share"},
-      {{"--connection-memory", "big"}, "(or none)"},
-      {{"--connection-share", "101"}, "percentage from 1 to 100"},
-      {{"--stall-timeout", "forever"}, "--stall-timeout"},
-      {{"--stall-timeout", "25h"}, "at most 24h"},
-      {{"positional"}, "unexpected argument"},
+      {[](MergedConfig& m) { m.settings.set_default_export("x"); },
+       "--default-export: no --export named \"x\""},
   };
   for (const Case& c : cases) {
-    auto f = Parse(c.args);
-    ASSERT_FALSE(f.ok()) << c.mentions;
-    EXPECT_NE(f.status().message().find(c.mentions), absl::string_view::npos)
-        << f.status().message();
+    MergedConfig m;
+    c.set(m);
+    auto r = DaemonConfigFromMerged(m);
+    ASSERT_FALSE(r.ok()) << c.mentions;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.mentions));
   }
 }
 
