@@ -1,22 +1,35 @@
 #ifndef NBDMGR_CLI_COMMANDS_H_
 #define NBDMGR_CLI_COMMANDS_H_
 
-#include <string>
-#include <vector>
+#include <functional>
 
 #include "cli/client.h"
 
+namespace CLI {
+class App;
+}  // namespace CLI
+
 namespace nbdmgr::cli {
 
-// Each returns the process exit code.
-int CreateCommand(const Global& g, const std::vector<std::string>& words);
-int ListCommand(const Global& g, const std::vector<std::string>& words);
-int GetCommand(const Global& g, const std::vector<std::string>& words);
-int UpdateCommand(const Global& g, const std::vector<std::string>& words);
-int RemoveCommand(const Global& g, const std::vector<std::string>& words);
-int DaemonCommand(const Global& g, const std::vector<std::string>& words);
-int StatsCommand(const Global& g, const std::vector<std::string>& words);
-int HealthCommand(const Global& g, const std::vector<std::string>& words);
+// One nbdctl subcommand, registered on the CLI11 app before parsing.
+struct Command {
+  CLI::App* app;  // the subcommand; owned by the app it was added to
+  // Runs the subcommand with the flags parsing stored; returns the process
+  // exit code. Call only after a successful parse that chose `app`.
+  std::function<int()> run;
+};
+
+// Each adds one subcommand to `app` (set up with MakeHelpFormatter). Its
+// flags are bound to state owned by the returned Command; `g` is read when
+// the command runs and must outlive it.
+Command AddCreateCommand(CLI::App& app, const Global& g);
+Command AddListCommand(CLI::App& app, const Global& g);
+Command AddGetCommand(CLI::App& app, const Global& g);
+Command AddUpdateCommand(CLI::App& app, const Global& g);
+Command AddRemoveCommand(CLI::App& app, const Global& g);
+Command AddDaemonCommand(CLI::App& app, const Global& g);
+Command AddStatsCommand(CLI::App& app, const Global& g);
+Command AddHealthCommand(CLI::App& app, const Global& g);
 
 }  // namespace nbdmgr::cli
 

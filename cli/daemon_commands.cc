@@ -1,22 +1,18 @@
 // nbdctl daemon.
 
 #include <cstdio>
+#include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
-#include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "lib/util/duration.h"
 #include "lib/util/size.h"
 #include "nbdmgr/v1/daemon.grpc.pb.h"
 
 namespace nbdmgr::cli {
 namespace {
-
-constexpr char kDaemonHelp[] = R"(Usage: nbdctl daemon [--memory-cap SIZE]
-
-Shows the daemon (version, addresses, uptime, totals); with --memory-cap,
-changes the daemon-wide cap on request-buffer memory (0 removes it).
-)";
 
 void Print(const Global& g, const v1::Daemon& d) {
   if (g.output == "json") {
@@ -44,15 +40,8 @@ void Print(const Global& g, const v1::Daemon& d) {
               FormatSize(d.buffer_bytes_cached()).c_str());
 }
 
-}  // namespace
-
-int DaemonCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a = ParseArgs(words, {"--memory-cap"}, {});
-  if (!a.ok())
-    return UsageError(std::string(a.status().message()), kDaemonHelp);
-  if (a->help) return std::printf("%s", kDaemonHelp), kExitOk;
-  if (!a->positional.empty())
-    return UsageError("daemon takes no arguments", kDaemonHelp);
+int RunDaemon(const Global& g, const std::optional<std::string>& memory_cap,
+              const CLI::App& cmd) {
   std::string error;
   auto channel = Connect(g, &error);
   if (channel == nullptr)
@@ -60,11 +49,11 @@ int DaemonCommand(const Global& g, const std::vector<std::string>& words) {
   auto stub = v1::DaemonService::NewStub(channel);
   v1::Daemon out;
   grpc::Status s;
-  if (a->has("--memory-cap")) {
-    auto cap = ParseSize(a->get("--memory-cap"));
+  if (memory_cap) {
+    auto cap = ParseSize(*memory_cap);
     if (!cap.ok()) {
       return UsageError(absl::StrCat("--memory-cap: ", cap.status().message()),
-                        kDaemonHelp);
+                        HelpOf(cmd));
     }
     v1::UpdateDaemonRequest req;
     req.mutable_daemon()->set_memory_cap_bytes(*cap);
@@ -76,6 +65,21 @@ int DaemonCommand(const Global& g, const std::vector<std::string>& words) {
   if (!s.ok()) return ReportError(s);
   Print(g, out);
   return kExitOk;
+}
+
+}  // namespace
+
+Command AddDaemonCommand(CLI::App& app, const Global& g) {
+  CLI::App* cmd = AddSubcommand(
+      app, "daemon",
+      "Shows the daemon; --memory-cap SIZE changes its cap.\n"
+      "Shows the daemon (version, addresses, uptime, totals); with\n"
+      "--memory-cap, changes the daemon-wide cap on request-buffer memory.");
+  auto memory_cap = std::make_shared<std::optional<std::string>>();
+  AddOptional(cmd, "--memory-cap", "SIZE", memory_cap.get(),
+              "the new cap (0 removes it)");
+  return {cmd,
+          [&g, memory_cap, cmd] { return RunDaemon(g, *memory_cap, *cmd); }};
 }
 
 }  // namespace nbdmgr::cli

@@ -1,11 +1,14 @@
 // nbdctl create | list | get | update | remove.
 
 #include <cstdio>
+#include <memory>
+#include <optional>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "lib/buffer/buffer_policy.h"
 #include "lib/control/proto_convert.h"
 #include "lib/util/duration.h"
@@ -15,103 +18,97 @@
 namespace nbdmgr::cli {
 namespace {
 
-constexpr char kCreateHelp[] =
-    R"(Usage: nbdctl create NAME (--memory SIZE | --null SIZE | --file PATH [--size SIZE])
-                    [--read-only] [--description TEXT] [--buffer-strategy S]
-                    [--memory-cap SIZE] [--pool-idle-release DUR]
-                    [--tls off|optional|require] [--max-clients N]
-                    [--stall-timeout DUR|default]
-                    [--min-block-size N] [--preferred-block-size N] [--max-payload N]
+// The flags create and update share; an unset one leaves its field alone.
+struct CommonFlags {
+  std::optional<std::string> description, buffer_strategy, memory_cap,
+      pool_idle_release, tls, max_clients, stall_timeout;
+};
 
-Creates an export and starts serving it. It is persisted in the daemon's state
-directory and recreated when the daemon restarts.
-  --memory SIZE           sparse RAM disk of SIZE (e.g. 1GiB)
-  --null SIZE             discards writes, reads zeroes
-  --file PATH             a file or block device under the daemon's --allow-path;
-                          with --size, created (sparse) if missing
-  --buffer-strategy S     pool (default), exact, fixed, grow, stream
-  --memory-cap SIZE       cap on this export's request buffers
-  --pool-idle-release DUR free idle pool buffers after DUR (e.g. 5s)
-  --tls MODE              off (default), optional, or require: clients must
-                          start TLS first (the daemon needs TLS credentials)
-  --max-clients N         connected clients at once (0 = no cap)
-  --stall-timeout DUR     disconnect a client that stops sending a payload or
-                          reading replies for DUR (0 = never; default: the
-                          daemon's --stall-timeout)
-  --min-block-size N, --preferred-block-size N, --max-payload N
-                          block sizes advertised to clients (defaults 1, 4KiB,
-                          32MiB); unaligned READ/WRITE get EINVAL
-)";
-constexpr char kListHelp[] = "Usage: nbdctl list\n\nLists every export.\n";
-constexpr char kGetHelp[] = "Usage: nbdctl get NAME\n\nShows one export.\n";
-constexpr char kUpdateHelp[] =
-    R"(Usage: nbdctl update NAME [--buffer-strategy S] [--memory-cap SIZE]
-                    [--pool-idle-release DUR] [--description TEXT]
-                    [--tls off|optional|require] [--max-clients N]
-                    [--stall-timeout DUR|default] [--retry]
+struct CreateFlags {
+  std::string name;
+  std::optional<std::string> memory, null, file, size;
+  bool read_only = false;
+  CommonFlags common;
+  std::optional<std::string> min_block_size, preferred_block_size, max_payload;
+};
 
-Changes a live export. New requests use the new buffer settings; requests in
-flight finish with theirs; --tls and --max-clients apply to new clients; no
-client is disconnected. The change is saved before it is applied.
-  --retry        reopen a FAILED export (one whose file could not be opened at
-                 start) after fixing the cause; it is served once that works
-)";
-constexpr char kRemoveHelp[] =
-    R"(Usage: nbdctl remove NAME [--mode safe|drain|hard] [--timeout DUR]
+struct UpdateFlags {
+  std::string name;
+  CommonFlags common;
+  bool retry = false;
+};
 
-Removes an export.
-  --mode safe    (default) refuse while clients are connected
-  --mode drain   refuse new clients, let connected ones finish their in-flight
-                 requests, flush, then close them (forcibly at --timeout)
-  --mode hard    flush what was acknowledged, then close connections now
-  --timeout DUR  deadline for drain (default 30s)
-)";
+struct RemoveFlags {
+  std::string name;
+  std::string mode = "safe";
+  std::optional<std::string> timeout;
+};
 
-// Applies the buffer and description flags shared by create and update;
-// records the field-mask paths it set. Returns a usage message or "".
-std::string ApplyCommonFlags(const Args& a, v1::Export* e,
+void AddCommonFlags(CLI::App* cmd, CommonFlags* f) {
+  AddOptional(cmd, "--description", "TEXT", &f->description,
+              "free text kept with the export");
+  AddOptional(cmd, "--buffer-strategy", "S", &f->buffer_strategy,
+              "pool (default), exact, fixed, grow, stream");
+  AddOptional(cmd, "--memory-cap", "SIZE", &f->memory_cap,
+              "cap on this export's request buffers");
+  AddOptional(cmd, "--pool-idle-release", "DUR", &f->pool_idle_release,
+              "free idle pool buffers after DUR (e.g. 5s)");
+  AddOptional(cmd, "--tls", "MODE", &f->tls,
+              "off (default), optional, or require: clients must\n"
+              "start TLS first (the daemon needs TLS credentials)");
+  AddOptional(cmd, "--max-clients", "N", &f->max_clients,
+              "connected clients at once (0 = no cap)");
+  AddOptional(cmd, "--stall-timeout", "DUR", &f->stall_timeout,
+              "disconnect a client that stops sending a payload\n"
+              "or reading replies for DUR (0 = never; 'default':\n"
+              "the daemon's --stall-timeout)");
+}
+
+// Applies the common flags to `e`; records the field-mask paths it set.
+// Returns a usage message or "".
+std::string ApplyCommonFlags(const CommonFlags& f, v1::Export* e,
                              std::vector<std::string>* paths) {
-  if (a.has("--description")) {
-    e->set_description(a.get("--description"));
+  if (f.description) {
+    e->set_description(*f.description);
     paths->push_back("description");
   }
-  if (a.has("--buffer-strategy")) {
-    auto s = ParseBufferStrategy(a.get("--buffer-strategy"));
+  if (f.buffer_strategy) {
+    auto s = ParseBufferStrategy(*f.buffer_strategy);
     if (!s.ok()) return std::string(s.status().message());
     e->set_buffer_strategy(StrategyToProto(*s));
     paths->push_back("buffer_strategy");
   }
-  if (a.has("--memory-cap")) {
-    auto cap = ParseSize(a.get("--memory-cap"));
+  if (f.memory_cap) {
+    auto cap = ParseSize(*f.memory_cap);
     if (!cap.ok())
       return absl::StrCat("--memory-cap: ", cap.status().message());
     e->set_memory_cap_bytes(*cap);
     paths->push_back("memory_cap_bytes");
   }
-  if (a.has("--pool-idle-release")) {
-    auto d = ParseDuration(a.get("--pool-idle-release"));
+  if (f.pool_idle_release) {
+    auto d = ParseDuration(*f.pool_idle_release);
     if (!d.ok())
       return absl::StrCat("--pool-idle-release: ", d.status().message());
     *e->mutable_pool_idle_release() = DurationToProto(*d);
     paths->push_back("pool_idle_release");
   }
-  if (a.has("--tls")) {
-    auto m = ParseTlsMode(a.get("--tls"));
+  if (f.tls) {
+    auto m = ParseTlsMode(*f.tls);
     if (!m.ok()) return absl::StrCat("--tls: ", m.status().message());
     e->set_tls(TlsModeToProto(*m));
     paths->push_back("tls");
   }
-  if (a.has("--max-clients")) {
+  if (f.max_clients) {
     uint32_t n = 0;
-    if (!absl::SimpleAtoi(a.get("--max-clients"), &n)) {
+    if (!absl::SimpleAtoi(*f.max_clients, &n)) {
       return "--max-clients: expected a count";
     }
     e->set_max_clients(n);
     paths->push_back("max_clients");
   }
-  if (a.has("--stall-timeout")) {
-    if (a.get("--stall-timeout") != "default") {
-      auto d = ParseDuration(a.get("--stall-timeout"));
+  if (f.stall_timeout) {
+    if (*f.stall_timeout != "default") {
+      auto d = ParseDuration(*f.stall_timeout);
       if (!d.ok())
         return absl::StrCat("--stall-timeout: ", d.status().message());
       *e->mutable_stall_timeout() = DurationToProto(*d);
@@ -188,73 +185,73 @@ std::unique_ptr<v1::ExportService::Stub> Stub(const Global& g, int* exit_code) {
   return v1::ExportService::NewStub(channel);
 }
 
-}  // namespace
-
-int CreateCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a =
-      ParseArgs(words,
-                {"--memory", "--null", "--file", "--size", "--description",
-                 "--buffer-strategy", "--memory-cap", "--pool-idle-release",
-                 "--tls", "--max-clients", "--stall-timeout",
-                 "--min-block-size", "--preferred-block-size", "--max-payload"},
-                {"--read-only"});
-  if (!a.ok())
-    return UsageError(std::string(a.status().message()), kCreateHelp);
-  if (a->help) return std::printf("%s", kCreateHelp), kExitOk;
-  if (a->positional.size() != 1)
-    return UsageError("create takes one NAME", kCreateHelp);
-  int backends = a->has("--memory") + a->has("--null") + a->has("--file");
-  if (backends != 1) {
-    return UsageError("give exactly one of --memory, --null, --file",
-                      kCreateHelp);
+// The size `value` of `flag`; InvalidArgument naming the flag.
+absl::StatusOr<uint64_t> SizeFlag(const std::string& flag,
+                                  const std::string& value) {
+  auto s = ParseSize(value);
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": ", s.status().message()));
   }
-  v1::CreateExportRequest req;
-  req.set_export_id(a->positional[0]);
-  v1::Export* e = req.mutable_export_();
-  e->set_read_only(a->has("--read-only"));
-  auto size_of = [&](const std::string& flag, uint64_t* out) -> std::string {
-    auto s = ParseSize(a->get(flag));
-    if (!s.ok()) return absl::StrCat(flag, ": ", s.status().message());
-    *out = *s;
-    return "";
-  };
-  uint64_t size = 0;
-  std::string err;
-  if (a->has("--memory")) {
-    err = size_of("--memory", &size);
-    e->mutable_memory()->set_size_bytes(size);
-  } else if (a->has("--null")) {
-    err = size_of("--null", &size);
-    e->mutable_null()->set_size_bytes(size);
+  return *s;
+}
+
+// Sets the one backend the flags name. Returns a usage message or "".
+std::string SetBackend(const CreateFlags& f, v1::Export* e) {
+  absl::StatusOr<uint64_t> size = uint64_t{0};
+  if (f.memory) {
+    size = SizeFlag("--memory", *f.memory);
+    e->mutable_memory()->set_size_bytes(size.value_or(0));
+  } else if (f.null) {
+    size = SizeFlag("--null", *f.null);
+    e->mutable_null()->set_size_bytes(size.value_or(0));
   } else {
-    e->mutable_file()->set_path(a->get("--file"));
-    if (a->has("--size")) {
-      err = size_of("--size", &size);
-      e->mutable_file()->set_size_bytes(size);
+    e->mutable_file()->set_path(*f.file);
+    if (f.size) {
+      size = SizeFlag("--size", *f.size);
+      e->mutable_file()->set_size_bytes(size.value_or(0));
       e->mutable_file()->set_create(true);
     }
   }
-  if (!err.empty()) return UsageError(err, kCreateHelp);
-  for (const char* flag :
-       {"--min-block-size", "--preferred-block-size", "--max-payload"}) {
-    if (!a->has(flag)) continue;
-    uint64_t v = 0;
-    if (std::string m = size_of(flag, &v); !m.empty())
-      return UsageError(m, kCreateHelp);
-    if (v > UINT32_MAX)
-      return UsageError(absl::StrCat(flag, ": too large"), kCreateHelp);
-    v1::BlockSizes* b = e->mutable_block_sizes();
-    std::string f = flag;
-    if (f == "--min-block-size")
-      b->set_minimum(static_cast<uint32_t>(v));
-    else if (f == "--preferred-block-size")
-      b->set_preferred(static_cast<uint32_t>(v));
-    else
-      b->set_maximum_payload(static_cast<uint32_t>(v));
+  return size.ok() ? "" : std::string(size.status().message());
+}
+
+// Sets the block sizes the flags give. Returns a usage message or "".
+std::string SetBlockSizes(const CreateFlags& f, v1::Export* e) {
+  struct Field {
+    const char* flag;
+    const std::optional<std::string>* value;
+    void (v1::BlockSizes::*set)(uint32_t);
+  };
+  for (const Field& field :
+       {Field{"--min-block-size", &f.min_block_size,
+              &v1::BlockSizes::set_minimum},
+        Field{"--preferred-block-size", &f.preferred_block_size,
+              &v1::BlockSizes::set_preferred},
+        Field{"--max-payload", &f.max_payload,
+              &v1::BlockSizes::set_maximum_payload}}) {
+    if (!*field.value) continue;
+    absl::StatusOr<uint64_t> v = SizeFlag(field.flag, **field.value);
+    if (!v.ok()) return std::string(v.status().message());
+    if (*v > UINT32_MAX) return absl::StrCat(field.flag, ": too large");
+    (e->mutable_block_sizes()->*field.set)(static_cast<uint32_t>(*v));
   }
+  return "";
+}
+
+int RunCreate(const Global& g, const CreateFlags& f, const CLI::App& cmd) {
+  if (f.memory.has_value() + f.null.has_value() + f.file.has_value() != 1) {
+    return UsageError("give exactly one of --memory, --null, --file",
+                      HelpOf(cmd));
+  }
+  v1::CreateExportRequest req;
+  req.set_export_id(f.name);
+  v1::Export* e = req.mutable_export_();
+  e->set_read_only(f.read_only);
   std::vector<std::string> paths;
-  if (std::string m = ApplyCommonFlags(*a, e, &paths); !m.empty()) {
-    return UsageError(m, kCreateHelp);
+  for (const std::string& m : {SetBackend(f, e), SetBlockSizes(f, e),
+                               ApplyCommonFlags(f.common, e, &paths)}) {
+    if (!m.empty()) return UsageError(m, HelpOf(cmd));
   }
   int code = kExitOk;
   auto stub = Stub(g, &code);
@@ -266,12 +263,7 @@ int CreateCommand(const Global& g, const std::vector<std::string>& words) {
   return kExitOk;
 }
 
-int ListCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a = ParseArgs(words, {}, {});
-  if (!a.ok()) return UsageError(std::string(a.status().message()), kListHelp);
-  if (a->help) return std::printf("%s", kListHelp), kExitOk;
-  if (!a->positional.empty())
-    return UsageError("list takes no arguments", kListHelp);
+int RunList(const Global& g) {
   int code = kExitOk;
   auto stub = Stub(g, &code);
   if (!stub) return code;
@@ -297,17 +289,12 @@ int ListCommand(const Global& g, const std::vector<std::string>& words) {
   return kExitOk;
 }
 
-int GetCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a = ParseArgs(words, {}, {});
-  if (!a.ok()) return UsageError(std::string(a.status().message()), kGetHelp);
-  if (a->help) return std::printf("%s", kGetHelp), kExitOk;
-  if (a->positional.size() != 1)
-    return UsageError("get takes one NAME", kGetHelp);
+int RunGet(const Global& g, const std::string& name) {
   int code = kExitOk;
   auto stub = Stub(g, &code);
   if (!stub) return code;
   v1::GetExportRequest req;
-  req.set_name(ExportResourceName(a->positional[0]));
+  req.set_name(ExportResourceName(name));
   v1::Export out;
   grpc::Status s = stub->GetExport(Context().get(), req, &out);
   if (!s.ok()) return ReportError(s);
@@ -315,27 +302,17 @@ int GetCommand(const Global& g, const std::vector<std::string>& words) {
   return kExitOk;
 }
 
-int UpdateCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a = ParseArgs(
-      words,
-      {"--description", "--buffer-strategy", "--memory-cap",
-       "--pool-idle-release", "--tls", "--max-clients", "--stall-timeout"},
-      {"--retry"});
-  if (!a.ok())
-    return UsageError(std::string(a.status().message()), kUpdateHelp);
-  if (a->help) return std::printf("%s", kUpdateHelp), kExitOk;
-  if (a->positional.size() != 1)
-    return UsageError("update takes one NAME", kUpdateHelp);
+int RunUpdate(const Global& g, const UpdateFlags& f, const CLI::App& cmd) {
   v1::UpdateExportRequest req;
-  req.mutable_export_()->set_name(ExportResourceName(a->positional[0]));
+  req.mutable_export_()->set_name(ExportResourceName(f.name));
   std::vector<std::string> paths;
-  if (std::string m = ApplyCommonFlags(*a, req.mutable_export_(), &paths);
+  if (std::string m = ApplyCommonFlags(f.common, req.mutable_export_(), &paths);
       !m.empty()) {
-    return UsageError(m, kUpdateHelp);
+    return UsageError(m, HelpOf(cmd));
   }
-  req.set_retry(a->has("--retry"));
+  req.set_retry(f.retry);
   if (paths.empty() && !req.retry()) {
-    return UsageError("nothing to update", kUpdateHelp);
+    return UsageError("nothing to update", HelpOf(cmd));
   }
   for (const auto& p : paths) req.mutable_update_mask()->add_paths(p);
   int code = kExitOk;
@@ -348,30 +325,23 @@ int UpdateCommand(const Global& g, const std::vector<std::string>& words) {
   return kExitOk;
 }
 
-int RemoveCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a = ParseArgs(words, {"--mode", "--timeout"}, {});
-  if (!a.ok())
-    return UsageError(std::string(a.status().message()), kRemoveHelp);
-  if (a->help) return std::printf("%s", kRemoveHelp), kExitOk;
-  if (a->positional.size() != 1)
-    return UsageError("remove takes one NAME", kRemoveHelp);
+int RunRemove(const Global& g, const RemoveFlags& f, const CLI::App& cmd) {
   v1::DeleteExportRequest req;
-  req.set_name(ExportResourceName(a->positional[0]));
-  std::string mode = a->get("--mode", "safe");
-  if (mode == "safe")
+  req.set_name(ExportResourceName(f.name));
+  if (f.mode == "safe")
     req.set_mode(v1::SAFE);
-  else if (mode == "drain")
+  else if (f.mode == "drain")
     req.set_mode(v1::DRAIN);
-  else if (mode == "hard")
+  else if (f.mode == "hard")
     req.set_mode(v1::HARD);
   else
-    return UsageError("--mode must be safe, drain or hard", kRemoveHelp);
+    return UsageError("--mode must be safe, drain or hard", HelpOf(cmd));
   int timeout_s = 30;
-  if (a->has("--timeout")) {
-    auto d = ParseDuration(a->get("--timeout"));
+  if (f.timeout) {
+    auto d = ParseDuration(*f.timeout);
     if (!d.ok())
       return UsageError(absl::StrCat("--timeout: ", d.status().message()),
-                        kRemoveHelp);
+                        HelpOf(cmd));
     *req.mutable_timeout() = DurationToProto(*d);
     timeout_s = static_cast<int>(d->count() / 1000);
   }
@@ -384,10 +354,92 @@ int RemoveCommand(const Global& g, const std::vector<std::string>& words) {
   if (g.output == "json") {
     std::printf("%s", ToJson(out).c_str());
   } else {
-    std::printf("removed %s (%u connection(s) closed)\n",
-                a->positional[0].c_str(), out.closed_clients());
+    std::printf("removed %s (%u connection(s) closed)\n", f.name.c_str(),
+                out.closed_clients());
   }
   return kExitOk;
+}
+
+void AddNameArgument(CLI::App* cmd, std::string* name) {
+  cmd->add_option("NAME", *name, "the export's name (its id)")
+      ->required()
+      ->type_name("");
+}
+
+}  // namespace
+
+Command AddCreateCommand(CLI::App& app, const Global& g) {
+  CLI::App* cmd = AddSubcommand(
+      app, "create",
+      "Creates an export and starts serving it.\n"
+      "It is persisted in the daemon's state directory and recreated when\n"
+      "the daemon restarts. Give exactly one of --memory, --null, --file.");
+  auto f = std::make_shared<CreateFlags>();
+  AddNameArgument(cmd, &f->name);
+  AddOptional(cmd, "--memory", "SIZE", &f->memory,
+              "sparse RAM disk of SIZE (e.g. 1GiB)");
+  AddOptional(cmd, "--null", "SIZE", &f->null, "discards writes, reads zeroes");
+  AddOptional(cmd, "--file", "PATH", &f->file,
+              "a file or block device under the daemon's\n"
+              "--allow-path; with --size, created (sparse) if\n"
+              "missing");
+  AddOptional(cmd, "--size", "SIZE", &f->size, "size of a --file to create");
+  cmd->add_flag("--read-only", f->read_only, "clients may not write");
+  AddCommonFlags(cmd, &f->common);
+  AddOptional(cmd, "--min-block-size", "N", &f->min_block_size,
+              "smallest block size advertised to clients\n"
+              "(default 1); unaligned READ/WRITE get EINVAL");
+  AddOptional(cmd, "--preferred-block-size", "N", &f->preferred_block_size,
+              "preferred block size advertised (default 4KiB)");
+  AddOptional(cmd, "--max-payload", "N", &f->max_payload,
+              "largest READ/WRITE payload (default 32MiB)");
+  return {cmd, [&g, f, cmd] { return RunCreate(g, *f, *cmd); }};
+}
+
+Command AddListCommand(CLI::App& app, const Global& g) {
+  CLI::App* cmd = AddSubcommand(app, "list", "Lists every export.");
+  return {cmd, [&g] { return RunList(g); }};
+}
+
+Command AddGetCommand(CLI::App& app, const Global& g) {
+  CLI::App* cmd = AddSubcommand(app, "get", "Shows one export.");
+  auto name = std::make_shared<std::string>();
+  AddNameArgument(cmd, name.get());
+  return {cmd, [&g, name] { return RunGet(g, *name); }};
+}
+
+Command AddUpdateCommand(CLI::App& app, const Global& g) {
+  CLI::App* cmd = AddSubcommand(
+      app, "update",
+      "Changes a live export.\n"
+      "New requests use the new buffer settings; requests in flight finish\n"
+      "with theirs; --tls and --max-clients apply to new clients; no client\n"
+      "is disconnected. The change is saved before it is applied.");
+  auto f = std::make_shared<UpdateFlags>();
+  AddNameArgument(cmd, &f->name);
+  AddCommonFlags(cmd, &f->common);
+  cmd->add_flag("--retry", f->retry,
+                "reopen a FAILED export (one whose file could not\n"
+                "be opened at start) after fixing the cause; it is\n"
+                "served once that works");
+  return {cmd, [&g, f, cmd] { return RunUpdate(g, *f, *cmd); }};
+}
+
+Command AddRemoveCommand(CLI::App& app, const Global& g) {
+  CLI::App* cmd = AddSubcommand(app, "remove",
+                                "Removes an export (--mode safe|drain|hard).");
+  auto f = std::make_shared<RemoveFlags>();
+  AddNameArgument(cmd, &f->name);
+  cmd->add_option("--mode", f->mode,
+                  "safe (default): refuse while clients are connected;\n"
+                  "drain: refuse new clients, let connected ones\n"
+                  "finish their in-flight requests, flush, then close\n"
+                  "them (forcibly at --timeout); hard: flush what was\n"
+                  "acknowledged, then close connections now")
+      ->type_name("MODE");
+  AddOptional(cmd, "--timeout", "DUR", &f->timeout,
+              "deadline for drain (default 30s)");
+  return {cmd, [&g, f, cmd] { return RunRemove(g, *f, *cmd); }};
 }
 
 }  // namespace nbdmgr::cli

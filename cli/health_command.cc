@@ -6,34 +6,18 @@
 
 #include <cstdio>
 #include <future>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 
 namespace nbdmgr::cli {
 namespace {
 
-constexpr char kHealthHelp[] = R"(Usage: nbdctl health [SERVICE]
-
-Asks the daemon's grpc.health.v1.Health service whether SERVICE (default:
-the whole server) is serving. Prints SERVING, NOT_SERVING or SERVICE_UNKNOWN;
-exits 0 only for SERVING (1 otherwise, 3 if the daemon is unreachable).
-Meant for liveness/readiness probes.
-)";
-
-}  // namespace
-
-int HealthCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a = ParseArgs(words, {}, {});
-  if (!a.ok())
-    return UsageError(std::string(a.status().message()), kHealthHelp);
-  if (a->help) return std::printf("%s", kHealthHelp), kExitOk;
-  if (a->positional.size() > 1) {
-    return UsageError("health takes at most one SERVICE", kHealthHelp);
-  }
-  const std::string service = a->positional.empty() ? "" : a->positional[0];
-  if (service.size() > 127) return UsageError("SERVICE too long", kHealthHelp);
+int RunHealth(const Global& g, const std::string& service,
+              const CLI::App& cmd) {
+  if (service.size() > 127) return UsageError("SERVICE too long", HelpOf(cmd));
   std::string error;
   auto channel = Connect(g, &error);
   if (channel == nullptr)
@@ -69,6 +53,21 @@ int HealthCommand(const Global& g, const std::vector<std::string>& words) {
                                  "SERVICE_UNKNOWN"};
   std::printf("%s\n", status >= 0 && status <= 3 ? kNames[status] : "UNKNOWN");
   return status == 1 ? kExitOk : kExitServerError;
+}
+
+}  // namespace
+
+Command AddHealthCommand(CLI::App& app, const Global& g) {
+  CLI::App* cmd = AddSubcommand(
+      app, "health",
+      "gRPC health check (exit 0 if SERVING; for probes).\n"
+      "Asks the daemon's grpc.health.v1.Health service whether SERVICE\n"
+      "(default: the whole server) is serving. Prints SERVING, NOT_SERVING\n"
+      "or SERVICE_UNKNOWN; exits 0 only for SERVING (1 otherwise, 3 if the\n"
+      "daemon is unreachable). Meant for liveness/readiness probes.");
+  auto service = std::make_shared<std::string>();
+  cmd->add_option("SERVICE", *service, "a gRPC service name")->type_name("");
+  return {cmd, [&g, service, cmd] { return RunHealth(g, *service, *cmd); }};
 }
 
 }  // namespace nbdmgr::cli

@@ -1,97 +1,128 @@
 // nbdctl: the operator CLI over nbdmgrd's gRPC control API.
 
 #include <cstdio>
-#include <map>
 #include <string>
 #include <vector>
 
-#include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 
+namespace nbdmgr::cli {
 namespace {
 
-constexpr char kHelp[] =
-    R"(Usage: nbdctl [--control ADDR] [-o table|json] COMMAND [ARGS]
+constexpr char kDescription[] =
+    R"(Manages a running nbdmgrd over its control API.
+Global flags go anywhere on the line, before or after the command:
+'nbdctl list -o json' is 'nbdctl -o json list'.)";
 
-Manages a running nbdmgrd over its control API.
-
-Commands:
-  create NAME ...   create an export (--memory/--null SIZE or --file PATH)
-  list              list exports
-  get NAME          show one export
-  update NAME ...   change buffer strategy, memory cap, description
-  remove NAME       remove an export (--mode safe|drain|hard)
-  daemon            show the daemon; --memory-cap SIZE changes its cap
-  stats [NAME]      I/O rates, latency, buffers (-o table|json|prometheus,
-                    --watch 1s)
-  health [SERVICE]  gRPC health check (exit 0 if SERVING; for probes)
-
-Global flags:
-  --control ADDR    unix:/PATH or tcp:HOST:PORT
-                    (default unix:/run/nbdmgr/control.sock)
-  -o, --output F    table (default) or json
-  --tls-ca FILE, --tls-cert FILE, --tls-key FILE
-                    TLS for a TCP control address (cert/key: mutual TLS)
-  --insecure        TCP without TLS
-
-Exit codes: 0 ok, 1 the daemon returned an error (code and message on
+constexpr char kFooter[] =
+    R"(Exit codes: 0 ok, 1 the daemon returned an error (code and message on
 stderr), 2 bad command line, 3 daemon unreachable.
-Run 'nbdctl COMMAND --help' for a command's flags.
-)";
+Run 'nbdctl COMMAND --help' for a command's flags.)";
+
+// Binds the global flags to *g. Subcommands fall through to `app` for them,
+// so they are accepted anywhere on the line.
+void AddGlobalFlags(CLI::App& app, Global* g) {
+  // A flag given twice keeps its last value (and subcommands inherit this),
+  // as with the hand-written parser: `nbdctl -o json stats -o prometheus`.
+  app.option_defaults()->group("Global flags")->take_last();
+  app.set_help_flag("-h,--help", "print this help and exit")
+      ->group("Global flags");
+  app.add_option("--control", g->control,
+                 "unix:/PATH or tcp:HOST:PORT\n"
+                 "(default unix:/run/nbdmgr/control.sock)")
+      ->type_name("ADDR");
+  app.add_option("-o,--output", g->output,
+                 "table (default) or json; stats also takes\n"
+                 "prometheus")
+      ->type_name("F")
+      // CLI11 reads "-o=json" as the value "=json"; kubectl-style and the
+      // old parser take it as "json".
+      ->transform(
+          [](std::string v) { return v.starts_with("=") ? v.substr(1) : v; });
+  app.add_option("--tls-ca", g->tls_ca,
+                 "CA certificates for a TCP control address")
+      ->type_name("FILE");
+  app.add_option("--tls-cert", g->tls_cert,
+                 "client certificate (mutual TLS; with --tls-key)")
+      ->type_name("FILE");
+  app.add_option("--tls-key", g->tls_key, "client private key (mutual TLS)")
+      ->type_name("FILE");
+  app.add_flag("--insecure", g->insecure, "TCP without TLS");
+  app.set_version_flag("--version", std::string("nbdctl ") + NBDMGR_VERSION,
+                       "print the version and exit");
+}
+
+// Adds every subcommand, and a hidden `help` that prints the tool's help.
+std::vector<Command> AddCommands(CLI::App& app, const Global& g) {
+  std::vector<Command> commands = {
+      AddCreateCommand(app, g), AddListCommand(app, g),
+      AddGetCommand(app, g),    AddUpdateCommand(app, g),
+      AddRemoveCommand(app, g), AddDaemonCommand(app, g),
+      AddStatsCommand(app, g),  AddHealthCommand(app, g)};
+  CLI::App* help = app.add_subcommand("help", "")->group("");
+  commands.push_back({help, [&app] {
+                        std::printf("%s", HelpOf(app).c_str());
+                        return kExitOk;
+                      }});
+  return commands;
+}
+
+// The usage message for a failed parse, naming the word it failed on.
+std::string UsageMessage(const CLI::App& app, const CLI::ParseError& e) {
+  const bool no_command = app.get_subcommands().empty();
+  if (dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr ||
+      (no_command && dynamic_cast<const CLI::RequiredError*>(&e) != nullptr)) {
+    std::vector<std::string> extra = app.remaining(true);
+    if (extra.empty()) return "missing command";
+    if (extra[0].starts_with("-")) return "unknown flag " + extra[0];
+    return (no_command ? "unknown command " : "unexpected argument ") +
+           extra[0];
+  }
+  return e.what();
+}
+
+// What a failed parse exits with: 0 after printing help or the version,
+// else kExitUsage after printing the error and the help of the command.
+int OnParseError(const CLI::App& app, const CLI::ParseError& e) {
+  if (dynamic_cast<const CLI::CallForHelp*>(&e) != nullptr ||
+      dynamic_cast<const CLI::CallForAllHelp*>(&e) != nullptr) {
+    std::printf("%s", app.help().c_str());  // of the command, if one is given
+    return kExitOk;
+  }
+  if (dynamic_cast<const CLI::CallForVersion*>(&e) != nullptr) {
+    std::printf("%s\n", e.what());
+    return kExitOk;
+  }
+  return UsageError(UsageMessage(app, e), app.help());
+}
 
 }  // namespace
+}  // namespace nbdmgr::cli
 
 int main(int argc, char** argv) {
   using namespace nbdmgr::cli;
   Global g;
-  std::vector<std::string> words(argv + 1, argv + argc);
-  size_t i = 0;
-  // Global flags come before the command.
-  for (; i < words.size() && words[i].starts_with("-"); ++i) {
-    std::string w = words[i], value;
-    bool inline_value = false;
-    if (size_t eq = w.find('='); eq != std::string::npos) {
-      value = w.substr(eq + 1);
-      w = w.substr(0, eq);
-      inline_value = true;
-    }
-    if (w == "--help" || w == "-h") return std::printf("%s", kHelp), kExitOk;
-    if (w == "--version")
-      return std::printf("nbdctl %s\n", NBDMGR_VERSION), kExitOk;
-    if (w == "--insecure") {
-      g.insecure = true;
-      continue;
-    }
-    static const std::map<std::string, std::string*> kValued = {
-        {"--control", &g.control},   {"-o", &g.output},
-        {"--output", &g.output},     {"--tls-ca", &g.tls_ca},
-        {"--tls-cert", &g.tls_cert}, {"--tls-key", &g.tls_key}};
-    auto it = kValued.find(w);
-    if (it == kValued.end()) return UsageError("unknown flag " + w, kHelp);
-    if (!inline_value) {
-      if (i + 1 >= words.size())
-        return UsageError(w + ": missing value", kHelp);
-      value = words[++i];
-    }
-    *it->second = value;
+  CLI::App app(kDescription, "nbdctl");
+  app.formatter(MakeHelpFormatter());
+  app.fallthrough();  // inherited: subcommands hand global flags to `app`
+  app.require_subcommand(1);
+  AddGlobalFlags(app, &g);
+  const std::vector<Command> commands = AddCommands(app, g);
+  app.footer(kFooter);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return OnParseError(app, e);
   }
-  if (i >= words.size()) return UsageError("missing command", kHelp);
-  std::string cmd = words[i];
-  if (g.output != "table" && g.output != "json" &&
-      !(cmd == "stats" && g.output == "prometheus")) {
-    return UsageError("-o must be table or json (or prometheus for stats)",
-                      kHelp);
+  for (const Command& c : commands) {
+    if (!c.app->parsed()) continue;
+    if (g.output != "table" && g.output != "json" &&
+        c.app->get_name() != "stats") {
+      return UsageError("-o must be table or json (or prometheus for stats)",
+                        HelpOf(app));
+    }
+    return c.run();
   }
-  std::vector<std::string> rest(words.begin() + static_cast<long>(i) + 1,
-                                words.end());
-  if (cmd == "create") return CreateCommand(g, rest);
-  if (cmd == "list") return ListCommand(g, rest);
-  if (cmd == "get") return GetCommand(g, rest);
-  if (cmd == "update") return UpdateCommand(g, rest);
-  if (cmd == "remove") return RemoveCommand(g, rest);
-  if (cmd == "daemon") return DaemonCommand(g, rest);
-  if (cmd == "stats") return StatsCommand(g, rest);
-  if (cmd == "health") return HealthCommand(g, rest);
-  if (cmd == "help") return std::printf("%s", kHelp), kExitOk;
-  return UsageError("unknown command " + cmd, kHelp);
+  return UsageError("missing command", HelpOf(app));  // not reached
 }

@@ -2,12 +2,14 @@
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 #include "lib/control/proto_convert.h"
 #include "lib/control/stats_convert.h"
 #include "lib/metrics/exposition.h"
@@ -19,21 +21,28 @@
 namespace nbdmgr::cli {
 namespace {
 
-constexpr char kStatsHelp[] =
-    R"(Usage: nbdctl stats [NAME] [-o table|json|prometheus] [--watch DUR]
-                    [--count N]
-
-Shows the live counters of every export (or of NAME) and of the daemon.
-
+constexpr char kStatsDescription[] =
+    R"(Shows I/O rates, latency and buffers.
+Shows the live counters of every export (or of NAME) and of the daemon,
+in the format the global -o flag names:
   -o table       (default) per export: IOPS and MB/s read and written,
                  errors per second, requests in flight, mean latency,
                  buffer memory and cap-full counts, as rates between two samples
                  taken --watch apart (1s if not given)
   -o json        the raw counters (nbdmgr.v1.Stats) as JSON
-  -o prometheus  the raw counters in Prometheus text format, as /metrics
-  --watch DUR    keep reporting every DUR (e.g. 1s, 500ms) until interrupted
-  --count N      stop after N reports
-)";
+  -o prometheus  the raw counters in Prometheus text format, as /metrics)";
+
+struct StatsFlags {
+  std::string name;  // "" for every export
+  std::optional<std::string> watch, count;
+};
+
+// What the flags ask for, checked.
+struct StatsPlan {
+  std::string output;
+  std::chrono::milliseconds interval{1000};
+  long count = 1;  // -1: until interrupted
+};
 
 struct Rates {
   double read_iops = 0, write_iops = 0, other_iops = 0;
@@ -106,56 +115,52 @@ void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
       FormatSize(d.resident_memory_bytes).c_str(), seconds);
 }
 
-}  // namespace
-
-int StatsCommand(const Global& g, const std::vector<std::string>& words) {
-  auto a = ParseArgs(words, {"-o", "--output", "--watch", "--count"}, {});
-  if (!a.ok()) return UsageError(std::string(a.status().message()), kStatsHelp);
-  if (a->help) return std::printf("%s", kStatsHelp), kExitOk;
-  if (a->positional.size() > 1) {
-    return UsageError("stats takes at most one export name", kStatsHelp);
+// Checks the flags; returns a usage message or "".
+std::string Plan(const Global& g, const StatsFlags& f, StatsPlan* plan) {
+  plan->output = g.output;
+  if (g.output != "table" && g.output != "json" && g.output != "prometheus") {
+    return "-o must be table, json or prometheus";
   }
-  std::string output = a->get("-o", a->get("--output", g.output));
-  if (output != "table" && output != "json" && output != "prometheus") {
-    return UsageError("-o must be table, json or prometheus", kStatsHelp);
-  }
-  const bool watch = a->has("--watch");
-  std::chrono::milliseconds interval(1000);
-  if (watch) {
-    auto d = ParseDuration(a->get("--watch"));
+  if (f.watch) {
+    auto d = ParseDuration(*f.watch);
     if (!d.ok() || d->count() <= 0) {
-      return UsageError("--watch: expected a positive duration such as 1s",
-                        kStatsHelp);
+      return "--watch: expected a positive duration such as 1s";
     }
-    interval = *d;
+    plan->interval = *d;
+    plan->count = -1;
   }
-  long count = watch ? -1 : 1;  // -1: until interrupted
-  if (a->has("--count")) {
-    if (!absl::SimpleAtoi(a->get("--count"), &count) || count <= 0) {
-      return UsageError("--count: expected a positive number", kStatsHelp);
+  if (f.count) {
+    if (!absl::SimpleAtoi(*f.count, &plan->count) || plan->count <= 0) {
+      return "--count: expected a positive number";
     }
   }
+  return "";
+}
 
+int RunStats(const Global& g, const StatsFlags& f, const CLI::App& cmd) {
+  StatsPlan plan;
+  if (std::string m = Plan(g, f, &plan); !m.empty()) {
+    return UsageError(m, HelpOf(cmd));
+  }
   std::string error;
   auto channel = Connect(g, &error);
   if (channel == nullptr)
     return UsageError(absl::StrCat("--control: ", error), "");
   auto stub = v1::StatsService::NewStub(channel);
   v1::GetStatsRequest req;
-  if (!a->positional.empty()) {
-    req.set_name(ExportResourceName(a->positional.front()));
-  }
+  if (!f.name.empty()) req.set_name(ExportResourceName(f.name));
   auto sample = [&](v1::Stats* out) {
     return stub->GetStats(Context().get(), req, out);
   };
 
+  const std::string& output = plan.output;
   v1::Stats prev;
   if (output == "table") {
     // Rates need a first sample to measure from.
     if (grpc::Status s = sample(&prev); !s.ok()) return ReportError(s);
   }
-  for (long n = 0; count < 0 || n < count; ++n) {
-    if (output == "table" || n > 0) std::this_thread::sleep_for(interval);
+  for (long n = 0; plan.count < 0 || n < plan.count; ++n) {
+    if (output == "table" || n > 0) std::this_thread::sleep_for(plan.interval);
     v1::Stats now;
     if (grpc::Status s = sample(&now); !s.ok()) return ReportError(s);
     if (output == "json") {
@@ -170,6 +175,19 @@ int StatsCommand(const Global& g, const std::vector<std::string>& words) {
     std::fflush(stdout);
   }
   return kExitOk;
+}
+
+}  // namespace
+
+Command AddStatsCommand(CLI::App& app, const Global& g) {
+  CLI::App* cmd = AddSubcommand(app, "stats", kStatsDescription);
+  auto f = std::make_shared<StatsFlags>();
+  cmd->add_option("NAME", f->name, "one export (default: all)")->type_name("");
+  AddOptional(cmd, "--watch", "DUR", &f->watch,
+              "keep reporting every DUR (e.g. 1s, 500ms) until\n"
+              "interrupted");
+  AddOptional(cmd, "--count", "N", &f->count, "stop after N reports");
+  return {cmd, [&g, f, cmd] { return RunStats(g, *f, *cmd); }};
 }
 
 }  // namespace nbdmgr::cli
