@@ -10,7 +10,7 @@
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "lib/buffer/buffer_policy.h"
-#include "lib/control/proto_convert.h"
+#include "lib/convert/proto_convert.h"
 #include "lib/util/duration.h"
 #include "lib/util/size.h"
 #include "nbdmgr/v1/export.grpc.pb.h"

@@ -44,8 +44,14 @@ inline std::span<const uint8_t> ZeroBytes() {
   return std::span<const uint8_t>(zeros, sizeof(zeros));
 }
 
-// One extent of an export: `length` bytes with base:allocation `flags`
-// (nbd::kStateHole | nbd::kStateZero).
+// Extent flags. They are the bits of NBD's base:allocation context
+// (NBD_STATE_HOLE, NBD_STATE_ZERO), which lib/nbd checks at compile time,
+// so extents go on the wire unchanged.
+inline constexpr uint32_t kExtentHole = 1 << 0;  // not allocated
+inline constexpr uint32_t kExtentZero = 1 << 1;  // reads as zeroes
+
+// One extent of an export: `length` bytes with `flags` (kExtentHole |
+// kExtentZero, or 0 for allocated data).
 struct Extent {
   uint64_t length = 0;
   uint32_t flags = 0;
@@ -64,7 +70,7 @@ struct ZeroOptions {
 // connections call them concurrently. Errors are absl::Status values whose
 // code maps to an NBD error (ResourceExhausted -> ENOSPC, PermissionDenied ->
 // EPERM, InvalidArgument and OutOfRange -> EINVAL, Unimplemented -> ENOTSUP,
-// Unavailable -> ESHUTDOWN, else EIO; nbd::NbdErrorFromStatus).
+// Unavailable -> ESHUTDOWN, else EIO; lib/nbd/errors.h).
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "lib/nbd/wire.h"
 #include "lib/util/errors.h"
 #include "lib/util/size.h"
 
@@ -436,7 +435,7 @@ absl::Status FileBackend::Extents(uint64_t offset, uint64_t length,
     off_t data = ::lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
     if (data < 0) {
       if (errno == ENXIO) {  // no data from pos to end of file
-        visit(Extent{end - pos, nbd::kStateHole | nbd::kStateZero});
+        visit(Extent{end - pos, kExtentHole | kExtentZero});
         return absl::OkStatus();
       }
       // SEEK_DATA unsupported: report what is left as data.
@@ -446,7 +445,7 @@ absl::Status FileBackend::Extents(uint64_t offset, uint64_t length,
     uint64_t data_start = static_cast<uint64_t>(data);
     if (data_start > pos) {
       uint64_t hole_end = std::min(data_start, end);
-      if (!visit(Extent{hole_end - pos, nbd::kStateHole | nbd::kStateZero})) {
+      if (!visit(Extent{hole_end - pos, kExtentHole | kExtentZero})) {
         return absl::OkStatus();
       }
       pos = hole_end;

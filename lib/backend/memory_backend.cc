@@ -6,7 +6,6 @@
 #include <new>
 
 #include "absl/strings/str_cat.h"
-#include "lib/nbd/wire.h"
 #include "lib/util/heap_trim.h"
 #include "lib/util/size.h"
 #include "lib/util/stream_copy.h"
@@ -238,7 +237,7 @@ absl::Status MemoryBackend::Extents(uint64_t offset, uint64_t length,
     std::atomic<Page*>* slot = Slot(page, /*create=*/false);
     bool allocated =
         slot != nullptr && slot->load(std::memory_order_acquire) != nullptr;
-    uint32_t flags = allocated ? 0 : (nbd::kStateHole | nbd::kStateZero);
+    uint32_t flags = allocated ? 0 : (kExtentHole | kExtentZero);
     if (current.length > 0 && current.flags != flags) {
       if (!visit(current)) return absl::OkStatus();
       current = Extent{0, 0};

@@ -14,7 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "lib/buffer/buffer_policy.h"
-#include "lib/control/export_info.h"
+#include "lib/export/export_info.h"
 #include "lib/export/export.h"
 #include "lib/export/export_registry.h"
 #include "lib/state/state_store.h"

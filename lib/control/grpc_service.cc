@@ -1,8 +1,8 @@
 #include "lib/control/grpc_service.h"
 
 #include "absl/strings/str_cat.h"
-#include "lib/control/proto_convert.h"
-#include "lib/control/stats_convert.h"
+#include "lib/convert/proto_convert.h"
+#include "lib/convert/stats_convert.h"
 
 namespace nbdmgr {
 

@@ -6,7 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "lib/control/proto_convert.h"
+#include "lib/convert/proto_convert.h"
 #include "lib/util/duration.h"
 #include "lib/util/size.h"
 #include "lib/util/strings.h"

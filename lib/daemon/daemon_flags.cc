@@ -12,7 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/field_mask_util.h"
-#include "lib/control/proto_convert.h"
+#include "lib/convert/proto_convert.h"
 #include "lib/daemon/config_file.h"
 #include "lib/util/duration.h"
 #include "lib/util/size.h"

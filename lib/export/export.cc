@@ -3,7 +3,6 @@
 #include "lib/backend/file_backend.h"
 #include "lib/backend/memory_backend.h"
 #include "lib/backend/null_backend.h"
-#include "lib/nbd/wire.h"
 #include "lib/util/mutex.h"
 
 namespace nbdmgr {
@@ -111,21 +110,6 @@ std::string Export::description() const {
 void Export::set_description(std::string d) {
   MutexLock lock(&mu_);
   description_ = std::move(d);
-}
-
-uint16_t Export::TransmissionFlags(bool structured_replies) const {
-  uint16_t f = nbd::kTxHasFlags | nbd::kTxSendFlush;
-  if (config_.read_only) {
-    f |= nbd::kTxReadOnly;
-  } else {
-    f |= nbd::kTxSendFua | nbd::kTxSendWriteZeroes;
-    if (caps_.can_trim) f |= nbd::kTxSendTrim;
-    if (caps_.can_fast_zero) f |= nbd::kTxSendFastZero;
-  }
-  if (caps_.can_multi_conn) f |= nbd::kTxCanMultiConn;
-  if (caps_.can_cache) f |= nbd::kTxSendCache;
-  if (structured_replies) f |= nbd::kTxSendDf;
-  return f;
 }
 
 }  // namespace nbdmgr

@@ -86,10 +86,6 @@ class Export {
   ExportBuffers& buffers() { return buffers_; }
   const ExportBuffers& buffers() const { return buffers_; }
 
-  // NBD transmission flags for a client that has (or has not) negotiated
-  // structured replies (NBD_FLAG_SEND_DF needs them).
-  uint16_t TransmissionFlags(bool structured_replies) const;
-
   // Request counters, merged from the export's connections.
   ExportIoStats& io_stats() const { return io_stats_; }
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/nbd/codec.h"
+#include "lib/nbd/transmission_flags.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
 
@@ -334,7 +335,7 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleExportName(
         "export \"", name, "\" has its maximum number of clients"));
   }
   std::vector<uint8_t> reply = EncodeExportNameReply(
-      e->size(), e->TransmissionFlags(result_.structured_replies),
+      e->size(), TransmissionFlags(*e, result_.structured_replies),
       result_.no_zeroes);
   if (ErrorCode ec = co_await conn_.WriteAll(reply); ec) {
     e->RemoveClient();
@@ -351,7 +352,7 @@ std::vector<uint8_t> Negotiator::EncodeInfo(InfoType type, const Export& e,
   switch (type) {
     case kInfoExport:
       return EncodeInfoExport(e.size(),
-                              e.TransmissionFlags(result_.structured_replies));
+                              TransmissionFlags(e, result_.structured_replies));
     case kInfoBlockSize: {
       const BlockSizes& bs = e.block_sizes();
       return EncodeInfoBlockSize(bs.minimum, bs.preferred, bs.maximum_payload);

@@ -11,6 +11,9 @@
 namespace nbdmgr::nbd {
 namespace {
 
+// Backend extents go on the wire as base:allocation flags unchanged.
+static_assert(kExtentHole == kStateHole && kExtentZero == kStateZero);
+
 // A structured READ is split into at most this many data/hole chunks; a
 // more fragmented range is sent as one data chunk.
 constexpr size_t kMaxReadChunks = 16;
@@ -161,7 +164,7 @@ ReadPieces RequestHandler::PlanRead(const RequestHeader& h) const {
     bool too_many = false;
     absl::Status es =
         call_.backend().Extents(h.offset, h.length, [&](Extent e) {
-          bool zero = (e.flags & kStateZero) != 0;
+          bool zero = (e.flags & kExtentZero) != 0;
           if (!pieces.empty() && pieces.back().zero == zero) {
             pieces.back().length += static_cast<uint32_t>(e.length);
           } else if (pieces.size() == kMaxReadChunks) {

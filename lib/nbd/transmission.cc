@@ -7,6 +7,7 @@
 #include "lib/nbd/codec.h"
 #include "lib/nbd/errors.h"
 #include "lib/nbd/streamed_read.h"
+#include "lib/nbd/transmission_flags.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
 
@@ -40,7 +41,7 @@ class AwaitingPayload {
 RequestLimits LimitsOf(const Export& e, const NegotiationResult& agreed) {
   RequestLimits l;
   l.export_size = e.size();
-  l.tx_flags = e.TransmissionFlags(agreed.structured_replies);
+  l.tx_flags = TransmissionFlags(e, agreed.structured_replies);
   l.structured_replies = agreed.structured_replies;
   l.base_allocation = agreed.base_allocation;
   l.max_payload = e.block_sizes().maximum_payload;

@@ -16,7 +16,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "lib/control/proto_convert.h"
+#include "lib/convert/proto_convert.h"
 #include "lib/util/errors.h"
 #include "lib/util/strings.h"
 #include "nbdmgr/v1/state.pb.h"

@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <fstream>
 
-#include "lib/nbd/wire.h"
 
 namespace nbdmgr {
 namespace {
@@ -78,7 +77,7 @@ TEST_F(FileBackendTest, ExtentsTrimAndZero) {
                  return true;
                }).ok());
   ASSERT_EQ(ex.size(), 3u);
-  EXPECT_EQ(ex[0].flags, nbd::kStateHole | nbd::kStateZero);
+  EXPECT_EQ(ex[0].flags, kExtentHole | kExtentZero);
   EXPECT_EQ(ex[1].length, 1u << 20);
   EXPECT_EQ(ex[1].flags, 0u);
   ASSERT_TRUE(b->Trim(1 << 20, 1 << 20, false).ok());

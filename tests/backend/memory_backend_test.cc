@@ -7,7 +7,6 @@
 #include <thread>
 #include <vector>
 
-#include "lib/nbd/wire.h"
 
 namespace nbdmgr {
 namespace {
@@ -36,7 +35,7 @@ TEST(MemoryBackendTest, StartsEmptyAndSparse) {
   EXPECT_EQ(buf, std::vector<uint8_t>(4096, 0));
   auto ex = AllExtents(*b, 0, 1 << 30);
   ASSERT_EQ(ex.size(), 1u);
-  EXPECT_EQ(ex[0].flags, nbd::kStateHole | nbd::kStateZero);
+  EXPECT_EQ(ex[0].flags, kExtentHole | kExtentZero);
 }
 
 TEST(MemoryBackendTest, WriteAcrossPagesAllocatesOnlyThose) {

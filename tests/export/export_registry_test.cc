@@ -5,7 +5,6 @@
 #include <atomic>
 #include <thread>
 
-#include "lib/nbd/wire.h"
 
 namespace nbdmgr {
 namespace {
@@ -43,22 +42,6 @@ TEST(ExportRegistryTest, EmptyNameIsDefault) {
   r.SetDefault("a");
   ASSERT_NE(r.Find(""), nullptr);
   EXPECT_EQ(r.Find("")->name(), "a");
-}
-
-TEST(ExportTest, TransmissionFlags) {
-  auto rw = Mem("rw");
-  uint16_t f = rw->TransmissionFlags(true);
-  EXPECT_TRUE(f & nbd::kTxSendFua);
-  EXPECT_TRUE(f & nbd::kTxSendTrim);
-  EXPECT_TRUE(f & nbd::kTxSendWriteZeroes);
-  EXPECT_TRUE(f & nbd::kTxSendFastZero);
-  EXPECT_TRUE(f & nbd::kTxSendDf);
-  EXPECT_FALSE(rw->TransmissionFlags(false) & nbd::kTxSendDf);
-  auto ro = Mem("ro", true);
-  uint16_t g = ro->TransmissionFlags(false);
-  EXPECT_TRUE(g & nbd::kTxReadOnly);
-  EXPECT_FALSE(g &
-               (nbd::kTxSendFua | nbd::kTxSendTrim | nbd::kTxSendWriteZeroes));
 }
 
 TEST(ExportTest, NoClientGetsInOnceDraining) {

@@ -1,5 +1,5 @@
-#ifndef NBDMGR_LIB_CONTROL_PROTO_CONVERT_H_
-#define NBDMGR_LIB_CONTROL_PROTO_CONVERT_H_
+#ifndef NBDMGR_LIB_CONVERT_PROTO_CONVERT_H_
+#define NBDMGR_LIB_CONVERT_PROTO_CONVERT_H_
 
 // The one place protobuf messages meet domain types.
 
@@ -8,7 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "lib/buffer/buffer_policy.h"
-#include "lib/control/export_info.h"
+#include "lib/export/export_info.h"
 #include "lib/export/export_config.h"
 #include "nbdmgr/v1/export.pb.h"
 
@@ -42,4 +42,4 @@ v1::Export ExportInfoToProto(const ExportInfo& info);
 
 }  // namespace nbdmgr
 
-#endif  // NBDMGR_LIB_CONTROL_PROTO_CONVERT_H_
+#endif  // NBDMGR_LIB_CONVERT_PROTO_CONVERT_H_

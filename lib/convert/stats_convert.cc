@@ -1,9 +1,9 @@
-#include "lib/control/stats_convert.h"
+#include "lib/convert/stats_convert.h"
 
 #include <cmath>
 
 #include "google/protobuf/util/time_util.h"
-#include "lib/control/proto_convert.h"
+#include "lib/convert/proto_convert.h"
 
 namespace nbdmgr {
 namespace {

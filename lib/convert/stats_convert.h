@@ -1,5 +1,5 @@
-#ifndef NBDMGR_LIB_CONTROL_STATS_CONVERT_H_
-#define NBDMGR_LIB_CONTROL_STATS_CONVERT_H_
+#ifndef NBDMGR_LIB_CONVERT_STATS_CONVERT_H_
+#define NBDMGR_LIB_CONVERT_STATS_CONVERT_H_
 
 // StatsSnapshot <-> nbdmgr.v1.Stats. Both directions, so nbdctl can turn
 // what GetStats returns back into the model behind /metrics.
@@ -16,4 +16,4 @@ StatsSnapshot StatsFromProto(const v1::Stats& p);
 
 }  // namespace nbdmgr
 
-#endif  // NBDMGR_LIB_CONTROL_STATS_CONVERT_H_
+#endif  // NBDMGR_LIB_CONVERT_STATS_CONVERT_H_

@@ -1,5 +1,5 @@
-#ifndef NBDMGR_LIB_CONTROL_EXPORT_INFO_H_
-#define NBDMGR_LIB_CONTROL_EXPORT_INFO_H_
+#ifndef NBDMGR_LIB_EXPORT_EXPORT_INFO_H_
+#define NBDMGR_LIB_EXPORT_EXPORT_INFO_H_
 
 #include <chrono>
 
@@ -30,4 +30,4 @@ struct ExportInfo {
 
 }  // namespace nbdmgr
 
-#endif  // NBDMGR_LIB_CONTROL_EXPORT_INFO_H_
+#endif  // NBDMGR_LIB_EXPORT_EXPORT_INFO_H_

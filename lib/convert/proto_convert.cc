@@ -1,7 +1,7 @@
-#include "lib/control/proto_convert.h"
+#include "lib/convert/proto_convert.h"
 
 #include "absl/strings/str_cat.h"
-#include "lib/control/export_info.h"
+#include "lib/export/export_info.h"
 #include "lib/util/duration.h"
 #include "lib/util/strings.h"
 

@@ -1,4 +1,4 @@
-#include "lib/control/stats_convert.h"
+#include "lib/convert/stats_convert.h"
 
 #include <gtest/gtest.h>
 
