@@ -141,9 +141,9 @@ std::string StrategyText(v1::BufferStrategy s) {
 
 std::string StateText(const v1::Export& e) {
   switch (e.state()) {
-    case v1::Export::DRAINING:
+    case v1::Export::STATE_DRAINING:
       return "draining";
-    case v1::Export::FAILED:
+    case v1::Export::STATE_FAILED:
       return "FAILED";
     default:
       return e.read_only() ? "active,ro" : "active";
@@ -163,7 +163,7 @@ void PrintTable(const std::vector<const v1::Export*>& exports) {
         StateText(*e).c_str());
   }
   for (const v1::Export* e : exports) {
-    if (e->state() == v1::Export::FAILED) {
+    if (e->state() == v1::Export::STATE_FAILED) {
       std::string id = e->name().substr(e->name().find('/') + 1);
       std::printf("%s: FAILED: %s\n", id.c_str(), e->failure().c_str());
     }
@@ -359,11 +359,11 @@ int RemoveCommand(const Global& g, const std::vector<std::string>& words) {
   req.set_name(ExportResourceName(a->positional[0]));
   std::string mode = a->get("--mode", "safe");
   if (mode == "safe")
-    req.set_mode(v1::SAFE);
+    req.set_mode(v1::DELETE_MODE_SAFE);
   else if (mode == "drain")
-    req.set_mode(v1::DRAIN);
+    req.set_mode(v1::DELETE_MODE_DRAIN);
   else if (mode == "hard")
-    req.set_mode(v1::HARD);
+    req.set_mode(v1::DELETE_MODE_HARD);
   else
     return UsageError("--mode must be safe, drain or hard", kRemoveHelp);
   int timeout_s = 30;

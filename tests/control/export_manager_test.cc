@@ -6,6 +6,9 @@
 #include <fstream>
 #include <map>
 
+#include "lib/control/proto_convert.h"
+#include "nbdmgr/v1/export.pb.h"
+
 namespace nbdmgr {
 namespace {
 
@@ -293,6 +296,9 @@ TEST_F(ExportManagerTest, StateOfVersion01ComesUpServed) {
   EXPECT_EQ(failed.config.buffers.strategy, BufferStrategy::kStream);
   EXPECT_EQ(failed.config.path, "/tmp/nbdmgr-v0.1-fixture/disks/stream.img");
   EXPECT_EQ(registry_->Find("stream-file"), nullptr);
+  EXPECT_EQ(ExportInfoToProto(failed).state(), v1::Export::STATE_FAILED);
+  EXPECT_EQ(ExportInfoToProto(got["exact-require"]).tls(),
+            v1::TLS_MODE_REQUIRE);
 }
 
 }  // namespace

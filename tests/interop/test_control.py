@@ -88,7 +88,7 @@ class ControlPlaneTest(unittest.TestCase):
         run("nbdcopy", self.d.uri("live"), back)
         self.assertEqual(sha256(src), sha256(back))
         self.assertEqual(self.ctl_json("get", "live")["buffer_strategy"],
-                         ["STREAM", "EXACT", "FIXED", "GROW", "POOL"][(i - 1) % 5])
+                         "BUFFER_STRATEGY_" + strategies[(i - 1) % 5].upper())
 
     def connect(self, name):
         h = nbd.NBD()

@@ -802,6 +802,27 @@ TEST_P(V01StateTest, ChangesGoOnFromTheOldFiles) {
                                    "grow-optional", "new", "stream-file"}));
 }
 
+// Once rewritten, the snapshot names the values with their type's prefix
+// (the old names stay readable: deprecated aliases in export.proto).
+TEST_P(V01StateTest, NewSnapshotUsesTheNewNames) {
+  auto s = *StateStore::Open(dir_);
+  auto loaded = s->Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_TRUE(s->Save(*loaded).ok());
+  const std::string text = Slurp(s->path());
+  for (const char* name :
+       {"buffer_strategy: BUFFER_STRATEGY_FIXED", "BUFFER_STRATEGY_GROW",
+        "BUFFER_STRATEGY_EXACT", "BUFFER_STRATEGY_POOL",
+        "BUFFER_STRATEGY_STREAM", "tls: TLS_MODE_OFF", "TLS_MODE_OPTIONAL",
+        "TLS_MODE_REQUIRE"}) {
+    EXPECT_TRUE(Contains(text, name)) << name;
+  }
+  EXPECT_FALSE(Contains(text, ": FIXED"));
+  EXPECT_FALSE(Contains(text, ": TLS_REQUIRE"));
+  s.reset();
+  EXPECT_EQ(SavedNames().size(), 5u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, V01StateTest,
                          ::testing::Values("v0.1-state", "v0.1-state-log"),
                          [](const auto& info) {
