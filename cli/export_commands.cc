@@ -138,9 +138,9 @@ std::string StrategyText(v1::BufferStrategy s) {
 
 std::string StateText(const v1::Export& e) {
   switch (e.state()) {
-    case v1::Export::DRAINING:
+    case v1::Export::STATE_DRAINING:
       return "draining";
-    case v1::Export::FAILED:
+    case v1::Export::STATE_FAILED:
       return "FAILED";
     default:
       return e.read_only() ? "active,ro" : "active";
@@ -160,7 +160,7 @@ void PrintTable(const std::vector<const v1::Export*>& exports) {
         StateText(*e).c_str());
   }
   for (const v1::Export* e : exports) {
-    if (e->state() == v1::Export::FAILED) {
+    if (e->state() == v1::Export::STATE_FAILED) {
       std::string id = e->name().substr(e->name().find('/') + 1);
       std::printf("%s: FAILED: %s\n", id.c_str(), e->failure().c_str());
     }
@@ -329,11 +329,11 @@ int RunRemove(const Global& g, const RemoveFlags& f, const CLI::App& cmd) {
   v1::DeleteExportRequest req;
   req.set_name(ExportResourceName(f.name));
   if (f.mode == "safe")
-    req.set_mode(v1::SAFE);
+    req.set_mode(v1::DELETE_MODE_SAFE);
   else if (f.mode == "drain")
-    req.set_mode(v1::DRAIN);
+    req.set_mode(v1::DELETE_MODE_DRAIN);
   else if (f.mode == "hard")
-    req.set_mode(v1::HARD);
+    req.set_mode(v1::DELETE_MODE_HARD);
   else
     return UsageError("--mode must be safe, drain or hard", HelpOf(cmd));
   int timeout_s = 30;

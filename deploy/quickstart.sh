@@ -3,9 +3,10 @@
 # sudo) it installs what is missing, builds, and then:
 #   deploy/quickstart.sh run    serve a 1 GiB in-memory export on 127.0.0.1:10809
 #   deploy/quickstart.sh test   run the whole test suite: unit + interop, then
-#                               the same under ASan+UBSan, the concurrency
-#                               tests under TSan, and the fuzz targets
-#                               (NBDMGR_QUICK=1 skips the sanitizer tier)
+#                               a Release (-O3, -Werror) build, the suite
+#                               under ASan+UBSan, the concurrency tests
+#                               under TSan, and the fuzz targets
+#                               (NBDMGR_QUICK=1 skips that sanitizer tier)
 # Extra arguments after `run` go to nbdmgrd.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The sanitizer tier of CI: the whole suite (unit + interop) built with
-# ASan+UBSan, the concurrency tests built with TSan, and the libFuzzer
-# targets (clang, which also builds the daemon with -Wthread-safety) run
-# for a bounded time each.
+# The sanitizer tier of CI: a Release build of every target with -Werror
+# (tests/release_build.sh: build only), the whole suite (unit + interop)
+# built with ASan+UBSan, the concurrency tests built with TSan, and the
+# libFuzzer targets (clang, which also builds the daemon with
+# -Wthread-safety) run for a bounded time each.
 #
-# Usage: tests/sanitizers.sh BUILD_DIR_PREFIX   (builds PREFIX-asan,
-#        PREFIX-tsan, PREFIX-fuzz; env FUZZ_SECONDS, default 60)
+# Usage: tests/sanitizers.sh BUILD_DIR_PREFIX   (builds PREFIX-release,
+#        PREFIX-asan, PREFIX-tsan, PREFIX-fuzz; env FUZZ_SECONDS, default 60)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PREFIX=$1
 JOBS=$(nproc)
+
+bash "$ROOT/tests/release_build.sh" "$PREFIX-release"
 
 echo "== ASan + UBSan: whole suite" >&2
 cmake -S "$ROOT" -B "$PREFIX-asan" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

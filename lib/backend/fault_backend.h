@@ -15,7 +15,9 @@ namespace nbdmgr {
 // A backend decorator that fails or delays calls on command, to test how
 // the NBD layer turns backend failures into error replies (fault injection
 // for tests and drills). It reports itself as blocking, so its calls run on
-// the blocking pool and a delay never stalls a network thread. Thread-safe:
+// the blocking pool and a delay never stalls a network thread, and without
+// zero-copy reads, so every READ goes through Read() and its faults
+// (ReadPinned is not forwarded). Thread-safe:
 // faults can be armed from any thread while clients are connected.
 class FaultBackend final : public Backend {
  public:

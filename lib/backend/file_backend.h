@@ -14,9 +14,9 @@ namespace nbdmgr {
 struct FileBackendOptions {
   std::string path;
   bool read_only = false;
-  // When set and the file does not exist (and `create`), it is created
-  // (sparse) with this size. When set and the file exists, its size must
-  // match.
+  // When set and the file does not exist (and `create`, and not
+  // `read_only`), it is created (sparse) with this size. When set and the
+  // file exists, its size must match.
   std::optional<uint64_t> size;
   bool create = true;
   // Non-empty: `path` must lie beneath one of these directories and is
@@ -35,12 +35,15 @@ class FileLocation;  // a name in a directory held open (file_backend.cc)
 // runs them on a thread pool. Thread-safe: positional I/O on one descriptor.
 class FileBackend final : public Backend {
  public:
-  // NotFound if the file is missing and it may not be created;
-  // InvalidArgument for a size mismatch or a path that is neither a regular
-  // file nor a block device (a FIFO, socket or character device is refused
-  // without blocking: it is opened O_NONBLOCK and checked on the
-  // descriptor); PermissionDenied for a path outside `confine_to` or
-  // through a symbolic link; the errno-derived status if open fails.
+  // NotFound if its directory is missing, or the file is and may not be
+  // created (no size, `create` false, or read-only); InvalidArgument for an
+  // empty path or one without a file name, a size mismatch, an empty file,
+  // one larger than NBD allows (INT64_MAX), or a path that is neither a
+  // regular file nor a block device (a FIFO, socket or character device is
+  // refused without blocking: it is opened O_NONBLOCK and checked on the
+  // descriptor); with `confine_to`, PermissionDenied for a path outside it,
+  // holding "..", or through a symbolic link; the errno-derived status if
+  // open fails. A file it created is removed again on any error.
   static absl::StatusOr<std::unique_ptr<FileBackend>> Open(
       const FileBackendOptions& options);
   ~FileBackend() override;

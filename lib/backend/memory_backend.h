@@ -12,9 +12,10 @@
 
 namespace nbdmgr {
 
-// A sparse RAM disk. Memory is allocated in 64 KiB pages on first write and
-// freed again by TRIM and WRITE_ZEROES (unless NO_HOLE), so block status
-// reports exactly which pages hold data. Thread-safe. Data is lost when the
+// A sparse RAM disk. Memory is allocated in 64 KiB pages on first write;
+// TRIM and WRITE_ZEROES (unless NO_HOLE) free the whole pages they cover
+// and zero the part of a page they cover in part, so block status reports
+// exactly which pages are allocated. Thread-safe. Data is lost when the
 // backend is destroyed.
 class MemoryBackend final : public Backend {
  public:

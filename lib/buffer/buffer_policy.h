@@ -102,8 +102,9 @@ struct ExportBufferStats {
   uint64_t cached = 0;       // held idle by connections (fixed, grow)
   uint64_t allocations = 0;  // buffers obtained from the OS
   uint64_t reuses = 0;       // requests served by an existing buffer
-  uint64_t cap_full = 0;     // requests refused a buffer by a full cap or
-                             // their connection's share (then streamed)
+  uint64_t cap_full = 0;     // requests refused a buffer by a full cap,
+                             // their connection's share or its memory
+                             // limit (then streamed)
   uint64_t streamed = 0;     // requests served through the streaming path
 };
 
@@ -148,9 +149,10 @@ class ExportBuffers {
 
 // Request buffers for one connection, by the export's current strategy.
 // Every charge is tried, never waited for, against the export cap, the
-// daemon cap and this connection's share of each (fairness: a few
-// connections cannot take a whole cap). Used on the connection's executor
-// only; its leases must be released before it is destroyed.
+// daemon cap, this connection's share of each (fairness: a few connections
+// cannot take a whole cap) and the daemon's per-connection memory limit.
+// Used on the connection's executor only, leases released included; its
+// leases must be released before it is destroyed.
 class ConnectionBuffers final : public RequestBufferSource {
  public:
   explicit ConnectionBuffers(ExportBuffers& owner);

@@ -25,9 +25,11 @@ struct BufferPoolStats {
 
 // Power-of-two size classes from 4 KiB up to a maximum, shared by every
 // connection of the daemon. Buffers come from mmap, so freeing one really
-// returns its memory to the OS. Idle buffers are kept for reuse and freed by
-// ReleaseIdle() once unused for longer than the idle time. Thread-safe (one
-// mutex per size class).
+// returns its memory to the OS. Idle buffers are kept for reuse until the
+// `keep` they were Put with runs out (ReleaseExpired, called periodically),
+// or sooner when ReleaseIdle or TrimCacheTo (also run by a Get that must
+// stay within its cache_limit) frees them. Thread-safe (one mutex per size
+// class).
 class BufferPool {
  public:
   static constexpr size_t kMinClassSize = 4096;
@@ -49,7 +51,8 @@ class BufferPool {
   uint8_t* Get(size_t size, uint64_t cache_limit = UINT64_MAX,
                bool* reused = nullptr);
   // Returns a buffer obtained from Get with that capacity; it is kept for
-  // reuse for at least `keep` (see ReleaseIdle).
+  // reuse until `keep` runs out (a year or more: until trimmed), unless
+  // ReleaseIdle or TrimCacheTo frees it first.
   void Put(uint8_t* data, size_t capacity,
            std::chrono::steady_clock::duration keep =
                std::chrono::steady_clock::duration::max());
@@ -60,8 +63,8 @@ class BufferPool {
   uint64_t ReleaseIdle(std::chrono::steady_clock::duration idle);
   // Frees cached buffers whose `keep` has run out; returns the bytes freed.
   uint64_t ReleaseExpired();
-  // Frees cached buffers, oldest first, until at most `limit` bytes are
-  // cached; returns the bytes freed.
+  // Frees cached buffers, largest class first and oldest first within a
+  // class, until at most `limit` bytes are cached; returns the bytes freed.
   uint64_t TrimCacheTo(uint64_t limit);
 
   BufferPoolStats stats() const;

@@ -8,17 +8,22 @@
 namespace nbdmgr {
 
 // Supplies request buffers to one connection. Nothing here ever waits:
-// when the caps (or this connection's share of them) cannot grant memory
-// now, the caller streams the request through a chunk instead. Not
-// thread-safe: used from the connection's executor; leases may be released
-// from any thread, but before the source is destroyed.
+// when the caps (or this connection's share of them, or its memory limit)
+// cannot grant memory now, the caller streams the request through a chunk
+// instead. Not thread-safe: used from the connection's executor, and its
+// leases are released there too (a fixed or grow buffer goes back to the
+// connection's own idle list), before the source is destroyed.
 class RequestBufferSource {
  public:
   virtual ~RequestBufferSource() = default;
-  // A lease of exactly `size` bytes (size > 0) charged to the caps, or an
-  // empty lease when the strategy streams, the caps or this connection's
-  // share are full, or the OS refuses memory: the caller then streams.
-  // With `count` false a refusal is not counted as a streamed request (the
+  // A lease whose size() is exactly `size` (size > 0), or an empty lease
+  // when the strategy streams, the caps, this connection's share or its
+  // memory limit are full, or the OS refuses memory: the caller then
+  // streams. What is charged to the caps is the lease's capacity(), which
+  // may be more than `size`: the pool's power-of-two class, `size` rounded
+  // up to pages (grow) or the max payload (fixed); fixed and grow buffers
+  // stay charged while the connection keeps them idle for reuse. With
+  // `count` false a refusal is not counted as a streamed request (the
   // caller will try again).
   virtual BufferLease TryAcquire(size_t size, bool count = true) = 0;
   // Charges `n` bytes that the backend lends (pages pinned until a reply

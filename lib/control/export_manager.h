@@ -102,13 +102,15 @@ class ExportManager {
       ExportManagerOptions options, ExportRegistry& registry,
       BufferSystem& buffers);
 
-  // Must be set before Delete is used with clients connected.
+  // Must be set before DeleteExport is used with clients connected.
   void set_session_control(SessionControl* control) { sessions_ = control; }
 
   // InvalidArgument (bad config, not a regular file or block device),
-  // AlreadyExists, PermissionDenied (path not allowed or through a
-  // symbolic link), NotFound (missing file), ResourceExhausted (at
-  // max_exports), the backend's error, or the state store's.
+  // AlreadyExists (also while that name is being created), FailedPrecondition
+  // (TLS the daemon cannot offer), PermissionDenied (a file export without
+  // allow_paths, a path not allowed or through a symbolic link), NotFound
+  // (missing file), ResourceExhausted (at max_exports), the backend's
+  // error, or the state store's (nothing of the export remains then).
   absl::StatusOr<ExportInfo> CreateExport(ExportConfig config);
   // NotFound.
   absl::StatusOr<ExportInfo> GetExport(const std::string& name) const;

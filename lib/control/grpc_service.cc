@@ -113,13 +113,13 @@ grpc::Status ExportServiceImpl::DeleteExport(grpc::ServerContext*,
   DeleteMode mode = DeleteMode::kSafe;
   switch (req->mode()) {
     case v1::DELETE_MODE_UNSPECIFIED:
-    case v1::SAFE:
+    case v1::DELETE_MODE_SAFE:
       mode = DeleteMode::kSafe;
       break;
-    case v1::DRAIN:
+    case v1::DELETE_MODE_DRAIN:
       mode = DeleteMode::kDrain;
       break;
-    case v1::HARD:
+    case v1::DELETE_MODE_HARD:
       mode = DeleteMode::kHard;
       break;
     default:

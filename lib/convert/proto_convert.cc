@@ -45,15 +45,15 @@ absl::StatusOr<std::chrono::milliseconds> DurationFromProto(
 absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s) {
   switch (s) {
     case v1::BUFFER_STRATEGY_UNSPECIFIED:
-    case v1::POOL:
+    case v1::BUFFER_STRATEGY_POOL:
       return BufferStrategy::kPool;
-    case v1::FIXED:
+    case v1::BUFFER_STRATEGY_FIXED:
       return BufferStrategy::kFixed;
-    case v1::GROW:
+    case v1::BUFFER_STRATEGY_GROW:
       return BufferStrategy::kGrow;
-    case v1::EXACT:
+    case v1::BUFFER_STRATEGY_EXACT:
       return BufferStrategy::kExact;
-    case v1::STREAM:
+    case v1::BUFFER_STRATEGY_STREAM:
       return BufferStrategy::kStream;
     default:
       break;
@@ -65,11 +65,11 @@ absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s) {
 absl::StatusOr<TlsMode> TlsModeFromProto(v1::TlsMode m) {
   switch (m) {
     case v1::TLS_MODE_UNSPECIFIED:
-    case v1::TLS_OFF:
+    case v1::TLS_MODE_OFF:
       return TlsMode::kOff;
-    case v1::TLS_OPTIONAL:
+    case v1::TLS_MODE_OPTIONAL:
       return TlsMode::kOptional;
-    case v1::TLS_REQUIRE:
+    case v1::TLS_MODE_REQUIRE:
       return TlsMode::kRequire;
     default:
       break;
@@ -81,27 +81,27 @@ absl::StatusOr<TlsMode> TlsModeFromProto(v1::TlsMode m) {
 v1::TlsMode TlsModeToProto(TlsMode m) {
   switch (m) {
     case TlsMode::kOff:
-      return v1::TLS_OFF;
+      return v1::TLS_MODE_OFF;
     case TlsMode::kOptional:
-      return v1::TLS_OPTIONAL;
+      return v1::TLS_MODE_OPTIONAL;
     case TlsMode::kRequire:
-      return v1::TLS_REQUIRE;
+      return v1::TLS_MODE_REQUIRE;
   }
-  return v1::TLS_OFF;
+  return v1::TLS_MODE_OFF;
 }
 
 v1::BufferStrategy StrategyToProto(BufferStrategy s) {
   switch (s) {
     case BufferStrategy::kFixed:
-      return v1::FIXED;
+      return v1::BUFFER_STRATEGY_FIXED;
     case BufferStrategy::kGrow:
-      return v1::GROW;
+      return v1::BUFFER_STRATEGY_GROW;
     case BufferStrategy::kExact:
-      return v1::EXACT;
+      return v1::BUFFER_STRATEGY_EXACT;
     case BufferStrategy::kPool:
-      return v1::POOL;
+      return v1::BUFFER_STRATEGY_POOL;
     case BufferStrategy::kStream:
-      return v1::STREAM;
+      return v1::BUFFER_STRATEGY_STREAM;
   }
   return v1::BUFFER_STRATEGY_UNSPECIFIED;
 }
@@ -210,13 +210,13 @@ v1::Export ExportInfoToProto(const ExportInfo& info) {
           .count()));
   switch (info.state) {
     case ExportState::kActive:
-      p.set_state(v1::Export::ACTIVE);
+      p.set_state(v1::Export::STATE_ACTIVE);
       break;
     case ExportState::kDraining:
-      p.set_state(v1::Export::DRAINING);
+      p.set_state(v1::Export::STATE_DRAINING);
       break;
     case ExportState::kFailed:
-      p.set_state(v1::Export::FAILED);
+      p.set_state(v1::Export::STATE_FAILED);
       p.set_failure(info.failure);
       break;
   }

@@ -26,6 +26,9 @@ google::protobuf::Duration DurationToProto(std::chrono::milliseconds d);
 absl::StatusOr<std::chrono::milliseconds> DurationFromProto(
     const google::protobuf::Duration& d, std::string_view field);
 
+// Enum values: *_UNSPECIFIED is the default (BufferStrategy::kPool,
+// TlsMode::kOff); InvalidArgument naming the field for a number that is no
+// value. The deprecated alias names of 0.1.0 are the same numbers.
 absl::StatusOr<BufferStrategy> StrategyFromProto(v1::BufferStrategy s);
 v1::BufferStrategy StrategyToProto(BufferStrategy s);
 absl::StatusOr<TlsMode> TlsModeFromProto(v1::TlsMode m);

@@ -33,10 +33,11 @@ struct BackendOpenOptions {
 };
 
 // One served export: its configuration, its open backend and live state.
-// Thread-safe: config and backend are immutable after Create(); the client
-// count is atomic. Shared by the registry and every session using it
-// (std::shared_ptr), so it outlives its removal from the registry until the
-// last session ends.
+// Thread-safe: config() and the backend are immutable after Create(); the
+// live settings (description, TLS mode, client cap, stall timeout, buffer
+// settings), the draining flag and the client count are atomic or locked.
+// Shared by the registry and every session using it (std::shared_ptr), so it
+// outlives its removal from the registry until the last session ends.
 class Export {
  public:
   // Validates `config` and opens its backend. Returns the validation or
@@ -56,8 +57,8 @@ class Export {
                                              BufferSystem& buffers);
 
   // The configuration the export was created with. Buffer settings, the
-  // description, TLS mode and client cap may have changed since: see
-  // current_config().
+  // description, TLS mode, client cap and stall timeout may have changed
+  // since: see current_config().
   const ExportConfig& config() const { return config_; }
   // The configuration with every live change applied.
   ExportConfig current_config() const;
@@ -70,7 +71,7 @@ class Export {
   }
   std::chrono::system_clock::time_point created() const { return created_; }
   // A draining export is invisible to new clients (LIST, INFO, GO) while
-  // connected ones finish; set by ExportManager::Delete.
+  // connected ones finish; set by ExportManager::DeleteExport.
   bool draining() const { return draining_.load(std::memory_order_seq_cst); }
   // seq_cst, with TryAddClient: a client either is counted before the
   // deleter reads clients() (and is stopped) or sees draining and is

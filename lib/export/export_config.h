@@ -27,8 +27,6 @@ std::string_view NameOf(TlsMode mode);  // "off", "optional", "require"
 // InvalidArgument listing the valid names.
 absl::StatusOr<TlsMode> ParseTlsMode(std::string_view name);
 
-// Everything that defines an export, as given by an operator. Plain data;
-// validated by ValidateExportConfig before anything is opened.
 // Block size constraints advertised with NBD_INFO_BLOCK_SIZE.
 struct BlockSizes {
   uint32_t minimum = 1;
@@ -39,6 +37,8 @@ struct BlockSizes {
 // sized for it).
 inline constexpr uint32_t kMaxPayloadLimit = 32 * 1024 * 1024;
 
+// Everything that defines an export, as given by an operator. Plain data;
+// validated by ValidateExportConfig before anything is opened.
 struct ExportConfig {
   std::string name;
   std::string description;
@@ -72,7 +72,8 @@ inline constexpr size_t kMaxDescriptionBytes = 4096;
 inline constexpr size_t kMaxPathBytes = 4095;
 
 // NBD's rules: minimum a power of two <= 64 KiB; preferred a power of two
-// >= max(minimum, 512); maximum_payload >= preferred and <= kMaxPayloadLimit.
+// >= max(minimum, 512); maximum_payload a multiple of minimum, >= preferred
+// and <= kMaxPayloadLimit. InvalidArgument naming the field.
 absl::Status ValidateBlockSizes(const BlockSizes& b);
 
 // Export names: 1 to 128 characters of [A-Za-z0-9._:-], starting with a
@@ -90,8 +91,9 @@ absl::Status ValidateExportConfig(const ExportConfig& config);
 // "name=disk0,backend=file,path=/var/lib/disk0.img" or
 // "name=scratch,backend=memory,size=1GiB,read-only=true,description=Scratch",
 // plus buffer keys: buffer-strategy=pool, memory-cap=256MiB,
-// pool-idle-release=5s, tls=off|optional|require, max-clients=N and
-// stall-timeout=DUR.
+// pool-idle-release=5s, tls=off|optional|require, max-clients=N,
+// stall-timeout=DUR and the block sizes: min-block-size=N,
+// preferred-block-size=N, max-payload=N.
 // A literal comma inside a value is written "\,". Returns InvalidArgument
 // naming the bad key or value; the result is also validated.
 absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec);

@@ -17,7 +17,7 @@ enum class ExportState {
 
 // An export as the control plane reports it.
 struct ExportInfo {
-  ExportConfig config;  // current description and buffer settings
+  ExportConfig config;  // with live changes (Export::current_config())
   uint64_t size = 0;
   BlockSizes block_sizes;
   bool multi_conn = false;

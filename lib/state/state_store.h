@@ -20,7 +20,9 @@ class StateChange;
 // The persisted set of API-created exports, in `<dir>`:
 // - `exports.textproto`: a snapshot, a nbdmgr.v1.PersistedState in protobuf
 //   text format (a person can read it), always written atomically
-//   (temporary file, fsync, rename, fsync of the directory);
+//   (temporary file, fsync, rename, fsync of the directory). Enum values are
+//   stored by name: new snapshots use the current names, and the names of
+//   0.1.0 (deprecated aliases in export.proto) still load;
 // - `exports.log`: the changes since that snapshot, one checksummed record
 //   per change, written into a preallocated file, so recording a change is
 //   one block write and one flush, with no new inode, rename or directory
@@ -51,9 +53,9 @@ class StateStore {
   // are never changed. FailedPrecondition naming `dir` and the fix if it is
   // not a directory, is group- or world-writable, is not owned by the
   // effective uid, or is in use by another store (another nbdmgrd: "state
-  // directory DIR is in use by another nbdmgrd (pid N)"); the errno status
-  // if it cannot be created or opened. The store holds `<dir>/lock` until it
-  // is destroyed.
+  // directory DIR is in use by another nbdmgrd (pid N)"); InvalidArgument
+  // for an empty path; the errno status if it cannot be created or opened. The
+  // store holds `<dir>/lock` until it is destroyed.
   static absl::StatusOr<std::unique_ptr<StateStore>> Open(std::string dir);
   ~StateStore();
   StateStore(const StateStore&) = delete;

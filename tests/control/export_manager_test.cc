@@ -4,6 +4,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
+
+#include "lib/control/proto_convert.h"
+#include "nbdmgr/v1/export.pb.h"
 
 namespace nbdmgr {
 namespace {
@@ -247,6 +251,54 @@ TEST_F(ExportManagerTest, MaxExports) {
   ASSERT_TRUE((*m)->CreateExport(Memory("b")).ok());
   EXPECT_EQ((*m)->CreateExport(Memory("c")).status().code(),
             absl::StatusCode::kResourceExhausted);
+}
+
+// A state directory of nbdmgrd 0.1 (old enum value names in the snapshot;
+// see tests/state/fixtures/make-v0.1-state.sh) comes up as it was left:
+// every export served with its settings, except the file export whose file
+// is gone, which is FAILED with its saved config.
+TEST_F(ExportManagerTest, StateOfVersion01ComesUpServed) {
+  manager_.reset();
+  registry_ = std::make_unique<ExportRegistry>();
+  const std::string state = dir_ + "/v0.1";
+  std::filesystem::create_directory(state);
+  std::filesystem::permissions(state, std::filesystem::perms::owner_all);
+  for (const char* name : {"exports.textproto", "exports.log"}) {
+    std::filesystem::copy_file(
+        std::string(NBDMGR_TESTS_DIR) + "/state/fixtures/v0.1-state/" + name,
+        state + "/" + name);
+  }
+  ExportManagerOptions o{state, {dir_ + "/allowed"}, /*tls_available=*/true};
+  auto m = ExportManager::Create(o, *registry_, buffers_);
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto page = (*m)->ListExports(0, "");
+  ASSERT_TRUE(page.ok()) << page.status();
+  std::map<std::string, ExportInfo> got;
+  for (const ExportInfo& e : page->exports) got[e.config.name] = e;
+  ASSERT_EQ(got.size(), 5u);
+  for (const char* name :
+       {"fixed-off", "grow-optional", "exact-require", "pool-default"}) {
+    EXPECT_EQ(got[name].state, ExportState::kActive) << name;
+    EXPECT_TRUE(got[name].persistent) << name;
+    EXPECT_NE(registry_->Find(name), nullptr) << name;
+  }
+  EXPECT_EQ(got["fixed-off"].config.buffers.strategy, BufferStrategy::kFixed);
+  EXPECT_EQ(got["grow-optional"].config.buffers.strategy,
+            BufferStrategy::kGrow);
+  EXPECT_EQ(got["grow-optional"].config.tls, TlsMode::kOptional);
+  EXPECT_EQ(got["exact-require"].config.buffers.strategy,
+            BufferStrategy::kExact);
+  EXPECT_EQ(got["exact-require"].config.tls, TlsMode::kRequire);
+  EXPECT_EQ(got["pool-default"].config.buffers.strategy, BufferStrategy::kPool);
+  const ExportInfo& failed = got["stream-file"];
+  EXPECT_EQ(failed.state, ExportState::kFailed);
+  EXPECT_FALSE(failed.failure.empty());
+  EXPECT_EQ(failed.config.buffers.strategy, BufferStrategy::kStream);
+  EXPECT_EQ(failed.config.path, "/tmp/nbdmgr-v0.1-fixture/disks/stream.img");
+  EXPECT_EQ(registry_->Find("stream-file"), nullptr);
+  EXPECT_EQ(ExportInfoToProto(failed).state(), v1::Export::STATE_FAILED);
+  EXPECT_EQ(ExportInfoToProto(got["exact-require"]).tls(),
+            v1::TLS_MODE_REQUIRE);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "lib/daemon/daemon_config.h"
 
 namespace nbdmgr {
@@ -106,6 +107,51 @@ TEST(ConfigFileTest, UnreadableFileIsNamed) {
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(std::string(c.status().message()),
               HasSubstr("--config /nonexistent/nbdmgrd.conf: cannot read"));
+}
+
+// A config file of nbdmgrd 0.1, with the enum value names of that version
+// (`buffer_strategy: FIXED`, `tls: TLS_REQUIRE`, `state: ACTIVE`), loads
+// with every export's fields.
+TEST(ConfigFileTest, OldEnumValueNamesStillLoad) {
+  const std::string path =
+      absl::StrCat(NBDMGR_TESTS_DIR, "/daemon/fixtures/old-names.conf");
+  absl::StatusOr<v1::DaemonConfig> p = LoadConfigFile(path);
+  ASSERT_TRUE(p.ok()) << p.status();
+  MergedConfig m;
+  m.settings = *std::move(p);
+  m.file = path;
+  absl::StatusOr<DaemonConfig> c = DaemonConfigFromMerged(m);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->tls.psk_file, "/etc/nbdmgr/keys.psk");
+  ASSERT_EQ(c->exports.size(), 5u);
+  const ExportConfig& fixed = c->exports[0];
+  EXPECT_EQ(fixed.name, "fixed");
+  EXPECT_EQ(fixed.backend, BackendKind::kMemory);
+  EXPECT_EQ(fixed.size, 1u << 20);
+  EXPECT_EQ(fixed.buffers.strategy, BufferStrategy::kFixed);
+  EXPECT_EQ(fixed.tls, TlsMode::kOff);
+  const ExportConfig& grow = c->exports[1];
+  EXPECT_EQ(grow.name, "grow");
+  EXPECT_EQ(grow.backend, BackendKind::kNull);
+  EXPECT_EQ(grow.size, 2u << 20);
+  EXPECT_EQ(grow.buffers.strategy, BufferStrategy::kGrow);
+  EXPECT_EQ(grow.tls, TlsMode::kOptional);
+  const ExportConfig& exact = c->exports[2];
+  EXPECT_EQ(exact.name, "exact");
+  EXPECT_EQ(exact.size, 4u << 20);
+  EXPECT_EQ(exact.buffers.strategy, BufferStrategy::kExact);
+  EXPECT_EQ(exact.tls, TlsMode::kRequire);
+  const ExportConfig& pool = c->exports[3];
+  EXPECT_EQ(pool.name, "pool");
+  EXPECT_EQ(pool.buffers.strategy, BufferStrategy::kPool);
+  EXPECT_EQ(pool.buffers.memory_cap_bytes, 8u << 20);
+  EXPECT_EQ(pool.tls, TlsMode::kOff);
+  const ExportConfig& stream = c->exports[4];
+  EXPECT_EQ(stream.name, "stream");
+  EXPECT_EQ(stream.backend, BackendKind::kFile);
+  EXPECT_EQ(stream.path, "/var/lib/nbdmgr/disks/stream.img");
+  EXPECT_EQ(stream.buffers.strategy, BufferStrategy::kStream);
+  EXPECT_TRUE(stream.read_only);
 }
 
 }  // namespace

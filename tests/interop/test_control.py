@@ -2,6 +2,7 @@
 """Interop: the control plane (gRPC API and nbdctl) against the real daemon."""
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -13,7 +14,7 @@ import unittest
 
 import nbd
 
-from nbdmgr_fixture import NBDCTL, Daemon, grpc_api, random_file, run, sha256
+from nbdmgr_fixture import NBDCTL, NBDMGRD, Daemon, grpc_api, random_file, run, sha256
 
 MiB = 1 << 20
 
@@ -88,7 +89,7 @@ class ControlPlaneTest(unittest.TestCase):
         run("nbdcopy", self.d.uri("live"), back)
         self.assertEqual(sha256(src), sha256(back))
         self.assertEqual(self.ctl_json("get", "live")["buffer_strategy"],
-                         ["STREAM", "EXACT", "FIXED", "GROW", "POOL"][(i - 1) % 5])
+                         "BUFFER_STRATEGY_" + strategies[(i - 1) % 5].upper())
 
     def connect(self, name):
         h = nbd.NBD()
@@ -258,6 +259,49 @@ class StateFileTest(unittest.TestCase):
                 self.assertEqual(f.read(), "exports { name: ")
         finally:
             d.cleanup()
+
+    def test_state_and_config_of_version_0_1_load(self):
+        """Files of nbdmgrd 0.1 (old enum names: POOL, TLS_REQUIRE) serve,
+        and nbdctl prints the new names in JSON, the short ones in tables."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        psk = tempfile.NamedTemporaryFile("w", suffix=".psk", delete=False)
+        self.addCleanup(os.unlink, psk.name)
+        psk.write("fixture:" + os.urandom(16).hex() + "\n")
+        psk.close()
+        d = Daemon([], extra=["--tls-psk", psk.name])
+        try:
+            os.makedirs(d.state_dir, mode=0o700)
+            fixture = os.path.join(here, "..", "state", "fixtures", "v0.1-state")
+            for name in ("exports.textproto", "exports.log"):
+                shutil.copyfile(os.path.join(fixture, name),
+                                os.path.join(d.state_dir, name))
+            d.start()
+            got = {e["name"]: e for e in json.loads(
+                d.nbdctl("-o", "json", "list").stdout)["exports"]}
+            want = {
+                "exports/fixed-off": ("BUFFER_STRATEGY_FIXED", "TLS_MODE_OFF", "STATE_ACTIVE"),
+                "exports/grow-optional": ("BUFFER_STRATEGY_GROW", "TLS_MODE_OPTIONAL", "STATE_ACTIVE"),
+                "exports/exact-require": ("BUFFER_STRATEGY_EXACT", "TLS_MODE_REQUIRE", "STATE_ACTIVE"),
+                "exports/pool-default": ("BUFFER_STRATEGY_POOL", "TLS_MODE_OFF", "STATE_ACTIVE"),
+                "exports/stream-file": ("BUFFER_STRATEGY_STREAM", "TLS_MODE_OFF", "STATE_FAILED"),
+            }
+            self.assertEqual({n: (e["buffer_strategy"], e["tls"], e["state"])
+                              for n, e in got.items()}, want)
+            self.assertEqual(got["exports/fixed-off"]["memory_cap_bytes"], str(8 * MiB))
+            self.assertEqual(got["exports/exact-require"]["memory_cap_bytes"], str(16 * MiB))
+            table = d.nbdctl("list").stdout
+            self.assertRegex(table, r"fixed-off .* fixed .* active,ro")
+            self.assertRegex(table, r"stream-file .* stream .* FAILED")
+            run("nbdinfo", d.uri("pool-default"))
+            self.assertEqual(d.stop(), 0, d.logs())
+        finally:
+            d.cleanup()
+        conf = os.path.join(here, "..", "daemon", "fixtures", "old-names.conf")
+        p = subprocess.run([NBDMGRD, "--config", conf, "--check-config",
+                            "--tls-psk", psk.name],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("export: exact (memory 4MiB, tls=require)", p.stdout)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ class ConfigFileTest(unittest.TestCase):
             ("nbd_listen: \"tcp:1.2.3.4:5\"\nbogus_field: 1\n", "line 2"),
             ("nbd_listen: \"ftp://x\"\n", "--nbd-listen"),
             ("exports { name: \"a b\" memory { size_bytes: 1 } }\n", "exports[0]"),
-            ("exports { name: \"x\" memory { size_bytes: 1048576 } tls: TLS_REQUIRE }\n",
+            ("exports { name: \"x\" memory { size_bytes: 1048576 } tls: TLS_MODE_REQUIRE }\n",
              "tls=require"),
             ("log_level: \"loud\"\n", "--log-level"),
         ]

@@ -151,7 +151,7 @@ class IntegrityTest(unittest.TestCase):
         os.symlink(secret, image)
         self.d.start()
         got = self.ctl_json("get", "vm1")
-        self.assertEqual(got["state"], "FAILED")
+        self.assertEqual(got["state"], "STATE_FAILED")
         self.assertIn("symbolic link", got["failure"])
         self.assertIn("FAILED", self.d.nbdctl("list").stdout)
         self.assertIn('status="failed"', self.export_info("vm1"))
@@ -172,7 +172,7 @@ class IntegrityTest(unittest.TestCase):
         os.unlink(image)
         os.rename(image + ".real", image)
         self.d.nbdctl("update", "vm1", "--retry")
-        self.assertEqual(self.ctl_json("get", "vm1")["state"], "ACTIVE")
+        self.assertEqual(self.ctl_json("get", "vm1")["state"], "STATE_ACTIVE")
         run("nbdsh", "-u", self.d.uri("vm1"), "-c", "h.pwrite(b'x' * 512, 0)")
         self.assertEqual(sha256(secret), before)
         # An allowed directory dropped from --allow-path: FAILED at start.
@@ -180,7 +180,7 @@ class IntegrityTest(unittest.TestCase):
         self.d.args[self.d.args.index(self.files)] = self.outside
         self.d.start()
         got = self.ctl_json("get", "vm2")
-        self.assertEqual(got["state"], "FAILED")
+        self.assertEqual(got["state"], "STATE_FAILED")
         self.assertIn("outside the allowed directories", got["failure"])
         self.assertEqual(run("nbdinfo", "--size", self.d.uri("cli")).stdout.strip(),
                          str(MiB))
@@ -250,7 +250,7 @@ class IntegrityTest(unittest.TestCase):
         self.d.start()
         for name in ("created", "given"):
             got = self.ctl_json("get", name)
-            self.assertEqual(got["state"], "FAILED", got)
+            self.assertEqual(got["state"], "STATE_FAILED", got)
             self.assertIn("no such file", got["failure"])
         # Never recreated blank.
         self.assertFalse(os.path.exists(img1))
@@ -261,7 +261,7 @@ class IntegrityTest(unittest.TestCase):
         self.restart()
         got = self.ctl_json("get", "given")
         self.assertEqual((got["state"], got["description"]),
-                         ("FAILED", "waiting for its disk"))
+                         ("STATE_FAILED", "waiting for its disk"))
         # The disk is back: retry serves the data that was there.
         os.rmdir(self.files)
         os.rename(hidden, self.files)
@@ -359,13 +359,13 @@ class IntegrityTest(unittest.TestCase):
         self.assertNotEqual(self.d.nbdctl("get", "vm3", check=False).returncode, 0)
         p = self.d.nbdctl("remove", "vm2", check=False)
         self.assertNotEqual(p.returncode, 0)
-        self.assertEqual(self.ctl_json("get", "vm2")["state"], "ACTIVE")
+        self.assertEqual(self.ctl_json("get", "vm2")["state"], "STATE_ACTIVE")
         run("nbdinfo", "--size", self.d.uri("vm2"))
         # What the API answered is what comes back after a restart.
         self.restart()
         self.assertEqual(self.ctl_json("get", "vm1")["description"], last_ok)
         self.assertNotEqual(self.d.nbdctl("get", "vm3", check=False).returncode, 0)
-        self.assertEqual(self.ctl_json("get", "vm2")["state"], "ACTIVE")
+        self.assertEqual(self.ctl_json("get", "vm2")["state"], "STATE_ACTIVE")
         # Room again: changes work and persist.
         os.unlink(filler)
         self.d.nbdctl("update", "vm1", "--description", "after")

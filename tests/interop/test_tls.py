@@ -191,7 +191,7 @@ class TlsTest(unittest.TestCase):
         d = self.x509_daemon()
         d.nbdctl("create", "vm1", "--memory", "1MiB", "--tls", "require")
         got = json.loads(d.nbdctl("-o", "json", "get", "vm1").stdout)
-        self.assertEqual(got["tls"], "TLS_REQUIRE")
+        self.assertEqual(got["tls"], "TLS_MODE_REQUIRE")
         self.assertNotEqual(run("nbdinfo", f"nbd://127.0.0.1:{d.port}/vm1",
                                 check=False).returncode, 0)
         run("nbdinfo", self.tls_uri(d, "vm1"))

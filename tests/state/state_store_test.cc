@@ -9,6 +9,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -704,6 +705,131 @@ TEST_F(StateStoreTest, FullFilesystem) {
   EXPECT_EQ((*names)[0].name, "x");
   EXPECT_EQ((*names)[1].name, "y");
 }
+
+// --- Files written by earlier versions ---
+
+// State directories written by nbdmgrd 0.1, before the enum values got
+// their type's prefix (`buffer_strategy: FIXED`, `tls: TLS_REQUIRE`); made
+// by tests/state/fixtures/make-v0.1-state.sh. "v0.1-state": every export in
+// the snapshot plus a short log; "v0.1-state-log": all but the first only
+// in the log.
+class V01StateTest : public StateStoreTest,
+                     public ::testing::WithParamInterface<const char*> {
+ protected:
+  // Copies the fixture into dir_ (mode 0700, as the store requires).
+  void SetUp() override {
+    StateStoreTest::SetUp();
+    const std::string from =
+        absl::StrCat(NBDMGR_TESTS_DIR, "/state/fixtures/", GetParam());
+    for (const char* name : {"exports.textproto", "exports.log"}) {
+      std::filesystem::copy_file(absl::StrCat(from, "/", name),
+                                 absl::StrCat(dir_, "/", name));
+    }
+  }
+};
+
+TEST_P(V01StateTest, EveryExportLoadsWithItsFields) {
+  auto s = *StateStore::Open(dir_);
+  auto loaded = s->Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  std::map<std::string, ExportConfig> got;
+  for (const ExportConfig& c : *loaded) got[c.name] = c;
+  ASSERT_EQ(got.size(), 5u);
+  const BufferSettings default_buffers;
+  const BlockSizes default_blocks;
+
+  const ExportConfig& fixed = got["fixed-off"];
+  EXPECT_EQ(fixed.backend, BackendKind::kMemory);
+  EXPECT_EQ(fixed.size, 1u << 20);
+  EXPECT_EQ(fixed.description, "all fields");
+  EXPECT_TRUE(fixed.read_only);
+  EXPECT_EQ(fixed.block_sizes.minimum, 512u);
+  EXPECT_EQ(fixed.block_sizes.preferred, 8192u);
+  EXPECT_EQ(fixed.block_sizes.maximum_payload, 1u << 20);
+  EXPECT_EQ(fixed.buffers.strategy, BufferStrategy::kFixed);
+  EXPECT_EQ(fixed.buffers.memory_cap_bytes, 8u << 20);
+  EXPECT_EQ(fixed.buffers.pool_idle_release, std::chrono::milliseconds(2500));
+  EXPECT_EQ(fixed.tls, TlsMode::kOff);
+  EXPECT_EQ(fixed.max_clients, 3u);
+  EXPECT_EQ(fixed.stall_timeout, std::chrono::milliseconds(45000));
+
+  const ExportConfig& grow = got["grow-optional"];
+  EXPECT_EQ(grow.backend, BackendKind::kNull);
+  EXPECT_EQ(grow.size, 2u << 20);
+  EXPECT_FALSE(grow.read_only);
+  EXPECT_EQ(grow.buffers.strategy, BufferStrategy::kGrow);
+  EXPECT_EQ(grow.buffers.memory_cap_bytes, 0u);
+  EXPECT_EQ(grow.tls, TlsMode::kOptional);
+  EXPECT_EQ(grow.max_clients, 0u);
+  EXPECT_FALSE(grow.stall_timeout.has_value());
+
+  const ExportConfig& exact = got["exact-require"];
+  EXPECT_EQ(exact.backend, BackendKind::kMemory);
+  EXPECT_EQ(exact.size, 4u << 20);
+  EXPECT_EQ(exact.buffers.strategy, BufferStrategy::kExact);
+  EXPECT_EQ(exact.buffers.memory_cap_bytes, 16u << 20);  // from the log
+  EXPECT_EQ(exact.tls, TlsMode::kRequire);
+
+  const ExportConfig& pool = got["pool-default"];
+  EXPECT_EQ(pool.backend, BackendKind::kMemory);
+  EXPECT_EQ(pool.size, 1u << 20);
+  EXPECT_EQ(pool.description, "");
+  EXPECT_EQ(pool.buffers.strategy, BufferStrategy::kPool);
+  EXPECT_EQ(pool.buffers.pool_idle_release, default_buffers.pool_idle_release);
+  EXPECT_EQ(pool.tls, TlsMode::kOff);
+  EXPECT_EQ(pool.block_sizes.minimum, default_blocks.minimum);
+  EXPECT_EQ(pool.block_sizes.preferred, default_blocks.preferred);
+  EXPECT_EQ(pool.block_sizes.maximum_payload, default_blocks.maximum_payload);
+
+  const ExportConfig& stream = got["stream-file"];
+  EXPECT_EQ(stream.backend, BackendKind::kFile);
+  EXPECT_EQ(stream.path, "/tmp/nbdmgr-v0.1-fixture/disks/stream.img");
+  EXPECT_TRUE(stream.create);
+  EXPECT_EQ(stream.size, 1u << 20);
+  EXPECT_EQ(stream.buffers.strategy, BufferStrategy::kStream);
+  EXPECT_EQ(stream.tls, TlsMode::kOff);
+  EXPECT_EQ(stream.stall_timeout, std::chrono::milliseconds(0));
+}
+
+// The store goes on from an old directory: a change appends to (or
+// compacts) it, and a restart sees the old exports and the change.
+TEST_P(V01StateTest, ChangesGoOnFromTheOldFiles) {
+  auto s = OpenLoaded();
+  ASSERT_TRUE(s->Put(Memory("new")).ok());
+  ASSERT_TRUE(s->Delete("pool-default").ok());
+  s.reset();
+  EXPECT_EQ(SavedNames(), (Strings{"exact-require", "fixed-off",
+                                   "grow-optional", "new", "stream-file"}));
+}
+
+// Once rewritten, the snapshot names the values with their type's prefix
+// (the old names stay readable: deprecated aliases in export.proto).
+TEST_P(V01StateTest, NewSnapshotUsesTheNewNames) {
+  auto s = *StateStore::Open(dir_);
+  auto loaded = s->Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_TRUE(s->Save(*loaded).ok());
+  const std::string text = Slurp(s->path());
+  for (const char* name :
+       {"buffer_strategy: BUFFER_STRATEGY_FIXED", "BUFFER_STRATEGY_GROW",
+        "BUFFER_STRATEGY_EXACT", "BUFFER_STRATEGY_POOL",
+        "BUFFER_STRATEGY_STREAM", "tls: TLS_MODE_OFF", "TLS_MODE_OPTIONAL",
+        "TLS_MODE_REQUIRE"}) {
+    EXPECT_TRUE(Contains(text, name)) << name;
+  }
+  EXPECT_FALSE(Contains(text, ": FIXED"));
+  EXPECT_FALSE(Contains(text, ": TLS_REQUIRE"));
+  s.reset();
+  EXPECT_EQ(SavedNames().size(), 5u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, V01StateTest,
+                         ::testing::Values("v0.1-state", "v0.1-state-log"),
+                         [](const auto& info) {
+                           return info.param == std::string("v0.1-state")
+                                      ? "Compacted"
+                                      : "InTheLog";
+                         });
 
 }  // namespace
 }  // namespace nbdmgr
