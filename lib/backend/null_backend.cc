@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include "lib/nbd/wire.h"
 
 namespace nbdmgr {
 
@@ -48,7 +47,7 @@ absl::Status NullBackend::Write(uint64_t, std::span<const uint8_t>, bool) {
 
 absl::Status NullBackend::Extents(uint64_t, uint64_t length,
                                   absl::FunctionRef<bool(Extent)> visit) {
-  visit(Extent{length, nbd::kStateHole | nbd::kStateZero});
+  visit(Extent{length, kExtentHole | kExtentZero});
   return absl::OkStatus();
 }
 

@@ -6,7 +6,7 @@
 #include <fstream>
 #include <map>
 
-#include "lib/control/proto_convert.h"
+#include "lib/convert/proto_convert.h"
 #include "nbdmgr/v1/export.pb.h"
 
 namespace nbdmgr {
