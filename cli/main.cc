@@ -35,11 +35,7 @@ void AddGlobalFlags(CLI::App& app, Global* g) {
   app.add_option("-o,--output", g->output,
                  "table (default) or json; stats also takes\n"
                  "prometheus")
-      ->type_name("F")
-      // CLI11 reads "-o=json" as the value "=json"; kubectl-style and the
-      // old parser take it as "json".
-      ->transform(
-          [](std::string v) { return v.starts_with("=") ? v.substr(1) : v; });
+      ->type_name("F");
   app.add_option("--tls-ca", g->tls_ca,
                  "CA certificates for a TCP control address")
       ->type_name("FILE");
@@ -115,6 +111,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return OnParseError(app, e);
   }
+  // CLI11 reads "-o=json" as the value "=json"; kubectl-style and the old
+  // parser take it as "json".
+  if (g.output.starts_with('=')) g.output.erase(0, 1);
   for (const Command& c : commands) {
     if (!c.app->parsed()) continue;
     if (g.output != "table" && g.output != "json" &&
