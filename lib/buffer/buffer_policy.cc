@@ -188,74 +188,82 @@ BufferLease ConnectionBuffers::TryChargePinned(size_t n) {
 
 BufferLease ConnectionBuffers::TryAcquire(size_t size, bool count) {
   const std::shared_ptr<const BufferSettings> settings = owner_.current();
-  const BufferSettings& s = *settings;
+  const BufferStrategy strategy = settings->strategy;
   // A strategy change frees what the old one kept.
-  if (s.strategy != idle_strategy_) {
+  if (strategy != idle_strategy_) {
     for (const Held& h : idle_) FreeHeld(h);
     idle_.clear();
-    idle_strategy_ = s.strategy;
+    idle_strategy_ = strategy;
   }
-  switch (s.strategy) {
+  switch (strategy) {
     case BufferStrategy::kStream:
       return Refuse(false, count);
-    case BufferStrategy::kExact: {
-      if (!TryCharge(size)) return Refuse(true, count);
-      uint8_t* p = size >= kExactMmapThreshold
-                       ? AllocatePages(size)
-                       : static_cast<uint8_t*>(std::malloc(size));
-      if (p == nullptr) {
-        Uncharge(size);
-        return Refuse(false, count);
-      }
-      Add(allocations_, 1);
-      return BufferLease(&heap_rel_, p, size, size, size);
-    }
+    case BufferStrategy::kExact:
+      return AcquireExact(size, count);
     case BufferStrategy::kFixed:
-    case BufferStrategy::kGrow: {
-      const bool fixed = s.strategy == BufferStrategy::kFixed;
-      // Reuse a held buffer that is large enough.
-      for (size_t i = 0; i < idle_.size(); ++i) {
-        if (idle_[i].capacity >= size) {
-          Held h = idle_[i];
-          idle_.erase(idle_.begin() + static_cast<ptrdiff_t>(i));
-          Add(idle_bytes_, -static_cast<int64_t>(h.capacity));
-          Add(reuses_, 1);
-          return BufferLease(&held_rel_, h.data, size, h.capacity, h.capacity);
-        }
-      }
-      // grow: replace the largest held buffer with a bigger one.
-      if (!fixed && !idle_.empty()) {
-        FreeHeld(idle_.back());
-        idle_.pop_back();
-      }
-      size_t capacity =
-          fixed ? owner_.system_.max_payload() : RoundUpPage(size);
-      if (!TryCharge(capacity)) return Refuse(true, count);
-      uint8_t* p = AllocatePages(capacity);
-      if (p == nullptr) {
-        Uncharge(capacity);
-        return Refuse(false, count);
-      }
-      Add(allocations_, 1);
-      return BufferLease(&held_rel_, p, size, capacity, capacity);
-    }
-    case BufferStrategy::kPool: {
-      size_t capacity = BufferPool::ClassSize(size);
-      if (!TryCharge(capacity)) return Refuse(true, count);
-      // Keep cached + in-use pool memory within the daemon cap.
-      MemoryBudget& daemon = owner_.system_.budget();
-      uint64_t limit = daemon.headroom();  // UINT64_MAX without a cap
-      bool reused = false;
-      uint8_t* p = owner_.system_.pool().Get(size, limit, &reused);
-      if (p == nullptr) {
-        Uncharge(capacity);
-        return Refuse(false, count);
-      }
-      Add(reused ? reuses_ : allocations_, 1);
-      return BufferLease(&pool_rel_, p, size, capacity, capacity);
-    }
+    case BufferStrategy::kGrow:
+      return AcquireHeld(size, strategy == BufferStrategy::kFixed, count);
+    case BufferStrategy::kPool:
+      return AcquirePool(size, count);
   }
   return Refuse(false, count);
+}
+
+BufferLease ConnectionBuffers::AcquireExact(size_t size, bool count) {
+  if (!TryCharge(size)) return Refuse(true, count);
+  uint8_t* p = size >= kExactMmapThreshold
+                   ? AllocatePages(size)
+                   : static_cast<uint8_t*>(std::malloc(size));
+  if (p == nullptr) {
+    Uncharge(size);
+    return Refuse(false, count);
+  }
+  Add(allocations_, 1);
+  return BufferLease(&heap_rel_, p, size, size, size);
+}
+
+BufferLease ConnectionBuffers::AcquireHeld(size_t size, bool fixed,
+                                           bool count) {
+  // Reuse a held buffer that is large enough.
+  for (size_t i = 0; i < idle_.size(); ++i) {
+    if (idle_[i].capacity >= size) {
+      Held h = idle_[i];
+      idle_.erase(idle_.begin() + static_cast<ptrdiff_t>(i));
+      Add(idle_bytes_, -static_cast<int64_t>(h.capacity));
+      Add(reuses_, 1);
+      return BufferLease(&held_rel_, h.data, size, h.capacity, h.capacity);
+    }
+  }
+  // grow: replace the largest held buffer with a bigger one.
+  if (!fixed && !idle_.empty()) {
+    FreeHeld(idle_.back());
+    idle_.pop_back();
+  }
+  size_t capacity = fixed ? owner_.system_.max_payload() : RoundUpPage(size);
+  if (!TryCharge(capacity)) return Refuse(true, count);
+  uint8_t* p = AllocatePages(capacity);
+  if (p == nullptr) {
+    Uncharge(capacity);
+    return Refuse(false, count);
+  }
+  Add(allocations_, 1);
+  return BufferLease(&held_rel_, p, size, capacity, capacity);
+}
+
+BufferLease ConnectionBuffers::AcquirePool(size_t size, bool count) {
+  size_t capacity = BufferPool::ClassSize(size);
+  if (!TryCharge(capacity)) return Refuse(true, count);
+  // Keep cached + in-use pool memory within the daemon cap.
+  MemoryBudget& daemon = owner_.system_.budget();
+  uint64_t limit = daemon.headroom();  // UINT64_MAX without a cap
+  bool reused = false;
+  uint8_t* p = owner_.system_.pool().Get(size, limit, &reused);
+  if (p == nullptr) {
+    Uncharge(capacity);
+    return Refuse(false, count);
+  }
+  Add(reused ? reuses_ : allocations_, 1);
+  return BufferLease(&pool_rel_, p, size, capacity, capacity);
 }
 
 void ConnectionBuffers::ReleaseLease(Kind kind, uint8_t* data, size_t capacity,

@@ -191,6 +191,12 @@ class ConnectionBuffers final : public RequestBufferSource {
   void Uncharge(uint64_t n);
   void FreeHeld(const Held& h);
   BufferLease Refuse(bool cap_full, bool count);
+  // TryAcquire by strategy: a buffer of exactly `size` (exact), a held
+  // buffer of at least `size` reused or made (fixed: max payload; grow:
+  // `size` rounded to pages), or a pool size class (pool).
+  BufferLease AcquireExact(size_t size, bool count);
+  BufferLease AcquireHeld(size_t size, bool fixed, bool count);
+  BufferLease AcquirePool(size_t size, bool count);
 
   friend class ExportBuffers;
   // This connection's counters: written on its executor only, read by

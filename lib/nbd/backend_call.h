@@ -16,7 +16,9 @@ namespace nbdmgr::nbd {
 namespace asio = boost::asio;
 
 // How one connection calls its export's backend: every backend call of the
-// request path (handlers, streamed READs and WRITEs) goes through here.
+// request path (handlers, streamed READs and WRITEs) goes through here,
+// except a zero-copy READ's, which runs inline because it never blocks
+// (RequestHandler::ReadZeroCopy; its exceptions are caught there).
 // Backends that never block run inline on the session's thread; blocking
 // ones run on the pool, and the caller resumes on its own executor. A
 // backend that throws (a bug, std::bad_alloc) fails its call with Internal,

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "lib/util/strings.h"
 
 namespace nbdmgr::nbd {
 
@@ -141,14 +142,27 @@ void EncodeOffsetHole(uint8_t* out, uint16_t flags, uint64_t cookie,
   PutU32(out + kChunkHeaderSize + 8, length);
 }
 
+std::string_view ErrorChunkMessage(std::string_view message) {
+  if (message.size() > kMaxErrorMessage) {
+    size_t n = kMaxErrorMessage;
+    // message[n] is the first byte cut: back up off a character's tail.
+    while (n > 0 && (static_cast<uint8_t>(message[n]) & 0xC0) == 0x80) --n;
+    message = message.substr(0, n);
+  }
+  if (message.find('\0') != std::string_view::npos || !IsValidUtf8(message)) {
+    return {};
+  }
+  return message;
+}
+
 void EncodeErrorChunk(uint8_t* out, uint64_t cookie, uint32_t error,
                       std::string_view message) {
-  const size_t n = std::min(message.size(), kMaxErrorMessage);
+  const std::string_view m = ErrorChunkMessage(message);
   EncodeChunkHeader(out, kReplyFlagDone, kChunkError, cookie,
-                    static_cast<uint32_t>(6 + n));
+                    static_cast<uint32_t>(6 + m.size()));
   PutU32(out + kChunkHeaderSize, error);
-  PutU16(out + kChunkHeaderSize + 4, static_cast<uint16_t>(n));
-  if (n > 0) std::memcpy(out + kChunkHeaderSize + 6, message.data(), n);
+  PutU16(out + kChunkHeaderSize + 4, static_cast<uint16_t>(m.size()));
+  if (!m.empty()) std::memcpy(out + kChunkHeaderSize + 6, m.data(), m.size());
 }
 
 void EncodeBlockStatusChunk(uint8_t* out, uint64_t cookie, uint32_t context_id,

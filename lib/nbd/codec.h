@@ -115,11 +115,17 @@ void EncodeOffsetDataHeader(uint8_t* out, uint16_t flags, uint64_t cookie,
 inline constexpr size_t kOffsetHoleSize = kChunkHeaderSize + 12;
 void EncodeOffsetHole(uint8_t* out, uint16_t flags, uint64_t cookie,
                       uint64_t offset, uint32_t length);
-// NBD_REPLY_TYPE_ERROR (always the last chunk): error and message; the
-// message is cut to kMaxErrorMessage bytes. ErrorChunkSize(message) bytes.
-inline constexpr size_t kMaxErrorMessage = 4096;
+// NBD_REPLY_TYPE_ERROR (always the last chunk): error and message, the
+// message as ErrorChunkMessage(message); ErrorChunkSize(message) bytes.
+//
+// The spec's rules for a string: UTF-8 without NUL, at most 4096 bytes
+// (SHOULD 256). ErrorChunkMessage is `message` cut to kMaxErrorMessage bytes
+// at a character boundary, or empty if it breaks those rules (a backend's
+// message may carry a file name in any encoding).
+inline constexpr size_t kMaxErrorMessage = 256;
+std::string_view ErrorChunkMessage(std::string_view message);
 inline size_t ErrorChunkSize(std::string_view message) {
-  return kChunkHeaderSize + 6 + std::min(message.size(), kMaxErrorMessage);
+  return kChunkHeaderSize + 6 + ErrorChunkMessage(message).size();
 }
 void EncodeErrorChunk(uint8_t* out, uint64_t cookie, uint32_t error,
                       std::string_view message);

@@ -67,7 +67,7 @@ class ReplyWriter {
   static constexpr size_t kMaxBatchSegments = 512;
   static constexpr size_t kMaxFreeReplies = 64;
 
-  // Counts the written replies of batch_ and updates in-flight.
+  // Records each written reply of batch_ in the connection's counters.
   void RecordBatch();
   // Moves queued replies (up to the first streamed one) into batch_ and
   // writes them in one gather write.

@@ -106,30 +106,43 @@ void RequestHandler::LogFailure(const RequestHeader& h,
 asio::awaitable<void> RequestHandler::Execute(RequestHeader h,
                                               BufferLease lease, int64_t start,
                                               Ticket ticket) {
-  std::unique_ptr<Reply> reply = NewReply(h, start);
+  std::unique_ptr<Reply> reply;
   absl::Status st;
-  bool unexpected = false;
+  bool logged = false;  // an exception, logged where caught
   try {
-    st = co_await Dispatch(h, lease, *reply);
+    reply = NewReply(h, start);
+    if (h.type == kCmdRead && ZeroCopyReads()) {
+      st = ReadZeroCopy(h, lease, *reply);  // runs here: no backend call waits
+    } else {
+      st = co_await Dispatch(h, lease, *reply);
+    }
   } catch (const std::exception& e) {
-    unexpected = true;
-    LogFailure(h, absl::StrCat("unexpected exception: ", e.what()));
+    st = Unexpected(h, e.what());
+    logged = true;
   } catch (...) {
-    unexpected = true;
-    LogFailure(h, "unexpected exception");
+    st = Unexpected(h, "unknown exception");
+    logged = true;
   }
-  lease.Reset();  // a WRITE's payload is written: free it before replying
-  if (unexpected) {
-    // Never leave a request unanswered: EIO, counted like any other error.
-    SetError(*reply, h, kEio, "internal error");
-  } else if (!st.ok()) {
+  if (reply == nullptr) reply = NewReply(h, start);
+  if (!st.ok()) {
     const uint32_t error = NbdErrorFromStatus(st);
-    if (error == kEio) LogFailure(h, st.ToString());
+    if (error == kEio && !logged) LogFailure(h, st.ToString());
     SetError(*reply, h, error, ToStd(st.message()));
   } else if (reply->segment_count() == 0) {
     reply->AddSimpleReply(kOk, h.cookie);
   }
+  // Free a WRITE's payload (or a failed READ's pin charge, after its pins)
+  // before the reply is queued; a READ's lease has moved into its reply.
+  lease.Reset();
   writer_.Send(std::move(reply), std::move(ticket));
+}
+
+absl::Status RequestHandler::Unexpected(const RequestHeader& h,
+                                        std::string_view what) const {
+  // Never leave a request unanswered: EIO, counted like any other error.
+  spdlog::error("{}: {} on export {} failed unexpectedly: {}", conn_.peer(),
+                NameOfCommand(h.type), export_->name(), what);
+  return absl::InternalError("internal error");
 }
 
 asio::awaitable<absl::Status> RequestHandler::Dispatch(const RequestHeader& h,
@@ -150,9 +163,14 @@ asio::awaitable<absl::Status> RequestHandler::Dispatch(const RequestHeader& h,
     case kCmdCache:
       return Cache(h);
     case kCmdBlockStatus:
-    default:  // ValidateRequest admits no other command
       return BlockStatus(h, reply);
+    default:  // ValidateRequest admits no other command
+      return Unknown();
   }
+}
+
+asio::awaitable<absl::Status> RequestHandler::Unknown() {
+  co_return absl::InvalidArgumentError("unknown command");
 }
 
 ReadPieces RequestHandler::PlanRead(const RequestHeader& h) const {
@@ -182,25 +200,23 @@ ReadPieces RequestHandler::PlanRead(const RequestHeader& h) const {
   return pieces;
 }
 
-absl::Status RequestHandler::ReadPinned(const RequestHeader& h, Reply& reply) {
+absl::Status RequestHandler::ReadZeroCopy(const RequestHeader& h,
+                                          BufferLease& lease, Reply& reply) {
   Backend& be = call_.backend();
-  return AddReadReply(
-      reply, h, structured_, PlanRead(h), [&](const ReadPiece& p) {
+  absl::Status st =
+      AddReadReply(reply, h, structured_, PlanRead(h), [&](const ReadPiece& p) {
         return be.ReadPinned(p.offset, p.length,
                              [&](std::span<const uint8_t> bytes, Pin* pin) {
                                reply.AddPinned(bytes, pin);
                              });
       });
+  if (st.ok()) reply.set_lease(std::move(lease));  // the pins' charge
+  return st;
 }
 
 asio::awaitable<absl::Status> RequestHandler::Read(const RequestHeader& h,
                                                    BufferLease& lease,
                                                    Reply& reply) {
-  if (ZeroCopyReads()) {
-    absl::Status st = ReadPinned(h, reply);
-    if (st.ok()) reply.set_lease(std::move(lease));  // the pins' charge
-    co_return st;
-  }
   const std::span<uint8_t> buf = lease.span();
   auto part = [&](const ReadPiece& p) {
     return buf.subspan(p.offset - h.offset, p.length);
@@ -261,29 +277,27 @@ asio::awaitable<absl::Status> RequestHandler::Cache(const RequestHeader& h) {
 
 asio::awaitable<absl::Status> RequestHandler::BlockStatus(
     const RequestHeader& h, Reply& reply) {
-  std::vector<Extent> extents;
+  // Runs of equal flags merged; lengths clamped to the request's (a
+  // backend may report an extent running past it).
+  std::vector<BlockDescriptor> descs;
   const bool one = (h.flags & kCmdFlagReqOne) != 0;
   absl::Status st = co_await call_([&] {
     return call_.backend().Extents(h.offset, h.length, [&](Extent e) {
-      if (!extents.empty() && extents.back().flags == e.flags) {
-        extents.back().length += e.length;
+      if (!descs.empty() && descs.back().flags == e.flags) {
+        descs.back().length = static_cast<uint32_t>(
+            std::min<uint64_t>(descs.back().length + e.length, h.length));
       } else {
-        extents.push_back(e);
+        descs.push_back(
+            {static_cast<uint32_t>(std::min<uint64_t>(e.length, h.length)),
+             e.flags});
       }
-      return !one && extents.size() < kMaxDescriptors;
+      return !one && descs.size() < kMaxDescriptors;
     });
   });
   if (!st.ok()) co_return st;
-  if (extents.empty()) extents.push_back(Extent{h.length, 0});
-  if (one) extents.resize(1);
-  std::vector<BlockDescriptor> descriptors;
-  descriptors.reserve(extents.size());
-  for (const Extent& e : extents) {
-    descriptors.push_back(
-        {static_cast<uint32_t>(std::min<uint64_t>(e.length, h.length)),
-         e.flags});
-  }
-  reply.AddBlockStatusChunk(h.cookie, base_allocation_id_, descriptors);
+  if (descs.empty()) descs.push_back({h.length, 0});
+  if (one) descs.resize(1);
+  reply.AddBlockStatusChunk(h.cookie, base_allocation_id_, descs);
   co_return absl::OkStatus();
 }
 

@@ -89,12 +89,18 @@ class RequestHandler {
   asio::awaitable<absl::Status> Cache(const RequestHeader& h);
   asio::awaitable<absl::Status> BlockStatus(const RequestHeader& h,
                                             Reply& reply);
-  // Runs the handler for h.type.
+  // Runs the handler for h.type (not a zero-copy READ).
   asio::awaitable<absl::Status> Dispatch(const RequestHeader& h,
                                          BufferLease& lease, Reply& reply);
-  // A zero-copy READ: the reply's data segments are the backend's own
-  // bytes under pins, released when the reply is recycled.
-  absl::Status ReadPinned(const RequestHeader& h, Reply& reply);
+  asio::awaitable<absl::Status> Unknown();
+  // A zero-copy READ, synchronous (only for backends that never block):
+  // the reply's data segments are the backend's own bytes under pins,
+  // released when the reply is recycled; `lease` (the pins' charge) moves
+  // into the reply on success.
+  absl::Status ReadZeroCopy(const RequestHeader& h, BufferLease& lease,
+                            Reply& reply);
+  // Logs a request that failed with an exception; returns its status.
+  absl::Status Unexpected(const RequestHeader& h, std::string_view what) const;
   void LogFailure(const RequestHeader& h, std::string_view what) const;
 
   Connection& conn_;

@@ -175,42 +175,45 @@ asio::awaitable<void> Session::Run() {
                agreed->structured_replies ? " (structured replies)" : "");
   transmitting_ = true;
   export_in_use_ = e.get();  // Negotiate() counted us in e->clients()
-  {
-    std::unique_ptr<ConnectionBuffers> buffers = e->buffers().NewConnection();
-    ScopedIoStats io(options_.count_requests ? &e->io_stats() : nullptr);
-    ReplyWriter writer(conn_, io.get());
-    Transmission tx(conn_, writer, *buffers, *agreed, options_.transmission);
-    tx_ = &tx;
-    writer_ = &writer;
-    idle_since_ = in_since_ = out_since_ = std::chrono::steady_clock::now();
-    ScheduleWatch();
-    bool broken = false;
-    try {
-      co_await (tx.ReadLoop() && writer.Run());
-    } catch (const std::exception& e) {
-      spdlog::error("{}: session failed: {}", conn_.peer(), e.what());
-      broken = true;
-    } catch (...) {
-      spdlog::error("{}: session failed", conn_.peer());
-      broken = true;
-    }
-    if (broken) {
-      // Requests may still run on the blocking pool and hold the writer,
-      // the transmission and their leases: drop their replies and wait for
-      // them before those go away.
-      conn_.Close();
-      writer.Abandon();
-      co_await writer.WaitInFlightBelow(1);
-    }
-    tx_ = nullptr;
-    writer_ = nullptr;
-    timer_.cancel();
-    spdlog::info("{}: export \"{}\" session ended ({})", conn_.peer(),
-                 e->name(), tx.end_reason());
-  }
+  co_await Transmit(*agreed);
   e->RemoveClient();
   export_in_use_ = nullptr;
   conn_.Close();
+}
+
+asio::awaitable<void> Session::Transmit(const NegotiationResult& agreed) {
+  const std::shared_ptr<Export>& e = agreed.export_;
+  std::unique_ptr<ConnectionBuffers> buffers = e->buffers().NewConnection();
+  ScopedIoStats io(options_.count_requests ? &e->io_stats() : nullptr);
+  ReplyWriter writer(conn_, io.get());
+  Transmission tx(conn_, writer, *buffers, agreed, options_.transmission);
+  tx_ = &tx;
+  writer_ = &writer;
+  idle_since_ = in_since_ = out_since_ = std::chrono::steady_clock::now();
+  ScheduleWatch();
+  bool broken = false;
+  try {
+    co_await (tx.ReadLoop() && writer.Run());
+  } catch (const std::exception& ex) {
+    spdlog::error("{}: session failed: {}", conn_.peer(), ex.what());
+    broken = true;
+  } catch (...) {
+    spdlog::error("{}: session failed", conn_.peer());
+    broken = true;
+  }
+  if (broken) {
+    // Requests may still run on the blocking pool and hold the writer,
+    // the transmission and their leases: drop their replies and wait for
+    // them before those go away.
+    conn_.Close();
+    writer.Abandon();
+    co_await writer.WaitInFlightBelow(1);
+  }
+  tx_ = nullptr;
+  writer_ = nullptr;
+  timer_.cancel();
+  spdlog::info("{}: export \"{}\" session ended ({})", conn_.peer(), e->name(),
+               tx.end_reason());
 }
 
 void Session::Stop() {

@@ -63,6 +63,11 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   // Timer callbacks (they hold a reference to the session).
   void OnHandshakeDeadline();
+  // The transmission phase on export `agreed.export_`: a reader and a
+  // writer until the client leaves, the stream breaks or the session is
+  // stopped; every request read is answered (or dropped if the socket
+  // failed) before it returns.
+  asio::awaitable<void> Transmit(const NegotiationResult& agreed);
   // The transmission watchdog: idle and stall checks, four times per
   // timeout, so a client is dropped between 1 and 1.25 timeouts in.
   void ScheduleWatch();

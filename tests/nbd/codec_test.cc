@@ -52,6 +52,52 @@ TEST(CodecTest, SimpleReplyAndChunkHeader) {
   EXPECT_EQ(GetU32(b + 16), 108u);
 }
 
+TEST(CodecTest, ReplyChunks) {
+  uint8_t hole[kOffsetHoleSize];
+  EncodeOffsetHole(hole, kReplyFlagDone, 7, 4096, 512);
+  EXPECT_EQ(GetU16(hole + 4), kReplyFlagDone);
+  EXPECT_EQ(GetU16(hole + 6), kChunkOffsetHole);
+  EXPECT_EQ(GetU32(hole + 16), 12u);
+  EXPECT_EQ(GetU64(hole + 20), 4096u);
+  EXPECT_EQ(GetU32(hole + 28), 512u);
+
+  uint8_t data[kOffsetDataHeaderSize];
+  EncodeOffsetDataHeader(data, 0, 7, 8192, 1000);
+  EXPECT_EQ(GetU16(data + 6), kChunkOffsetData);
+  EXPECT_EQ(GetU32(data + 16), 1008u);  // offset + the data that follows
+  EXPECT_EQ(GetU64(data + 20), 8192u);
+
+  const BlockDescriptor descs[] = {{4096, kStateHole | kStateZero}, {512, 0}};
+  std::vector<uint8_t> bs(BlockStatusChunkSize(2));
+  EncodeBlockStatusChunk(bs.data(), 7, 1, descs);
+  EXPECT_EQ(GetU16(bs.data() + 6), kChunkBlockStatus);
+  EXPECT_EQ(GetU32(bs.data() + 16), 4u + 16u);
+  EXPECT_EQ(GetU32(bs.data() + 20), 1u);
+  EXPECT_EQ(GetU32(bs.data() + 24), 4096u);
+  EXPECT_EQ(GetU32(bs.data() + 28), kStateHole | kStateZero);
+  EXPECT_EQ(GetU32(bs.data() + 32), 512u);
+  EXPECT_EQ(GetU32(bs.data() + 36), 0u);
+}
+
+TEST(CodecTest, ErrorChunkMessageFollowsTheSpecsStringRules) {
+  std::vector<uint8_t> e(ErrorChunkSize("no space"));
+  EncodeErrorChunk(e.data(), 7, kEnospc, "no space");
+  EXPECT_EQ(GetU16(e.data() + 4), kReplyFlagDone);
+  EXPECT_EQ(GetU16(e.data() + 6), kChunkError);
+  EXPECT_EQ(GetU32(e.data() + 16), 6u + 8u);
+  EXPECT_EQ(GetU32(e.data() + 20), kEnospc);
+  EXPECT_EQ(GetU16(e.data() + 24), 8u);
+  EXPECT_EQ(std::string(e.begin() + 26, e.end()), "no space");
+  // Cut to kMaxErrorMessage bytes, never inside a character.
+  std::string long_msg(kMaxErrorMessage - 1, 'a');
+  long_msg += "\xc3\xa9tail";  // U+00E9 straddles the limit
+  EXPECT_EQ(ErrorChunkMessage(long_msg).size(), kMaxErrorMessage - 1);
+  // Not UTF-8, or a NUL: no message rather than a broken string.
+  EXPECT_EQ(ErrorChunkMessage("read /srv/\xff.img: EIO"), "");
+  EXPECT_EQ(ErrorChunkMessage(std::string_view("a\0b", 3)), "");
+  EXPECT_EQ(ErrorChunkSize("\xff"), kChunkHeaderSize + 6);
+}
+
 TEST(CodecTest, InfoRequestParses) {
   auto p = Cat({U32(4), Str("disk"), {0, 2, 0, 1, 0, 3}});
   auto r = ParseInfoRequest(p);
