@@ -10,7 +10,11 @@
 #                              a 1 GiB file each, in a temp dir)
 #        BASELINE=PATH         the peer is another nbdmgrd binary (e.g. a build
 #                              of the previous commit) instead of nbdkit: the
-#                              regression check for refactors
+#                              regression check for refactors. Both daemons
+#                              are restarted and refilled every round, in
+#                              alternating order: whichever starts first runs
+#                              measurably slower (~10% on 2 cores), which a
+#                              fixed order would charge to one build
 #        NBDMGR_EXTRA="..."    extra nbdmgrd flags (both nbdmgrd servers)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -41,13 +45,40 @@ start_mgr() {
 }
 
 MGR_PORT=$(free_port); PEER_PORT=$(free_port)
-MGR_PID=$(start_mgr "$NBDMGRD" "$MGR_PORT" "$WORK/mgr.sock" "$WORK/mgr.img")
+SRC_IMG=$WORK/src.img
+head -c 1G /dev/urandom > "$SRC_IMG"
+# fill SERVER: random data on the whole disk (first writes to a fresh disk
+# are much slower than rewrites; nbdcopy skips holes).
+fill() { nbdcopy --no-extents -C 4 -T 4 "$SRC_IMG" "$(uri "$1" unix)"; }
+declare -A SERVER_PID
 if [ -n "${BASELINE:-}" ]; then
   PEER=baseline
-  PEER_PIDS=$(start_mgr "$BASELINE" "$PEER_PORT" "$WORK/peer.sock" "$WORK/peer.img")
-  PEER_CPU_PID=$PEER_PIDS
+  PEER_PIDS=""
+  # start_pair FIRST: (re)starts both daemons, FIRST first, and fills them.
+  start_pair() {
+    local s pid
+    for pid in $MGR_PID $PEER_PIDS; do  # not our children: poll until gone
+      kill "$pid" 2>/dev/null || true
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    done
+    rm -f "$WORK/mgr.img" "$WORK/peer.img"
+    for s in "$1" $([ "$1" = nbdmgrd ] && echo baseline || echo nbdmgrd); do
+      if [ "$s" = nbdmgrd ]; then
+        MGR_PID=$(start_mgr "$NBDMGRD" "$MGR_PORT" "$WORK/mgr.sock" "$WORK/mgr.img")
+        wait_for "$WORK/mgr.sock"; wait_for "$MGR_PORT"
+      else
+        PEER_PIDS=$(start_mgr "$BASELINE" "$PEER_PORT" "$WORK/peer.sock" "$WORK/peer.img")
+        wait_for "$WORK/peer.sock"; wait_for "$PEER_PORT"
+      fi
+      fill "$s"
+    done
+    SERVER_PID=([nbdmgrd]=$MGR_PID [baseline]=$PEER_PIDS)
+  }
+  before_round() { start_pair "$([ $(($1 % 2)) -eq 1 ] && echo nbdmgrd || echo baseline)"; }
+  MGR_PID=""
 else
   PEER=nbdkit
+  MGR_PID=$(start_mgr "$NBDMGRD" "$MGR_PORT" "$WORK/mgr.sock" "$WORK/mgr.img")
   if [ "$BACKEND" = memory ]; then plugin=(memory 1G)
   else truncate -s 1G "$WORK/peer.img"; plugin=(file "$WORK/peer.img"); fi
   nbdkit --exit-with-parent -f -i 127.0.0.1 -p "$PEER_PORT" "${plugin[@]}" &
@@ -55,8 +86,11 @@ else
   PEER_CPU_PID=$!
   nbdkit --exit-with-parent -f -U "$WORK/peer.sock" "${plugin[@]}" &
   PEER_PIDS="$PEER_PIDS $!"
+  wait_for "$WORK/mgr.sock"; wait_for "$MGR_PORT"; wait_for "$WORK/peer.sock"; wait_for "$PEER_PORT"
+  # CPU time per GB is measured on the unix-socket nbdkit (the TCP one is a
+  # second process; nbdmgrd serves both from one).
+  SERVER_PID=([nbdmgrd]=$MGR_PID [nbdkit]=$PEER_CPU_PID)
 fi
-wait_for "$WORK/mgr.sock"; wait_for "$MGR_PORT"; wait_for "$WORK/peer.sock"; wait_for "$PEER_PORT"
 
 uri() {  # uri SERVER TRANSPORT
   case "$1/$2" in
@@ -68,17 +102,9 @@ uri() {  # uri SERVER TRANSPORT
     nbdkit/tcp) echo "nbd://127.0.0.1:$PEER_PORT/" ;;
   esac
 }
-# CPU time per GB is measured on the unix-socket server of each (the TCP
-# nbdkit is a second process; nbdmgrd serves both from one).
-declare -A SERVER_PID=([nbdmgrd]=$MGR_PID [$PEER]=$PEER_CPU_PID)
-
-# Prefill both disks with random data (first writes to a fresh nbdkit disk
-# are much slower than rewrites; nbdcopy skips holes).
-SRC_IMG=$WORK/src.img
-head -c 1G /dev/urandom > "$SRC_IMG"
-for s in nbdmgrd "$PEER"; do
-  nbdcopy --no-extents -C 4 -T 4 "$SRC_IMG" "$(uri "$s" unix)"
-done
+if [ -z "${BASELINE:-}" ]; then
+  fill nbdmgrd; fill nbdkit
+fi
 
 echo "backend: $BACKEND; peer: $PEER${BASELINE:+ ($BASELINE)}"
 bench_matrix nbdmgrd "$PEER"

@@ -55,7 +55,8 @@ median() { $PY -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:] if x
 # nbdcopy in and out, over unix and tcp) against servers A and B, alternating
 # which goes first every round, and prints a table of medians with the ratio
 # A/B. The caller defines `uri SERVER TRANSPORT` and SRC_IMG (a 1 GiB file),
-# and may define `before_job SERVER` / `after_job SERVER` hooks. If the
+# and may define `before_job SERVER` / `after_job SERVER` hooks and a
+# `before_round ROUND` hook (called first in each round). If the
 # caller fills the associative array SERVER_PID (server -> pid), a second
 # table shows each server's CPU time per GB moved (ms/GB, lower is better),
 # which is less sensitive to scheduling noise than throughput.
@@ -69,7 +70,9 @@ bench_matrix() {
   declare -A R
   declare -F before_job >/dev/null || before_job() { :; }
   declare -F after_job >/dev/null || after_job() { :; }
+  declare -F before_round >/dev/null || before_round() { :; }
   for round in $(seq 1 "$ROUNDS"); do
+    before_round "$round"
     local order=("$a" "$b"); [ $((round % 2)) -eq 0 ] && order=("$b" "$a")
     for t in unix tcp; do
       for job in "${jobs[@]}"; do
