@@ -2,6 +2,8 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include <fstream>
 
@@ -103,11 +105,16 @@ TEST(DaemonFlagsTest, ErrorsNameTheFlag) {
   }
 }
 
-// A config file holding `text`, removed at the end of the test.
+// A config file holding `text`, removed at the end of the test. Each test
+// gets its own name: ctest runs the tests of this fixture in parallel.
 class ConfigFileFlagsTest : public ::testing::Test {
  protected:
   std::string Write(const std::string& text) {
-    path_ = ::testing::TempDir() + "nbdmgrd_flags_test.conf";
+    std::string tmpl = ::testing::TempDir() + "nbdmgrd_flags_test.XXXXXX";
+    int fd = mkstemp(tmpl.data());
+    EXPECT_GE(fd, 0);
+    if (fd >= 0) close(fd);
+    path_ = tmpl;
     std::ofstream(path_) << text;
     return path_;
   }
