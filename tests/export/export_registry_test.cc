@@ -5,25 +5,18 @@
 #include <atomic>
 #include <thread>
 
+#include "tests/export/memory_export.h"
 
 namespace nbdmgr {
 namespace {
 
-std::shared_ptr<Export> Mem(const std::string& name, bool ro = false) {
-  ExportConfig c;
-  c.name = name;
-  c.backend = BackendKind::kMemory;
-  c.size = 1 << 20;
-  c.read_only = ro;
-  static BufferSystem buffers(32 << 20);
-  return *Export::Create(c, buffers);
-}
+using ::nbdmgr::test::MemoryExport;
 
 TEST(ExportRegistryTest, AddFindRemove) {
   ExportRegistry r;
-  ASSERT_TRUE(r.Add(Mem("b")).ok());
-  ASSERT_TRUE(r.Add(Mem("a")).ok());
-  EXPECT_EQ(r.Add(Mem("a")).code(), absl::StatusCode::kAlreadyExists);
+  ASSERT_TRUE(r.Add(MemoryExport("b")).ok());
+  ASSERT_TRUE(r.Add(MemoryExport("a")).ok());
+  EXPECT_EQ(r.Add(MemoryExport("a")).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_NE(r.Find("a"), nullptr);
   EXPECT_EQ(r.Find("zzz"), nullptr);
   auto list = r.List();
@@ -37,7 +30,7 @@ TEST(ExportRegistryTest, AddFindRemove) {
 
 TEST(ExportRegistryTest, EmptyNameIsDefault) {
   ExportRegistry r;
-  ASSERT_TRUE(r.Add(Mem("a")).ok());
+  ASSERT_TRUE(r.Add(MemoryExport("a")).ok());
   EXPECT_EQ(r.Find(""), nullptr);
   r.SetDefault("a");
   ASSERT_NE(r.Find(""), nullptr);
@@ -45,7 +38,7 @@ TEST(ExportRegistryTest, EmptyNameIsDefault) {
 }
 
 TEST(ExportTest, NoClientGetsInOnceDraining) {
-  auto e = Mem("d");
+  auto e = MemoryExport("d");
   ASSERT_TRUE(e->TryAddClient());
   e->set_draining();
   EXPECT_FALSE(e->TryAddClient());
@@ -56,7 +49,7 @@ TEST(ExportTest, NoClientGetsInOnceDraining) {
 // (taken after draining is set) or refused. None slips in unseen.
 TEST(ExportTest, ClientsRacingADeleteAreSeenOrRefused) {
   for (int round = 0; round < 200; ++round) {
-    auto e = Mem("race");
+    auto e = MemoryExport("race");
     std::atomic<int> admitted{0};
     std::thread client([&] {
       if (e->TryAddClient()) admitted.fetch_add(1);
