@@ -1,6 +1,7 @@
 #ifndef NBDMGR_LIB_BACKEND_BACKEND_H_
 #define NBDMGR_LIB_BACKEND_BACKEND_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 
@@ -20,7 +21,13 @@ struct BackendCaps {
   bool can_cache = false;       // Cache() prefetches
   bool blocking = false;        // calls may block on I/O: run off the
                                 // network threads
+  bool async = false;           // ReadAsync, WriteAsync and FlushAsync
+                                // complete through the ring without
+                                // blocking (then run on the io thread)
   bool zero_copy_read = false;  // ReadPinned() lends stored bytes
+  // READs shorter than this are sent as data without asking Extents() for
+  // holes (where asking costs system calls, a small hole is cheaper sent).
+  uint64_t sparse_read_min = 0;
   // What one pin keeps allocated: whole units of this many bytes (a
   // memory-export page), however few of them a READ asked for.
   uint64_t pin_unit = 1;
@@ -43,6 +50,27 @@ inline std::span<const uint8_t> ZeroBytes() {
   static const uint8_t zeros[64 * 1024] = {};
   return std::span<const uint8_t>(zeros, sizeof(zeros));
 }
+
+class IoRing;  // lib/backend/io_ring.h: the io thread's io_uring
+
+// The completion of one asynchronous backend call (ReadAsync, WriteAsync,
+// FlushAsync). The backend calls Complete() exactly once, on any thread,
+// possibly before the call that started it returns; after that it touches
+// neither this object nor the call's buffers. Until then the backend may
+// keep the call's own state in scratch(): room for a trivially destructible
+// object of kScratchSize bytes (a ring operation, a librbd completion).
+class IoCompletion {
+ public:
+  static constexpr size_t kScratchSize = 96;
+  virtual void Complete(absl::Status status) = 0;
+  void* scratch() { return scratch_; }
+
+ protected:
+  ~IoCompletion() = default;
+
+ private:
+  alignas(std::max_align_t) unsigned char scratch_[kScratchSize];
+};
 
 // Extent flags. They are the bits of NBD's base:allocation context
 // (NBD_STATE_HOLE, NBD_STATE_ZERO), which lib/nbd checks at compile time,
@@ -100,6 +128,24 @@ class Backend {
                              bool fua) = 0;
   // Makes every completed write durable.
   virtual absl::Status Flush() = 0;
+  // Read, Write and Flush as asynchronous calls, for backends with
+  // caps().async: queued on `ring` (the calling io thread's), finished by
+  // `done`. Called on the ring's thread. The defaults run the synchronous
+  // call and complete at once.
+  virtual void ReadAsync(uint64_t offset, std::span<uint8_t> buf, IoRing& ring,
+                         IoCompletion& done) {
+    (void)ring;
+    done.Complete(Read(offset, buf));
+  }
+  virtual void WriteAsync(uint64_t offset, std::span<const uint8_t> data,
+                          bool fua, IoRing& ring, IoCompletion& done) {
+    (void)ring;
+    done.Complete(Write(offset, data, fua));
+  }
+  virtual void FlushAsync(IoRing& ring, IoCompletion& done) {
+    (void)ring;
+    done.Complete(Flush());
+  }
   // Discards the range if it can (a hint; contents afterwards are unspecified
   // by NBD, but our backends read trimmed ranges as zeroes).
   virtual absl::Status Trim(uint64_t offset, uint64_t length, bool fua) = 0;

@@ -45,6 +45,7 @@ int FaultBackend::injected(Op op) const {
 BackendCaps FaultBackend::caps() const {
   BackendCaps c = inner_->caps();
   c.blocking = true;         // a delay must not stall a network thread
+  c.async = false;           // so every call runs on the pool, faults too
   c.zero_copy_read = false;  // every read goes through Read(), and its faults
   return c;
 }

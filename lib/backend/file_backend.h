@@ -4,12 +4,21 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "lib/backend/backend.h"
 
 namespace nbdmgr {
+
+// How a file export does its I/O: through the io thread's io_uring (no
+// thread hop per request), or on the blocking thread pool (kernels or
+// sandboxes without io_uring). kAuto takes io_uring when it works here.
+enum class FileIo { kAuto, kIoUring, kThreads };
+std::string_view NameOf(FileIo io);  // "auto", "io_uring", "threads"
+// InvalidArgument listing the valid names.
+absl::StatusOr<FileIo> ParseFileIo(std::string_view name);
 
 struct FileBackendOptions {
   std::string path;
@@ -24,6 +33,8 @@ struct FileBackendOptions {
   // RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so what is opened is what was
   // checked, whatever is renamed meanwhile. Exports created over the API.
   std::vector<std::string> confine_to = {};
+  // kIoUring where io_uring is unavailable is refused (FailedPrecondition).
+  FileIo io = FileIo::kAuto;
 };
 
 class FileLocation;  // a name in a directory held open (file_backend.cc)
@@ -32,7 +43,9 @@ class FileLocation;  // a name in a directory held open (file_backend.cc)
 // RWF_DSYNC, TRIM punches holes, WRITE_ZEROES uses fallocate (or
 // BLKZEROOUT on a block device), and block status comes from
 // SEEK_DATA/SEEK_HOLE. Calls block on I/O (caps().blocking): the NBD layer
-// runs them on a thread pool. Thread-safe: positional I/O on one descriptor.
+// runs them on a thread pool, except READ, WRITE and FLUSH with io_uring
+// (caps().async), which it queues on the io thread's ring. Thread-safe:
+// positional I/O on one descriptor.
 class FileBackend final : public Backend {
  public:
   // NotFound if its directory is missing, or the file is and may not be
@@ -56,12 +69,20 @@ class FileBackend final : public Backend {
   // No-op otherwise.
   void RemoveCreatedFile();
 
+  // What the export's READ, WRITE and FLUSH use: kIoUring or kThreads.
+  FileIo io() const { return io_; }
+
   uint64_t size() const override { return size_; }
   BackendCaps caps() const override;
   absl::Status Read(uint64_t offset, std::span<uint8_t> buf) override;
   absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
                      bool fua) override;
   absl::Status Flush() override;
+  void ReadAsync(uint64_t offset, std::span<uint8_t> buf, IoRing& ring,
+                 IoCompletion& done) override;
+  void WriteAsync(uint64_t offset, std::span<const uint8_t> data, bool fua,
+                  IoRing& ring, IoCompletion& done) override;
+  void FlushAsync(IoRing& ring, IoCompletion& done) override;
   absl::Status Trim(uint64_t offset, uint64_t length, bool fua) override;
   absl::Status Zero(uint64_t offset, uint64_t length,
                     ZeroOptions options) override;
@@ -70,13 +91,17 @@ class FileBackend final : public Backend {
                        absl::FunctionRef<bool(Extent)> visit) override;
 
  private:
-  FileBackend(int fd, uint64_t size, bool is_block_device, std::string path);
+  friend class FileRingOp;
+  FileBackend(int fd, uint64_t size, bool is_block_device, std::string path,
+              FileIo io);
   absl::Status WriteZeroesSlowly(uint64_t offset, uint64_t length);
 
   const int fd_;
   const uint64_t size_;
   const bool is_block_device_;
   const std::string path_;
+  const FileIo io_;
+  const uint64_t ring_id_;  // this file's id in the io threads' rings
   // Set if Open created the file: where, to undo it.
   std::unique_ptr<FileLocation> created_in_;
 };

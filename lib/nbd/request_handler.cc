@@ -45,13 +45,13 @@ absl::Status AddReadReply(Reply& reply, const RequestHeader& h, bool structured,
 
 RequestHandler::RequestHandler(Connection& conn, ReplyWriter& writer,
                                const NegotiationResult& agreed,
-                               asio::thread_pool* blocking_pool)
+                               asio::thread_pool* blocking_pool, IoRing* ring)
     : conn_(conn),
       writer_(writer),
       export_(agreed.export_),
       structured_(agreed.structured_replies),
       base_allocation_id_(agreed.base_allocation_id),
-      call_(export_->backend(), export_->caps().blocking, blocking_pool) {}
+      call_(export_->backend(), blocking_pool, ring) {}
 
 std::unique_ptr<Reply> RequestHandler::NewReply(const RequestHeader& h,
                                                 int64_t start) {
@@ -175,8 +175,9 @@ asio::awaitable<absl::Status> RequestHandler::Unknown() {
 
 ReadPieces RequestHandler::PlanRead(const RequestHeader& h) const {
   ReadPieces pieces;
-  const bool sparse =
-      structured_ && !(h.flags & kCmdFlagDf) && export_->caps().can_extents;
+  const BackendCaps caps = export_->caps();
+  const bool sparse = structured_ && !(h.flags & kCmdFlagDf) &&
+                      caps.can_extents && h.length >= caps.sparse_read_min;
   if (sparse) {
     uint64_t pos = h.offset;
     bool too_many = false;
@@ -222,17 +223,30 @@ asio::awaitable<absl::Status> RequestHandler::Read(const RequestHeader& h,
     return buf.subspan(p.offset - h.offset, p.length);
   };
   ReadPieces pieces;
-  absl::Status st = co_await call_([&]() -> absl::Status {
+  absl::Status st;
+  if (call_.async()) {
+    // Holes are looked up here (lseek, as qemu does; only for READs of
+    // sparse_read_min or more), the data read through the ring.
     pieces = PlanRead(h);
     for (const ReadPiece& p : pieces) {
-      if (p.zero) continue;
-      if (absl::Status rs = call_.backend().Read(p.offset, part(p)); !rs.ok()) {
-        return rs;
-      }
+      if (!p.zero) st = co_await call_.Read(p.offset, part(p));
+      if (!st.ok()) co_return st;
     }
-    return absl::OkStatus();
-  });
-  if (!st.ok()) co_return st;
+  } else {
+    // One trip to the pool for the plan and the reads.
+    st = co_await call_([&]() -> absl::Status {
+      pieces = PlanRead(h);
+      for (const ReadPiece& p : pieces) {
+        if (p.zero) continue;
+        if (absl::Status rs = call_.backend().Read(p.offset, part(p));
+            !rs.ok()) {
+          return rs;
+        }
+      }
+      return absl::OkStatus();
+    });
+    if (!st.ok()) co_return st;
+  }
   st = AddReadReply(reply, h, structured_, pieces, [&](const ReadPiece& p) {
     reply.AddData(part(p));
     return absl::OkStatus();
@@ -243,14 +257,10 @@ asio::awaitable<absl::Status> RequestHandler::Read(const RequestHeader& h,
 
 asio::awaitable<absl::Status> RequestHandler::Write(const RequestHeader& h,
                                                     BufferLease& lease) {
-  const bool fua = (h.flags & kCmdFlagFua) != 0;
-  return call_([&be = call_.backend(), offset = h.offset, data = lease.span(),
-                fua] { return be.Write(offset, data, fua); });
+  return call_.Write(h.offset, lease.span(), (h.flags & kCmdFlagFua) != 0);
 }
 
-asio::awaitable<absl::Status> RequestHandler::Flush() {
-  return call_([&be = call_.backend()] { return be.Flush(); });
-}
+asio::awaitable<absl::Status> RequestHandler::Flush() { return call_.Flush(); }
 
 asio::awaitable<absl::Status> RequestHandler::Trim(const RequestHeader& h) {
   const bool fua = (h.flags & kCmdFlagFua) != 0;

@@ -41,7 +41,7 @@ class RequestHandler {
   // Serves the export and the features `agreed` in negotiation.
   RequestHandler(Connection& conn, ReplyWriter& writer,
                  const NegotiationResult& agreed,
-                 asio::thread_pool* blocking_pool);
+                 asio::thread_pool* blocking_pool, IoRing* ring);
 
   // Runs request `h` and sends its reply with `ticket`. `lease` is the
   // request's buffer (a WRITE's payload, already read; room for a READ's

@@ -50,6 +50,18 @@ Server::Server(ServerOptions options, std::shared_ptr<ExportRegistry> registry)
     contexts_.push_back(std::make_unique<asio::io_context>(1));
     load_.emplace_back(0);
     guards_.push_back(asio::make_work_guard(*contexts_.back()));
+    rings_.push_back(nullptr);
+    if (IoRing::Supported()) {
+      // Without its ring a thread's sessions use the pool for file I/O.
+      absl::StatusOr<std::shared_ptr<IoRing>> ring =
+          IoRing::Create(*contexts_.back());
+      if (ring.ok()) {
+        rings_.back() = std::move(*ring);
+      } else {
+        spdlog::warn("io thread {}: no io_uring ({}); file exports use threads",
+                     i, ring.status().message());
+      }
+    }
   }
 }
 
@@ -177,8 +189,9 @@ asio::awaitable<void> Server::AcceptLoop(Acceptor& acceptor) {
       socket.close(ignored);
       continue;
     }
-    auto session = std::make_shared<Session>(std::move(socket), *registry_,
-                                             options_.session);
+    SessionOptions so = options_.session;
+    so.transmission.ring = rings_[ctx].get();
+    auto session = std::make_shared<Session>(std::move(socket), *registry_, so);
     {
       MutexLock lock(&mu_);
       sessions_.emplace(session.get(), session);
@@ -278,6 +291,8 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
   for (auto& ctx : contexts_) ctx->stop();
   for (auto& t : threads_) t.join();
   threads_.clear();
+  // Before their contexts: a ring waits for what it has in flight.
+  rings_.clear();
   // Only the files still ours: never another daemon's.
   for (const SocketPathClaim& c : socket_claims_) c.RemoveIfStillOurs();
 }

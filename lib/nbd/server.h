@@ -20,6 +20,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "lib/backend/io_ring.h"
 #include "lib/export/export_registry.h"
 #include "lib/metrics/server_stats.h"
 #include "lib/nbd/session.h"
@@ -96,6 +97,9 @@ class Server {
   ServerOptions options_;
   const std::shared_ptr<ExportRegistry> registry_;
   std::vector<std::unique_ptr<boost::asio::io_context>> contexts_;
+  // One io_uring per context (null where it could not be made), for file
+  // exports' I/O; destroyed before the contexts.
+  std::vector<std::shared_ptr<IoRing>> rings_;
   std::vector<WorkGuard> guards_;
   std::vector<std::thread> threads_;
   boost::asio::thread_pool blocking_pool_;

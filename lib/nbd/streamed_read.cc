@@ -15,9 +15,7 @@ asio::awaitable<ReplyStream::Part> StreamedRead::Next(Reply& reply) {
   const std::span<uint8_t> data = chunk_.span().first(n);
   absl::Status st =
       !chunk_ ? absl::ResourceExhaustedError("out of memory for buffers")
-              : co_await handler_.call()([&be = handler_.call().backend(),
-                                          pos = pos_,
-                                          data] { return be.Read(pos, data); });
+              : co_await handler_.call().Read(pos_, data);
   const bool structured = handler_.structured_replies();
   if (!st.ok()) {
     if (started_ && !structured) {

@@ -61,7 +61,7 @@ Transmission::Transmission(Connection& conn, ReplyWriter& writer,
       export_(agreed.export_),
       limits_(LimitsOf(*export_, agreed)),
       options_(options),
-      handler_(conn, writer, agreed, options.blocking_pool) {}
+      handler_(conn, writer, agreed, options.blocking_pool, options.ring) {}
 
 asio::awaitable<void> Transmission::ReadLoop() {
   for (;;) {
@@ -184,18 +184,14 @@ asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h,
         chunk.span().first(std::min<uint64_t>(remaining, chunk.size()));
     // Only the read is the client's: a slow backend write is not a stall.
     if (!co_await ReadPayload(piece)) co_return false;
-    st =
-        co_await handler_.call()([&be = handler_.call().backend(), pos, piece] {
-          return be.Write(pos, piece, false);
-        });
+    st = co_await handler_.call().Write(pos, piece, false);
     pos += piece.size();
     remaining -= piece.size();
   }
   // After a failure, keep the stream in sync: drain the rest.
   if (remaining > 0 && !co_await SkipPayload(remaining)) co_return false;
   if (st.ok() && (h.flags & kCmdFlagFua)) {
-    st = co_await handler_.call()(
-        [&be = handler_.call().backend()] { return be.Flush(); });
+    st = co_await handler_.call().Flush();
   }
   chunk.Reset();
   if (st.ok()) {

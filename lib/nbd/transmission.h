@@ -25,6 +25,9 @@ struct TransmissionOptions {
   size_t max_in_flight = 64;
   // Where blocking backend calls run. Required when the backend blocks.
   asio::thread_pool* blocking_pool = nullptr;
+  // The io thread's ring, for asynchronous backends (null: none; they use
+  // the pool).
+  IoRing* ring = nullptr;
 };
 
 // The reading side of one connection in transmission: reads each request,
