@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
+#include "lib/backend/file_backend.h"
 #include "lib/buffer/buffer_policy.h"
 #include "lib/convert/proto_convert.h"
 #include "lib/util/duration.h"
@@ -26,7 +27,7 @@ struct CommonFlags {
 
 struct CreateFlags {
   std::string name;
-  std::optional<std::string> memory, null, file, size;
+  std::optional<std::string> memory, null, file, size, io;
   bool read_only = false;
   CommonFlags common;
   std::optional<std::string> min_block_size, preferred_block_size, max_payload;
@@ -148,14 +149,16 @@ std::string StateText(const v1::Export& e) {
 }
 
 void PrintTable(const std::vector<const v1::Export*>& exports) {
-  std::printf("%-24s %-28s %10s %7s %-8s %10s %-8s\n", "NAME", "BACKEND",
-              "SIZE", "CLIENTS", "BUFFERS", "MEM CAP", "STATE");
+  std::printf("%-24s %-28s %-8s %10s %7s %-8s %10s %-8s\n", "NAME", "BACKEND",
+              "IO", "SIZE", "CLIENTS", "BUFFERS", "MEM CAP", "STATE");
   for (const v1::Export* e : exports) {
     std::string id = e->name().substr(e->name().find('/') + 1);
     std::printf(
-        "%-24s %-28s %10s %7u %-8s %10s %-8s\n", id.c_str(),
-        BackendText(*e).c_str(), FormatSize(e->size_bytes()).c_str(),
-        e->connected_clients(), StrategyText(e->buffer_strategy()).c_str(),
+        "%-24s %-28s %-8s %10s %7u %-8s %10s %-8s\n", id.c_str(),
+        BackendText(*e).c_str(),
+        e->io_engine().empty() ? "-" : e->io_engine().c_str(),
+        FormatSize(e->size_bytes()).c_str(), e->connected_clients(),
+        StrategyText(e->buffer_strategy()).c_str(),
         e->memory_cap_bytes() ? FormatSize(e->memory_cap_bytes()).c_str() : "-",
         StateText(*e).c_str());
   }
@@ -212,7 +215,15 @@ std::string SetBackend(const CreateFlags& f, v1::Export* e) {
       e->mutable_file()->set_size_bytes(size.value_or(0));
       e->mutable_file()->set_create(true);
     }
+    if (f.io) {
+      absl::StatusOr<FileIo> io = ParseFileIo(*f.io);
+      if (!io.ok()) return absl::StrCat("--", io.status().message());
+      e->mutable_file()->set_io(*io == FileIo::kIoUring   ? v1::FILE_IO_IO_URING
+                                : *io == FileIo::kThreads ? v1::FILE_IO_THREADS
+                                                          : v1::FILE_IO_AUTO);
+    }
   }
+  if (f.io && !f.file) return "--io is only for --file exports";
   return size.ok() ? "" : std::string(size.status().message());
 }
 
@@ -384,6 +395,9 @@ Command AddCreateCommand(CLI::App& app, const Global& g) {
               "--allow-path; with --size, created (sparse) if\n"
               "missing");
   AddOptional(cmd, "--size", "SIZE", &f->size, "size of a --file to create");
+  AddOptional(cmd, "--io", "MODE", &f->io,
+              "how a --file does its I/O: auto (default: io_uring\n"
+              "where the host allows it), io_uring, or threads");
   cmd->add_flag("--read-only", f->read_only, "clients may not write");
   AddCommonFlags(cmd, &f->common);
   AddOptional(cmd, "--min-block-size", "N", &f->min_block_size,

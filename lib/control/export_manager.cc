@@ -93,7 +93,9 @@ ExportInfo ExportManager::Describe(const Export& e) const {
   info.config = e.current_config();
   info.size = e.size();
   info.block_sizes = e.block_sizes();
-  info.multi_conn = e.caps().can_multi_conn;
+  const BackendCaps caps = e.caps();
+  info.multi_conn = caps.can_multi_conn;
+  info.io = caps.async ? "io_uring" : caps.blocking ? "threads" : "inline";
   info.clients = e.clients();
   info.created = e.created();
   info.state = e.draining() ? ExportState::kDraining : ExportState::kActive;

@@ -126,6 +126,20 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
       c.path = p.file().path();
       c.create = p.file().create();
       if (p.file().size_bytes() != 0) c.size = p.file().size_bytes();
+      switch (p.file().io()) {
+        case v1::FILE_IO_AUTO:
+          c.io = FileIo::kAuto;
+          break;
+        case v1::FILE_IO_IO_URING:
+          c.io = FileIo::kIoUring;
+          break;
+        case v1::FILE_IO_THREADS:
+          c.io = FileIo::kThreads;
+          break;
+        default:
+          return absl::InvalidArgumentError(
+              absl::StrCat("file.io: unknown value ", p.file().io()));
+      }
       if (c.create && !c.size) {
         return absl::InvalidArgumentError("file.create needs file.size_bytes");
       }
@@ -182,6 +196,9 @@ v1::Export ExportConfigToProto(const ExportConfig& c) {
       p.mutable_file()->set_path(c.path);
       p.mutable_file()->set_create(c.create);
       p.mutable_file()->set_size_bytes(c.size.value_or(0));
+      p.mutable_file()->set_io(c.io == FileIo::kIoUring   ? v1::FILE_IO_IO_URING
+                               : c.io == FileIo::kThreads ? v1::FILE_IO_THREADS
+                                                          : v1::FILE_IO_AUTO);
       break;
   }
   p.mutable_block_sizes()->set_minimum(c.block_sizes.minimum);
@@ -221,6 +238,7 @@ v1::Export ExportInfoToProto(const ExportInfo& info) {
       break;
   }
   p.set_persistent(info.persistent);
+  p.set_io_engine(info.io);
   return p;
 }
 

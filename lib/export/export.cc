@@ -25,7 +25,7 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
     case BackendKind::kFile: {
       auto b = FileBackend::Open(FileBackendOptions{c.path, c.read_only, c.size,
                                                     c.create && open.may_create,
-                                                    open.confine_to});
+                                                    open.confine_to, c.io});
       if (!b.ok()) return b.status();
       if ((*b)->created_file()) *created = b->get();
       return std::unique_ptr<Backend>(std::move(*b));

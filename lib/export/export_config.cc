@@ -179,6 +179,10 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
         return absl::InvalidArgumentError(absl::StrCat(
             "export ", c.name, ": path is only for the file backend"));
       }
+      if (c.io != FileIo::kAuto) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "export ", c.name, ": io is only for the file backend"));
+      }
       break;
     case BackendKind::kFile:
       if (c.path.empty()) {
@@ -250,6 +254,10 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       absl::StatusOr<std::chrono::milliseconds> d = ParseDuration(value);
       if (!d.ok()) return KeyError("stall-timeout", d.status());
       c.stall_timeout = *d;
+    } else if (key == "io") {
+      absl::StatusOr<FileIo> io = ParseFileIo(value);
+      if (!io.ok()) return KeyError("io", io.status());
+      c.io = *io;
     } else if (key == "tls") {
       absl::StatusOr<TlsMode> mode = ParseTlsMode(value);
       if (!mode.ok()) return KeyError("tls", mode.status());
@@ -282,7 +290,7 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       return absl::InvalidArgumentError(absl::StrCat(
           "export spec \"", ToAbsl(spec), "\": unknown key \"", key,
           "\" (name, backend, path, size, read-only, description, tls, "
-          "max-clients, stall-timeout, "
+          "max-clients, stall-timeout, io, "
           "buffer-strategy, memory-cap, pool-idle-release, min-block-size, "
           "preferred-block-size, max-payload)"));
     }

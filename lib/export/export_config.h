@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "lib/backend/file_backend.h"
 #include "lib/buffer/buffer_policy.h"
 
 namespace nbdmgr {
@@ -47,6 +48,7 @@ struct ExportConfig {
   std::optional<uint64_t> size;  // required for kMemory and kNull; for kFile,
                                  // the size a created file gets, or must have
   bool create = true;            // kFile: create a missing file (needs size)
+  FileIo io = FileIo::kAuto;     // kFile: io_uring or the thread pool
   bool read_only = false;
   BlockSizes block_sizes;
   BufferSettings buffers;
@@ -92,10 +94,10 @@ absl::Status ValidateExportConfig(const ExportConfig& config);
 // "name=scratch,backend=memory,size=1GiB,read-only=true,description=Scratch",
 // plus buffer keys: buffer-strategy=pool, memory-cap=256MiB,
 // pool-idle-release=5s, tls=off|optional|require, max-clients=N,
-// stall-timeout=DUR and the block sizes: min-block-size=N,
-// preferred-block-size=N, max-payload=N.
-// A literal comma inside a value is written "\,". Returns InvalidArgument
-// naming the bad key or value; the result is also validated.
+// stall-timeout=DUR, io=auto|io_uring|threads (file) and the block sizes:
+// min-block-size=N, preferred-block-size=N, max-payload=N. A literal comma
+// inside a value is written "\,". Returns InvalidArgument naming the bad key or
+// value; the result is also validated.
 absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec);
 
 }  // namespace nbdmgr

@@ -21,6 +21,9 @@ struct ExportInfo {
   uint64_t size = 0;
   BlockSizes block_sizes;
   bool multi_conn = false;
+  // How READ, WRITE and FLUSH run: "io_uring", "threads" (a file export's
+  // engine) or "inline" (memory, null); empty while not served.
+  std::string io;
   int clients = 0;
   std::chrono::system_clock::time_point created;
   ExportState state = ExportState::kActive;

@@ -84,7 +84,8 @@ def random_file(path, size):
 class Daemon:
     """One nbdmgrd process with the given --export specs."""
 
-    def __init__(self, exports, extra=(), workdir=None):
+    def __init__(self, exports, extra=(), workdir=None, env=None):
+        self.env = env  # extra environment variables for the daemon
         self.dir = workdir or tempfile.mkdtemp(prefix="nbdmgr-test-")
         self.sock = os.path.join(self.dir, "nbd.sock")
         self.ready = os.path.join(self.dir, "ready")
@@ -108,7 +109,8 @@ class Daemon:
         if os.path.exists(self.ready):
             os.unlink(self.ready)
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=self.log)
+        env = dict(os.environ, **self.env) if self.env else None
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=self.log, env=env)
         deadline = time.time() + 15
         while not os.path.exists(self.ready):
             if self.proc.poll() is not None:

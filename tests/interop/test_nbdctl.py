@@ -119,7 +119,7 @@ class HelpTest(unittest.TestCase):
     def test_command_help_lists_its_flags(self):
         flags = {
             "create": ["NAME", "--memory SIZE", "--null SIZE", "--file PATH", "--size SIZE",
-                       "--read-only", "--description TEXT", "--buffer-strategy S",
+                       "--io MODE", "--read-only", "--description TEXT", "--buffer-strategy S",
                        "--memory-cap SIZE", "--pool-idle-release DUR", "--tls MODE",
                        "--max-clients N", "--stall-timeout DUR", "--min-block-size N",
                        "--preferred-block-size N", "--max-payload N"],
