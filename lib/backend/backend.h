@@ -21,10 +21,10 @@ struct BackendCaps {
   bool can_cache = false;       // Cache() prefetches
   bool blocking = false;        // calls may block on I/O: run off the
                                 // network threads
-  bool async = false;           // ReadAsync, WriteAsync and FlushAsync
-                                // complete through the ring without
-                                // blocking (then run on the io thread)
-  bool zero_copy_read = false;  // ReadPinned() lends stored bytes
+  bool async = false;  // ReadAsync, WriteAsync and FlushAsync start the
+                       // call without blocking (then run on the io thread)
+  bool async_needs_ring = false;  // ... given the io thread's IoRing
+  bool zero_copy_read = false;    // ReadPinned() lends stored bytes
   // READs shorter than this are sent as data without asking Extents() for
   // holes (where asking costs system calls, a small hole is cheaper sent).
   uint64_t sparse_read_min = 0;
@@ -129,20 +129,21 @@ class Backend {
   // Makes every completed write durable.
   virtual absl::Status Flush() = 0;
   // Read, Write and Flush as asynchronous calls, for backends with
-  // caps().async: queued on `ring` (the calling io thread's), finished by
-  // `done`. Called on the ring's thread. The defaults run the synchronous
-  // call and complete at once.
-  virtual void ReadAsync(uint64_t offset, std::span<uint8_t> buf, IoRing& ring,
+  // caps().async, finished by `done`. Called on an io thread; `ring` is
+  // that thread's io_uring (never null for caps().async_needs_ring, else
+  // possibly null). The defaults run the synchronous call and complete at
+  // once.
+  virtual void ReadAsync(uint64_t offset, std::span<uint8_t> buf, IoRing* ring,
                          IoCompletion& done) {
     (void)ring;
     done.Complete(Read(offset, buf));
   }
   virtual void WriteAsync(uint64_t offset, std::span<const uint8_t> data,
-                          bool fua, IoRing& ring, IoCompletion& done) {
+                          bool fua, IoRing* ring, IoCompletion& done) {
     (void)ring;
     done.Complete(Write(offset, data, fua));
   }
-  virtual void FlushAsync(IoRing& ring, IoCompletion& done) {
+  virtual void FlushAsync(IoRing* ring, IoCompletion& done) {
     (void)ring;
     done.Complete(Flush());
   }

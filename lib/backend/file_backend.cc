@@ -337,6 +337,7 @@ BackendCaps FileBackend::caps() const {
   c.can_cache = true;
   c.blocking = true;
   c.async = io_ == FileIo::kIoUring;
+  c.async_needs_ring = true;
   // Two lseek calls cost more than sending a small hole's zeroes.
   c.sparse_read_min = 64 * 1024;
   return c;
@@ -489,22 +490,22 @@ static_assert(alignof(FileRingOp) <= alignof(std::max_align_t));
 static_assert(std::is_trivially_destructible_v<FileRingOp>);
 
 void FileBackend::ReadAsync(uint64_t offset, std::span<uint8_t> buf,
-                            IoRing& ring, IoCompletion& done) {
-  (new (done.scratch()) FileRingOp(*this, ring, done, FileRingOp::Kind::kRead,
+                            IoRing* ring, IoCompletion& done) {
+  (new (done.scratch()) FileRingOp(*this, *ring, done, FileRingOp::Kind::kRead,
                                    offset, buf.data(), buf.size(), false))
       ->Start();
 }
 
 void FileBackend::WriteAsync(uint64_t offset, std::span<const uint8_t> data,
-                             bool fua, IoRing& ring, IoCompletion& done) {
+                             bool fua, IoRing* ring, IoCompletion& done) {
   (new (done.scratch())
-       FileRingOp(*this, ring, done, FileRingOp::Kind::kWrite, offset,
+       FileRingOp(*this, *ring, done, FileRingOp::Kind::kWrite, offset,
                   const_cast<uint8_t*>(data.data()), data.size(), fua))
       ->Start();
 }
 
-void FileBackend::FlushAsync(IoRing& ring, IoCompletion& done) {
-  (new (done.scratch()) FileRingOp(*this, ring, done, FileRingOp::Kind::kSync,
+void FileBackend::FlushAsync(IoRing* ring, IoCompletion& done) {
+  (new (done.scratch()) FileRingOp(*this, *ring, done, FileRingOp::Kind::kSync,
                                    0, nullptr, 0, false))
       ->Start();
 }

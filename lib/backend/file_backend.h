@@ -78,11 +78,11 @@ class FileBackend final : public Backend {
   absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
                      bool fua) override;
   absl::Status Flush() override;
-  void ReadAsync(uint64_t offset, std::span<uint8_t> buf, IoRing& ring,
+  void ReadAsync(uint64_t offset, std::span<uint8_t> buf, IoRing* ring,
                  IoCompletion& done) override;
   void WriteAsync(uint64_t offset, std::span<const uint8_t> data, bool fua,
-                  IoRing& ring, IoCompletion& done) override;
-  void FlushAsync(IoRing& ring, IoCompletion& done) override;
+                  IoRing* ring, IoCompletion& done) override;
+  void FlushAsync(IoRing* ring, IoCompletion& done) override;
   absl::Status Trim(uint64_t offset, uint64_t length, bool fua) override;
   absl::Status Zero(uint64_t offset, uint64_t length,
                     ZeroOptions options) override;

@@ -48,7 +48,9 @@ struct RingFile {
 // operation; ForgetFile releases them when the file closes.
 //
 // Not thread-safe: every member but ForgetFile runs on the context's thread.
-// Destroy a ring before its io_context, once no operation will be queued;
+// A live ring keeps its context's run() going (it always waits on its
+// descriptor): destroy it on that thread, or after the context was
+// stopped, and before the io_context, once no operation will be queued;
 // the destructor waits for those in flight and runs their completions.
 class IoRing : public std::enable_shared_from_this<IoRing> {
  public:

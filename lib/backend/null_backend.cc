@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 
-
 namespace nbdmgr {
 
 absl::StatusOr<std::unique_ptr<NullBackend>> NullBackend::Create(

@@ -75,22 +75,25 @@ class PendingCall final : public IoCompletion {
 class BackendCall {
  public:
   // `pool` is required when caps().blocking; `ring` (the session's io
-  // thread's, may be null) is used when caps().async.
+  // thread's, may be null) is given to asynchronous calls. A backend whose
+  // asynchronous calls need a ring uses the pool where there is none.
   BackendCall(Backend& backend, asio::thread_pool* pool, IoRing* ring)
       : backend_(backend),
         blocking_(backend.caps().blocking),
+        async_(backend.caps().async &&
+               (ring != nullptr || !backend.caps().async_needs_ring)),
         pool_(pool),
-        ring_(backend.caps().async ? ring : nullptr) {}
+        ring_(ring) {}
 
   Backend& backend() const { return backend_; }
-  // Whether READ, WRITE and FLUSH go through the ring.
-  bool async() const { return ring_ != nullptr; }
+  // Whether READ, WRITE and FLUSH are asynchronous calls.
+  bool async() const { return async_; }
 
   asio::awaitable<absl::Status> Read(uint64_t offset,
                                      std::span<uint8_t> buf) const {
     if (async()) {
       return Async([this, offset, buf](IoCompletion& done) {
-        backend_.ReadAsync(offset, buf, *ring_, done);
+        backend_.ReadAsync(offset, buf, ring_, done);
       });
     }
     return (*this)(
@@ -101,7 +104,7 @@ class BackendCall {
                                       bool fua) const {
     if (async()) {
       return Async([this, offset, data, fua](IoCompletion& done) {
-        backend_.WriteAsync(offset, data, fua, *ring_, done);
+        backend_.WriteAsync(offset, data, fua, ring_, done);
       });
     }
     return (*this)([&be = backend_, offset, data, fua] {
@@ -111,7 +114,7 @@ class BackendCall {
   asio::awaitable<absl::Status> Flush() const {
     if (async()) {
       return Async(
-          [this](IoCompletion& done) { backend_.FlushAsync(*ring_, done); });
+          [this](IoCompletion& done) { backend_.FlushAsync(ring_, done); });
     }
     return (*this)([&be = backend_] { return be.Flush(); });
   }
@@ -154,6 +157,7 @@ class BackendCall {
 
   Backend& backend_;
   const bool blocking_;
+  const bool async_;
   asio::thread_pool* const pool_;
   IoRing* const ring_;
 };

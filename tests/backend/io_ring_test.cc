@@ -94,14 +94,14 @@ TEST_F(IoRingTest, ManyWritesAndReadsRoundTrip) {
   for (int i = 0; i < kCalls; ++i) {
     data[i].assign(8192 + i, static_cast<uint8_t>(i * 7 + 1));
     writes.push_back(std::make_unique<Done>());
-    b->WriteAsync(uint64_t(i) * 65536 + 3, data[i], /*fua=*/i % 3 == 0, *ring_,
-                  *writes.back());
+    b->WriteAsync(uint64_t(i) * 65536 + 3, data[i], /*fua=*/i % 3 == 0,
+                  ring_.get(), *writes.back());
   }
   RunUntilDone(writes);
   for (const auto& w : writes) EXPECT_TRUE(w->status->ok()) << *w->status;
   std::vector<std::unique_ptr<Done>> flush;
   flush.push_back(std::make_unique<Done>());
-  b->FlushAsync(*ring_, *flush.back());
+  b->FlushAsync(ring_.get(), *flush.back());
   RunUntilDone(flush);
   EXPECT_TRUE(flush[0]->status->ok());
 
@@ -110,7 +110,7 @@ TEST_F(IoRingTest, ManyWritesAndReadsRoundTrip) {
   for (int i = 0; i < kCalls; ++i) {
     back[i].assign(data[i].size(), 0xEE);
     reads.push_back(std::make_unique<Done>());
-    b->ReadAsync(uint64_t(i) * 65536 + 3, back[i], *ring_, *reads.back());
+    b->ReadAsync(uint64_t(i) * 65536 + 3, back[i], ring_.get(), *reads.back());
   }
   RunUntilDone(reads);
   for (int i = 0; i < kCalls; ++i) {
@@ -134,7 +134,7 @@ TEST_F(IoRingTest, ReadPastAShrunkFileIsZeroes) {
   std::vector<uint8_t> back(8192, 0xEE);
   std::vector<std::unique_ptr<Done>> r;
   r.push_back(std::make_unique<Done>());
-  b->ReadAsync(0, back, *ring_, *r[0]);
+  b->ReadAsync(0, back, ring_.get(), *r[0]);
   RunUntilDone(r);
   ASSERT_TRUE(r[0]->status->ok());
   EXPECT_EQ(back[4095], 1);
@@ -155,7 +155,7 @@ TEST_F(IoRingTest, ErrorsAreStatuses) {
   std::vector<uint8_t> data(4096, 9);
   std::vector<std::unique_ptr<Done>> w;
   w.push_back(std::make_unique<Done>());
-  (*ro)->WriteAsync(0, data, false, *ring_, *w[0]);
+  (*ro)->WriteAsync(0, data, false, ring_.get(), *w[0]);
   RunUntilDone(w);
   ASSERT_FALSE(w[0]->status->ok());
   EXPECT_NE(w[0]->status->message().find("disk.img"), std::string::npos)
@@ -169,7 +169,7 @@ TEST_F(IoRingTest, ClosedFileIsForgotten) {
   std::vector<uint8_t> buf(4096);
   std::vector<std::unique_ptr<Done>> r;
   r.push_back(std::make_unique<Done>());
-  b->ReadAsync(0, buf, *ring_, *r[0]);
+  b->ReadAsync(0, buf, ring_.get(), *r[0]);
   RunUntilDone(r);
   EXPECT_EQ(ring_->registered_files(), 1u);
   b.reset();
@@ -185,7 +185,7 @@ TEST_F(IoRingTest, DestroyWaitsForInFlight) {
   auto b = Open(1 << 20, FileIo::kIoUring);
   std::vector<uint8_t> buf(65536);
   Done d;
-  b->ReadAsync(0, buf, *ring_, d);
+  b->ReadAsync(0, buf, ring_.get(), d);
   EXPECT_EQ(ring_->in_flight(), 1u);
   ring_.reset();
   ASSERT_TRUE(d.status.has_value());

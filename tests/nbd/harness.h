@@ -13,6 +13,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <functional>
 #include <future>
@@ -21,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "lib/backend/io_ring.h"
 #include "lib/backend/memory_backend.h"
 #include "lib/buffer/buffer_policy.h"
 #include "lib/export/export_registry.h"
@@ -201,10 +203,18 @@ class ServerThread {
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     server_fd_ = sv[0];
     peer_ = std::make_unique<RawPeer>(sv[1]);
+    if (IoRing::Supported()) {
+      auto ring = IoRing::Create(ioc_);
+      EXPECT_TRUE(ring.ok()) << ring.status();
+      if (ring.ok()) ring_ = *ring;
+    }
     thread_ = std::thread([this] { ioc_.run(); });
   }
   ~ServerThread() {
     peer_.reset();  // closes the client end: the server sees EOF
+    // The ring's wait on its descriptor is work that would keep run()
+    // going: close the ring on its thread, after what is queued there.
+    boost::asio::post(ioc_, [this] { ring_.reset(); });
     guard_.reset();
     thread_.join();
     pool_.join();
@@ -216,6 +226,8 @@ class ServerThread {
   }
   boost::asio::io_context& ioc() { return ioc_; }
   boost::asio::thread_pool& pool() { return pool_; }
+  // The thread's io_uring (null where unavailable): file exports use it.
+  IoRing* ring() { return ring_.get(); }
   RawPeer& peer() { return *peer_; }
   void ClosePeer() { peer_.reset(); }
 
@@ -224,6 +236,7 @@ class ServerThread {
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type>
       guard_;
   boost::asio::thread_pool pool_{2};
+  std::shared_ptr<IoRing> ring_;
   int server_fd_ = -1;
   std::unique_ptr<RawPeer> peer_;
   std::thread thread_;
@@ -252,13 +265,19 @@ class SessionFixture : public ::testing::Test {
     c.read_only = read_only;
     c.description = "test disk";
     c.buffers = buffers;
-    auto e = Export::Create(c, buffer_system_);
-    ASSERT_TRUE(e.ok()) << e.status();
-    export_ = *e;
+    if (backend_override_ != nullptr) {
+      export_ =
+          Export::FromBackend(c, std::move(backend_override_), buffer_system_);
+    } else {
+      auto e = Export::Create(c, buffer_system_);
+      ASSERT_TRUE(e.ok()) << e.status();
+      export_ = *e;
+    }
     ASSERT_TRUE(registry_.Add(export_).ok());
     registry_.SetDefault("mem");
     SessionOptions opts = session_options_;
     opts.transmission.blocking_pool = &server_.pool();
+    opts.transmission.ring = server_.ring();
     opts.server_stats = &server_stats_;
     session_ = std::make_shared<Session>(server_.TakeSocket(), registry_, opts);
     boost::asio::co_spawn(server_.ioc(), session_->Run(),
@@ -310,6 +329,8 @@ class SessionFixture : public ::testing::Test {
   ServerThread server_;
   // Set before StartSession to change the session's limits.
   SessionOptions session_options_;
+  // Set before StartSession to serve this backend (as a kMemory export).
+  std::unique_ptr<Backend> backend_override_;
   ServerStats server_stats_;
   BufferSystem buffer_system_{32 * 1024 * 1024};
   ExportRegistry registry_;

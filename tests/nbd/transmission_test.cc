@@ -5,6 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -592,6 +596,146 @@ TEST(TicketTest, EveryTicketEndsOnceWhetherSentDroppedOrDestroyed) {
     EXPECT_EQ(w.in_flight(), 1u);
   }  // b destroyed unsent: ended all the same
   EXPECT_EQ(w.in_flight(), 0u);
+}
+
+}  // namespace
+}  // namespace nbdmgr::nbd
+
+namespace nbdmgr::nbd {
+namespace {
+
+// Stands for a network backend whose library finishes calls on threads of
+// its own (librbd's aio callbacks): each READ, WRITE and FLUSH is done by a
+// worker thread, which calls Complete there; every fifth call completes
+// before the call that started it returns.
+class ThreadedAsyncBackend final : public Backend {
+ public:
+  explicit ThreadedAsyncBackend(std::unique_ptr<Backend> inner)
+      : inner_(std::move(inner)), worker_([this] { Work(); }) {}
+  ~ThreadedAsyncBackend() override {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    worker_.join();
+  }
+  uint64_t size() const override { return inner_->size(); }
+  BackendCaps caps() const override {
+    BackendCaps c = inner_->caps();
+    c.async = true;
+    c.async_needs_ring = false;
+    c.blocking = true;  // its synchronous calls (trim, ...) go to the pool
+    c.zero_copy_read = false;
+    return c;
+  }
+  absl::Status Read(uint64_t o, std::span<uint8_t> b) override {
+    return inner_->Read(o, b);
+  }
+  absl::Status Write(uint64_t o, std::span<const uint8_t> d,
+                     bool fua) override {
+    return inner_->Write(o, d, fua);
+  }
+  absl::Status Flush() override { return inner_->Flush(); }
+  absl::Status Trim(uint64_t o, uint64_t l, bool fua) override {
+    return inner_->Trim(o, l, fua);
+  }
+  absl::Status Zero(uint64_t o, uint64_t l, ZeroOptions z) override {
+    return inner_->Zero(o, l, z);
+  }
+  void ReadAsync(uint64_t o, std::span<uint8_t> b, IoRing*,
+                 IoCompletion& done) override {
+    Start(done, [this, o, b] { return inner_->Read(o, b); });
+  }
+  void WriteAsync(uint64_t o, std::span<const uint8_t> d, bool fua, IoRing*,
+                  IoCompletion& done) override {
+    Start(done, [this, o, d, fua] { return inner_->Write(o, d, fua); });
+  }
+  void FlushAsync(IoRing*, IoCompletion& done) override {
+    Start(done, [this] { return inner_->Flush(); });
+  }
+
+  std::atomic<int> on_worker{0};
+  std::atomic<int> inline_done{0};
+
+ private:
+  void Start(IoCompletion& done, std::function<absl::Status()> fn) {
+    if (++calls_ % 5 == 0) {
+      ++inline_done;
+      done.Complete(fn());
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      jobs_.push_back([this, &done, fn = std::move(fn)] {
+        ++on_worker;
+        done.Complete(fn());
+      });
+    }
+    cv_.notify_one();
+  }
+  void Work() {
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      cv_.wait(l, [this] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;
+      auto job = std::move(jobs_.front());
+      jobs_.pop_front();
+      l.unlock();
+      job();
+      l.lock();
+    }
+  }
+
+  std::unique_ptr<Backend> inner_;
+  std::atomic<int> calls_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stop_ = false;
+  std::thread worker_;
+};
+
+class AsyncBackendTest : public testing::SessionFixture {};
+
+// Requests pipelined on one connection, completed from another thread (or
+// before their call returned), each answered once with the right bytes.
+TEST_F(AsyncBackendTest, CompletionsFromAnotherThreadResumeTheRequest) {
+  auto inner = MemoryBackend::Create(kSize);
+  ASSERT_TRUE(inner.ok());
+  auto backend = std::make_unique<ThreadedAsyncBackend>(std::move(*inner));
+  ThreadedAsyncBackend* b = backend.get();
+  backend_override_ = std::move(backend);
+  StartSession();
+  GoTo("mem", false, false);
+  constexpr int kN = 200;
+  std::thread sender([&] {
+    for (int i = 0; i < kN; ++i) {
+      peer().SendRequest(kCmdWrite, 1000 + i, i * 4096, 4096,
+                         i % 7 == 0 ? kCmdFlagFua : 0,
+                         Pattern(4096, static_cast<uint8_t>(i)));
+    }
+    peer().SendRequest(kCmdFlush, 5000, 0, 0);
+  });
+  std::set<uint64_t> cookies;
+  for (int i = 0; i < kN + 1; ++i) {
+    auto r = peer().ReadSimpleReply();
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->first, kOk);
+    cookies.insert(r->second);
+  }
+  sender.join();
+  EXPECT_EQ(cookies.size(), static_cast<size_t>(kN + 1));
+  for (int i = 0; i < kN; i += 13) {
+    peer().SendRequest(kCmdRead, 7000 + i, i * 4096, 4096);
+    auto r = peer().ReadSimpleReply();
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->first, kOk);
+    EXPECT_EQ(r->second, static_cast<uint64_t>(7000 + i));
+    EXPECT_EQ(peer().Read(4096), Pattern(4096, uint8_t(i)));
+  }
+  EXPECT_GT(b->on_worker.load(), kN / 2);
+  EXPECT_GT(b->inline_done.load(), 0);
 }
 
 }  // namespace
