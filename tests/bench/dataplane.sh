@@ -44,9 +44,9 @@
 #        NBDMGR_EXTRA="..."    extra nbdmgrd flags (both nbdmgrd servers)
 #        RESULTS=DIR           keep the raw per-round TSVs there
 #
-# Runtime with the defaults: about 4 min per round with two servers (memory,
-# TLS, BASELINE) and 6 min with three (file), i.e. ~12 and ~18 minutes for
-# three rounds. For quick iteration e.g.
+# Runtime with the defaults: about 3.5 min per round with two servers
+# (memory, TLS, BASELINE) and 5.5 min with three (file), plus a minute of
+# setup: ~11-12 and ~17 minutes for three rounds. For quick iteration e.g.
 #   ROUNDS=1 SECONDS_PER_JOB=2 TRANSPORTS=unix ROWS=randread-4k-1 tests/bench/dataplane.sh build
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
