@@ -7,6 +7,7 @@
 #include <atomic>
 #include <boost/asio/post.hpp>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
@@ -64,7 +65,8 @@ uint64_t IoRing::NewFileId() {
   return next.fetch_add(1, std::memory_order_relaxed);
 }
 
-IoRing::IoRing(asio::io_context& ctx) : ctx_(ctx), watch_(ctx) {}
+IoRing::IoRing(asio::io_context& ctx)
+    : ctx_(ctx), watch_(ctx), retry_(ctx) {}
 
 absl::StatusOr<std::shared_ptr<IoRing>> IoRing::Create(asio::io_context& ctx,
                                                        unsigned entries) {
@@ -101,15 +103,16 @@ IoRing::~IoRing() {
   // Nothing may be left pointing at buffers that are about to go.
   while (in_flight_ > 0) {
     if (queued_ > 0) Submit();
+    if (in_flight_ == queued_) break;  // the kernel took none: nothing to wait
     io_uring_cqe* cqe = nullptr;
-    if (in_flight_ > 0 && io_uring_wait_cqe(&ring_, &cqe) < 0 &&
-        errno != EINTR) {
+    if (int rc = io_uring_wait_cqe(&ring_, &cqe); rc < 0 && rc != -EINTR) {
       break;
     }
     Reap();
   }
   boost::system::error_code ec;
   watch_.close(ec);
+  retry_.cancel();
   io_uring_queue_exit(&ring_);
 }
 
@@ -213,7 +216,19 @@ void IoRing::Submit() {
       if (io_uring_cq_ready(&ring_) == 0) io_uring_wait_cqe(&ring_, &cqe);
       continue;
     }
-    break;  // n == 0 cannot happen with entries queued; other errors are bugs
+    // ENOMEM and the like: the entries stay queued; try again shortly
+    // rather than leave their requests waiting for the next one.
+    if (!retry_armed_) {
+      retry_armed_ = true;
+      retry_.expires_after(std::chrono::milliseconds(10));
+      retry_.async_wait([w = weak_from_this()](boost::system::error_code ec) {
+        std::shared_ptr<IoRing> r = w.lock();
+        if (ec || r == nullptr) return;
+        r->retry_armed_ = false;
+        r->Submit();
+      });
+    }
+    break;
   }
   Reap();
 }

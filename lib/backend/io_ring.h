@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <cstdint>
 #include <memory>
 #include <utility>
@@ -107,6 +108,8 @@ class IoRing : public std::enable_shared_from_this<IoRing> {
   bool ring_ready_ = false;
   boost::asio::posix::stream_descriptor watch_;  // a dup of the ring's fd
   bool submit_scheduled_ = false;
+  boost::asio::steady_timer retry_;  // a submission that failed, again
+  bool retry_armed_ = false;
   size_t queued_ = 0;     // prepared, not yet submitted
   size_t in_flight_ = 0;  // prepared, completion not yet run
   // Registered files: slot i holds file id slots_[i] (0: free).
