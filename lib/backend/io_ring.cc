@@ -23,6 +23,8 @@ namespace asio = boost::asio;
 // Files registered per ring; a process with more open file exports uses
 // plain descriptors for the rest.
 constexpr unsigned kFileSlots = 64;
+// Completion queue entries per ring.
+constexpr unsigned kCompletionEntries = 8192;
 // Completions handled per peek.
 constexpr unsigned kReapBatch = 64;
 
@@ -49,6 +51,16 @@ bool Probe() {
          io_uring_opcode_supported(p, IORING_OP_FSYNC);
     io_uring_free_probe(p);
   }
+  // A sandbox may allow setting a ring up but not entering it: run a NOP.
+  io_uring_sqe* sqe = ok ? io_uring_get_sqe(&ring) : nullptr;
+  io_uring_cqe* cqe = nullptr;
+  if (sqe != nullptr) {
+    io_uring_prep_nop(sqe);
+    ok = io_uring_submit_and_wait(&ring, 1) == 1 &&
+         io_uring_peek_cqe(&ring, &cqe) == 0 && cqe->res == 0;
+  } else {
+    ok = false;
+  }
   io_uring_queue_exit(&ring);
   return ok;
 }
@@ -65,13 +77,19 @@ uint64_t IoRing::NewFileId() {
   return next.fetch_add(1, std::memory_order_relaxed);
 }
 
-IoRing::IoRing(asio::io_context& ctx)
-    : ctx_(ctx), watch_(ctx), retry_(ctx) {}
+IoRing::IoRing(asio::io_context& ctx) : ctx_(ctx), watch_(ctx), retry_(ctx) {}
 
 absl::StatusOr<std::shared_ptr<IoRing>> IoRing::Create(asio::io_context& ctx,
                                                        unsigned entries) {
   std::shared_ptr<IoRing> r(new IoRing(ctx));
-  if (int rc = io_uring_queue_init(entries, &r->ring_, 0); rc < 0) {
+  // Completions are not bounded by the submission queue (every connection
+  // has requests in flight): a large completion queue keeps them from
+  // overflowing into kernel allocations.
+  io_uring_params params{};
+  params.flags = IORING_SETUP_CQSIZE;
+  params.cq_entries = kCompletionEntries;
+  if (int rc = io_uring_queue_init_params(entries, &r->ring_, &params);
+      rc < 0) {
     return ErrnoStatus(-rc, "io_uring_queue_init");
   }
   r->ring_ready_ = true;
@@ -147,45 +165,47 @@ int IoRing::SlotOf(const RingFile& f) {
   return static_cast<int>(slot);
 }
 
-io_uring_sqe* IoRing::NextSqe(const RingFile& f, int* fd) {
+template <typename Prep>
+void IoRing::Queue(const RingFile& f, RingOp* op, Prep prep) {
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  while (sqe == nullptr) {  // the ring is full: hand the kernel what is queued
+  if (sqe == nullptr) {  // the ring is full: hand the kernel what is queued
     Submit();
     sqe = io_uring_get_sqe(&ring_);
   }
+  if (sqe == nullptr) {
+    // The kernel takes nothing (out of memory): fail this operation rather
+    // than spin on the io thread.
+    op->OnCqe(-EBUSY);
+    return;
+  }
   const int slot = SlotOf(f);
-  *fd = slot >= 0 ? slot : f.fd;
+  prep(sqe, slot >= 0 ? slot : f.fd);
+  if (slot >= 0) io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE);
+  io_uring_sqe_set_data(sqe, op);
   ++queued_;
   ++in_flight_;
   ScheduleSubmit();
-  return sqe;
 }
 
 void IoRing::Read(const RingFile& f, uint64_t offset, void* buf,
                   uint32_t length, RingOp* op) {
-  int fd;
-  io_uring_sqe* sqe = NextSqe(f, &fd);
-  io_uring_prep_read(sqe, fd, buf, length, offset);
-  io_uring_sqe_set_data(sqe, op);
-  if (fd != f.fd) io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE);
+  Queue(f, op, [&](io_uring_sqe* sqe, int fd) {
+    io_uring_prep_read(sqe, fd, buf, length, offset);
+  });
 }
 
 void IoRing::Write(const RingFile& f, uint64_t offset, const void* buf,
                    uint32_t length, int rw_flags, RingOp* op) {
-  int fd;
-  io_uring_sqe* sqe = NextSqe(f, &fd);
-  io_uring_prep_write(sqe, fd, buf, length, offset);
-  sqe->rw_flags = rw_flags;
-  io_uring_sqe_set_data(sqe, op);
-  if (fd != f.fd) io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE);
+  Queue(f, op, [&](io_uring_sqe* sqe, int fd) {
+    io_uring_prep_write(sqe, fd, buf, length, offset);
+    sqe->rw_flags = rw_flags;
+  });
 }
 
 void IoRing::Fdatasync(const RingFile& f, RingOp* op) {
-  int fd;
-  io_uring_sqe* sqe = NextSqe(f, &fd);
-  io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
-  io_uring_sqe_set_data(sqe, op);
-  if (fd != f.fd) io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE);
+  Queue(f, op, [&](io_uring_sqe* sqe, int fd) {
+    io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+  });
 }
 
 void IoRing::ScheduleSubmit() {
@@ -209,15 +229,10 @@ void IoRing::Submit() {
       continue;
     }
     if (n == -EINTR) continue;
-    if (n == -EBUSY || n == -EAGAIN) {
-      // The completion queue is backed up: make room, then go on.
-      Reap();
-      io_uring_cqe* cqe = nullptr;
-      if (io_uring_cq_ready(&ring_) == 0) io_uring_wait_cqe(&ring_, &cqe);
-      continue;
-    }
-    // ENOMEM and the like: the entries stay queued; try again shortly
-    // rather than leave their requests waiting for the next one.
+    // EAGAIN/EBUSY (no memory for requests, completions backed up), ENOMEM
+    // and the like: the entries stay queued. Make room by handling what has
+    // completed, and try again shortly; never block the io thread here.
+    Reap();
     if (!retry_armed_) {
       retry_armed_ = true;
       retry_.expires_after(std::chrono::milliseconds(10));
@@ -253,7 +268,10 @@ void IoRing::Reap() {
 void IoRing::Arm() {
   watch_.async_wait(asio::posix::stream_descriptor::wait_read,
                     [w = weak_from_this()](boost::system::error_code ec) {
-                      if (ec) return;  // closed: the ring is going away
+                      if (ec == asio::error::operation_aborted ||
+                          ec == asio::error::bad_descriptor) {
+                        return;  // closed: the ring is going away
+                      }
                       if (std::shared_ptr<IoRing> r = w.lock()) {
                         r->Reap();
                         r->Arm();

@@ -92,10 +92,12 @@ class IoRing : public std::enable_shared_from_this<IoRing> {
 
  private:
   explicit IoRing(boost::asio::io_context& ctx);
-  // A free submission entry for `f` (counted as queued), and in `*fd` what
-  // to name the file by: its registered slot, else its descriptor. Submits
-  // what is queued when the ring is full.
-  io_uring_sqe* NextSqe(const RingFile& f, int* fd);
+  // Takes a submission entry (submitting what is queued when the ring is
+  // full), calls prep(sqe, fd) with what to name `f` by (its registered
+  // slot, else its descriptor), and queues it for `op`. Fails `op` with
+  // -EBUSY if the kernel takes nothing.
+  template <typename Prep>
+  void Queue(const RingFile& f, RingOp* op, Prep prep);
   int SlotOf(const RingFile& f);
   void Forget(uint64_t id);
   void ScheduleSubmit();

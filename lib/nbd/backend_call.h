@@ -136,7 +136,8 @@ class BackendCall {
 
  private:
   // Starts `start(done)` and waits for `done`. A backend that throws while
-  // starting fails the call with Internal.
+  // starting (before completing: an asynchronous call that completed must
+  // not throw) fails the call with Internal.
   template <typename Start>
   static asio::awaitable<absl::Status> Async(Start start) {
     return asio::async_initiate<decltype(asio::use_awaitable),
@@ -149,6 +150,8 @@ class BackendCall {
           } catch (const std::exception& e) {
             call->Complete(absl::InternalError(
                 absl::StrCat("backend failed unexpectedly: ", e.what())));
+          } catch (...) {
+            call->Complete(absl::InternalError("backend failed unexpectedly"));
           }
           call->Started();
         },

@@ -173,12 +173,15 @@ asio::awaitable<absl::Status> RequestHandler::Unknown() {
   co_return absl::InvalidArgumentError("unknown command");
 }
 
+bool RequestHandler::SparsePlan(const RequestHeader& h) const {
+  const BackendCaps caps = export_->caps();
+  return structured_ && !(h.flags & kCmdFlagDf) && caps.can_extents &&
+         h.length >= caps.sparse_read_min;
+}
+
 ReadPieces RequestHandler::PlanRead(const RequestHeader& h) const {
   ReadPieces pieces;
-  const BackendCaps caps = export_->caps();
-  const bool sparse = structured_ && !(h.flags & kCmdFlagDf) &&
-                      caps.can_extents && h.length >= caps.sparse_read_min;
-  if (sparse) {
+  if (SparsePlan(h)) {
     uint64_t pos = h.offset;
     bool too_many = false;
     absl::Status es =
@@ -225,9 +228,18 @@ asio::awaitable<absl::Status> RequestHandler::Read(const RequestHeader& h,
   ReadPieces pieces;
   absl::Status st;
   if (call_.async()) {
-    // Holes are looked up here (lseek, as qemu does; only for READs of
-    // sparse_read_min or more), the data read through the ring.
-    pieces = PlanRead(h);
+    // The data is read through the ring. Holes are looked up (lseek, which
+    // may wait on the file system: NFS, FUSE) on the pool, and only for
+    // READs of sparse_read_min or more; smaller ones are planned here.
+    if (SparsePlan(h)) {
+      st = co_await call_([&] {
+        pieces = PlanRead(h);
+        return absl::OkStatus();
+      });
+      if (!st.ok()) co_return st;
+    } else {
+      pieces = PlanRead(h);
+    }
     for (const ReadPiece& p : pieces) {
       if (!p.zero) st = co_await call_.Read(p.offset, part(p));
       if (!st.ok()) co_return st;

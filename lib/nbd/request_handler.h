@@ -67,6 +67,9 @@ class RequestHandler {
   // structured replies allow holes; one data piece otherwise). Calls the
   // backend directly: run it through call().
   ReadPieces PlanRead(const RequestHeader& h) const;
+  // Whether PlanRead asks the backend for extents (structured replies, no
+  // DF flag, a backend with extents, a READ of sparse_read_min or more).
+  bool SparsePlan(const RequestHeader& h) const;
   // Whether READs lend the backend's bytes instead of copying them (only
   // for backends that never block: pinning runs on the network thread).
   bool ZeroCopyReads() const {

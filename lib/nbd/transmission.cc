@@ -136,7 +136,9 @@ asio::awaitable<bool> Transmission::Admit(const RequestHeader& h) {
     writer_.Send(std::move(reply), std::move(ticket));
     co_return true;
   }
-  if (!export_->caps().blocking) {
+  // Backends that answer at once run here; others (blocking, or
+  // asynchronous) run beside the reader, which goes on reading requests.
+  if (const BackendCaps caps = export_->caps(); !caps.blocking && !caps.async) {
     co_await handler_.Execute(h, std::move(lease), start, std::move(ticket));
     co_return true;
   }

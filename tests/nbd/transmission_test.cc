@@ -625,7 +625,7 @@ class ThreadedAsyncBackend final : public Backend {
     BackendCaps c = inner_->caps();
     c.async = true;
     c.async_needs_ring = false;
-    c.blocking = true;  // its synchronous calls (trim, ...) go to the pool
+    c.blocking = false;  // like a network backend: async, never blocking
     c.zero_copy_read = false;
     return c;
   }
