@@ -85,13 +85,24 @@ absl::StatusOr<std::shared_ptr<IoRing>> IoRing::Create(asio::io_context& ctx,
   // Completions are not bounded by the submission queue (every connection
   // has requests in flight): a large completion queue keeps them from
   // overflowing into kernel allocations.
+  // COOP_TASKRUN: a completion from the kernel's workers (buffered writes on
+  // ext4, fdatasync) does not interrupt the io thread with an IPI; it is
+  // posted at the thread's next system call, or wakes it if it sleeps. The
+  // io thread makes a system call per batch anyway. TASKRUN_FLAG tells
+  // liburing's peek to collect such completions. Kernels before 5.19 refuse
+  // the flags: set up without them.
   io_uring_params params{};
-  params.flags = IORING_SETUP_CQSIZE;
+  params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN |
+                 IORING_SETUP_TASKRUN_FLAG;
   params.cq_entries = kCompletionEntries;
-  if (int rc = io_uring_queue_init_params(entries, &r->ring_, &params);
-      rc < 0) {
-    return ErrnoStatus(-rc, "io_uring_queue_init");
+  int rc = io_uring_queue_init_params(entries, &r->ring_, &params);
+  if (rc == -EINVAL) {
+    params = io_uring_params{};
+    params.flags = IORING_SETUP_CQSIZE;
+    params.cq_entries = kCompletionEntries;
+    rc = io_uring_queue_init_params(entries, &r->ring_, &params);
   }
+  if (rc < 0) return ErrnoStatus(-rc, "io_uring_queue_init");
   r->ring_ready_ = true;
   if (io_uring_register_files_sparse(&r->ring_, kFileSlots) == 0) {
     r->slots_.assign(kFileSlots, 0);

@@ -42,6 +42,7 @@
 #                              the per-name event list, e.g.
 #                              SYSCALL_EVENTS='syscalls:sys_enter_*'
 #        NBDMGR_EXTRA="..."    extra nbdmgrd flags (both nbdmgrd servers)
+#        EXPORT_EXTRA=",k=v"   appended to nbdmgrd's --export (e.g. ,io=threads)
 #        RESULTS=DIR           keep the raw per-round TSVs there
 #
 # Runtime with the defaults: about 3.5 min per round with two servers
@@ -107,8 +108,8 @@ declare -A PORT PID  # PORT[server], PID[server] or PID[server|transport]
 # mgr_spec IMAGE: the --export of an nbdmgrd serving IMAGE (file backend).
 mgr_spec() {
   local tls=; [ "$TLS" = 1 ] && tls=,tls=require
-  if [ "$BACKEND" = memory ]; then echo "name=bench,backend=memory,size=1GiB$tls"
-  else echo "name=bench,backend=file,path=$1,size=1GiB$tls"; fi
+  if [ "$BACKEND" = memory ]; then echo "name=bench,backend=memory,size=1GiB$tls${EXPORT_EXTRA:-}"
+  else echo "name=bench,backend=file,path=$1,size=1GiB$tls${EXPORT_EXTRA:-}"; fi
 }
 # start_mgr SERVER BINARY: starts an nbdmgrd as SERVER (unix socket
 # $WORK/SERVER.sock, TCP port PORT[SERVER], image $WORK/SERVER.img).
