@@ -105,12 +105,13 @@ void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
   for (uint64_t c : d.server.connections) open += c;
   std::printf(
       "daemon: %llu connections, buffers %s in use + %s pooled (cap %s), "
-      "%s reserves, %llu cap full, RSS %s   [%.1fs interval]\n",
+      "%s reserves, %s TLS, %llu cap full, RSS %s   [%.1fs interval]\n",
       static_cast<unsigned long long>(open),
       FormatSize(d.buffers.bytes_in_use).c_str(),
       FormatSize(d.buffers.bytes_cached).c_str(),
       d.buffers.cap_bytes ? FormatSize(d.buffers.cap_bytes).c_str() : "none",
       FormatSize(d.buffers.reserve_bytes).c_str(),
+      FormatSize(d.buffers.tls_bytes).c_str(),
       static_cast<unsigned long long>(d.buffers.cap_full),
       FormatSize(d.resident_memory_bytes).c_str(), seconds);
 }

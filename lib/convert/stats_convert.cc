@@ -17,6 +17,7 @@ v1::BufferStats BuffersToProto(const BufferCounts& b) {
   p.set_cap_bytes(b.cap_bytes);
   p.set_cap_full(b.cap_full);
   p.set_reserve_bytes(b.reserve_bytes);
+  p.set_tls_bytes(b.tls_bytes);
   p.set_allocations(b.allocations);
   p.set_reuses(b.reuses);
   p.set_streamed(b.streamed);
@@ -26,7 +27,7 @@ v1::BufferStats BuffersToProto(const BufferCounts& b) {
 BufferCounts BuffersFromProto(const v1::BufferStats& p) {
   return BufferCounts{p.bytes_in_use(), p.bytes_cached(),  p.cap_bytes(),
                       p.cap_full(),     p.reserve_bytes(), p.allocations(),
-                      p.reuses(),       p.streamed()};
+                      p.reuses(),       p.streamed(),      p.tls_bytes()};
 }
 
 // Index of `name` among NameOf(Enum(0..n-1)), or n.

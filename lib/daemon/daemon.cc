@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "lib/daemon/notify.h"
 #include "lib/metrics/process_stats.h"
+#include "lib/tls/tls_engine.h"
 #include "lib/util/duration.h"
 #include "lib/util/errors.h"
 #include "lib/util/heap_trim.h"
@@ -167,6 +168,7 @@ StatsSnapshot Daemon::CollectStats() const {
   d.buffers.cap_bytes = b.cap;
   d.buffers.cap_full = b.refused;
   d.buffers.reserve_bytes = buffers_->reserve_in_use();
+  d.buffers.tls_bytes = TlsEngine::LiveBufferBytes();
   ProcessStats p = ReadProcessStats();
   d.resident_memory_bytes = p.resident_memory_bytes;
   d.open_fds = p.open_fds;

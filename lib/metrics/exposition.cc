@@ -223,6 +223,10 @@ void AddDaemonFamilies(Builder& b, const StatsSnapshot& s) {
         "Connection reserve chunks in use (outside the caps; at most 2 x "
         "64 KiB per connection).",
         static_cast<double>(d.buffers.reserve_bytes));
+  gauge("nbdmgr_daemon_tls_buffer_bytes",
+        "Fixed buffers of TLS connections (outside the caps; about 240 KiB "
+        "per TLS connection).",
+        static_cast<double>(d.buffers.tls_bytes));
   Builder::Add(
       b.Family("nbdmgr_build_info", "1, labelled with the nbdmgrd version.",
                MetricType::Gauge),

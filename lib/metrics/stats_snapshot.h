@@ -26,6 +26,9 @@ struct BufferCounts {
   uint64_t allocations = 0;  // new buffers obtained from the OS
   uint64_t reuses = 0;       // requests served by an existing buffer
   uint64_t streamed = 0;     // requests moved in chunks, without a buffer
+  // Daemon only: the fixed buffers of TLS sessions (TlsEngine::kBufferBytes
+  // per TLS connection, outside every cap; bounded by --max-connections).
+  uint64_t tls_bytes = 0;
 };
 
 struct ExportStats {

@@ -5,6 +5,7 @@
 #include <openssl/ssl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <boost/asio/error.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <climits>
@@ -99,13 +100,26 @@ absl::StatusOr<std::unique_ptr<TlsEngine>> TlsEngine::Create(SSL_CTX* ctx) {
   return e;
 }
 
+namespace {
+std::atomic<uint64_t> live_buffer_bytes{0};
+}  // namespace
+
+uint64_t TlsEngine::LiveBufferBytes() {
+  return live_buffer_bytes.load(std::memory_order_relaxed);
+}
+
 TlsEngine::TlsEngine(SSL* ssl)
     : ssl_(ssl),
       in_(new uint8_t[kInputSize]),
       out_(new uint8_t[kOutputSize]),
-      plain_(new uint8_t[kRecord]) {}
+      plain_(new uint8_t[kRecord]) {
+  live_buffer_bytes.fetch_add(kBufferBytes, std::memory_order_relaxed);
+}
 
-TlsEngine::~TlsEngine() { SSL_free(ssl_); }
+TlsEngine::~TlsEngine() {
+  SSL_free(ssl_);
+  live_buffer_bytes.fetch_sub(kBufferBytes, std::memory_order_relaxed);
+}
 
 size_t TlsEngine::TakeInput(uint8_t* dst, size_t n) {
   n = std::min(n, in_end_ - in_pos_);

@@ -116,6 +116,13 @@ class TlsEngine {
   // code unchanged.
   ErrorCode MapTransportError(const ErrorCode& ec) const;
 
+  // Bytes of buffers an engine holds for its whole life (input, output
+  // and packing), and what all live engines of the process hold now: what
+  // the daemon reports as TLS buffer memory (OpenSSL's own record buffers,
+  // about 34 KiB a session, are not counted). Thread-safe.
+  static constexpr size_t kBufferBytes = kInputSize + kOutputSize + kRecord;
+  static uint64_t LiveBufferBytes();
+
   // The negotiated protocol and cipher suite, e.g. "TLSv1.3
   // TLS_AES_128_GCM_SHA256", for logs.
   const char* protocol() const;

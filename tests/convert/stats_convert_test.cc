@@ -15,6 +15,7 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   s.daemon.server.connections_total[0] = 9;
   s.daemon.server.handshake_failures[2] = 1;
   s.daemon.buffers = {100, 200, 300, 4, 65536};
+  s.daemon.buffers.tls_bytes = 250880;
   s.daemon.resident_memory_bytes = 777;
   s.daemon.open_fds = 12;
   s.daemon.start_time_seconds = 1'700'000'000;
@@ -50,6 +51,8 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   EXPECT_EQ(back.daemon.server.connections_total[0], 9u);
   EXPECT_EQ(back.daemon.server.handshake_failures[2], 1u);
   EXPECT_EQ(back.daemon.buffers.bytes_cached, 200u);
+  EXPECT_EQ(back.daemon.buffers.reserve_bytes, 65536u);
+  EXPECT_EQ(back.daemon.buffers.tls_bytes, 250880u);
   EXPECT_EQ(back.daemon.open_fds, 12u);
   ASSERT_EQ(back.exports.size(), 1u);
   const ExportStats& b = back.exports[0];

@@ -3,9 +3,14 @@
 thread pool), chosen automatically or per export, reported by nbdctl, and
 the fallback on a host without io_uring (simulated with
 NBDMGR_DISABLE_IO_URING=1)."""
+import errno
 import json
 import os
+import subprocess
+import tempfile
 import unittest
+
+import nbd
 
 from nbdmgr_fixture import NBDMGRD, Daemon, random_file, run, sha256
 
@@ -158,6 +163,63 @@ class NoIoUringTest(FileIoBase, unittest.TestCase):
                 check=False, timeout=30, env=dict(os.environ, **self.env))
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn("io_uring is not available", p.stderr)
+
+
+class FullDiskTest(unittest.TestCase):
+    """A file system that fills up under each engine: the write that does not
+    fit gets ENOSPC, what was acknowledged before stays, the connection and
+    the daemon serve on, and writes succeed again once space is freed."""
+
+    def setUp(self):
+        self.mnt = tempfile.mkdtemp(prefix="nbdmgr-full-")
+        self.addCleanup(os.rmdir, self.mnt)
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", self.mnt],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            self.skipTest(f"cannot mount a tmpfs here (needs root): {p.stderr.strip()}")
+        self.addCleanup(subprocess.run, ["umount", "-l", self.mnt])
+
+    def test_enospc_on_each_engine(self):
+        for engine in ("io_uring", "threads"):
+            with self.subTest(engine=engine):
+                self.fill_up(engine)
+
+    def fill_up(self, engine):
+        path = os.path.join(self.mnt, f"{engine}.img")
+        d = Daemon([f"name=disk,backend=file,path={path},size=16MiB,io={engine}"],
+                   extra=["--allow-path", self.mnt]).start()
+        self.addCleanup(d.cleanup)
+        self.assertEqual(json.loads(d.nbdctl("get", "disk", "-o", "json").stdout)
+                         .get("io_engine"), engine)
+        h = nbd.NBD()
+        h.connect_uri(d.uri("disk"))
+        chunk = 256 * 1024
+        written = []
+        failure = None
+        for i in range(16 * MiB // chunk):
+            data = bytes([i + 1]) * chunk
+            try:
+                h.pwrite(data, i * chunk, nbd.CMD_FLAG_FUA)
+            except nbd.Error as e:
+                failure = e
+                break
+            written.append(data)
+        self.assertIsNotNone(failure, "a 4 MiB file system took 16 MiB")
+        # libnbd's Python binding names the errno ("ENOSPC").
+        self.assertIn(failure.errno, (errno.ENOSPC, "ENOSPC"), str(failure))
+        self.assertGreater(len(written), 4)
+        # The connection serves on, and every acknowledged write is there.
+        for i, data in enumerate(written):
+            self.assertEqual(h.pread(chunk, i * chunk), data, i)
+        h.flush()
+        # Freeing space (trim punches holes) lets writes in again.
+        h.trim(len(written) * chunk, 0)
+        h.pwrite(b"\x5a" * chunk, 12 * MiB, nbd.CMD_FLAG_FUA)
+        self.assertEqual(h.pread(chunk, 12 * MiB), b"\x5a" * chunk)
+        h.shutdown()
+        del h
+        self.assertEqual(d.stop(), 0, d.logs())
+        os.unlink(path)
 
 
 if __name__ == "__main__":

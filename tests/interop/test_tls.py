@@ -4,13 +4,17 @@ X.509 certificates and PSK, qemu-img with tls-creds-x509, client
 certificates, and clients refused without TLS."""
 import json
 import os
+import re
 import shutil
 import socket
 import struct
 import subprocess
 import tempfile
+import time
 import unittest
 import urllib.request
+
+import nbd
 
 from nbdmgr_fixture import Daemon, random_file, run, sha256
 
@@ -180,6 +184,41 @@ class TlsTest(unittest.TestCase):
         metrics = urllib.request.urlopen(f"http://{d.metrics}/metrics").read().decode()
         self.assertRegex(metrics,
                          r'nbdmgr_handshake_failures_total\{reason="tls_handshake"\} [1-9]')
+
+    def test_tls_buffers_are_reported_and_given_back(self):
+        # Each TLS connection holds fixed buffers outside the caps: the
+        # daemon reports them (metrics and the stats API) while the
+        # connections are open, and they go back to zero when they close.
+        d = self.x509_daemon()
+        per_connection = 64 * 1024 + 10 * (16 * 1024 + 512) + 16 * 1024
+
+        def tls_bytes():
+            m = urllib.request.urlopen(f"http://{d.metrics}/metrics").read().decode()
+            return int(float(re.search(r"^nbdmgr_daemon_tls_buffer_bytes (\S+)$",
+                                       m, re.M).group(1)))
+
+        self.assertEqual(tls_bytes(), 0)
+        handles = []
+        for _ in range(3):
+            h = nbd.NBD()
+            h.set_uri_allow_local_file(True)
+            h.connect_uri(self.tls_uri(d, "secure"))
+            h.pwrite(b"x" * 4096, 0)
+            handles.append(h)
+        self.assertEqual(tls_bytes(), 3 * per_connection)
+        stats = json.loads(d.nbdctl("-o", "json", "stats").stdout)
+        self.assertEqual(int(stats["daemon"]["buffers"]["tls_bytes"]), 3 * per_connection)
+        # A clear connection to the other export holds none.
+        clear = nbd.NBD()
+        clear.connect_uri(f"nbd://127.0.0.1:{d.port}/open")
+        self.assertEqual(tls_bytes(), 3 * per_connection)
+        for h in handles + [clear]:
+            h.shutdown()
+        del h, handles, clear
+        deadline = time.monotonic() + 10
+        while tls_bytes() != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(tls_bytes(), 0)
 
     def test_client_certificates_required_with_tls_ca(self):
         d = self.x509_daemon("--tls-ca", f"{self.pki}/ca-cert.pem")
