@@ -27,6 +27,8 @@ constexpr unsigned kFileSlots = 64;
 constexpr unsigned kCompletionEntries = 8192;
 // Completions handled per peek.
 constexpr unsigned kReapBatch = 64;
+// Reads at least this long go to the kernel's workers (IOSQE_ASYNC).
+constexpr uint32_t kWorkerReadMin = 256 * 1024;
 
 // The live rings, for ForgetFile. A ring removes itself in its destructor,
 // under the mutex, so a pointer found here is alive while it is held.
@@ -191,7 +193,7 @@ void IoRing::Queue(const RingFile& f, RingOp* op, Prep prep) {
   }
   const int slot = SlotOf(f);
   prep(sqe, slot >= 0 ? slot : f.fd);
-  if (slot >= 0) io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE);
+  if (slot >= 0) sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data(sqe, op);
   ++queued_;
   ++in_flight_;
@@ -202,6 +204,11 @@ void IoRing::Read(const RingFile& f, uint64_t offset, void* buf,
                   uint32_t length, RingOp* op) {
   Queue(f, op, [&](io_uring_sqe* sqe, int fd) {
     io_uring_prep_read(sqe, fd, buf, length, offset);
+    // A large read is copied by a kernel worker, not inside this thread's
+    // io_uring_enter: the io thread goes on sending earlier replies
+    // meanwhile (page-cache copies of 1 MiB would otherwise serialise with
+    // the socket's).
+    if (length >= kWorkerReadMin) sqe->flags |= IOSQE_ASYNC;
   });
 }
 
