@@ -17,6 +17,9 @@ PKGS=(
   clang-14 libclang-rt-14-dev
   # packaging (CPack DEB, man pages) and deploy checks
   dpkg-dev help2man python3-yaml systemd
+  # Ceph RBD backend and its throwaway test cluster (tests/interop/ceph_cluster.py);
+  # ceph-common brings the ceph/rbd CLIs and python3-rados/python3-rbd
+  ceph-mon ceph-osd ceph-common librbd-dev
 )
 
 missing=()
