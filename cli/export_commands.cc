@@ -28,6 +28,8 @@ struct CommonFlags {
 struct CreateFlags {
   std::string name;
   std::optional<std::string> memory, null, file, size, io;
+  std::optional<std::string> rbd, rbd_namespace, ceph_conf, ceph_user;
+  bool take_over = false;
   bool read_only = false;
   CommonFlags common;
   std::optional<std::string> min_block_size, preferred_block_size, max_payload;
@@ -127,6 +129,14 @@ std::string BackendText(const v1::Export& e) {
       return "null";
     case v1::Export::kFile:
       return absl::StrCat("file:", e.file().path());
+    case v1::Export::kRbd: {
+      const v1::RbdBackend& r = e.rbd();
+      std::string text = absl::StrCat("rbd:", r.pool(), "/");
+      if (!r.namespace_().empty()) absl::StrAppend(&text, r.namespace_(), "/");
+      absl::StrAppend(&text, r.image());
+      if (!r.snapshot().empty()) absl::StrAppend(&text, "@", r.snapshot());
+      return text;
+    }
     default:
       return "?";
   }
@@ -166,6 +176,13 @@ void PrintTable(const std::vector<const v1::Export*>& exports) {
     if (e->state() == v1::Export::STATE_FAILED) {
       std::string id = e->name().substr(e->name().find('/') + 1);
       std::printf("%s: FAILED: %s\n", id.c_str(), e->failure().c_str());
+    }
+  }
+  for (const v1::Export* e : exports) {
+    if (e->has_rbd() && !e->rbd().lock_owner().empty()) {
+      std::string id = e->name().substr(e->name().find('/') + 1);
+      std::printf("%s: rbd lock held by %s\n", id.c_str(),
+                  e->rbd().lock_owner().c_str());
     }
   }
 }
@@ -208,6 +225,32 @@ std::string SetBackend(const CreateFlags& f, v1::Export* e) {
   } else if (f.null) {
     size = SizeFlag("--null", *f.null);
     e->mutable_null()->set_size_bytes(size.value_or(0));
+  } else if (f.rbd) {
+    // POOL/IMAGE or POOL/IMAGE@SNAP (the namespace is its own flag).
+    std::string spec = *f.rbd;
+    v1::RbdBackend* r = e->mutable_rbd();
+    if (size_t at = spec.find('@'); at != std::string::npos) {
+      r->set_snapshot(spec.substr(at + 1));
+      spec.resize(at);
+    }
+    size_t slash = spec.find('/');
+    if (slash == std::string::npos || slash == 0 || slash + 1 == spec.size() ||
+        spec.find('/', slash + 1) != std::string::npos ||
+        (f.rbd->find('@') != std::string::npos && r->snapshot().empty())) {
+      return absl::StrCat(
+          "--rbd: expected POOL/IMAGE or POOL/IMAGE@SNAP, got \"", *f.rbd,
+          "\"");
+    }
+    r->set_pool(spec.substr(0, slash));
+    r->set_image(spec.substr(slash + 1));
+    if (f.rbd_namespace) r->set_namespace_(*f.rbd_namespace);
+    if (f.ceph_conf) r->set_ceph_conf(*f.ceph_conf);
+    if (f.ceph_user) r->set_ceph_user(*f.ceph_user);
+    if (f.size) {
+      size = SizeFlag("--size", *f.size);
+      r->set_size_bytes(size.value_or(0));
+    }
+    if (!r->snapshot().empty()) e->set_read_only(true);
   } else {
     e->mutable_file()->set_path(*f.file);
     if (f.size) {
@@ -224,6 +267,14 @@ std::string SetBackend(const CreateFlags& f, v1::Export* e) {
     }
   }
   if (f.io && !f.file) return "--io is only for --file exports";
+  if (f.size && !f.file && !f.rbd) {
+    return "--size is only for --file and --rbd exports";
+  }
+  if (!f.rbd &&
+      (f.rbd_namespace || f.ceph_conf || f.ceph_user || f.take_over)) {
+    return "--namespace, --ceph-conf, --ceph-user and --take-over are only "
+           "for --rbd exports";
+  }
   return size.ok() ? "" : std::string(size.status().message());
 }
 
@@ -251,12 +302,15 @@ std::string SetBlockSizes(const CreateFlags& f, v1::Export* e) {
 }
 
 int RunCreate(const Global& g, const CreateFlags& f, const CLI::App& cmd) {
-  if (f.memory.has_value() + f.null.has_value() + f.file.has_value() != 1) {
-    return UsageError("give exactly one of --memory, --null, --file",
+  if (f.memory.has_value() + f.null.has_value() + f.file.has_value() +
+          f.rbd.has_value() !=
+      1) {
+    return UsageError("give exactly one of --memory, --null, --file, --rbd",
                       HelpOf(cmd));
   }
   v1::CreateExportRequest req;
   req.set_export_id(f.name);
+  req.set_take_over(f.take_over);
   v1::Export* e = req.mutable_export_();
   e->set_read_only(f.read_only);
   std::vector<std::string> paths;
@@ -384,7 +438,8 @@ Command AddCreateCommand(CLI::App& app, const Global& g) {
       app, "create",
       "Creates an export and starts serving it.\n"
       "It is persisted in the daemon's state directory and recreated when\n"
-      "the daemon restarts. Give exactly one of --memory, --null, --file.");
+      "the daemon restarts. Give exactly one of --memory, --null, --file,\n"
+      "--rbd.");
   auto f = std::make_shared<CreateFlags>();
   AddNameArgument(cmd, &f->name);
   AddOptional(cmd, "--memory", "SIZE", &f->memory,
@@ -394,7 +449,24 @@ Command AddCreateCommand(CLI::App& app, const Global& g) {
               "a file or block device under the daemon's\n"
               "--allow-path; with --size, created (sparse) if\n"
               "missing");
-  AddOptional(cmd, "--size", "SIZE", &f->size, "size of a --file to create");
+  AddOptional(cmd, "--rbd", "POOL/IMAGE[@SNAP]", &f->rbd,
+              "a Ceph RBD image (a snapshot is served\n"
+              "read-only); with --size, created if missing.\n"
+              "A writable export holds the image's exclusive\n"
+              "lock: one writer across all hosts");
+  AddOptional(cmd, "--namespace", "NS", &f->rbd_namespace,
+              "the --rbd image's RADOS namespace");
+  AddOptional(cmd, "--ceph-conf", "PATH", &f->ceph_conf,
+              "ceph.conf for --rbd (default: librados' search,\n"
+              "/etc/ceph/ceph.conf)");
+  AddOptional(cmd, "--ceph-user", "ID", &f->ceph_user,
+              "rados id for --rbd (client.ID; default admin)");
+  cmd->add_flag("--take-over", f->take_over,
+                "--rbd: break another host's lock on the image,\n"
+                "fencing it (blocklisted: it cannot write again);\n"
+                "for failing over from a dead host");
+  AddOptional(cmd, "--size", "SIZE", &f->size,
+              "size of a --file or --rbd image to create");
   AddOptional(cmd, "--io", "MODE", &f->io,
               "how a --file does its I/O: auto (default: io_uring\n"
               "where the host allows it), io_uring, or threads");

@@ -2,7 +2,9 @@
 
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "lib/util/mutex.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
@@ -77,15 +79,37 @@ ExportManager::ExportManager(ExportManagerOptions options,
     : options_(std::move(options)), registry_(registry), buffers_(buffers) {}
 
 absl::StatusOr<std::shared_ptr<Export>> ExportManager::Open(
-    const ExportConfig& config, bool may_create) const {
+    const ExportConfig& config, bool may_create, bool take_over) const {
   if (absl::Status st = CheckTls(config.tls); !st.ok()) return st;
   if (config.backend == BackendKind::kFile && options_.allow_paths.empty()) {
     return absl::PermissionDeniedError(
         "file exports over the API need the daemon to be started with "
         "--allow-path DIR");
   }
-  return Export::Create(config, buffers_,
-                        BackendOpenOptions{options_.allow_paths, may_create});
+  if (config.backend == BackendKind::kRbd && !config.rbd.ceph_conf.empty() &&
+      !UnderAllowedPath(config.rbd.ceph_conf)) {
+    // librados reads whatever file it is given (and names what it could not
+    // parse): over the API only files the operator allowed.
+    return absl::PermissionDeniedError(absl::StrCat(
+        "ceph_conf ", config.rbd.ceph_conf,
+        " is not under a directory the daemon allows (--allow-path)"));
+  }
+  return Export::Create(
+      config, buffers_,
+      BackendOpenOptions{options_.allow_paths, may_create, take_over});
+}
+
+bool ExportManager::UnderAllowedPath(const std::string& path) const {
+  if (path.empty() || path.front() != '/') return false;
+  for (std::string_view part : absl::StrSplit(path, '/')) {
+    if (part == "..") return false;
+  }
+  for (const std::string& dir : options_.allow_paths) {
+    std::string prefix = dir;
+    while (prefix.size() > 1 && prefix.back() == '/') prefix.pop_back();
+    if (prefix == "/" || absl::StartsWith(path, prefix + "/")) return true;
+  }
+  return false;
 }
 
 ExportInfo ExportManager::Describe(const Export& e) const {
@@ -95,10 +119,22 @@ ExportInfo ExportManager::Describe(const Export& e) const {
   info.block_sizes = e.block_sizes();
   const BackendCaps caps = e.caps();
   info.multi_conn = caps.can_multi_conn;
-  info.io = caps.async ? "io_uring" : caps.blocking ? "threads" : "inline";
+  info.io = info.config.backend == BackendKind::kRbd ? "librbd"
+            : caps.async                             ? "io_uring"
+            : caps.blocking                          ? "threads"
+                                                     : "inline";
+  info.lock_owner = e.lock_owner();
   info.clients = e.clients();
   info.created = e.created();
   info.state = e.draining() ? ExportState::kDraining : ExportState::kActive;
+  if (e.fenced()) {
+    // Another host took the image over: nothing more is written through
+    // this export (its clients get errors); remove it.
+    info.state = ExportState::kFailed;
+    info.failure =
+        "fenced: another client took the rbd image's lock over (this "
+        "daemon is blocklisted); writes fail, remove the export";
+  }
   {
     MutexLock lock(&mu_);
     info.persistent = persistent_.contains(e.name());
@@ -140,7 +176,8 @@ absl::Status ExportManager::CheckTls(TlsMode mode) const {
       " needs nbdmgrd started with --tls-cert/--tls-key or --tls-psk"));
 }
 
-absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
+absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config,
+                                                       bool take_over) {
   if (absl::Status st = ValidateExportConfig(config); !st.ok()) return st;
   if (absl::Status st = CheckTls(config.tls); !st.ok()) return st;
   {
@@ -163,7 +200,7 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config) {
   // next opens), so an undo never removes a file another create opened.
   std::unique_lock<std::mutex> opening(open_mu_, std::defer_lock);
   if (config.backend == BackendKind::kFile) opening.lock();
-  absl::StatusOr<std::shared_ptr<Export>> e = Open(config, true);
+  absl::StatusOr<std::shared_ptr<Export>> e = Open(config, true, take_over);
   MutexLock lock(&mu_);
   pending_.erase(config.name);
   if (!e.ok()) return e.status();

@@ -14,8 +14,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "lib/buffer/buffer_policy.h"
-#include "lib/export/export_info.h"
 #include "lib/export/export.h"
+#include "lib/export/export_info.h"
 #include "lib/export/export_registry.h"
 #include "lib/state/state_store.h"
 #include "lib/util/mutex.h"
@@ -111,7 +111,12 @@ class ExportManager {
   // allow_paths, a path not allowed or through a symbolic link), NotFound
   // (missing file), ResourceExhausted (at max_exports), the backend's
   // error, or the state store's (nothing of the export remains then).
-  absl::StatusOr<ExportInfo> CreateExport(ExportConfig config);
+  // rbd: FailedPrecondition naming the holder when another client holds the
+  // image's exclusive lock, unless `take_over` (break it: the holder is
+  // fenced). NotFound (pool, image), PermissionDenied (ceph user or caps),
+  // Unavailable (cluster unreachable).
+  absl::StatusOr<ExportInfo> CreateExport(ExportConfig config,
+                                          bool take_over = false);
   // NotFound.
   absl::StatusOr<ExportInfo> GetExport(const std::string& name) const;
 
@@ -156,10 +161,15 @@ class ExportManager {
                 BufferSystem& buffers);
   ExportInfo Describe(const Export& e) const;
   static ExportInfo DescribeFailed(const FailedExport& f);
+  // Whether `path` (absolute, without "..") lies beneath an allow_paths
+  // directory, by name.
+  bool UnderAllowedPath(const std::string& path) const;
   // Opens `config`'s backend (confined for file exports; creating a
-  // missing file only if `may_create`). Call without mu_ held.
+  // missing file only if `may_create`; breaking an rbd image's lock only
+  // if `take_over`). Call without mu_ held.
   absl::StatusOr<std::shared_ptr<Export>> Open(const ExportConfig& config,
-                                               bool may_create) const;
+                                               bool may_create,
+                                               bool take_over = false) const;
   // Records a created or updated export / a deleted one in the state
   // store (no-op without one); the error names what could not be saved.
   absl::Status PersistPut(const ExportConfig& config)

@@ -18,7 +18,8 @@ grpc::Status ExportServiceImpl::CreateExport(grpc::ServerContext*,
   absl::StatusOr<ExportConfig> config =
       ExportConfigFromProto(req->export_(), req->export_id());
   if (!config.ok()) return ToGrpcStatus(config.status());
-  absl::StatusOr<ExportInfo> info = manager_.CreateExport(*config);
+  absl::StatusOr<ExportInfo> info =
+      manager_.CreateExport(*config, req->take_over());
   if (!info.ok()) return ToGrpcStatus(info.status());
   *out = ExportInfoToProto(*info);
   return grpc::Status::OK;

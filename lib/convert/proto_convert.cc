@@ -144,9 +144,21 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
         return absl::InvalidArgumentError("file.create needs file.size_bytes");
       }
       break;
+    case v1::Export::kRbd:
+      c.backend = BackendKind::kRbd;
+      c.rbd.pool = p.rbd().pool();
+      c.rbd.image = p.rbd().image();
+      c.rbd.ns = p.rbd().namespace_();
+      c.rbd.snapshot = p.rbd().snapshot();
+      c.rbd.ceph_conf = p.rbd().ceph_conf();
+      c.rbd.ceph_user = p.rbd().ceph_user();
+      if (p.rbd().size_bytes() != 0) c.size = p.rbd().size_bytes();
+      // A snapshot cannot be written: its export is read-only.
+      if (!c.rbd.snapshot.empty()) c.read_only = true;
+      break;
     default:
       return absl::InvalidArgumentError(
-          "backend: one of memory, file or null is required");
+          "backend: one of memory, file, null or rbd is required");
   }
   if (p.has_block_sizes()) {
     const auto& b = p.block_sizes();
@@ -200,6 +212,17 @@ v1::Export ExportConfigToProto(const ExportConfig& c) {
                                : c.io == FileIo::kThreads ? v1::FILE_IO_THREADS
                                                           : v1::FILE_IO_AUTO);
       break;
+    case BackendKind::kRbd: {
+      v1::RbdBackend* r = p.mutable_rbd();
+      r->set_pool(c.rbd.pool);
+      r->set_image(c.rbd.image);
+      r->set_namespace_(c.rbd.ns);
+      r->set_snapshot(c.rbd.snapshot);
+      r->set_ceph_conf(c.rbd.ceph_conf);
+      r->set_ceph_user(c.rbd.ceph_user);
+      r->set_size_bytes(c.size.value_or(0));
+      break;
+    }
   }
   p.mutable_block_sizes()->set_minimum(c.block_sizes.minimum);
   p.mutable_block_sizes()->set_preferred(c.block_sizes.preferred);
@@ -239,6 +262,7 @@ v1::Export ExportInfoToProto(const ExportInfo& info) {
   }
   p.set_persistent(info.persistent);
   p.set_io_engine(info.io);
+  if (p.has_rbd()) p.mutable_rbd()->set_lock_owner(info.lock_owner);
   return p;
 }
 

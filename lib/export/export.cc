@@ -1,8 +1,10 @@
 #include "lib/export/export.h"
 
+#include "absl/strings/str_cat.h"
 #include "lib/backend/file_backend.h"
 #include "lib/backend/memory_backend.h"
 #include "lib/backend/null_backend.h"
+#include "lib/backend/rbd_backend.h"
 #include "lib/util/mutex.h"
 
 namespace nbdmgr {
@@ -28,6 +30,26 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
                                                     open.confine_to, c.io});
       if (!b.ok()) return b.status();
       if ((*b)->created_file()) *created = b->get();
+      return std::unique_ptr<Backend>(std::move(*b));
+    }
+    case BackendKind::kRbd: {
+      RbdOptions o;
+      o.pool = c.rbd.pool;
+      o.image = c.rbd.image;
+      o.ns = c.rbd.ns;
+      o.snapshot = c.rbd.snapshot;
+      o.ceph_conf = c.rbd.ceph_conf;
+      o.ceph_user = c.rbd.ceph_user;
+      o.read_only = c.read_only;
+      if (open.may_create) o.create_size = c.size;
+      o.take_over = open.take_over;
+      auto b = RbdBackend::Open(o);
+      if (!b.ok()) return b.status();
+      if (c.size.has_value() && (*b)->size() != *c.size) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "image ", c.rbd.pool, "/", c.rbd.image, " has ", (*b)->size(),
+            " bytes, not the ", *c.size, " the export asks for"));
+      }
       return std::unique_ptr<Backend>(std::move(*b));
     }
   }
@@ -100,6 +122,20 @@ bool Export::TryAddClient() {
     return false;
   }
   return true;
+}
+
+std::string Export::lock_owner() const {
+  const auto* rbd = dynamic_cast<const RbdBackend*>(backend_.get());
+  if (rbd == nullptr) return std::string();
+  if (!rbd->read_only() && !rbd->fenced()) {
+    return rbd->client_address() + " (this daemon)";
+  }
+  return rbd->lock_owner();
+}
+
+bool Export::fenced() const {
+  const auto* rbd = dynamic_cast<const RbdBackend*>(backend_.get());
+  return rbd != nullptr && rbd->fenced();
 }
 
 std::string Export::description() const {

@@ -30,6 +30,9 @@ struct BackendOpenOptions {
   // False when a persisted export is reopened: a file is created only by
   // the API call that asked for it.
   bool may_create = true;
+  // rbd: break another client's exclusive lock on the image (fencing it)
+  // instead of failing. Never persisted: only the call that asks for it.
+  bool take_over = false;
 };
 
 // One served export: its configuration, its open backend and live state.
@@ -81,6 +84,12 @@ class Export {
   Backend& backend() const { return *backend_; }
   uint64_t size() const { return size_; }
   const BackendCaps& caps() const { return caps_; }
+  // rbd exports: who holds the image's exclusive lock ("ADDR (this
+  // daemon)" while this writable export holds it; "" if nobody or not rbd;
+  // may ask the cluster: not on the network threads), and whether this
+  // daemon was fenced (blocklisted) off the image.
+  std::string lock_owner() const;
+  bool fenced() const;
   bool read_only() const { return config_.read_only; }
   const BlockSizes& block_sizes() const { return block_sizes_; }
   // Request buffers: strategy, cap and counters; settings change at run time.

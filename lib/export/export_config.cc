@@ -1,7 +1,9 @@
 #include "lib/export/export_config.h"
 
+#include <tuple>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "lib/util/duration.h"
@@ -65,6 +67,91 @@ absl::StatusOr<bool> ParseBool(std::string_view key, std::string_view v) {
                    ": expected true or false, got \"", ToAbsl(v), "\""));
 }
 
+// Ceph names: pools, images, namespaces and snapshots are UTF-8 without
+// '/' or '@' (they separate pool/image@snap in every Ceph tool) or control
+// characters, at most 255 bytes; a rados id is [A-Za-z0-9._-].
+absl::Status ValidateCephName(std::string_view export_name,
+                              std::string_view key, std::string_view v,
+                              bool required) {
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "export ", ToAbsl(export_name), ": ", ToAbsl(key), " ", ToAbsl(why)));
+  };
+  if (v.empty()) {
+    return required ? bad("is required for the rbd backend") : absl::OkStatus();
+  }
+  if (v.size() > 255) return bad("is longer than 255 bytes");
+  if (!IsValidUtf8(v)) return bad("is not valid UTF-8");
+  for (char ch : v) {
+    if (ch == '/' || ch == '@' || static_cast<unsigned char>(ch) < 0x20 ||
+        ch == 0x7f) {
+      return bad(absl::StrCat("\"", ToAbsl(v),
+                              "\" may not contain '/', '@' or control "
+                              "characters"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRbdLocation(const ExportConfig& c) {
+  const RbdLocation& r = c.rbd;
+  for (auto [key, value, required] : {std::tuple{"pool", &r.pool, true},
+                                      {"image", &r.image, true},
+                                      {"namespace", &r.ns, false},
+                                      {"snapshot", &r.snapshot, false}}) {
+    if (absl::Status st = ValidateCephName(c.name, key, *value, required);
+        !st.ok()) {
+      return st;
+    }
+  }
+  for (char ch : r.ceph_user) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(ch)) && ch != '.' &&
+        ch != '_' && ch != '-') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("export ", c.name, ": ceph-user \"", r.ceph_user,
+                       "\" must be a rados id ([A-Za-z0-9._-], without "
+                       "\"client.\")"));
+    }
+  }
+  if (r.ceph_user.size() > 255) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export ", c.name, ": ceph-user is too long"));
+  }
+  if (!r.ceph_conf.empty() &&
+      (r.ceph_conf.front() != '/' || r.ceph_conf.size() > kMaxPathBytes ||
+       r.ceph_conf.find('\0') != std::string::npos ||
+       !IsValidUtf8(r.ceph_conf))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export ", c.name,
+                     ": ceph-conf must be an absolute path: ", r.ceph_conf));
+  }
+  if (!c.path.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export ", c.name, ": path is only for the file backend"));
+  }
+  if (c.io != FileIo::kAuto) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export ", c.name, ": io is only for the file backend"));
+  }
+  if (c.size.has_value() && *c.size == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export ", c.name, ": size must be > 0"));
+  }
+  if (!r.snapshot.empty() && !c.read_only) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export ", c.name,
+                     ": a snapshot export is read-only "
+                     "(drop read-only=false)"));
+  }
+  if (!r.snapshot.empty() && c.size.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export ", c.name,
+                     ": a snapshot export takes its size "
+                     "from the snapshot (no size=)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string_view NameOf(BackendKind kind) {
@@ -75,6 +162,8 @@ std::string_view NameOf(BackendKind kind) {
       return "file";
     case BackendKind::kNull:
       return "null";
+    case BackendKind::kRbd:
+      return "rbd";
   }
   return "unknown";
 }
@@ -183,6 +272,15 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
         return absl::InvalidArgumentError(absl::StrCat(
             "export ", c.name, ": io is only for the file backend"));
       }
+      if (c.rbd != RbdLocation{}) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "export ", c.name,
+            ": pool, image, namespace, snapshot, ceph-conf and ceph-user "
+            "are only for the rbd backend"));
+      }
+      break;
+    case BackendKind::kRbd:
+      if (absl::Status st = ValidateRbdLocation(c); !st.ok()) return st;
       break;
     case BackendKind::kFile:
       if (c.path.empty()) {
@@ -197,6 +295,12 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
         return absl::InvalidArgumentError(
             absl::StrCat("export ", c.name, ": size must be > 0"));
       }
+      if (c.rbd != RbdLocation{}) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "export ", c.name,
+            ": pool, image, namespace, snapshot, ceph-conf and ceph-user "
+            "are only for the rbd backend"));
+      }
       break;
   }
   return absl::OkStatus();
@@ -204,7 +308,7 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
 
 absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
   ExportConfig c;
-  bool have_name = false, have_backend = false;
+  bool have_name = false, have_backend = false, have_read_only = false;
   for (const std::string& part : SplitSpec(spec)) {
     if (part.empty()) continue;
     size_t eq = part.find('=');
@@ -225,14 +329,28 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
         c.backend = BackendKind::kFile;
       else if (value == "null")
         c.backend = BackendKind::kNull;
+      else if (value == "rbd")
+        c.backend = BackendKind::kRbd;
       else {
         return absl::InvalidArgumentError(
             absl::StrCat("export key backend: unknown backend \"", value,
-                         "\" (memory, file or null)"));
+                         "\" (memory, file, null or rbd)"));
       }
       have_backend = true;
     } else if (key == "path") {
       c.path = value;
+    } else if (key == "pool") {
+      c.rbd.pool = value;
+    } else if (key == "image") {
+      c.rbd.image = value;
+    } else if (key == "namespace") {
+      c.rbd.ns = value;
+    } else if (key == "snapshot") {
+      c.rbd.snapshot = value;
+    } else if (key == "ceph-conf") {
+      c.rbd.ceph_conf = value;
+    } else if (key == "ceph-user") {
+      c.rbd.ceph_user = value;
     } else if (key == "size") {
       absl::StatusOr<uint64_t> size = ParseSize(value);
       if (!size.ok()) return KeyError("size", size.status());
@@ -241,6 +359,7 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       absl::StatusOr<bool> b = ParseBool(key, value);
       if (!b.ok()) return b.status();
       c.read_only = *b;
+      have_read_only = true;
     } else if (key == "description") {
       c.description = value;
     } else if (key == "max-clients") {
@@ -290,7 +409,8 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       return absl::InvalidArgumentError(absl::StrCat(
           "export spec \"", ToAbsl(spec), "\": unknown key \"", key,
           "\" (name, backend, path, size, read-only, description, tls, "
-          "max-clients, stall-timeout, io, "
+          "max-clients, stall-timeout, io, pool, image, namespace, "
+          "snapshot, ceph-conf, ceph-user, "
           "buffer-strategy, memory-cap, pool-idle-release, min-block-size, "
           "preferred-block-size, max-payload)"));
     }
@@ -302,8 +422,11 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
   if (!have_backend) {
     return absl::InvalidArgumentError(
         absl::StrCat("export spec \"", ToAbsl(spec),
-                     "\": missing backend= (memory, file, null)"));
+                     "\": missing backend= (memory, file, null, rbd)"));
   }
+  // A snapshot cannot be written: its export is read-only unless the spec
+  // says otherwise (which validation refuses).
+  if (!c.rbd.snapshot.empty() && !have_read_only) c.read_only = true;
   if (absl::Status st = ValidateExportConfig(c); !st.ok()) return st;
   return c;
 }

@@ -14,7 +14,7 @@
 
 namespace nbdmgr {
 
-enum class BackendKind { kMemory, kFile, kNull };
+enum class BackendKind { kMemory, kFile, kNull, kRbd };
 std::string_view NameOf(BackendKind kind);
 
 // Whether clients of an export must use TLS (NBD_OPT_STARTTLS).
@@ -38,6 +38,17 @@ struct BlockSizes {
 // sized for it).
 inline constexpr uint32_t kMaxPayloadLimit = 32 * 1024 * 1024;
 
+// Where an rbd export's image lives, and as whom the daemon reaches it.
+struct RbdLocation {
+  std::string pool;       // required
+  std::string image;      // required
+  std::string ns;         // RADOS namespace; "" = the pool's default
+  std::string snapshot;   // "" = the image itself; a snapshot is read-only
+  std::string ceph_conf;  // "" = librados' default (/etc/ceph/ceph.conf)
+  std::string ceph_user;  // rados id (client.ID); "" = admin
+  bool operator==(const RbdLocation&) const = default;
+};
+
 // Everything that defines an export, as given by an operator. Plain data;
 // validated by ValidateExportConfig before anything is opened.
 struct ExportConfig {
@@ -49,6 +60,8 @@ struct ExportConfig {
                                  // the size a created file gets, or must have
   bool create = true;            // kFile: create a missing file (needs size)
   FileIo io = FileIo::kAuto;     // kFile: io_uring or the thread pool
+  RbdLocation rbd;               // kRbd (size, if set: create a missing
+                                 // image with it, or the size it must have)
   bool read_only = false;
   BlockSizes block_sizes;
   BufferSettings buffers;
@@ -94,7 +107,8 @@ absl::Status ValidateExportConfig(const ExportConfig& config);
 // "name=scratch,backend=memory,size=1GiB,read-only=true,description=Scratch",
 // plus buffer keys: buffer-strategy=pool, memory-cap=256MiB,
 // pool-idle-release=5s, tls=off|optional|require, max-clients=N,
-// stall-timeout=DUR, io=auto|io_uring|threads (file) and the block sizes:
+// stall-timeout=DUR, io=auto|io_uring|threads (file), pool=, image=,
+// namespace=, snapshot=, ceph-conf=, ceph-user= (rbd) and the block sizes:
 // min-block-size=N, preferred-block-size=N, max-payload=N. A literal comma
 // inside a value is written "\,". Returns InvalidArgument naming the bad key or
 // value; the result is also validated.

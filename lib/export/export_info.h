@@ -22,8 +22,11 @@ struct ExportInfo {
   BlockSizes block_sizes;
   bool multi_conn = false;
   // How READ, WRITE and FLUSH run: "io_uring", "threads" (a file export's
-  // engine) or "inline" (memory, null); empty while not served.
+  // engine), "librbd" (rbd) or "inline" (memory, null); empty while not
+  // served.
   std::string io;
+  // rbd: the client holding the image's exclusive lock ("" if none).
+  std::string lock_owner;
   int clients = 0;
   std::chrono::system_clock::time_point created;
   ExportState state = ExportState::kActive;

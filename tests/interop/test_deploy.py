@@ -219,6 +219,22 @@ class KubernetesTest(unittest.TestCase):
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         self.assertEqual(ports, {"nbd": 10809, "metrics": 9810})
 
+    def test_ceph_config_and_key_come_from_a_secret(self):
+        ds = self.docs[("DaemonSet", "nbdmgrd")]
+        pod = ds["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/ceph")
+        self.assertTrue(mount["readOnly"])
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        secret = self.docs[("Secret", volume["secret"]["secretName"])]
+        self.assertEqual(volume["secret"]["defaultMode"], 0o400)
+        data = secret["stringData"]
+        self.assertIn("mon host", data["ceph.conf"])
+        keyrings = [k for k in data if k.startswith("ceph.client.") and k.endswith(".keyring")]
+        self.assertEqual(len(keyrings), 1)
+        user = keyrings[0][len("ceph.client."):-len(".keyring")]
+        self.assertIn(f"[client.{user}]", data[keyrings[0]])
+
     def test_configmap_is_a_valid_daemon_config(self):
         cm = self.docs[("ConfigMap", "nbdmgrd-config")]
         d = tempfile.mkdtemp()
