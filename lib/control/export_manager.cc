@@ -4,7 +4,6 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "lib/util/mutex.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
@@ -101,8 +100,9 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::Open(
 
 bool ExportManager::UnderAllowedPath(const std::string& path) const {
   if (path.empty() || path.front() != '/') return false;
-  for (std::string_view part : absl::StrSplit(path, '/')) {
-    if (part == "..") return false;
+  if (path.find("/../") != std::string::npos ||
+      (path.size() >= 3 && path.compare(path.size() - 3, 3, "/..") == 0)) {
+    return false;
   }
   for (const std::string& dir : options_.allow_paths) {
     std::string prefix = dir;

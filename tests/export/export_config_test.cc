@@ -25,6 +25,56 @@ TEST(ParseExportSpecTest, FileWithAllKeys) {
   EXPECT_FALSE(c->size.has_value());
 }
 
+TEST(ParseExportSpecTest, RbdWithAllKeys) {
+  auto c = ParseExportSpec(
+      "name=vm1,backend=rbd,pool=rbd,image=vm1,namespace=tenant-a,"
+      "ceph-conf=/etc/ceph/other.conf,ceph-user=nbdmgr,size=10GiB");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->backend, BackendKind::kRbd);
+  EXPECT_EQ(NameOf(c->backend), "rbd");
+  EXPECT_EQ(c->rbd.pool, "rbd");
+  EXPECT_EQ(c->rbd.image, "vm1");
+  EXPECT_EQ(c->rbd.ns, "tenant-a");
+  EXPECT_EQ(c->rbd.ceph_conf, "/etc/ceph/other.conf");
+  EXPECT_EQ(c->rbd.ceph_user, "nbdmgr");
+  EXPECT_EQ(*c->size, 10ull << 30);
+  EXPECT_FALSE(c->read_only);
+  // A snapshot export is read-only without saying so.
+  c = ParseExportSpec("name=gold,backend=rbd,pool=p,image=i,snapshot=s1");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rbd.snapshot, "s1");
+  EXPECT_TRUE(c->read_only);
+}
+
+TEST(ParseExportSpecTest, RbdErrorsNameTheProblem) {
+  struct Case {
+    const char* spec;
+    const char* mentions;
+  } cases[] = {
+      {"name=a,backend=rbd,image=i", "pool is required"},
+      {"name=a,backend=rbd,pool=p", "image is required"},
+      {"name=a,backend=rbd,pool=p/q,image=i", "may not contain"},
+      {"name=a,backend=rbd,pool=p,image=i@s", "may not contain"},
+      {"name=a,backend=rbd,pool=p,image=i,ceph-user=client/x", "rados id"},
+      {"name=a,backend=rbd,pool=p,image=i,ceph-conf=ceph.conf", "absolute"},
+      {"name=a,backend=rbd,pool=p,image=i,path=/x", "only for the file"},
+      {"name=a,backend=rbd,pool=p,image=i,io=threads", "only for the file"},
+      {"name=a,backend=rbd,pool=p,image=i,size=0", "size must be > 0"},
+      {"name=a,backend=rbd,pool=p,image=i,snapshot=s,read-only=false",
+       "read-only"},
+      {"name=a,backend=rbd,pool=p,image=i,snapshot=s,size=1G", "no size"},
+      {"name=a,backend=memory,size=1M,pool=p", "only for the rbd backend"},
+      {"name=a,backend=file,path=/x,image=i", "only for the rbd backend"},
+  };
+  for (const Case& c : cases) {
+    auto r = ParseExportSpec(c.spec);
+    ASSERT_FALSE(r.ok()) << c.spec;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(c.mentions), absl::string_view::npos)
+        << c.spec << " -> " << r.status().message();
+  }
+}
+
 TEST(ParseExportSpecTest, StallTimeoutOverridesTheDaemons) {
   auto c = ParseExportSpec("name=a,backend=memory,size=1M");
   ASSERT_TRUE(c.ok()) << c.status();

@@ -76,7 +76,7 @@ class RbdDataTest(RbdTestBase):
         run("qemu-img", "convert", "-f", "raw", "-O", "raw", d.uri("vm1"), back)
         self.assertEqual(sha256(back), sha256(src))
         # FUA writes and a flush, then read behind our back with librbd.
-        run("qemu-io", "-f", "raw", "-c", "write -P 0x5a -F 1M 64k", "-c", "flush",
+        run("qemu-io", "-f", "raw", "-c", "write -f -P 0x5a 1M 64k", "-c", "flush",
             d.uri("vm1"))
         self.assertEqual(image_bytes("vm1", 1 * MiB, 64 * 1024), b"\x5a" * 65536)
         with open(src, "rb") as f:
@@ -204,6 +204,22 @@ class RbdTwoHostsTest(RbdTestBase):
         back = os.path.join(b.dir, "back.img")
         run("nbdcopy", b.uri("mv"), back)
         self.assertEqual(sha256(back), sha256(src))
+
+    def test_api_export_survives_a_clean_restart(self):
+        CLUSTER.create_image("keep", 8 * MiB)
+        a = self.daemon()
+        self.create(a, "keep", "keep")
+        run("nbdsh", "-u", a.uri("keep"), "-c", "h.pwrite(b'\\x07' * 4096, 0); h.flush()")
+        self.assertEqual(a.stop(), 0, a.logs())  # releases the lock
+        a.start()  # the same state directory: the export is recreated
+        out = json.loads(a.nbdctl("get", "keep", "-o", "json").stdout)
+        self.assertEqual(out["state"], "STATE_ACTIVE", out)
+        self.assertIn("(this daemon)", out["rbd"]["lock_owner"])
+        run("nbdsh", "-u", a.uri("keep"), "-c", "assert h.pread(4096, 0) == b'\\x07' * 4096")
+        # And it still holds the lock: another host is refused.
+        b = self.daemon()
+        p = self.create(b, "keep", "keep", check=False)
+        self.assertIn("FAILED_PRECONDITION", p.stderr)
 
     def test_take_over_after_sigkill_and_fencing_of_a_live_holder(self):
         CLUSTER.create_image("fo", 8 * MiB)
