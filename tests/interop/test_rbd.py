@@ -221,6 +221,20 @@ class RbdTwoHostsTest(RbdTestBase):
         p = self.create(b, "keep", "keep", check=False)
         self.assertIn("FAILED_PRECONDITION", p.stderr)
 
+    def test_restart_after_a_crash_reports_the_held_lock(self):
+        # The crashed daemon's client still looks alive to Ceph for ~30 s:
+        # the persisted export comes back FAILED, naming the lock, and the
+        # daemon serves its other exports.
+        CLUSTER.create_image("crash", 8 * MiB)
+        a = self.daemon(["name=mem,backend=memory,size=1MiB"])
+        self.create(a, "crash", "crash")
+        a.stop(signal.SIGKILL)
+        a.start()
+        out = json.loads(a.nbdctl("get", "crash", "-o", "json").stdout)
+        self.assertEqual(out["state"], "STATE_FAILED", out)
+        self.assertIn("lock", out["failure"])
+        run("nbdinfo", a.uri("mem"))
+
     def test_take_over_after_sigkill_and_fencing_of_a_live_holder(self):
         CLUSTER.create_image("fo", 8 * MiB)
         a = self.daemon()
