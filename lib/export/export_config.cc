@@ -256,6 +256,12 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
   if (c.path.find('\0') != std::string::npos || !IsValidUtf8(c.path)) {
     return invalid("path is not a valid UTF-8 file name");
   }
+  if (c.backend != BackendKind::kRbd && c.rbd != RbdLocation{}) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export ", c.name,
+                     ": pool, image, namespace, snapshot, ceph-conf and "
+                     "ceph-user are only for the rbd backend"));
+  }
   switch (c.backend) {
     case BackendKind::kMemory:
     case BackendKind::kNull:
@@ -271,12 +277,6 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
       if (c.io != FileIo::kAuto) {
         return absl::InvalidArgumentError(absl::StrCat(
             "export ", c.name, ": io is only for the file backend"));
-      }
-      if (c.rbd != RbdLocation{}) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "export ", c.name,
-            ": pool, image, namespace, snapshot, ceph-conf and ceph-user "
-            "are only for the rbd backend"));
       }
       break;
     case BackendKind::kRbd:
@@ -294,12 +294,6 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
       if (c.size.has_value() && *c.size == 0) {
         return absl::InvalidArgumentError(
             absl::StrCat("export ", c.name, ": size must be > 0"));
-      }
-      if (c.rbd != RbdLocation{}) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "export ", c.name,
-            ": pool, image, namespace, snapshot, ceph-conf and ceph-user "
-            "are only for the rbd backend"));
       }
       break;
   }
