@@ -244,6 +244,14 @@ absl::StatusOr<rados_t> RadosConnection::Connect(const std::string& conf,
     rados_shutdown(cluster);
     return st;
   };
+  // The compiled-in plugin directory, kept whatever the conf says.
+  std::string plugin_dir;
+  {
+    char buf[4096];
+    if (rados_conf_get(cluster, "plugin_dir", buf, sizeof(buf)) == 0) {
+      plugin_dir = buf;
+    }
+  }
   r = rados_conf_read_file(cluster, conf.empty() ? nullptr : conf.c_str());
   if (r == -ENOENT) {
     return fail(absl::NotFoundError(
@@ -263,7 +271,19 @@ absl::StatusOr<rados_t> RadosConnection::Connect(const std::string& conf,
   }
   DefaultTimeout(cluster, "client_mount_timeout", 300, kConnectTimeoutSeconds);
   DefaultTimeout(cluster, "rados_mon_op_timeout", 0, kOpTimeoutSeconds);
-  DefaultTimeout(cluster, "rados_osd_op_timeout", 0, kOpTimeoutSeconds);
+  // No OSD operation timeout (librados' default): a write that waits out an
+  // OSD failover or a full cluster must wait, not fail with EIO (guests'
+  // file systems treat a failed write as fatal), as qemu and krbd do.
+  //
+  // What no conf may change: the daemon's own files (admin socket, log),
+  // where plugins are loaded from, and that breaking a lock blocklists its
+  // holder (without that a take-over does not fence: split brain).
+  rados_conf_set(cluster, "admin_socket", "");
+  rados_conf_set(cluster, "log_file", "");
+  if (!plugin_dir.empty()) {
+    rados_conf_set(cluster, "plugin_dir", plugin_dir.c_str());
+  }
+  rados_conf_set(cluster, "rbd_blocklist_on_break_lock", "true");
   r = rados_connect(cluster);
   if (r == 0) return cluster;
   const std::string where =
@@ -464,6 +484,10 @@ absl::StatusOr<std::unique_ptr<RbdBackend>> RbdBackend::Open(
       // rbd_lock_acquire breaks its lock itself, at once.
       bool retry = false;
       for (int round = 0;; ++round) {
+        if (round > 8) {  // the lock keeps changing hands: give up
+          r = -EBUSY;
+          break;
+        }
         std::vector<std::string> owners;
         r = LockOwners(img.image, &owners);
         if (r < 0) break;
@@ -586,7 +610,15 @@ std::string RbdBackend::lock_owner() const {
 std::string RbdBackend::client_address() const { return conn_->address(); }
 
 bool RbdBackend::fenced() const {
-  return fenced_.load(std::memory_order_relaxed) || conn_->fenced();
+  if (fenced_.load(std::memory_order_relaxed) || conn_->fenced()) return true;
+  // A writable export that no longer owns its lock (another client broke
+  // it) is fenced even before a write tells it so. librbd's own state: no
+  // cluster round trip.
+  int owner = 1;
+  return !read_only_ &&
+         rbd_is_exclusive_lock_owner(static_cast<rbd_image_t>(image_),
+                                     &owner) == 0 &&
+         owner == 0;
 }
 
 BackendCaps RbdBackend::caps() const {
@@ -601,10 +633,11 @@ BackendCaps RbdBackend::caps() const {
   c.blocking = true;  // TRIM, WRITE_ZEROES and block status wait
   c.async = true;     // READ, WRITE and FLUSH are librbd aio
   c.async_needs_ring = false;
-  // Block status costs the OSDs a listing per object (about 0.2 ms for a
-  // few objects here, plus a trip to the pool): worth it only for reads of
-  // an object (4 MiB by default) or more.
-  c.sparse_read_min = 4 << 20;
+  // READ data never depends on block status: a hole librbd reads as
+  // zeroes costs no OSD read anyway, and a diff that misreports (as
+  // rbd_diff_iterate2 has in some Ceph releases) must not turn data into
+  // zeroes.
+  c.sparse_read_min = UINT64_MAX;
   return c;
 }
 

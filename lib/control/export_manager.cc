@@ -1,9 +1,14 @@
 #include "lib/control/export_manager.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "lib/util/errors.h"
 #include "lib/util/mutex.h"
 #include "lib/util/strings.h"
 #include "spdlog/spdlog.h"
@@ -85,31 +90,52 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::Open(
         "file exports over the API need the daemon to be started with "
         "--allow-path DIR");
   }
-  if (config.backend == BackendKind::kRbd && !config.rbd.ceph_conf.empty() &&
-      !UnderAllowedPath(config.rbd.ceph_conf)) {
-    // librados reads whatever file it is given (and names what it could not
-    // parse): over the API only files the operator allowed.
-    return absl::PermissionDeniedError(absl::StrCat(
-        "ceph_conf ", config.rbd.ceph_conf,
-        " is not under a directory the daemon allows (--allow-path)"));
+  if (config.backend == BackendKind::kRbd && !config.rbd.ceph_conf.empty()) {
+    if (absl::Status st = CheckCephConf(config.rbd.ceph_conf); !st.ok()) {
+      return st;
+    }
   }
   return Export::Create(
       config, buffers_,
       BackendOpenOptions{options_.allow_paths, may_create, take_over});
 }
 
-bool ExportManager::UnderAllowedPath(const std::string& path) const {
-  if (path.empty() || path.front() != '/') return false;
-  if (path.find("/../") != std::string::npos ||
-      (path.size() >= 3 && path.compare(path.size() - 3, 3, "/..") == 0)) {
-    return false;
+absl::Status ExportManager::CheckCephConf(const std::string& path) const {
+  // Resolved, so a symbolic link cannot lead outside the allowed
+  // directories; a regular file of at most 1 MiB (librados reads it whole).
+  char* real = ::realpath(path.c_str(), nullptr);
+  if (real == nullptr) {
+    return ErrnoStatus(errno, absl::StrCat("ceph_conf ", path));
   }
+  const std::string resolved = real;
+  std::free(real);
+  bool allowed = false;
   for (const std::string& dir : options_.allow_paths) {
-    std::string prefix = dir;
-    while (prefix.size() > 1 && prefix.back() == '/') prefix.pop_back();
-    if (prefix == "/" || absl::StartsWith(path, prefix + "/")) return true;
+    char* d = ::realpath(dir.c_str(), nullptr);
+    if (d == nullptr) continue;
+    std::string prefix = d;
+    std::free(d);
+    if (prefix == "/" || absl::StartsWith(resolved, prefix + "/")) {
+      allowed = true;
+      break;
+    }
   }
-  return false;
+  if (!allowed) {
+    // librados reads whatever file it is given (and names what it could
+    // not parse): over the API only files the operator allowed.
+    return absl::PermissionDeniedError(absl::StrCat(
+        "ceph_conf ", path,
+        " is not under a directory the daemon allows (--allow-path)"));
+  }
+  struct stat st;
+  if (::stat(resolved.c_str(), &st) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("ceph_conf ", path));
+  }
+  if (!S_ISREG(st.st_mode) || st.st_size > (1 << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ceph_conf ", path, " is not a regular file of at most 1 MiB"));
+  }
+  return absl::OkStatus();
 }
 
 ExportInfo ExportManager::Describe(const Export& e) const {

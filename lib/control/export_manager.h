@@ -161,9 +161,10 @@ class ExportManager {
                 BufferSystem& buffers);
   ExportInfo Describe(const Export& e) const;
   static ExportInfo DescribeFailed(const FailedExport& f);
-  // Whether `path` (absolute, without "..") lies beneath an allow_paths
-  // directory, by name.
-  bool UnderAllowedPath(const std::string& path) const;
+  // OK if `path`, resolved, is a regular file of at most 1 MiB beneath an
+  // allow_paths directory (resolved); PermissionDenied, InvalidArgument or
+  // the errno's status naming it otherwise.
+  absl::Status CheckCephConf(const std::string& path) const;
   // Opens `config`'s backend (confined for file exports; creating a
   // missing file only if `may_create`; breaking an rbd image's lock only
   // if `take_over`). Call without mu_ held.

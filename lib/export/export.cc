@@ -130,7 +130,9 @@ std::string Export::lock_owner() const {
   if (!rbd->read_only() && !rbd->fenced()) {
     return rbd->client_address() + " (this daemon)";
   }
-  return rbd->lock_owner();
+  // Asking the cluster who holds it is an OSD operation, which may wait as
+  // long as the cluster is unreachable: not on the control plane's path.
+  return std::string();
 }
 
 bool Export::fenced() const {

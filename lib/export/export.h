@@ -85,9 +85,9 @@ class Export {
   uint64_t size() const { return size_; }
   const BackendCaps& caps() const { return caps_; }
   // rbd exports: who holds the image's exclusive lock ("ADDR (this
-  // daemon)" while this writable export holds it; "" if nobody or not rbd;
-  // may ask the cluster: not on the network threads), and whether this
-  // daemon was fenced (blocklisted) off the image.
+  // daemon)" while this writable export holds it, else "": never asks the
+  // cluster), and whether this daemon was fenced off the image (its lock
+  // broken, or its client blocklisted).
   std::string lock_owner() const;
   bool fenced() const;
   bool read_only() const { return config_.read_only; }

@@ -165,6 +165,18 @@ except nbd.Error as e:
                      check=False)
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn("PERMISSION_DENIED", p.stderr)
+        # ... also through a symbolic link inside the allowed directory, and
+        # only a regular file is read.
+        link = os.path.join(CLUSTER.dir, "escape.conf")
+        if not os.path.lexists(link):
+            os.symlink("/etc/passwd", link)
+        subdir = os.path.join(CLUSTER.dir, "not-a-file.conf")
+        os.makedirs(subdir, exist_ok=True)
+        for conf, code in [(link, "PERMISSION_DENIED"), (subdir, "INVALID_ARGUMENT")]:
+            p = d.nbdctl("create", "bad", "--rbd", "rbd/good", "--ceph-conf", conf,
+                         check=False)
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn(code, p.stderr)
         # Usage errors from nbdctl itself.
         p = d.nbdctl("create", "bad", "--rbd", "good", check=False)
         self.assertEqual(p.returncode, 2)
