@@ -76,9 +76,9 @@ class RbdBackend final : public Backend {
   // broken (and it blocklisted) without take_over. take_over breaks the
   // lock of any holder at once (blocklisting it), unless other clients take
   // it again 3 times running.
-  // Monitor and OSD operations time out after 30 s (rados_mon_op_timeout,
-  // rados_osd_op_timeout, unless the conf sets them): an unreachable OSD
-  // fails I/O with an error instead of hanging forever.
+  // Monitor operations time out after 30 s (rados_mon_op_timeout, unless
+  // the conf sets it); OSD operations never do: I/O waits out an OSD
+  // failover or a full cluster, as qemu and krbd do.
   static absl::StatusOr<std::unique_ptr<RbdBackend>> Open(const RbdOptions& o);
   // Releases the lock (if held), closes the image (which flushes) and drops
   // the connection (shut down when its last export goes). No call may be in
