@@ -159,6 +159,14 @@ class Daemon:
         self.stop(signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def finish(self):
+        """Stops the daemon (SIGTERM), removes its directory, and fails with
+        its log unless it exited 0: a class fixture's tearDownClass."""
+        code = self.stop()
+        logs = self.logs()
+        self.cleanup()
+        assert code == 0, f"nbdmgrd exited {code}:\n{logs}"
+
 
 class RawClient:
     """Speaks NBD by hand, for requests no real client will send."""

@@ -31,10 +31,7 @@ class DataPlaneBase:
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.d.stop()
-        logs = cls.d.logs()
-        cls.d.cleanup()
-        assert code == 0, f"nbdmgrd exited {code}:\n{logs}"
+        cls.d.finish()
 
     def uri(self, name):
         return self.d.uri(name, self.transport)

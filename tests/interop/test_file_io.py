@@ -40,10 +40,7 @@ class FileIoBase:
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.d.stop()
-        logs = cls.d.logs()
-        cls.d.cleanup()
-        assert code == 0, f"nbdmgrd exited {code}:\n{logs}"
+        cls.d.finish()
 
     def get(self, name):
         return json.loads(self.d.nbdctl("get", name, "-o", "json").stdout)
