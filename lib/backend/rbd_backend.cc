@@ -284,6 +284,9 @@ absl::StatusOr<rados_t> RadosConnection::Connect(const std::string& conf,
     rados_conf_set(cluster, "plugin_dir", plugin_dir.c_str());
   }
   rados_conf_set(cluster, "rbd_blocklist_on_break_lock", "true");
+  // A WRITE's payload stays untouched until its completion, and librbd
+  // delays the completion until it lets go of the memory: no copy.
+  rados_conf_set(cluster, "rbd_disable_zero_copy_writes", "false");
   r = rados_connect(cluster);
   if (r == 0) return cluster;
   const std::string where =
@@ -610,15 +613,13 @@ std::string RbdBackend::lock_owner() const {
 std::string RbdBackend::client_address() const { return conn_->address(); }
 
 bool RbdBackend::fenced() const {
-  if (fenced_.load(std::memory_order_relaxed) || conn_->fenced()) return true;
-  // A writable export that no longer owns its lock (another client broke
-  // it) is fenced even before a write tells it so. librbd's own state: no
-  // cluster round trip.
-  int owner = 1;
-  return !read_only_ &&
-         rbd_is_exclusive_lock_owner(static_cast<rbd_image_t>(image_),
-                                     &owner) == 0 &&
-         owner == 0;
+  // Local state only: called per write on the io threads, and by the API.
+  // (rbd_is_exclusive_lock_owner is no substitute: it asks the OSD holding
+  // the header, and waits as long as that OSD does not answer.) The lock
+  // is taken in exclusive mode, so librbd never hands it over on request:
+  // it is lost only when another client breaks it, which blocklists this
+  // client, and the next call that reaches the cluster says so.
+  return fenced_.load(std::memory_order_relaxed) || conn_->fenced();
 }
 
 BackendCaps RbdBackend::caps() const {

@@ -96,6 +96,8 @@ class RbdBackend final : public Backend {
   // A call of this export, or of another one sharing its client, came back
   // blocklisted (-ESHUTDOWN), or a write came back -EROFS (the lock was
   // lost): nothing more is written (reads fail too when blocklisted).
+  // Local state, never a cluster round trip: a take-over shows here from
+  // the first call after it.
   bool fenced() const;
   // read_only or a snapshot: every write, trim and zero fails with
   // PermissionDenied.

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import unittest
 
 import nbd
@@ -282,6 +283,46 @@ class RbdTwoHostsTest(RbdTestBase):
         out = json.loads(b.nbdctl("get", "fo", "-o", "json").stdout)
         self.assertEqual(out["state"], "STATE_FAILED", out)
         self.assertIn("fenced", out["failure"])
+
+
+class RbdUnreachableTest(RbdTestBase):
+    def test_sigterm_while_ceph_does_not_answer(self):
+        # The OSD stops answering (SIGSTOP) with writes in flight: other
+        # exports and the API keep serving, and SIGTERM still ends the daemon
+        # within its drain deadline plus a bounded wait, with exit 1 and a
+        # log naming what was abandoned; it neither hangs nor crashes.
+        CLUSTER.create_image("stuck", 8 * MiB)
+        d = self.daemon(["name=mem,backend=memory,size=1MiB"],
+                        extra=["--drain-timeout", "2s"])
+        self.create(d, "stuck", "stuck")
+        h = nbd.NBD()
+        h.connect_uri(d.uri("stuck"))
+        h.pwrite(b"\x05" * 65536, 0)
+        osd = CLUSTER.pids["osd.0"]
+        os.kill(osd, signal.SIGSTOP)
+        self.addCleanup(os.kill, osd, signal.SIGCONT)
+        cookies = [h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(b"\x06" * 65536)),
+                                65536 * (i + 1)) for i in range(4)]
+        cookies.append(h.aio_flush())
+        deadline = time.time() + 1.5
+        while time.time() < deadline:
+            h.poll(0)
+            time.sleep(0.05)
+        self.assertFalse(any(h.aio_command_completed(c) for c in cookies),
+                         "a write completed while the OSD was stopped")
+        # Nothing else waits on Ceph.
+        run("nbdinfo", d.uri("mem"))
+        run("nbdsh", "-u", d.uri("mem"), "-c", "h.pwrite(b'x' * 4096, 0); h.flush()")
+        out = json.loads(d.nbdctl("get", "stuck", "-o", "json").stdout)
+        self.assertEqual(out["name"], "exports/stuck", out)
+        start = time.time()
+        code = d.stop(signal.SIGTERM, timeout=120)
+        took = time.time() - start
+        self.assertEqual(code, 1, d.logs())
+        self.assertLess(took, 90, d.logs())
+        self.assertIn("abandon", d.logs())
+        self.assertNotIn("AddressSanitizer", d.logs())
+        self.assertNotIn("ThreadSanitizer", d.logs())
 
 
 if __name__ == "__main__":
