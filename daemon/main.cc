@@ -2,6 +2,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 
 #include "lib/daemon/daemon.h"
 #include "lib/daemon/daemon_flags.h"
@@ -45,5 +46,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   absl::Status st = (*daemon)->Run();
+  if ((*daemon)->abandoned()) {
+    spdlog::error("exiting without tearing down: {}", std::string(st.message()));
+    spdlog::shutdown();
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
   return st.ok() ? 0 : 1;
 }

@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -25,6 +27,16 @@
 
 namespace nbdmgr {
 namespace {
+
+// How long the teardown may take beyond the drain deadline before the
+// shutdown watchdog gives up on it: the last flushes and closing the
+// exports (writing back a file's dirty pages, releasing rbd locks).
+constexpr std::chrono::seconds kShutdownGrace{30};
+// What sessions closed at the drain deadline (or by a second signal) get
+// to end: nbd::Server's wait after closing them.
+constexpr std::chrono::seconds kStopAtOnceGrace{5};
+// Exports flushed at once at shutdown.
+constexpr size_t kMaxFlushThreads = 8;
 
 // Lets the export manager reach the NBD server's sessions.
 class ServerSessionControl final : public SessionControl {
@@ -204,9 +216,38 @@ StatsSnapshot Daemon::CollectStats() const {
 Daemon::~Daemon() {
   metrics_.reset();  // scrapes read everything below
   control_.reset();  // no API calls into what follows
-  server_.reset();   // sessions end before exports and buffers go
+  if (abandoned()) {
+    // The server's threads and abandoned sessions live on, using their
+    // exports and buffers: none of that is ever destroyed.
+    (void)server_.release();
+    (void)manager_.release();
+    (void)new std::shared_ptr<ExportRegistry>(std::move(registry_));
+    (void)buffers_.release();
+    return;
+  }
+  server_.reset();  // sessions end before exports and buffers go
+  // May wait on a backend (closing an rbd image releases its lock): still
+  // under the shutdown watchdog, destroyed last.
   manager_.reset();
   registry_.reset();
+}
+
+void Daemon::ExitStuck() {
+  std::string flushing;
+  {
+    MutexLock lock(&flush_mu_);
+    flushing = absl::StrJoin(flushing_, ", ");
+  }
+  spdlog::error(
+      "shutdown has not finished in time (the drain timeout plus {}): a "
+      "backend does not answer{}{}; exiting now without releasing anything "
+      "(Ceph locks expire with the client's watch)",
+      FormatDuration(kStopAtOnceGrace + kShutdownGrace),
+      flushing.empty() ? "" : "; final flush not finished for export(s) ",
+      flushing);
+  spdlog::shutdown();
+  std::fflush(nullptr);
+  std::_Exit(1);
 }
 
 void Daemon::ScheduleIdleRelease() {
@@ -342,15 +383,49 @@ absl::Status Daemon::Drain() {
     control_->Shutdown(left());
   }
   server_->Shutdown(left());
-  absl::Status result = absl::OkStatus();
-  for (const auto& e : registry_->List()) {
+  // In parallel: one export whose storage stopped answering must not keep
+  // the others from being flushed before the watchdog ends the process.
+  std::vector<std::shared_ptr<Export>> writable;
+  for (auto& e : registry_->List()) {
     if (e->read_only()) continue;
-    absl::Status st = e->backend().Flush();
-    if (!st.ok()) {
-      spdlog::error("flushing export \"{}\" failed: {}", e->name(),
-                    st.message());
-      if (result.ok()) result = st;
+    if (server_->abandoned() > 0 && e->clients() > 0) {
+      // Its flush would wait behind the requests stuck in its backend.
+      spdlog::error(
+          "export \"{}\" not flushed: requests of its {} client(s) are "
+          "stuck in its backend",
+          e->name(), e->clients());
+      continue;
     }
+    writable.push_back(std::move(e));
+  }
+  Mutex mu;
+  absl::Status result = absl::OkStatus();
+  {
+    boost::asio::thread_pool flushers(
+        std::clamp<size_t>(writable.size(), 1, kMaxFlushThreads));
+    for (const auto& e : writable) {
+      {
+        MutexLock lock(&flush_mu_);
+        flushing_.insert(e->name());
+      }
+      boost::asio::post(flushers, [this, e, &mu, &result] {
+        absl::Status st = e->backend().Flush();
+        {
+          MutexLock lock(&flush_mu_);
+          flushing_.erase(e->name());
+        }
+        if (st.ok()) return;
+        spdlog::error("flushing export \"{}\" failed: {}", e->name(),
+                      st.message());
+        MutexLock lock(&mu);
+        if (result.ok()) result = st;
+      });
+    }
+    flushers.join();
+  }
+  if (size_t n = server_->abandoned(); n > 0 && result.ok()) {
+    result = absl::UnavailableError(absl::StrCat(
+        n, " session(s) abandoned waiting on a backend that does not answer"));
   }
   return result;
 }
@@ -362,6 +437,9 @@ void Daemon::BeginDrain() {
 }
 
 void Daemon::StopWaiting() {
+  if (shutdown_watchdog_ != nullptr) {
+    shutdown_watchdog_->Shorten(kStopAtOnceGrace + kShutdownGrace);
+  }
   manager_->AbortDrains();
   if (control_) control_->StopWaiting();
   server_->StopWaiting();
@@ -402,6 +480,9 @@ absl::Status Daemon::Run() {
                                    out->append(a.ToString());
                                  })));
   main_.run();  // until SIGINT, SIGTERM or RequestStop()
+  shutdown_watchdog_ = std::make_unique<Watchdog>(
+      config_.drain_timeout + kStopAtOnceGrace + kShutdownGrace,
+      [this] { ExitStuck(); });
   idle_timer_.cancel();
   // main_ goes on handling signals on a thread of its own while this one
   // drains: a second SIGINT/SIGTERM cuts the drain short.

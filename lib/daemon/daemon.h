@@ -5,6 +5,8 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <memory>
+#include <set>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "lib/buffer/buffer_policy.h"
@@ -16,6 +18,8 @@
 #include "lib/metrics/metrics_server.h"
 #include "lib/metrics/stats_snapshot.h"
 #include "lib/nbd/server.h"
+#include "lib/util/mutex.h"
+#include "lib/util/watchdog.h"
 
 namespace nbdmgr {
 
@@ -43,6 +47,13 @@ class Daemon {
   // The control address actually bound, if the control plane is on.
   std::optional<ListenAddress> control_address() const;
   BufferSystem& buffers() { return *buffers_; }
+  // Run() returned after abandoning sessions stuck on a backend call that
+  // never came back: their threads still run. Exit with std::_Exit rather
+  // than returning from main (destroying the Daemon leaks what they use;
+  // static destructors would not wait for them).
+  bool abandoned() const {
+    return server_ != nullptr && server_->abandoned() > 0;
+  }
   // Every counter, sampled now (thread-safe): what /metrics, GetStats and
   // nbdctl stats report.
   StatsSnapshot CollectStats() const;
@@ -64,10 +75,21 @@ class Daemon {
   // Thread-safe.
   void StopWaiting();
   // After main_.run(): stops the listeners and sessions within the drain
-  // timeout, then flushes. Returns the first flush error.
+  // timeout, then flushes every writable export (in parallel). Returns
+  // the first flush error, or Unavailable when sessions were abandoned.
   absl::Status Drain();
+  // The shutdown watchdog's end: logs what is still unfinished and exits
+  // the process with status 1, tearing nothing down.
+  [[noreturn]] void ExitStuck();
 
   const DaemonConfig config_;
+  // Armed when the drain begins: a backend that never answers (a storage
+  // system gone silent) cannot keep the daemon from exiting. Expires
+  // kShutdownGrace after the drain deadline (sooner after a second
+  // signal); destroyed last.
+  std::unique_ptr<Watchdog> shutdown_watchdog_;
+  Mutex flush_mu_;
+  std::set<std::string> flushing_ ABSL_GUARDED_BY(flush_mu_);
   // Declared before the registry: exports (and their leases) go first.
   std::unique_ptr<BufferSystem> buffers_;
   std::shared_ptr<ExportRegistry> registry_;

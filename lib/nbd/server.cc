@@ -128,7 +128,15 @@ absl::Status Server::Listen(const ListenAddress& addr) {
   return absl::OkStatus();
 }
 
-Server::~Server() { Shutdown(std::chrono::milliseconds(0)); }
+Server::~Server() {
+  Shutdown(std::chrono::milliseconds(0));
+  if (abandoned() > 0) {
+    // The contract says leak it; a destructor cannot. Better to stop here
+    // than to free what running threads and late completions still use.
+    spdlog::critical("nbd::Server destroyed with abandoned sessions");
+    std::abort();
+  }
+}
 
 size_t Server::NextContext() {
   // The context with the fewest live sessions; ties go round-robin.
@@ -281,6 +289,19 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
       PostToSessions([](Session& s) { s.Abort(); });
       mu_.Lock();
       sessions_changed_.WaitFor(&mu_, std::chrono::seconds(5), empty);
+    }
+    if (!sessions_.empty()) {
+      // Closed, yet still waiting for a backend call that may never come
+      // back (a storage system that stopped answering). Their frames,
+      // threads and contexts must stay: abandoned, never destroyed.
+      abandoned_.store(sessions_.size(), std::memory_order_relaxed);
+      spdlog::error(
+          "{} session(s) still wait on their export's backend, which does "
+          "not answer; abandoning them",
+          sessions_.size());
+      mu_.Unlock();
+      for (const SocketPathClaim& c : socket_claims_) c.RemoveIfStillOurs();
+      return;
     }
     mu_.Unlock();
   }

@@ -61,8 +61,15 @@ class Server {
   // requests are read; idle sessions close at once) for up to `grace`, or
   // until StopWaiting(), then closes what remains, and joins all threads.
   // Removes each Unix socket file that is still the one it bound.
-  // Idempotent.
+  // Idempotent. Sessions that a backend call keeps from ending within
+  // 5 s of being closed are abandoned (see abandoned()): then nothing is
+  // joined or stopped, and the Server must never be destroyed (leak it;
+  // the daemon exits without tearing down).
   void Shutdown(std::chrono::milliseconds grace);
+  // Sessions the last Shutdown() abandoned: 0 after a clean one.
+  size_t abandoned() const {
+    return abandoned_.load(std::memory_order_relaxed);
+  }
   // Makes a Shutdown() in progress, or the next one, stop waiting for
   // sessions: they are closed now. Returns at once; thread-safe.
   void StopWaiting();
@@ -111,6 +118,7 @@ class Server {
   std::deque<std::atomic<int>> load_;  // live sessions per context
   bool started_ = false;
   bool shut_down_ = false;
+  std::atomic<size_t> abandoned_{0};
 
   mutable Mutex mu_;
   CondVar sessions_changed_;  // a session ended, or StopWaiting()

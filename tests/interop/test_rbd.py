@@ -287,16 +287,21 @@ class RbdTwoHostsTest(RbdTestBase):
 
 class RbdUnreachableTest(RbdTestBase):
     def test_sigterm_while_ceph_does_not_answer(self):
-        # The OSD stops answering (SIGSTOP) with writes in flight: other
-        # exports and the API keep serving, and SIGTERM still ends the daemon
-        # within its drain deadline plus a bounded wait, with exit 1 and a
-        # log naming what was abandoned; it neither hangs nor crashes.
-        CLUSTER.create_image("stuck", 8 * MiB)
-        d = self.daemon(["name=mem,backend=memory,size=1MiB"],
+        # The OSD stops answering (SIGSTOP). Daemon A has writes in flight
+        # on its rbd export, daemon B an idle one (closing it must release
+        # its lock). Other exports and the API keep serving; SIGTERM still
+        # ends both within a bounded time, with exit 1 and a log naming what
+        # was left, without hanging or crashing.
+        CLUSTER.create_image("stuck-a", 8 * MiB)
+        CLUSTER.create_image("stuck-b", 8 * MiB)
+        a = self.daemon(["name=mem,backend=memory,size=1MiB"],
                         extra=["--drain-timeout", "2s"])
-        self.create(d, "stuck", "stuck")
+        b = self.daemon(extra=["--drain-timeout", "2s"])
+        self.create(a, "stuck", "stuck-a")
+        self.create(b, "idle", "stuck-b")
+        run("nbdsh", "-u", b.uri("idle"), "-c", "h.pwrite(b'x' * 4096, 0); h.flush()")
         h = nbd.NBD()
-        h.connect_uri(d.uri("stuck"))
+        h.connect_uri(a.uri("stuck"))
         h.pwrite(b"\x05" * 65536, 0)
         osd = CLUSTER.pids["osd.0"]
         os.kill(osd, signal.SIGSTOP)
@@ -310,19 +315,33 @@ class RbdUnreachableTest(RbdTestBase):
             time.sleep(0.05)
         self.assertFalse(any(h.aio_command_completed(c) for c in cookies),
                          "a write completed while the OSD was stopped")
-        # Nothing else waits on Ceph.
-        run("nbdinfo", d.uri("mem"))
-        run("nbdsh", "-u", d.uri("mem"), "-c", "h.pwrite(b'x' * 4096, 0); h.flush()")
-        out = json.loads(d.nbdctl("get", "stuck", "-o", "json").stdout)
+        # Nothing else waits on Ceph: not another export, not the API.
+        run("nbdinfo", a.uri("mem"))
+        for _ in range(4):  # new connections land on every io thread
+            run("nbdsh", "-u", a.uri("mem"), "-c", "h.pwrite(b'x' * 4096, 0); h.flush()",
+                timeout=20)
+        out = json.loads(a.nbdctl("get", "stuck", "-o", "json").stdout)
         self.assertEqual(out["name"], "exports/stuck", out)
         start = time.time()
-        code = d.stop(signal.SIGTERM, timeout=120)
-        took = time.time() - start
-        self.assertEqual(code, 1, d.logs())
-        self.assertLess(took, 90, d.logs())
-        self.assertIn("abandon", d.logs())
-        self.assertNotIn("AddressSanitizer", d.logs())
-        self.assertNotIn("ThreadSanitizer", d.logs())
+        a.proc.send_signal(signal.SIGTERM)
+        b.proc.send_signal(signal.SIGTERM)
+        code_a = a.proc.wait(timeout=120)
+        took_a = time.time() - start
+        code_b = b.proc.wait(timeout=120)
+        took_b = time.time() - start
+        # A abandons the stuck session after the drain deadline and 5 s,
+        # skips that export's flush and exits at once.
+        self.assertEqual(code_a, 1, a.logs())
+        self.assertLess(took_a, 30, a.logs())
+        self.assertIn("abandoning them", a.logs())
+        self.assertIn('export "stuck" not flushed', a.logs())
+        # B's teardown (releasing the lock) never returns: the shutdown
+        # watchdog ends it (drain timeout + 35 s).
+        self.assertEqual(code_b, 1, b.logs())
+        self.assertLess(took_b, 90, b.logs())
+        self.assertIn("shutdown has not finished in time", b.logs())
+        for d in (a, b):
+            self.assertNotIn("Sanitizer", d.logs())
 
 
 if __name__ == "__main__":
