@@ -37,6 +37,9 @@ constexpr int kOpTimeoutSeconds = 30;
 
 // librbd's synchronous calls report bytes done as an int: ranges are split.
 constexpr uint64_t kMaxChunk = uint64_t{1} << 30;
+// Block status asks the cluster for at most this much at a time (64
+// objects of the default 4 MiB).
+constexpr uint64_t kExtentsWindow = uint64_t{256} << 20;
 
 // "admin" from "admin", "client.admin" or "".
 std::string RadosId(const std::string& user) {
@@ -904,23 +907,14 @@ absl::Status RbdBackend::Extents(uint64_t offset, uint64_t length,
     uint64_t length;
     bool exists;
   };
-  std::vector<Piece> pieces;
   auto collect = [](uint64_t off, size_t len, int exists, void* arg) {
     static_cast<std::vector<Piece>*>(arg)->push_back(
         {off, static_cast<uint64_t>(len), exists != 0});
     return 0;
   };
-  // whole_object=0: extents as small as the objects' data (about 40 µs an
-  // object here); include_parent: a clone's data from its parent counts.
-  int r = rbd_diff_iterate2(image_, nullptr, offset, length, 1, 0, collect,
-                            &pieces);
-  if (r < 0) return Failed(r, "block status", offset);
-  std::sort(pieces.begin(), pieces.end(),
-            [](const Piece& a, const Piece& b) { return a.offset < b.offset; });
-
   // Allocated pieces are data; gaps and pieces that do not exist (a
   // discarded object) are holes that read as zeroes. Neighbours of one
-  // kind are merged.
+  // kind are merged, across windows too.
   const uint64_t end = offset + length;
   uint64_t pos = offset;
   Extent pending{0, 0};
@@ -936,14 +930,29 @@ absl::Status RbdBackend::Extents(uint64_t offset, uint64_t length,
     return true;
   };
   constexpr uint32_t kHole = kExtentHole | kExtentZero;
-  for (const Piece& p : pieces) {
-    const uint64_t start = std::max(p.offset, pos);
-    const uint64_t stop = std::min(p.offset + p.length, end);
-    if (stop <= start) continue;
-    if (!emit(start, kHole)) return absl::OkStatus();
-    if (!emit(stop, p.exists ? 0 : kHole)) return absl::OkStatus();
+  // Window by window: what one diff collects stays bounded (a fragmented
+  // object yields a piece per written run) whatever range is asked for.
+  std::vector<Piece> pieces;
+  for (uint64_t w = offset; w < end; w += kExtentsWindow) {
+    const uint64_t w_end = std::min(end, w + kExtentsWindow);
+    pieces.clear();
+    // whole_object=0: extents as small as the objects' data (about 40 µs
+    // an object here); include_parent: a clone's parent data counts.
+    int r = rbd_diff_iterate2(image_, nullptr, w, w_end - w, 1, 0, collect,
+                              &pieces);
+    if (r < 0) return Failed(r, "block status", w);
+    std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) {
+      return a.offset < b.offset;
+    });
+    for (const Piece& p : pieces) {
+      const uint64_t start = std::max(p.offset, pos);
+      const uint64_t stop = std::min(p.offset + p.length, w_end);
+      if (stop <= start) continue;
+      if (!emit(start, kHole)) return absl::OkStatus();
+      if (!emit(stop, p.exists ? 0 : kHole)) return absl::OkStatus();
+    }
+    if (!emit(w_end, kHole)) return absl::OkStatus();
   }
-  if (!emit(end, kHole)) return absl::OkStatus();
   if (pending.length > 0) visit(pending);
   return absl::OkStatus();
 }

@@ -564,6 +564,32 @@ TEST_F(RbdBackendTest, ExtentsOfASubrangeAndEarlyStop) {
   EXPECT_EQ(ex[1].flags, 0u);
 }
 
+// Block status is asked of the cluster 256 MiB at a time; what a client
+// sees is the same: runs merged across windows, every byte covered.
+TEST_F(RbdBackendTest, ExtentsAcrossDiffWindows) {
+  constexpr uint64_t kSize = 1024 * kMiB;  // thin: costs nothing
+  auto b = Create(kSize);
+  ASSERT_NE(b, nullptr);
+  // Data straddling the first window's end, and a run of holes spanning
+  // two whole windows. (Object-aligned: librbd reports an object's data
+  // from the object's start.)
+  ASSERT_TRUE(b->Write(252 * kMiB, std::vector<uint8_t>(8 * kMiB, 7), false)
+                  .ok());
+  ASSERT_TRUE(b->Write(900 * kMiB, std::vector<uint8_t>(4096, 7), false).ok());
+  std::vector<Extent> ex = ExtentsOf(*b, 0, kSize);
+  ASSERT_EQ(ex.size(), 5u) << Show(ex);
+  EXPECT_EQ(ex[0].flags, kHole);
+  EXPECT_EQ(ex[0].length, 252 * kMiB);
+  EXPECT_EQ(ex[1].flags, 0u);
+  EXPECT_EQ(ex[1].length, 8 * kMiB);
+  EXPECT_EQ(ex[2].flags, kHole);
+  EXPECT_EQ(ex[2].length, 640 * kMiB);
+  EXPECT_EQ(ex[3].flags, 0u);
+  EXPECT_EQ(ex[3].length, 4096u);
+  EXPECT_EQ(ex[4].flags, kHole);
+  EXPECT_EQ(ex[4].length, kSize - 900 * kMiB - 4096);
+}
+
 TEST_F(RbdBackendTest, SnapshotIsReadOnly) {
   std::vector<uint8_t> before = Pattern(10, 8192), after = Pattern(11, 8192);
   {
