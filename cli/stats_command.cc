@@ -26,7 +26,8 @@ constexpr char kStatsDescription[] =
 Shows the live counters of every export (or of NAME) and of the daemon,
 in the format the global -o flag names:
   -o table       (default) per export: IOPS and MB/s read and written,
-                 errors per second, requests in flight, mean latency,
+                 errors per second (all, and those the backend returned),
+                 requests in flight, mean latency,
                  buffer memory and cap-full counts, as rates between two samples
                  taken --watch apart (1s if not given)
   -o json        the raw counters (nbdmgr.v1.Stats) as JSON
@@ -48,7 +49,8 @@ struct Rates {
   double read_iops = 0, write_iops = 0, other_iops = 0;
   double read_mbps = 0, write_mbps = 0;
   double errors_per_s = 0;
-  double mean_latency_ms = 0;  // over requests answered in the interval
+  double backend_errors_per_s = 0;  // of errors_per_s, the backend's
+  double mean_latency_ms = 0;       // over requests answered in the interval
 };
 
 Rates RatesBetween(const IoCounts& a, const IoCounts& b, double seconds) {
@@ -68,6 +70,8 @@ Rates RatesBetween(const IoCounts& a, const IoCounts& b, double seconds) {
   r.read_mbps = delta(a.bytes_read, b.bytes_read) / seconds / 1e6;
   r.write_mbps = delta(a.bytes_written, b.bytes_written) / seconds / 1e6;
   r.errors_per_s = delta(a.errors(), b.errors()) / seconds;
+  r.backend_errors_per_s =
+      delta(a.backend_errors_total(), b.backend_errors_total()) / seconds;
   if (all > 0) {
     r.mean_latency_ms =
         delta(a.total_latency_ns(), b.total_latency_ns()) / all / 1e6;
@@ -78,9 +82,9 @@ Rates RatesBetween(const IoCounts& a, const IoCounts& b, double seconds) {
 void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
   const double seconds =
       static_cast<double>(now.time_ns - before.time_ns) / 1e9;
-  std::printf("%-16s %7s %9s %9s %8s %8s %7s %7s %8s %10s %9s\n", "EXPORT",
+  std::printf("%-16s %7s %9s %9s %8s %8s %7s %8s %7s %8s %10s %9s\n", "EXPORT",
               "CLIENTS", "READ/s", "WRITE/s", "RD MB/s", "WR MB/s", "ERR/s",
-              "INFLT", "LAT ms", "BUF USED", "CAP FULL");
+              "BE-ERR/s", "INFLT", "LAT ms", "BUF USED", "CAP FULL");
   for (const ExportStats& e : now.exports) {
     if (e.failed) {
       std::printf("%-16s FAILED, not served: %s\n", e.name.c_str(),
@@ -93,11 +97,12 @@ void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
     }
     Rates r = RatesBetween(prev, e.io, seconds);
     std::printf(
-        "%-16s %7llu %9.0f %9.0f %8.1f %8.1f %7.1f %7llu %8.3f %10s %9llu\n",
+        "%-16s %7llu %9.0f %9.0f %8.1f %8.1f %7.1f %8.1f %7llu %8.3f %10s "
+        "%9llu\n",
         e.name.c_str(), static_cast<unsigned long long>(e.clients), r.read_iops,
         r.write_iops, r.read_mbps, r.write_mbps, r.errors_per_s,
-        static_cast<unsigned long long>(e.io.in_flight), r.mean_latency_ms,
-        FormatSize(e.buffers.bytes_in_use).c_str(),
+        r.backend_errors_per_s, static_cast<unsigned long long>(e.io.in_flight),
+        r.mean_latency_ms, FormatSize(e.buffers.bytes_in_use).c_str(),
         static_cast<unsigned long long>(e.buffers.cap_full));
   }
   const DaemonStats& d = now.daemon;

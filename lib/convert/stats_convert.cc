@@ -46,6 +46,16 @@ void CountsToMap(const uint64_t* counts, size_t n, Map* out) {
   }
 }
 
+// Like CountsToMap, only the nonzero counts.
+template <typename Enum, typename Map>
+void NonzeroCountsToMap(const uint64_t* counts, size_t n, Map* out) {
+  for (size_t i = 0; i < n; ++i) {
+    if (counts[i] != 0) {
+      (*out)[std::string(NameOf(static_cast<Enum>(i)))] = counts[i];
+    }
+  }
+}
+
 template <typename Enum, typename Map>
 void CountsFromMap(const Map& m, size_t n, uint64_t* counts) {
   for (const auto& [name, v] : m) {
@@ -93,6 +103,8 @@ v1::Stats StatsToProto(const StatsSnapshot& s) {
       o->set_op(std::string(NameOf(static_cast<IoOp>(op))));
       CountsToMap<IoResult>(e.io.requests[op], kNumIoResults,
                             o->mutable_results());
+      NonzeroCountsToMap<IoResult>(e.io.backend_errors[op], kNumIoResults,
+                                   o->mutable_backend_errors());
       uint64_t cumulative = 0;
       for (size_t b = 0; b < kNumLatencyBuckets; ++b) {
         cumulative += e.io.latency[op][b];
@@ -144,6 +156,8 @@ StatsSnapshot StatsFromProto(const v1::Stats& p) {
       size_t op = IndexOf<IoOp>(o.op(), kNumIoOps);
       if (op == kNumIoOps) continue;
       CountsFromMap<IoResult>(o.results(), kNumIoResults, e.io.requests[op]);
+      CountsFromMap<IoResult>(o.backend_errors(), kNumIoResults,
+                              e.io.backend_errors[op]);
       e.io.latency_sum_ns[op] =
           static_cast<uint64_t>(std::llround(o.latency_sum_seconds() * 1e9));
       if (static_cast<size_t>(o.latency_size()) != kNumLatencyBuckets) continue;

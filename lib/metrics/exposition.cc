@@ -100,6 +100,25 @@ void AddRequestFamilies(Builder& b, const StatsSnapshot& s) {
       lat.metric.push_back(std::move(m));
     }
   }
+  MetricFamily& backend = b.Family(
+      "nbdmgr_backend_errors_total",
+      "Requests that failed because the export's backend returned an error, "
+      "by operation and the NBD error sent.",
+      MetricType::Counter);
+  for (const ExportStats& e : s.exports) {
+    if (e.failed) continue;
+    for (size_t op = 0; op < kNumIoOps; ++op) {
+      for (size_t r = 1; r < kNumIoResults; ++r) {
+        const uint64_t n = e.io.backend_errors[op][r];
+        if (n == 0) continue;  // only errors that happened, as above
+        Builder::Add(backend,
+                     {{"export", e.name},
+                      {"op", std::string(NameOf(static_cast<IoOp>(op)))},
+                      {"error", std::string(NameOf(static_cast<IoResult>(r)))}},
+                     static_cast<double>(n));
+      }
+    }
+  }
   PerExport(b, s, "nbdmgr_read_bytes_total",
             "Payload bytes of successful READ requests.", MetricType::Counter,
             [](const ExportStats& e) { return e.io.bytes_read; });

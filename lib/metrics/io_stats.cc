@@ -43,6 +43,7 @@ IoCounts& IoCounts::operator+=(const IoCounts& o) {
   for (size_t op = 0; op < kNumIoOps; ++op) {
     for (size_t r = 0; r < kNumIoResults; ++r) {
       requests[op][r] += o.requests[op][r];
+      backend_errors[op][r] += o.backend_errors[op][r];
     }
     for (size_t b = 0; b < kNumLatencyBuckets; ++b) {
       latency[op][b] += o.latency[op][b];
@@ -83,10 +84,21 @@ uint64_t IoCounts::errors() const {
   return n;
 }
 
+uint64_t IoCounts::backend_errors_total() const {
+  uint64_t n = 0;
+  for (size_t op = 0; op < kNumIoOps; ++op) {
+    for (uint64_t v : backend_errors[op]) n += v;
+  }
+  return n;
+}
+
 void ConnectionIoStats::Record(IoOp op, IoResult result, uint64_t bytes,
-                               uint64_t latency_ns) {
+                               uint64_t latency_ns, bool backend_error) {
   const size_t o = static_cast<size_t>(op);
   Bump(requests_[o][static_cast<size_t>(result)], 1);
+  if (backend_error && result != IoResult::kOk) {
+    Bump(backend_errors_[o][static_cast<size_t>(result)], 1);
+  }
   Bump(latency_[o][LatencyBucket(latency_ns)], 1);
   Bump(latency_sum_ns_[o], latency_ns);
   if (result == IoResult::kOk) {
@@ -100,6 +112,7 @@ void ConnectionIoStats::AddTo(IoCounts* out) const {
   for (size_t op = 0; op < kNumIoOps; ++op) {
     for (size_t r = 0; r < kNumIoResults; ++r) {
       out->requests[op][r] += requests_[op][r].load(kRelaxed);
+      out->backend_errors[op][r] += backend_errors_[op][r].load(kRelaxed);
     }
     for (size_t b = 0; b < kNumLatencyBuckets; ++b) {
       out->latency[op][b] += latency_[op][b].load(kRelaxed);

@@ -62,6 +62,10 @@ size_t LatencyBucket(uint64_t ns);
 // A plain copy of request counters: what snapshots are made of. Sums.
 struct IoCounts {
   uint64_t requests[kNumIoOps][kNumIoResults] = {};
+  // Of `requests`, those whose error a backend call returned (not a
+  // request refused by validation): a failing backend rather than a client
+  // sending bad requests. Never counted under kOk.
+  uint64_t backend_errors[kNumIoOps][kNumIoResults] = {};
   // Per op, requests per latency bucket (not cumulative).
   uint64_t latency[kNumIoOps][kNumLatencyBuckets] = {};
   uint64_t latency_sum_ns[kNumIoOps] = {};
@@ -71,9 +75,10 @@ struct IoCounts {
 
   IoCounts& operator+=(const IoCounts& o);
   uint64_t total_requests(IoOp op) const;
-  uint64_t total_requests() const;    // all ops
-  uint64_t total_latency_ns() const;  // all ops
-  uint64_t errors() const;            // every request not ok, all ops
+  uint64_t total_requests() const;        // all ops
+  uint64_t total_latency_ns() const;      // all ops
+  uint64_t errors() const;                // every request not ok, all ops
+  uint64_t backend_errors_total() const;  // all of backend_errors
 };
 
 // The request counters of one connection. Written by the connection's
@@ -83,8 +88,11 @@ struct IoCounts {
 class ConnectionIoStats {
  public:
   // One answered request. `bytes` counts toward bytes read/written only for
-  // successful READ and WRITE.
-  void Record(IoOp op, IoResult result, uint64_t bytes, uint64_t latency_ns);
+  // successful READ and WRITE; `backend_error` (the request's error came
+  // from a backend call) counts it in backend_errors too, unless `result`
+  // is kOk.
+  void Record(IoOp op, IoResult result, uint64_t bytes, uint64_t latency_ns,
+              bool backend_error = false);
   void SetInFlight(uint64_t n) {
     in_flight_.store(n, std::memory_order_relaxed);
   }
@@ -98,6 +106,7 @@ class ConnectionIoStats {
     c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
   }
   Counter requests_[kNumIoOps][kNumIoResults] = {};
+  Counter backend_errors_[kNumIoOps][kNumIoResults] = {};
   Counter latency_[kNumIoOps][kNumLatencyBuckets] = {};
   Counter latency_sum_ns_[kNumIoOps] = {};
   Counter bytes_read_{0};

@@ -25,6 +25,9 @@ struct RequestRecord {
   bool active = false;  // false: not counted (counting off)
   IoOp op = IoOp::kOther;
   IoResult result = IoResult::kOk;
+  // The error (`result`) came from a backend call, not from validation:
+  // counted in IoCounts::backend_errors too.
+  bool backend_error = false;
   uint32_t bytes = 0;    // payload length of a READ or WRITE
   int64_t start_ns = 0;  // steady clock, when the request header was read
 };

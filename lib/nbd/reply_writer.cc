@@ -87,7 +87,8 @@ void ReplyWriter::RecordBatch() {
     if (!rec.active) continue;
     stats_->Record(
         rec.op, rec.result, rec.bytes,
-        static_cast<uint64_t>(std::max<int64_t>(0, now - rec.start_ns)));
+        static_cast<uint64_t>(std::max<int64_t>(0, now - rec.start_ns)),
+        rec.backend_error);
   }
 }
 

@@ -61,6 +61,7 @@ std::unique_ptr<Reply> RequestHandler::NewReply(const RequestHeader& h,
     r.active = true;
     r.op = IoOpOfCommand(h.type);
     r.result = IoResult::kOk;
+    r.backend_error = false;
     r.bytes = h.length;
     r.start_ns = start;
   }
@@ -74,11 +75,26 @@ void RequestHandler::SetError(Reply& reply, const RequestHeader& h,
                message);
   reply.ClearSegments();
   reply.record().result = IoResultOfError(error);
+  reply.record().backend_error = false;
   if (h.type == kCmdRead && structured_) {
     reply.AddErrorChunk(h.cookie, error, message);
   } else {
     reply.AddSimpleReply(error, h.cookie);
   }
+}
+
+void RequestHandler::SetBackendError(Reply& reply, const RequestHeader& h,
+                                     const absl::Status& status) const {
+  SetError(reply, h, NbdErrorFromStatus(status), ToStd(status.message()));
+  reply.record().backend_error = true;
+}
+
+void RequestHandler::SendBackendError(const RequestHeader& h,
+                                      const absl::Status& status, int64_t start,
+                                      Ticket ticket) {
+  std::unique_ptr<Reply> reply = NewReply(h, start);
+  SetBackendError(*reply, h, status);
+  writer_.Send(std::move(reply), std::move(ticket));
 }
 
 void RequestHandler::SendError(const RequestHeader& h, uint32_t error,
@@ -125,9 +141,16 @@ asio::awaitable<void> RequestHandler::Execute(RequestHeader h,
   }
   if (reply == nullptr) reply = NewReply(h, start);
   if (!st.ok()) {
-    const uint32_t error = NbdErrorFromStatus(st);
-    if (error == kEio && !logged) LogFailure(h, st.ToString());
-    SetError(*reply, h, error, ToStd(st.message()));
+    if (NbdErrorFromStatus(st) == kEio && !logged) {
+      LogFailure(h, st.ToString());
+    }
+    if (logged || IoOpOfCommand(h.type) != IoOp::kOther) {
+      // A backend call's status, or an exception (a backend's or a bug).
+      SetBackendError(*reply, h, st);
+    } else {
+      // An unknown command (Unknown()): the client's error, no backend call.
+      SetError(*reply, h, NbdErrorFromStatus(st), ToStd(st.message()));
+    }
   } else if (reply->segment_count() == 0) {
     reply->AddSimpleReply(kOk, h.cookie);
   }

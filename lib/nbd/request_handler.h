@@ -34,8 +34,9 @@ using ReadPieces = absl::InlinedVector<ReadPiece, 4>;
 // the backend and builds its reply with the encoders of reply.h / codec.h.
 // Every request it is given is answered exactly once, with its ticket: a
 // backend error becomes an NBD error reply; an unexpected failure (an
-// exception) becomes EIO. Not thread-safe: lives on its session's executor;
-// `conn`, `writer` and `exp` must outlive it.
+// exception) becomes EIO. Both are counted as backend errors
+// (SetBackendError), unlike the client's errors (SetError). Not thread-safe:
+// lives on its session's executor; `conn`, `writer` and `exp` must outlive it.
 class RequestHandler {
  public:
   // Serves the export and the features `agreed` in negotiation.
@@ -60,8 +61,18 @@ class RequestHandler {
   std::unique_ptr<Reply> NewReply(const RequestHeader& h, int64_t start);
   // Empties `reply` and makes it `h`'s error reply: an error chunk for a
   // READ under structured replies (required there), else a simple reply.
+  // Counted as the client's error (not a backend error).
   void SetError(Reply& reply, const RequestHeader& h, uint32_t error,
                 std::string_view message) const;
+  // SetError for `status` (not OK), a backend call's failure: the NBD error
+  // NbdErrorFromStatus gives, counted as a backend error too. Every place
+  // that turns a backend call's status into an error reply goes through
+  // here or SendBackendError.
+  void SetBackendError(Reply& reply, const RequestHeader& h,
+                       const absl::Status& status) const;
+  // Replies to `h` with SetBackendError's reply.
+  void SendBackendError(const RequestHeader& h, const absl::Status& status,
+                        int64_t start, Ticket ticket);
 
   // How a READ is split into data and hole pieces (backend extents when
   // structured replies allow holes; one data piece otherwise). Calls the

@@ -23,7 +23,12 @@ asio::awaitable<ReplyStream::Part> StreamedRead::Next(Reply& reply) {
                    handler_.peer(), st.message());
       co_return Part::kAbort;
     }
-    handler_.SetError(reply, h_, NbdErrorFromStatus(st), ToStd(st.message()));
+    if (chunk_) {
+      handler_.SetBackendError(reply, h_, st);
+    } else {
+      // No buffer, so no backend call: not a backend error.
+      handler_.SetError(reply, h_, NbdErrorFromStatus(st), ToStd(st.message()));
+    }
     co_return Part::kLast;
   }
   const bool last = pos_ + n == end;

@@ -176,9 +176,10 @@ asio::awaitable<bool> Transmission::SkipPayload(uint64_t n) {
 asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h,
                                                 int64_t start, Ticket ticket) {
   BufferLease chunk = buffers_.AcquireChunk();
+  const bool chunk_ok = static_cast<bool>(chunk);
   absl::Status st =
-      chunk ? absl::OkStatus()
-            : absl::ResourceExhaustedError("out of memory for buffers");
+      chunk_ok ? absl::OkStatus()
+               : absl::ResourceExhaustedError("out of memory for buffers");
   uint64_t pos = h.offset;
   uint64_t remaining = h.length;
   while (remaining > 0 && st.ok()) {
@@ -198,9 +199,12 @@ asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h,
   chunk.Reset();
   if (st.ok()) {
     handler_.SendOk(h, start, std::move(ticket));
-  } else {
+  } else if (!chunk_ok) {
+    // No backend call was made: not a backend error.
     handler_.SendError(h, NbdErrorFromStatus(st), ToStd(st.message()), start,
                        std::move(ticket));
+  } else {
+    handler_.SendBackendError(h, st, start, std::move(ticket));
   }
   co_return true;
 }

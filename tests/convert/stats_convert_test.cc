@@ -28,6 +28,9 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   for (size_t op = 0; op < kNumIoOps; ++op) {
     for (size_t r = 0; r < kNumIoResults; ++r)
       e.io.requests[op][r] = op * 100 + r;
+    // Some backend errors, some zero (left out of the map).
+    for (size_t r = 1; r < kNumIoResults; r += 2)
+      e.io.backend_errors[op][r] = op * 10 + r;
     for (size_t b = 0; b < kNumLatencyBuckets; ++b)
       e.io.latency[op][b] = b + op;
     e.io.latency_sum_ns[op] = 123'000 * (op + 1);
@@ -42,6 +45,9 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   EXPECT_EQ(p.exports(0).name(), "exports/vm1");
   EXPECT_EQ(p.exports(0).operations(0).op(), "read");
   EXPECT_EQ(p.exports(0).operations(0).results().at("EIO"), 2u);
+  EXPECT_EQ(p.exports(0).operations(2).backend_errors().at("EPERM"), 21u);
+  EXPECT_EQ(p.exports(0).operations(2).backend_errors().count("EIO"), 0u);
+  EXPECT_EQ(p.exports(0).operations(2).backend_errors().count("ok"), 0u);
   EXPECT_EQ(p.daemon().connections().at("unix"), 4u);
 
   StatsSnapshot back = StatsFromProto(p);
@@ -60,6 +66,9 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   EXPECT_TRUE(b.draining);
   EXPECT_EQ(b.clients, 3u);
   EXPECT_EQ(std::memcmp(b.io.requests, e.io.requests, sizeof e.io.requests), 0);
+  EXPECT_EQ(std::memcmp(b.io.backend_errors, e.io.backend_errors,
+                        sizeof e.io.backend_errors),
+            0);
   EXPECT_EQ(std::memcmp(b.io.latency, e.io.latency, sizeof e.io.latency), 0);
   EXPECT_EQ(b.io.latency_sum_ns[3], e.io.latency_sum_ns[3]);
   EXPECT_EQ(b.io.bytes_written, 22u);

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Interop: counters through /metrics, StatsService.GetStats and nbdctl stats,
-a real Prometheus server scraping the daemon, and scrapes that succeed while
-slow HTTP clients hold connections open."""
+backend errors (a file export on a full file system) told apart from the
+client's, a real Prometheus server scraping the daemon, and scrapes that
+succeed while slow HTTP clients hold connections open."""
+import errno
 import http.client
 import json
 import os
@@ -17,6 +19,8 @@ import time
 import unittest
 import urllib.parse
 import urllib.request
+
+import nbd
 
 from nbdmgr_fixture import (NBDCTL, Daemon, RawClient, grpc_api, random_file,
                             run)
@@ -116,6 +120,8 @@ class MetricsTest(unittest.TestCase):
         self.assertGreater(value(s, "process_open_fds"), 3)
         self.assertGreater(value(s, "process_start_time_seconds"), time.time() - 300)
         self.assertTrue(any(n == "nbdmgr_build_info" for n, _ in s))
+        # The bad READ was the client's: the backend never failed.
+        self.assertFalse(any(n == "nbdmgr_backend_errors_total" for n, _ in s))
 
     def test_get_stats_and_nbdctl_report_the_same_numbers(self):
         self.known_io()
@@ -151,6 +157,7 @@ class MetricsTest(unittest.TestCase):
         ops_j = {o["op"]: o for o in disk_j["operations"]}
         self.assertEqual(int(ops_j["write"]["results"]["ok"]), 16)
         self.assertEqual(int(ops_j["read"]["results"]["EINVAL"]), 1)
+        self.assertEqual(ops_j["read"].get("backend_errors", {}), {})
         self.assertEqual(int(disk_j["bytes_written"]), 16 * MiB)
         self.assertEqual(int(disk_j["bytes_read"]), 16 * MiB)
 
@@ -228,6 +235,82 @@ class MetricsTest(unittest.TestCase):
         c.close()
         s = self.wait_for("nbdmgr_connections", 0, transport="unix")
         self.assertEqual(value(s, "nbdmgr_export_clients", export="disk"), 0)
+
+
+class BackendErrorsTest(unittest.TestCase):
+    """A file export on a file system that fills up: the WRITEs it refuses
+    (ENOSPC from the backend) are counted as backend errors, a client's bad
+    requests (one with the same ENOSPC, for a write past the end) are not."""
+
+    def setUp(self):
+        self.mnt = tempfile.mkdtemp(prefix="nbdmgr-full-")
+        self.addCleanup(os.rmdir, self.mnt)
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", self.mnt],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            self.skipTest(f"cannot mount a tmpfs here (needs root): {p.stderr.strip()}")
+        self.addCleanup(subprocess.run, ["umount", "-l", self.mnt])
+        self.d = Daemon([f"name=disk,backend=file,path={self.mnt}/disk.img,size=16MiB"],
+                        extra=["--allow-path", self.mnt]).start()
+        self.addCleanup(self.d.cleanup)
+
+    def scrape(self):
+        with urllib.request.urlopen(f"http://{self.d.metrics}/metrics", timeout=10) as r:
+            return parse_exposition(r.read().decode())
+
+    def test_backend_errors_are_told_apart_from_the_clients(self):
+        h = nbd.NBD()
+        h.connect_uri(self.d.uri("disk"))
+        chunk = 256 * 1024
+        failed = ok = 0
+        for i in range(16 * MiB // chunk):  # 16 MiB into 4 MiB
+            try:
+                h.pwrite(bytes([i + 1]) * chunk, i * chunk, nbd.CMD_FLAG_FUA)
+                ok += 1
+            except nbd.Error as e:
+                self.assertIn(e.errno, (errno.ENOSPC, "ENOSPC"), str(e))
+                failed += 1
+        self.assertGreater(failed, 0, "a 4 MiB file system took 16 MiB")
+        self.assertGreater(ok, 4)
+        h.shutdown()
+        # The client's own mistakes: nothing reaches the backend.
+        c = RawClient(self.d, "disk")
+        c.request(1, 16 * MiB, 512, cookie=7, payload=b"\0" * 512)  # WRITE past the end
+        self.assertEqual(c.simple_reply(), (errno.ENOSPC, 7))
+        c.request(0, 16 * MiB, 512, cookie=8)  # READ past the end
+        self.assertEqual(c.simple_reply(), (errno.EINVAL, 8))
+        c.request(2, 0, 0)  # DISC
+        c.close()
+
+        deadline = time.time() + 10
+        while True:
+            s = self.scrape()
+            if (value(s, "nbdmgr_requests_total", export="disk", op="read",
+                      result="EINVAL") == 1 or time.time() > deadline):
+                break
+            time.sleep(0.05)
+        self.assertEqual(value(s, "nbdmgr_requests_total", export="disk", op="write",
+                               result="ENOSPC"), failed + 1)
+        self.assertEqual(value(s, "nbdmgr_requests_total", export="disk", op="write",
+                               result="ok"), ok)
+        self.assertEqual(value(s, "nbdmgr_requests_total", export="disk", op="read",
+                               result="EINVAL"), 1)
+        backend = {labels: v for (n, labels), v in s.items()
+                   if n == "nbdmgr_backend_errors_total"}
+        self.assertEqual(backend, {frozenset({("export", "disk"), ("op", "write"),
+                                              ("error", "ENOSPC")}): failed})
+
+        j = json.loads(self.d.nbdctl("stats", "-o", "json").stdout)
+        ops = {o["op"]: o for o in j["exports"][0]["operations"]}
+        self.assertEqual(int(ops["write"]["results"]["ENOSPC"]), failed + 1)
+        self.assertEqual({k: int(v) for k, v in ops["write"]["backend_errors"].items()},
+                         {"ENOSPC": failed})
+        self.assertEqual(ops["read"].get("backend_errors", {}), {})
+        table = self.d.nbdctl("stats", "disk").stdout.splitlines()
+        self.assertIn("BE-ERR/s", table[0].split())
+        text = self.d.nbdctl("stats", "disk", "-o", "prometheus").stdout
+        self.assertEqual(value(parse_exposition(text), "nbdmgr_backend_errors_total",
+                               export="disk", op="write", error="ENOSPC"), failed)
 
 
 class SlowHttpClientsTest(unittest.TestCase):

@@ -30,6 +30,8 @@ StatsSnapshot Sample() {
   e.io.requests[static_cast<int>(IoOp::kRead)][0] = 10;
   e.io.requests[static_cast<int>(IoOp::kRead)]
                [static_cast<int>(IoResult::kEio)] = 2;
+  e.io.backend_errors[static_cast<int>(IoOp::kRead)]
+                     [static_cast<int>(IoResult::kEio)] = 2;
   e.io.latency[static_cast<int>(IoOp::kRead)][0] = 4;  // <= 10us
   e.io.latency[static_cast<int>(IoOp::kRead)][6] = 8;  // <= 1ms
   e.io.latency_sum_ns[static_cast<int>(IoOp::kRead)] = 1'500'000'000;
@@ -59,6 +61,32 @@ TEST(ExpositionTest, CountersCarryExportOpAndResultLabels) {
               HasSubstr("nbdmgr_buffer_cap_full_total{export=\"disk0\"} 5"));
   EXPECT_THAT(text, HasSubstr("nbdmgr_export_info{export=\"disk0\",backend="
                               "\"file\",status=\"active\"} 1"));
+}
+
+TEST(ExpositionTest, BackendErrorsOnlyWhereTheyOccurred) {
+  StatsSnapshot s = Sample();
+  s.exports[0].io.requests[static_cast<int>(IoOp::kWrite)]
+                          [static_cast<int>(IoResult::kEperm)] = 3;  // client
+  ExportStats failed;
+  failed.name = "broken";
+  failed.failed = true;
+  s.exports.push_back(failed);
+  std::string text = ToPrometheusText(s);
+  EXPECT_THAT(text, HasSubstr("# TYPE nbdmgr_backend_errors_total counter"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_backend_errors_total{export=\"disk0\","
+                              "op=\"read\",error=\"EIO\"} 2"));
+  // One series: no zero ones, none for the client's EPERMs or the failed
+  // export.
+  size_t series = 0;
+  for (size_t at = text.find("\nnbdmgr_backend_errors_total{");
+       at != std::string::npos;
+       at = text.find("\nnbdmgr_backend_errors_total{", at + 1)) {
+    ++series;
+  }
+  EXPECT_EQ(series, 1u);
+  // The requests family is unchanged.
+  EXPECT_THAT(text, HasSubstr("nbdmgr_requests_total{export=\"disk0\",op="
+                              "\"write\",result=\"EPERM\"} 3"));
 }
 
 TEST(ExpositionTest, LatencyIsACumulativeHistogramInSeconds) {

@@ -44,6 +44,32 @@ TEST(ConnectionIoStatsTest, RecordsByOpResultLatencyAndBytes) {
   EXPECT_EQ(n.latency[0][0], 1u);  // the 5 us one
 }
 
+TEST(ConnectionIoStatsTest, BackendErrorsAreCountedApartFromOtherErrors) {
+  ConnectionIoStats c;
+  c.Record(IoOp::kWrite, IoResult::kEnospc, 4096, 1'000, true);   // backend
+  c.Record(IoOp::kWrite, IoResult::kEnospc, 4096, 1'000, false);  // past end
+  c.Record(IoOp::kRead, IoResult::kEio, 512, 1'000, true);
+  c.Record(IoOp::kRead, IoResult::kEinval, 512, 1'000, false);
+  c.Record(IoOp::kFlush, IoResult::kOk, 0, 1'000, true);  // ok: never one
+
+  IoCounts n;
+  c.AddTo(&n);
+  constexpr int kW = static_cast<int>(IoOp::kWrite);
+  constexpr int kR = static_cast<int>(IoOp::kRead);
+  EXPECT_EQ(n.requests[kW][static_cast<int>(IoResult::kEnospc)], 2u);
+  EXPECT_EQ(n.backend_errors[kW][static_cast<int>(IoResult::kEnospc)], 1u);
+  EXPECT_EQ(n.backend_errors[kR][static_cast<int>(IoResult::kEio)], 1u);
+  EXPECT_EQ(n.backend_errors[kR][static_cast<int>(IoResult::kEinval)], 0u);
+  EXPECT_EQ(n.backend_errors[static_cast<int>(IoOp::kFlush)][0], 0u);
+  EXPECT_EQ(n.errors(), 4u);
+  EXPECT_EQ(n.backend_errors_total(), 2u);
+
+  IoCounts sum = n;
+  sum += n;
+  EXPECT_EQ(sum.backend_errors[kW][static_cast<int>(IoResult::kEnospc)], 2u);
+  EXPECT_EQ(sum.backend_errors_total(), 4u);
+}
+
 TEST(ExportIoStatsTest, MergesLiveAndFinishedConnections) {
   ExportIoStats e;
   {
@@ -51,16 +77,21 @@ TEST(ExportIoStatsTest, MergesLiveAndFinishedConnections) {
     ScopedIoStats b(&e);
     a.get()->Record(IoOp::kWrite, IoResult::kOk, 100, 1);
     b.get()->Record(IoOp::kWrite, IoResult::kOk, 200, 1);
+    b.get()->Record(IoOp::kWrite, IoResult::kEio, 200, 1, true);
     a.get()->SetInFlight(2);
     IoCounts live = e.Snapshot();
     EXPECT_EQ(live.bytes_written, 300u);
-    EXPECT_EQ(live.total_requests(IoOp::kWrite), 2u);
+    EXPECT_EQ(live.total_requests(IoOp::kWrite), 3u);
+    EXPECT_EQ(live.backend_errors_total(), 1u);
     EXPECT_EQ(live.in_flight, 2u);
   }
   // Both gone: their counts stay, their in-flight does not.
   IoCounts after = e.Snapshot();
   EXPECT_EQ(after.bytes_written, 300u);
-  EXPECT_EQ(after.total_requests(IoOp::kWrite), 2u);
+  EXPECT_EQ(after.total_requests(IoOp::kWrite), 3u);
+  EXPECT_EQ(after.backend_errors[static_cast<int>(IoOp::kWrite)]
+                                [static_cast<int>(IoResult::kEio)],
+            1u);
   EXPECT_EQ(after.in_flight, 0u);
 
   ScopedIoStats c(&e);

@@ -1,5 +1,7 @@
 // Backend failures through the real server: a FaultBackend under an export
-// served by nbd::Server on a Unix socket, two clients connected to it.
+// served by nbd::Server on a Unix socket, two clients connected to it; and
+// how they are counted (backend errors apart from the client's), through a
+// session (tests/nbd/harness.h).
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -9,6 +11,7 @@
 
 #include "lib/backend/fault_backend.h"
 #include "lib/backend/memory_backend.h"
+#include "lib/buffer/buffer_policy.h"
 #include "lib/nbd/server.h"
 #include "tests/nbd/harness.h"
 
@@ -207,6 +210,168 @@ TEST_F(FaultTest, ASlowCallStallsNeitherItsConnectionNorOthers) {
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->first, kOk);
   EXPECT_EQ(r->second, 50u);
+}
+
+// Which failed requests count as backend errors: those whose error a
+// backend call returned (or threw), never those refused by validation.
+class BackendErrorCountTest : public testing::SessionFixture {
+ protected:
+  void Go(bool structured, BufferSettings buffers = {},
+          bool read_only = false) {
+    auto mem = MemoryBackend::Create(kSize);
+    ASSERT_TRUE(mem.ok());
+    auto fault = std::make_unique<FaultBackend>(std::move(*mem));
+    fault_ = fault.get();
+    backend_override_ = std::move(fault);
+    StartSession(read_only, buffers);
+    GoTo("mem", structured, false);
+  }
+  // Sends a request and returns the error of its simple reply.
+  uint32_t Simple(uint16_t type, uint64_t offset, uint32_t length,
+                  const std::vector<uint8_t>& payload = {}) {
+    peer().SendRequest(type, ++cookie_, offset, length, 0, payload);
+    auto r = peer().ReadSimpleReply();
+    EXPECT_TRUE(r.has_value()) << NameOfCommand(type) << ": no reply";
+    if (!r) return ~0u;
+    EXPECT_EQ(r->second, cookie_);
+    return r->first;
+  }
+  // A structured READ's error (0 if it succeeded).
+  uint32_t StructuredRead(uint64_t offset, uint32_t length) {
+    peer().SendRequest(kCmdRead, ++cookie_, offset, length);
+    for (;;) {
+      auto c = peer().ReadChunk();
+      EXPECT_TRUE(c.has_value()) << "connection closed";
+      if (!c) return ~0u;
+      if (c->type == kChunkError) return GetU32(c->payload.data());
+      if (c->flags & kReplyFlagDone) return kOk;
+    }
+  }
+  // The export's counters once `n` requests are counted (a reply is
+  // counted just after it is written, so the client may see it first).
+  IoCounts CountsAfter(uint64_t n) {
+    IoCounts c;
+    for (int i = 0; i < 500; ++i) {
+      c = export_->io_stats().Snapshot();
+      if (c.total_requests() >= n) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_EQ(c.total_requests(), n);
+    return c;
+  }
+  static uint64_t At(const uint64_t (&counts)[kNumIoOps][kNumIoResults],
+                     IoOp op, IoResult r) {
+    return counts[static_cast<size_t>(op)][static_cast<size_t>(r)];
+  }
+
+  FaultBackend* fault_ = nullptr;
+  uint64_t cookie_ = 0;
+};
+
+BufferSettings StreamEverything() {
+  BufferSettings b;
+  b.strategy = BufferStrategy::kStream;
+  return b;
+}
+
+TEST_F(BackendErrorCountTest, BackendFailuresAreCountedByOpAndError) {
+  Go(/*structured=*/false);
+  const std::vector<uint8_t> data(4096, 0x42);
+  fault_->Fail(Op::kWrite, absl::ResourceExhaustedError("disk full"));
+  EXPECT_EQ(Simple(kCmdWrite, 0, 4096, data), kEnospc);
+  fault_->Fail(Op::kRead, absl::DataLossError("bad sector"));
+  EXPECT_EQ(Simple(kCmdRead, 0, 4096), kEio);
+  fault_->Fail(Op::kFlush, absl::UnavailableError("fenced"));
+  EXPECT_EQ(Simple(kCmdFlush, 0, 0), kEshutdown);
+  // A backend's EPERM (a lost lock) is the backend's, unlike a read-only
+  // export's.
+  fault_->Fail(Op::kTrim, absl::PermissionDeniedError("lock lost"));
+  EXPECT_EQ(Simple(kCmdTrim, 0, 4096), kEperm);
+  fault_->Throw(Op::kZero);  // a bug in the backend: EIO, counted too
+  EXPECT_EQ(Simple(kCmdWriteZeroes, 0, 4096), kEio);
+  EXPECT_EQ(Simple(kCmdWrite, 0, 4096, data), kOk);
+
+  IoCounts c = CountsAfter(6);
+  const auto& be = c.backend_errors;
+  EXPECT_EQ(At(be, IoOp::kWrite, IoResult::kEnospc), 1u);
+  EXPECT_EQ(At(be, IoOp::kRead, IoResult::kEio), 1u);
+  EXPECT_EQ(At(be, IoOp::kFlush, IoResult::kEshutdown), 1u);
+  EXPECT_EQ(At(be, IoOp::kTrim, IoResult::kEperm), 1u);
+  EXPECT_EQ(At(be, IoOp::kWriteZeroes, IoResult::kEio), 1u);
+  EXPECT_EQ(c.backend_errors_total(), 5u);
+  EXPECT_EQ(c.errors(), 5u);
+  EXPECT_EQ(At(c.requests, IoOp::kWrite, IoResult::kOk), 1u);
+}
+
+TEST_F(BackendErrorCountTest, ValidationErrorsAreNotBackendErrors) {
+  Go(/*structured=*/true);
+  EXPECT_EQ(StructuredRead(kSize, 512), kEinval);  // past the end
+  EXPECT_EQ(Simple(kCmdWrite, kSize - 10, 512, std::vector<uint8_t>(512)),
+            kEnospc);                          // past the end
+  EXPECT_EQ(Simple(42, 0, 1), kEinval);        // unknown command
+  EXPECT_EQ(Simple(kCmdTrim, 0, 0), kEinval);  // zero length
+  // Armed faults are never reached.
+  fault_->Fail(Op::kRead, absl::DataLossError("unused"), -1);
+  fault_->Fail(Op::kWrite, absl::DataLossError("unused"), -1);
+  EXPECT_EQ(StructuredRead(kSize - 1, 2), kEinval);
+
+  IoCounts c = CountsAfter(5);
+  EXPECT_EQ(At(c.requests, IoOp::kRead, IoResult::kEinval), 2u);
+  EXPECT_EQ(At(c.requests, IoOp::kWrite, IoResult::kEnospc), 1u);
+  EXPECT_EQ(At(c.requests, IoOp::kOther, IoResult::kEinval), 1u);
+  EXPECT_EQ(c.errors(), 5u);
+  EXPECT_EQ(c.backend_errors_total(), 0u);
+  EXPECT_EQ(fault_->injected(Op::kRead) + fault_->injected(Op::kWrite), 0);
+}
+
+TEST_F(BackendErrorCountTest, WriteOnReadOnlyExportIsNotABackendError) {
+  Go(/*structured=*/false, {}, /*read_only=*/true);
+  EXPECT_EQ(Simple(kCmdWrite, 0, 512, std::vector<uint8_t>(512)), kEperm);
+  EXPECT_EQ(Simple(kCmdTrim, 0, 512), kEperm);
+  IoCounts c = CountsAfter(2);
+  EXPECT_EQ(At(c.requests, IoOp::kWrite, IoResult::kEperm), 1u);
+  EXPECT_EQ(At(c.requests, IoOp::kTrim, IoResult::kEperm), 1u);
+  EXPECT_EQ(c.backend_errors_total(), 0u);
+}
+
+// A WRITE streamed through chunks (no request-sized buffer) whose backend
+// write fails part way: one error reply, counted once.
+TEST_F(BackendErrorCountTest, FailedStreamedWriteCountsOnce) {
+  Go(/*structured=*/false, StreamEverything());
+  const std::vector<uint8_t> data(3 * kStreamChunk + 100, 0x7e);
+  const uint32_t len = static_cast<uint32_t>(data.size());
+  EXPECT_EQ(Simple(kCmdWrite, 0, len, data), kOk);
+  ASSERT_GT(export_->buffers().stats().streamed, 0u) << "did not stream";
+  // Every chunk's write fails; the rest of the payload is drained.
+  fault_->Fail(Op::kWrite, absl::ResourceExhaustedError("disk full"), -1);
+  EXPECT_EQ(Simple(kCmdWrite, 0, len, data), kEnospc);
+  EXPECT_EQ(fault_->injected(Op::kWrite), 1);
+  fault_->Clear();
+  // The connection is still in sync.
+  EXPECT_EQ(Simple(kCmdWrite, 0, len, data), kOk);
+  EXPECT_EQ(Simple(kCmdFlush, 0, 0), kOk);
+
+  IoCounts c = CountsAfter(4);
+  EXPECT_EQ(At(c.requests, IoOp::kWrite, IoResult::kEnospc), 1u);
+  EXPECT_EQ(At(c.backend_errors, IoOp::kWrite, IoResult::kEnospc), 1u);
+  EXPECT_EQ(c.backend_errors_total(), 1u);
+  EXPECT_GE(export_->buffers().stats().streamed, 3u);
+}
+
+// A READ streamed through chunks whose backend read fails: its error
+// reply (an error chunk) counts as the backend's.
+TEST_F(BackendErrorCountTest, FailedStreamedReadCountsOnce) {
+  Go(/*structured=*/true, StreamEverything());
+  const uint32_t len = 3 * kStreamChunk;
+  EXPECT_EQ(StructuredRead(0, len), kOk);
+  fault_->Fail(Op::kRead, absl::DataLossError("bad sector"));
+  EXPECT_EQ(StructuredRead(0, len), kEio);
+  EXPECT_EQ(StructuredRead(0, len), kOk);
+  IoCounts c = CountsAfter(3);
+  EXPECT_EQ(At(c.requests, IoOp::kRead, IoResult::kEio), 1u);
+  EXPECT_EQ(At(c.backend_errors, IoOp::kRead, IoResult::kEio), 1u);
+  EXPECT_EQ(c.backend_errors_total(), 1u);
+  EXPECT_GE(export_->buffers().stats().streamed, 3u);
 }
 
 }  // namespace
