@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 import unittest
 
 import nbd
@@ -278,6 +279,17 @@ class RbdTwoHostsTest(RbdTestBase):
             except nbd.Error:
                 failed += 1
         self.assertEqual(failed, 4, "a fenced daemon acknowledged a write")
+        # B's metrics count them as backend errors, apart from client errors.
+        with urllib.request.urlopen(f"http://{b.metrics}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        backend_errors = {}
+        for line in text.splitlines():
+            if line.startswith('nbdmgr_backend_errors_total{export="fo"'):
+                key, value = line.rsplit(" ", 1)
+                backend_errors[key] = float(value)
+        self.assertGreaterEqual(sum(backend_errors.values()), 4, text)
+        self.assertTrue(all('error="ESHUTDOWN"' in k or 'error="EIO"' in k
+                            for k in backend_errors), backend_errors)
         self.assertEqual(image_bytes("fo", 0, 65536), b"\x03" * 65536)
         self.assertEqual(image_bytes("fo", 65536, 65536 * 3), bytes(65536 * 3))
         out = json.loads(b.nbdctl("get", "fo", "-o", "json").stdout)
