@@ -47,7 +47,8 @@ int main(int argc, char** argv) {
   }
   absl::Status st = (*daemon)->Run();
   if ((*daemon)->abandoned()) {
-    spdlog::error("exiting without tearing down: {}", std::string(st.message()));
+    spdlog::error("exiting without tearing down: {}",
+                  std::string(st.message()));
     spdlog::shutdown();
     std::fflush(nullptr);
     std::_Exit(1);

@@ -34,9 +34,10 @@ void Watchdog::Run() {
       return;
     }
     const Clock::time_point deadline = deadline_;
-    changed_.WaitFor(&mu_, deadline - now, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return disarmed_ || deadline_ != deadline;
-    });
+    changed_.WaitFor(&mu_, deadline - now,
+                     [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                       return disarmed_ || deadline_ != deadline;
+                     });
   }
 }
 

@@ -573,8 +573,8 @@ TEST_F(RbdBackendTest, ExtentsAcrossDiffWindows) {
   // Data straddling the first window's end, and a run of holes spanning
   // two whole windows. (Object-aligned: librbd reports an object's data
   // from the object's start.)
-  ASSERT_TRUE(b->Write(252 * kMiB, std::vector<uint8_t>(8 * kMiB, 7), false)
-                  .ok());
+  ASSERT_TRUE(
+      b->Write(252 * kMiB, std::vector<uint8_t>(8 * kMiB, 7), false).ok());
   ASSERT_TRUE(b->Write(900 * kMiB, std::vector<uint8_t>(4096, 7), false).ok());
   std::vector<Extent> ex = ExtentsOf(*b, 0, kSize);
   ASSERT_EQ(ex.size(), 5u) << Show(ex);

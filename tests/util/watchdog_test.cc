@@ -32,7 +32,9 @@ TEST(WatchdogTest, ExpiresOnceAfterTheTimeout) {
 
 TEST(WatchdogTest, DestroyedInTimeNeverExpires) {
   std::atomic<int> fired{0};
-  { Watchdog w(1h, [&] { ++fired; }); }
+  {
+    Watchdog w(1h, [&] { ++fired; });
+  }
   EXPECT_EQ(fired.load(), 0);
 }
 
