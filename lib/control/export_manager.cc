@@ -2,9 +2,12 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -15,6 +18,9 @@
 
 namespace nbdmgr {
 namespace {
+
+// Saved exports opened at once at start-up.
+constexpr size_t kMaxParallelOpens = 16;
 
 absl::Status Saving(absl::Status st) {
   if (st.ok()) return st;
@@ -60,8 +66,26 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
         "kept, but no more can be created",
         saved->size() + registry.List().size(), m->options_.max_exports);
   }
-  for (const ExportConfig& c : *saved) {
-    absl::StatusOr<std::shared_ptr<Export>> e = m->Open(c, false);
+  // Opened in parallel: an rbd export whose cluster does not answer takes
+  // its connect timeout, and the daemon serves nothing until all are open.
+  std::vector<absl::StatusOr<std::shared_ptr<Export>>> opened(
+      saved->size(), absl::UnknownError("not opened"));
+  {
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t i; (i = next.fetch_add(1)) < saved->size();) {
+        opened[i] = m->Open((*saved)[i], false);
+      }
+    };
+    std::vector<std::thread> openers;
+    const size_t n = std::min(saved->size(), kMaxParallelOpens);
+    for (size_t i = 1; i < n; ++i) openers.emplace_back(work);
+    work();
+    for (std::thread& t : openers) t.join();
+  }
+  for (size_t i = 0; i < saved->size(); ++i) {
+    const ExportConfig& c = (*saved)[i];
+    absl::StatusOr<std::shared_ptr<Export>>& e = opened[i];
     MutexLock lock(&m->mu_);
     if (!e.ok()) {
       spdlog::error(

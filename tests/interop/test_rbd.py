@@ -7,7 +7,9 @@ for two hosts: one writer per image, a planned move, and a take-over that
 fences the old holder."""
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -354,6 +356,39 @@ class RbdUnreachableTest(RbdTestBase):
         self.assertIn("shutdown has not finished in time", b.logs())
         for d in (a, b):
             self.assertNotIn("Sanitizer", d.logs())
+
+
+    def test_restart_with_the_cluster_unreachable(self):
+        # Four persisted rbd exports whose cluster no longer answers (the
+        # conf now names a monitor nobody listens on): opened in parallel,
+        # so the daemon starts serving after about one connect timeout, not
+        # four; they are FAILED naming the reason and its memory export
+        # serves.
+        conf = os.path.join(CLUSTER.dir, "restart-unreachable.conf")
+        shutil.copy(CLUSTER.conf, conf)
+        names = [f"far{i}" for i in range(4)]
+        for n in names:
+            CLUSTER.create_image(n, 4 * MiB)
+        d = self.daemon(["name=mem,backend=memory,size=1MiB"])
+        for n in names:
+            d.nbdctl("create", n, "--rbd", f"rbd/{n}", "--ceph-conf", conf,
+                     "--ceph-user", CLUSTER.user, "--read-only")
+        self.assertEqual(d.stop(), 0, d.logs())
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()[1]
+        with open(conf, "w") as f:
+            f.write(f"[global]\nmon host = 127.0.0.1:{dead}\n"
+                    "client mount timeout = 5\n")
+        start = time.time()
+        d.start()
+        took = time.time() - start
+        # Serially it would be 4 x 5 s.
+        self.assertLess(took, 15, d.logs())
+        for n in names:
+            out = json.loads(d.nbdctl("get", n, "-o", "json").stdout)
+            self.assertEqual(out["state"], "STATE_FAILED", out)
+        run("nbdinfo", d.uri("mem"))
 
 
 if __name__ == "__main__":
