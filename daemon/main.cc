@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   if ((*daemon)->abandoned()) {
     spdlog::error("exiting without tearing down: {}",
                   std::string(st.message()));
-    spdlog::shutdown();
+    spdlog::default_logger()->flush();
     std::fflush(nullptr);
     std::_Exit(1);
   }

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <exception>
 #include <thread>
 #include <vector>
 
@@ -74,7 +75,11 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
     std::atomic<size_t> next{0};
     auto work = [&] {
       for (size_t i; (i = next.fetch_add(1)) < saved->size();) {
-        opened[i] = m->Open((*saved)[i], false);
+        try {
+          opened[i] = m->Open((*saved)[i], false);
+        } catch (const std::exception& e) {  // std::bad_alloc
+          opened[i] = absl::InternalError(e.what());
+        }
       }
     };
     std::vector<std::thread> openers;

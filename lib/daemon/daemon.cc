@@ -33,8 +33,9 @@ namespace {
 // exports (writing back a file's dirty pages, releasing rbd locks).
 constexpr std::chrono::seconds kShutdownGrace{30};
 // What sessions closed at the drain deadline (or by a second signal) get
-// to end: nbd::Server's wait after closing them.
-constexpr std::chrono::seconds kStopAtOnceGrace{5};
+// to end before they are abandoned: a write waiting out an OSD failover
+// may still finish.
+constexpr std::chrono::seconds kStuckWait{15};
 // Exports flushed at once at shutdown.
 constexpr size_t kMaxFlushThreads = 8;
 
@@ -242,10 +243,10 @@ void Daemon::ExitStuck() {
       "shutdown has not finished in time (the drain timeout plus {}): a "
       "backend does not answer{}{}; exiting now without releasing anything "
       "(Ceph locks expire with the client's watch)",
-      FormatDuration(kStopAtOnceGrace + kShutdownGrace),
+      FormatDuration(kStuckWait + kShutdownGrace),
       flushing.empty() ? "" : "; final flush not finished for export(s) ",
       flushing);
-  spdlog::shutdown();
+  spdlog::default_logger()->flush();  // other threads may still log
   std::fflush(nullptr);
   std::_Exit(1);
 }
@@ -382,7 +383,7 @@ absl::Status Daemon::Drain() {
     control_->SetNotServing();
     control_->Shutdown(left());
   }
-  server_->Shutdown(left());
+  server_->Shutdown(left(), kStuckWait);
   // In parallel: one export whose storage stopped answering must not keep
   // the others from being flushed before the watchdog ends the process.
   std::vector<std::shared_ptr<Export>> writable;
@@ -423,9 +424,19 @@ absl::Status Daemon::Drain() {
     }
     flushers.join();
   }
-  if (size_t n = server_->abandoned(); n > 0 && result.ok()) {
-    result = absl::UnavailableError(absl::StrCat(
-        n, " session(s) abandoned waiting on a backend that does not answer"));
+  if (size_t n = server_->abandoned(); n > 0) {
+    // The process will end without tearing down; close what no abandoned
+    // session holds now, so an rbd image's lock is released, not left to
+    // expire (a restart at once would find it held).
+    for (const auto& e : registry_->List()) {
+      if (e->clients() == 0) (void)registry_->Remove(e->name());
+    }
+    if (result.ok()) {
+      result = absl::UnavailableError(
+          absl::StrCat(n,
+                       " session(s) abandoned waiting on a backend that does "
+                       "not answer"));
+    }
   }
   return result;
 }
@@ -438,7 +449,7 @@ void Daemon::BeginDrain() {
 
 void Daemon::StopWaiting() {
   if (shutdown_watchdog_ != nullptr) {
-    shutdown_watchdog_->Shorten(kStopAtOnceGrace + kShutdownGrace);
+    shutdown_watchdog_->Shorten(kStuckWait + kShutdownGrace);
   }
   manager_->AbortDrains();
   if (control_) control_->StopWaiting();
@@ -481,7 +492,7 @@ absl::Status Daemon::Run() {
                                  })));
   main_.run();  // until SIGINT, SIGTERM or RequestStop()
   shutdown_watchdog_ = std::make_unique<Watchdog>(
-      config_.drain_timeout + kStopAtOnceGrace + kShutdownGrace,
+      config_.drain_timeout + kStuckWait + kShutdownGrace,
       [this] { ExitStuck(); });
   idle_timer_.cancel();
   // main_ goes on handling signals on a thread of its own while this one

@@ -85,11 +85,11 @@ class Daemon {
   const DaemonConfig config_;
   // Armed when the drain begins: a backend that never answers (a storage
   // system gone silent) cannot keep the daemon from exiting. Expires
-  // kShutdownGrace after the drain deadline (sooner after a second
-  // signal); destroyed last.
-  std::unique_ptr<Watchdog> shutdown_watchdog_;
-  Mutex flush_mu_;
+  // kStuckWait + kShutdownGrace after the drain deadline (or after a
+  // second signal); destroyed last but for the state it reads.
+  Mutex flush_mu_;  // before the watchdog, which reads flushing_
   std::set<std::string> flushing_ ABSL_GUARDED_BY(flush_mu_);
+  std::unique_ptr<Watchdog> shutdown_watchdog_;
   // Declared before the registry: exports (and their leases) go first.
   std::unique_ptr<BufferSystem> buffers_;
   std::shared_ptr<ExportRegistry> registry_;

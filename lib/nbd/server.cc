@@ -255,7 +255,8 @@ void Server::StopWaiting() {
   sessions_changed_.SignalAll();
 }
 
-void Server::Shutdown(std::chrono::milliseconds grace) {
+void Server::Shutdown(std::chrono::milliseconds grace,
+                      std::chrono::milliseconds stuck_wait) {
   if (shut_down_) return;
   shut_down_ = true;
   if (started_) {
@@ -288,7 +289,7 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
       mu_.Unlock();
       PostToSessions([](Session& s) { s.Abort(); });
       mu_.Lock();
-      sessions_changed_.WaitFor(&mu_, std::chrono::seconds(5), empty);
+      sessions_changed_.WaitFor(&mu_, stuck_wait, empty);
     }
     if (!sessions_.empty()) {
       // Closed, yet still waiting for a backend call that may never come

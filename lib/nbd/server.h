@@ -62,10 +62,11 @@ class Server {
   // until StopWaiting(), then closes what remains, and joins all threads.
   // Removes each Unix socket file that is still the one it bound.
   // Idempotent. Sessions that a backend call keeps from ending within
-  // 5 s of being closed are abandoned (see abandoned()): then nothing is
-  // joined or stopped, and the Server must never be destroyed (leak it;
-  // the daemon exits without tearing down).
-  void Shutdown(std::chrono::milliseconds grace);
+  // `stuck_wait` of being closed are abandoned (see abandoned()): then
+  // nothing is joined or stopped, and the Server must never be destroyed
+  // (leak it; the daemon exits without tearing down).
+  void Shutdown(std::chrono::milliseconds grace,
+                std::chrono::milliseconds stuck_wait = std::chrono::seconds(5));
   // Sessions the last Shutdown() abandoned: 0 after a clean one.
   size_t abandoned() const {
     return abandoned_.load(std::memory_order_relaxed);

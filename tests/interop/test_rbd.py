@@ -343,14 +343,14 @@ class RbdUnreachableTest(RbdTestBase):
         took_a = time.time() - start
         code_b = b.proc.wait(timeout=120)
         took_b = time.time() - start
-        # A abandons the stuck session after the drain deadline and 5 s,
+        # A abandons the stuck session after the drain deadline and 15 s,
         # skips that export's flush and exits at once.
         self.assertEqual(code_a, 1, a.logs())
-        self.assertLess(took_a, 30, a.logs())
+        self.assertLess(took_a, 40, a.logs())
         self.assertIn("abandoning them", a.logs())
         self.assertIn('export "stuck" not flushed', a.logs())
         # B's teardown (releasing the lock) never returns: the shutdown
-        # watchdog ends it (drain timeout + 35 s).
+        # watchdog ends it (drain timeout + 45 s).
         self.assertEqual(code_b, 1, b.logs())
         self.assertLess(took_b, 90, b.logs())
         self.assertIn("shutdown has not finished in time", b.logs())
