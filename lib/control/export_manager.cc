@@ -7,11 +7,13 @@
 #include <cerrno>
 #include <cstdlib>
 #include <exception>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "lib/util/duration.h"
 #include "lib/util/errors.h"
 #include "lib/util/mutex.h"
 #include "lib/util/strings.h"
@@ -67,27 +69,8 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
         "kept, but no more can be created",
         saved->size() + registry.List().size(), m->options_.max_exports);
   }
-  // Opened in parallel: an rbd export whose cluster does not answer takes
-  // its connect timeout, and the daemon serves nothing until all are open.
-  std::vector<absl::StatusOr<std::shared_ptr<Export>>> opened(
-      saved->size(), absl::UnknownError("not opened"));
-  {
-    std::atomic<size_t> next{0};
-    auto work = [&] {
-      for (size_t i; (i = next.fetch_add(1)) < saved->size();) {
-        try {
-          opened[i] = m->Open((*saved)[i], false);
-        } catch (const std::exception& e) {  // std::bad_alloc
-          opened[i] = absl::InternalError(e.what());
-        }
-      }
-    };
-    std::vector<std::thread> openers;
-    const size_t n = std::min(saved->size(), kMaxParallelOpens);
-    for (size_t i = 1; i < n; ++i) openers.emplace_back(work);
-    work();
-    for (std::thread& t : openers) t.join();
-  }
+  std::vector<absl::StatusOr<std::shared_ptr<Export>>> opened =
+      m->OpenSaved(*saved);
   for (size_t i = 0; i < saved->size(); ++i) {
     const ExportConfig& c = (*saved)[i];
     absl::StatusOr<std::shared_ptr<Export>>& e = opened[i];
@@ -105,6 +88,112 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
     m->persistent_.insert(c.name);
   }
   return m;
+}
+
+// The openers of saved exports, shared with their threads: Create() may
+// stop waiting for them, the manager's destructor may not.
+struct ExportManager::SavedOpens {
+  explicit SavedOpens(std::vector<ExportConfig> c) : configs(std::move(c)) {
+    results.resize(configs.size());
+  }
+  const std::vector<ExportConfig> configs;
+  std::atomic<size_t> next{0};
+  Mutex mu;
+  CondVar changed;
+  std::vector<std::optional<absl::StatusOr<std::shared_ptr<Export>>>> results
+      ABSL_GUARDED_BY(mu);
+  size_t done ABSL_GUARDED_BY(mu) = 0;
+  size_t running ABSL_GUARDED_BY(mu) = 0;  // threads
+  bool gave_up ABSL_GUARDED_BY(mu) = false;
+};
+
+std::vector<absl::StatusOr<std::shared_ptr<Export>>> ExportManager::OpenSaved(
+    const std::vector<ExportConfig>& saved) {
+  // In parallel: an rbd export whose cluster does not answer takes its
+  // connect timeout, and the daemon serves nothing until this returns.
+  // Bounded by open_timeout: an OSD that never answers (librbd's opens
+  // wait for it) must not keep the other exports from being served.
+  auto op = std::make_shared<SavedOpens>(saved);
+  const size_t threads = std::min(saved.size(), kMaxParallelOpens);
+  {
+    MutexLock lock(&op->mu);
+    op->running = threads;
+  }
+  openers_ = op;
+  for (size_t t = 0; t < threads; ++t) {
+    std::thread([this, op] {
+      for (size_t i; (i = op->next.fetch_add(1)) < op->configs.size();) {
+        {
+          MutexLock lock(&op->mu);
+          if (op->gave_up) break;
+        }
+        absl::StatusOr<std::shared_ptr<Export>> r =
+            absl::UnknownError("not opened");
+        try {
+          r = Open(op->configs[i], false);
+        } catch (const std::exception& e) {  // std::bad_alloc
+          r = absl::InternalError(e.what());
+        }
+        std::shared_ptr<Export> late;  // closed outside the lock
+        {
+          MutexLock lock(&op->mu);
+          if (!op->gave_up) {
+            op->results[i] = std::move(r);
+            ++op->done;
+            op->changed.SignalAll();
+            continue;
+          }
+          if (r.ok()) late = std::move(*r);
+        }
+        if (late != nullptr) {
+          spdlog::warn(
+              "export \"{}\" opened only after the start stopped waiting "
+              "for it: closed again (`nbdctl update {} --retry` serves it)",
+              late->name(), late->name());
+        }
+      }
+      MutexLock lock(&op->mu);
+      --op->running;
+      op->changed.SignalAll();
+    }).detach();
+  }
+  std::vector<absl::StatusOr<std::shared_ptr<Export>>> out;
+  MutexLock lock(&op->mu);
+  auto all_done = [&op]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(op->mu) {
+    return op->done == op->configs.size();
+  };
+  if (options_.open_timeout.count() == 0) {
+    while (!all_done()) {
+      op->changed.WaitFor(&op->mu, std::chrono::hours(1), all_done);
+    }
+  } else {
+    op->changed.WaitFor(&op->mu, options_.open_timeout, all_done);
+  }
+  op->gave_up = true;
+  for (size_t i = 0; i < saved.size(); ++i) {
+    if (op->results[i].has_value()) {
+      out.push_back(std::move(*op->results[i]));
+    } else {
+      out.push_back(absl::UnavailableError(absl::StrCat(
+          "still opening after ", FormatDuration(options_.open_timeout),
+          " (--open-timeout): its storage does not answer; the open goes on "
+          "in the background and is closed if it ever finishes")));
+    }
+  }
+  return out;
+}
+
+ExportManager::~ExportManager() {
+  if (openers_ == nullptr) return;
+  // Openers still running use this manager: wait for them (at shutdown
+  // the daemon's watchdog bounds this).
+  MutexLock lock(&openers_->mu);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(openers_->mu) {
+    return openers_->running == 0;
+  };
+  while (!idle()) {
+    openers_->changed.WaitFor(&openers_->mu, std::chrono::hours(1), idle);
+  }
 }
 
 ExportManager::ExportManager(ExportManagerOptions options,

@@ -62,6 +62,10 @@ struct ExportManagerOptions {
   // The most exports (served, FAILED or being created) the daemon holds;
   // CreateExport beyond it gets ResourceExhausted.
   uint32_t max_exports = kDefaultMaxExports;
+  // Create(): saved exports still opening after this long come up FAILED
+  // (their opens finish, or not, in the background and are then closed);
+  // 0: wait for them.
+  std::chrono::milliseconds open_timeout{0};
 };
 
 // The domain API of the control plane: create, inspect, update and remove
@@ -147,10 +151,14 @@ class ExportManager {
   // by --drain-timeout, takes over). Idempotent; thread-safe.
   void AbortDrains() { aborting_.store(true, std::memory_order_release); }
 
+  // Waits for saved exports' openers that Create() stopped waiting for.
+  ~ExportManager();
+
   // The FAILED exports, by name (for metrics).
   std::vector<ExportInfo> FailedExports() const;
 
  private:
+  struct SavedOpens;
   struct FailedExport {
     ExportConfig config;
     std::string reason;
@@ -159,6 +167,11 @@ class ExportManager {
 
   ExportManager(ExportManagerOptions options, ExportRegistry& registry,
                 BufferSystem& buffers);
+  // Opens the saved exports, in parallel, for at most open_timeout: the
+  // ones still opening then get Unavailable (and are closed by their
+  // threads if they finish). Results in `saved`'s order.
+  std::vector<absl::StatusOr<std::shared_ptr<Export>>> OpenSaved(
+      const std::vector<ExportConfig>& saved);
   ExportInfo Describe(const Export& e) const;
   static ExportInfo DescribeFailed(const FailedExport& f);
   // OK if `path`, resolved, is a regular file of at most 1 MiB beneath an
@@ -194,6 +207,7 @@ class ExportManager {
   SessionControl* sessions_ = nullptr;
   std::atomic<bool> aborting_{false};
   std::unique_ptr<StateStore> store_;
+  std::shared_ptr<SavedOpens> openers_;  // null: none started
 
   // Held while a file export is opened by CreateExport or Retry, and until
   // a failed create's file is removed again (taken before mu_).

@@ -75,7 +75,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
   absl::StatusOr<std::unique_ptr<ExportManager>> manager =
       ExportManager::Create(
           ExportManagerOptions{cfg.state_dir, cfg.allow_paths, !cfg.tls.empty(),
-                               cfg.max_exports},
+                               cfg.max_exports, cfg.open_timeout},
           *d->registry_, *d->buffers_);
   if (!manager.ok()) return manager.status();
   d->manager_ = std::move(*manager);

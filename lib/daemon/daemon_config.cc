@@ -158,7 +158,9 @@ absl::Status Converter::ThreadsAndTimeouts() {
         Timeout{"idle_timeout", "--idle-timeout", p_.has_idle_timeout(),
                 p_.idle_timeout(), c_.idle_timeout},
         Timeout{"stall_timeout", "--stall-timeout", p_.has_stall_timeout(),
-                p_.stall_timeout(), c_.stall_timeout}}) {
+                p_.stall_timeout(), c_.stall_timeout},
+        Timeout{"open_timeout", "--open-timeout", p_.has_open_timeout(),
+                p_.open_timeout(), c_.open_timeout}}) {
     absl::StatusOr<Millis> d = Duration(t.field, t.flag, t.has, t.value, t.out);
     if (!d.ok()) return d.status();
     t.out = *d;

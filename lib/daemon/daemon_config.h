@@ -62,6 +62,9 @@ struct DaemonConfig {
   // A client that stops sending a payload or reading replies for this long
   // is disconnected (exports may override); 0: never.
   std::chrono::milliseconds stall_timeout{30000};
+  // At start, saved exports still opening after this long (an rbd image
+  // on an OSD that does not answer) come up FAILED; 0: wait for them.
+  std::chrono::milliseconds open_timeout{60000};
   uint32_t max_connections = 4096;  // 0: no cap
   // Exports held at most (given, created over the API, FAILED).
   uint32_t max_exports = kDefaultMaxExports;

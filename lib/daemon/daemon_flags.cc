@@ -106,6 +106,10 @@ constexpr FlagDef kFlags[] = {
      "On SIGINT/SIGTERM, how long in-flight requests\n"
      "may take to finish before connections are closed\n"
      "(default 30s)."},
+    {"Timeouts", "--open-timeout", "DUR", "open_timeout", Kind::kDuration, "",
+     "At start, saved exports still opening after DUR\n"
+     "come up FAILED and are not waited for (default\n"
+     "60s; 0 = wait)."},
     {"NBD TLS", "--tls-cert", "F", "tls.cert_file", Kind::kText, "",
      "Offer NBD TLS (STARTTLS) with this X.509\n"
      "certificate (PEM, chain allowed); needs\n"

@@ -21,6 +21,7 @@ TEST(DaemonFlagsTest, Defaults) {
   ASSERT_EQ(f->config.nbd_listen.size(), 1u);
   EXPECT_EQ(f->config.nbd_listen[0].ToString(), "tcp:127.0.0.1:10809");
   EXPECT_EQ(f->config.drain_timeout, std::chrono::seconds(30));
+  EXPECT_EQ(f->config.open_timeout, std::chrono::seconds(60));
   // Bounded by default.
   EXPECT_EQ(f->config.memory_cap_bytes, DefaultMemoryCap());
   EXPECT_GT(f->config.memory_cap_bytes, 0u);
@@ -256,7 +257,9 @@ TEST(DaemonFlagsTest, EveryValueFlagSetsItsField) {
                   "--io-threads",
                   "1",
                   "--blocking-threads",
-                  "2"});
+                  "2",
+                  "--open-timeout",
+                  "5s"});
   ASSERT_TRUE(f.ok()) << f.status();
   const DaemonConfig& c = f->config;
   EXPECT_EQ(c.nbd_listen[0].ToString(), "unix:/tmp/n.sock");
@@ -270,6 +273,7 @@ TEST(DaemonFlagsTest, EveryValueFlagSetsItsField) {
   EXPECT_EQ(c.handshake_timeout, std::chrono::seconds(2));
   EXPECT_EQ(c.idle_timeout, std::chrono::seconds(3));
   EXPECT_EQ(c.drain_timeout, std::chrono::seconds(4));
+  EXPECT_EQ(c.open_timeout, std::chrono::seconds(5));
   EXPECT_EQ(c.tls.cert_file, "/c");
   EXPECT_EQ(c.tls.key_file, "/k");
   EXPECT_EQ(c.tls.ca_file, "/ca");

@@ -19,7 +19,7 @@ import nbd
 import rbd
 
 from ceph_cluster import CephCluster
-from nbdmgr_fixture import Daemon, random_file, run, sha256
+from nbdmgr_fixture import Daemon, random_file, run, sha256, wait_for
 
 MiB = 1 << 20
 
@@ -389,6 +389,40 @@ class RbdUnreachableTest(RbdTestBase):
             out = json.loads(d.nbdctl("get", n, "-o", "json").stdout)
             self.assertEqual(out["state"], "STATE_FAILED", out)
         run("nbdinfo", d.uri("mem"))
+
+
+    def test_restart_while_an_osd_does_not_answer(self):
+        # The monitor answers but the OSD does not: opening the image waits
+        # for ever. The daemon starts serving after --open-timeout with the
+        # export FAILED; once the OSD is back, the open that finished late
+        # is closed (its lock released) and a retry serves the image.
+        CLUSTER.create_image("late", 4 * MiB)
+        d = self.daemon(["name=mem,backend=memory,size=1MiB"],
+                        extra=["--open-timeout", "3s"])
+        self.create(d, "late", "late")
+        run("nbdsh", "-u", d.uri("late"), "-c", "h.pwrite(b'\\x07' * 4096, 0); h.flush()")
+        self.assertEqual(d.stop(), 0, d.logs())
+        osd = CLUSTER.pids["osd.0"]
+        os.kill(osd, signal.SIGSTOP)
+        stopped = True
+        try:
+            d.start()
+            out = json.loads(d.nbdctl("get", "late", "-o", "json").stdout)
+            self.assertEqual(out["state"], "STATE_FAILED", out)
+            self.assertIn("still opening", out["failure"])
+            run("nbdinfo", d.uri("mem"))
+            os.kill(osd, signal.SIGCONT)
+            stopped = False
+            wait_for(lambda: "opened only after the start stopped waiting" in d.logs(),
+                     "the late open to finish and be closed", timeout=60)
+        finally:
+            if stopped:
+                os.kill(osd, signal.SIGCONT)
+        d.nbdctl("update", "late", "--retry")
+        run("nbdsh", "-u", d.uri("late"), "-c",
+            "assert h.pread(4096, 0) == b'\\x07' * 4096; h.pwrite(b'\\x08' * 4096, 0); h.flush()")
+        self.assertEqual(image_bytes("late", 0, 4096), b"\x08" * 4096)
+        self.assertEqual(d.stop(), 0, d.logs())
 
 
 if __name__ == "__main__":
