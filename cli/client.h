@@ -13,7 +13,9 @@ namespace nbdmgr::cli {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitServerError = 1;  // the daemon answered with an error
 inline constexpr int kExitUsage = 2;        // bad command line
-inline constexpr int kExitUnavailable = 3;  // could not reach the daemon
+// UNAVAILABLE: could not reach the daemon, or the daemon could not reach
+// the storage the call needs (transient: retry later).
+inline constexpr int kExitUnavailable = 3;
 
 // Options common to every subcommand.
 struct Global {

@@ -17,7 +17,8 @@ Global flags go anywhere on the line, before or after the command:
 
 constexpr char kFooter[] =
     R"(Exit codes: 0 ok, 1 the daemon returned an error (code and message on
-stderr), 2 bad command line, 3 daemon unreachable.
+stderr), 2 bad command line, 3 UNAVAILABLE: the daemon, or the storage
+the call needs (a Ceph cluster), could not be reached; retry later.
 Run 'nbdctl COMMAND --help' for a command's flags.)";
 
 // Binds the global flags to *g. Subcommands fall through to `app` for them,

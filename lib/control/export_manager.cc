@@ -24,6 +24,9 @@ namespace {
 
 // Saved exports opened at once at start-up.
 constexpr size_t kMaxParallelOpens = 16;
+// API calls' rbd opens left waiting in the background at once (each holds
+// a thread): beyond it, calls are refused at once.
+constexpr size_t kMaxBackgroundOpens = 32;
 
 absl::Status Saving(absl::Status st) {
   if (st.ok()) return st;
@@ -183,7 +186,85 @@ std::vector<absl::StatusOr<std::shared_ptr<Export>>> ExportManager::OpenSaved(
   return out;
 }
 
+// One rbd open an API call waits for at most open_timeout.
+struct ExportManager::BoundedOpen {
+  Mutex mu;
+  CondVar done;
+  std::optional<absl::StatusOr<std::shared_ptr<Export>>> result
+      ABSL_GUARDED_BY(mu);
+  bool gave_up ABSL_GUARDED_BY(mu) = false;
+};
+
+absl::StatusOr<std::shared_ptr<Export>> ExportManager::OpenWithin(
+    const ExportConfig& config, bool may_create, bool take_over) {
+  // Only rbd opens wait on a remote system without a bound of their own.
+  if (config.backend != BackendKind::kRbd ||
+      options_.open_timeout.count() == 0) {
+    return Open(config, may_create, take_over);
+  }
+  {
+    MutexLock lock(&bg_mu_);
+    if (bg_running_ >= kMaxBackgroundOpens) {
+      return absl::UnavailableError(absl::StrCat(
+          bg_running_,
+          " earlier opens still wait on storage that does not answer; "
+          "try again when it does"));
+    }
+    ++bg_running_;
+  }
+  auto op = std::make_shared<BoundedOpen>();
+  std::thread([this, op, config, may_create, take_over] {
+    absl::StatusOr<std::shared_ptr<Export>> r =
+        absl::UnknownError("not opened");
+    try {
+      r = Open(config, may_create, take_over);
+    } catch (const std::exception& e) {  // std::bad_alloc
+      r = absl::InternalError(e.what());
+    }
+    std::shared_ptr<Export> late;  // closed outside the lock
+    {
+      MutexLock lock(&op->mu);
+      if (!op->gave_up) {
+        op->result = std::move(r);
+        op->done.SignalAll();
+      } else if (r.ok()) {
+        late = std::move(*r);
+      }
+    }
+    if (late != nullptr) {
+      spdlog::warn(
+          "export \"{}\" opened only after its call stopped waiting for it: "
+          "closed again",
+          late->name());
+      late.reset();  // releases an rbd lock
+    }
+    MutexLock lock(&bg_mu_);
+    --bg_running_;
+    bg_done_.SignalAll();
+  }).detach();
+  MutexLock lock(&op->mu);
+  op->done.WaitFor(&op->mu, options_.open_timeout,
+                   [&op]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(op->mu) {
+                     return op->result.has_value();
+                   });
+  if (op->result.has_value()) return std::move(*op->result);
+  op->gave_up = true;
+  return absl::UnavailableError(absl::StrCat(
+      "still opening after ", FormatDuration(options_.open_timeout),
+      " (--open-timeout): its storage does not answer; the open goes on in "
+      "the background and is closed if it ever finishes"));
+}
+
 ExportManager::~ExportManager() {
+  {
+    // Background opens use this manager: wait for them (at shutdown the
+    // daemon's watchdog bounds this).
+    MutexLock lock(&bg_mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(bg_mu_) {
+      return bg_running_ == 0;
+    };
+    while (!idle()) bg_done_.WaitFor(&bg_mu_, std::chrono::hours(1), idle);
+  }
   if (openers_ == nullptr) return;
   // Openers still running use this manager: wait for them (at shutdown
   // the daemon's watchdog bounds this).
@@ -344,7 +425,8 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config,
   // next opens), so an undo never removes a file another create opened.
   std::unique_lock<std::mutex> opening(open_mu_, std::defer_lock);
   if (config.backend == BackendKind::kFile) opening.lock();
-  absl::StatusOr<std::shared_ptr<Export>> e = Open(config, true, take_over);
+  absl::StatusOr<std::shared_ptr<Export>> e =
+      OpenWithin(config, true, take_over);
   MutexLock lock(&mu_);
   pending_.erase(config.name);
   if (!e.ok()) return e.status();
@@ -482,7 +564,7 @@ absl::StatusOr<ExportInfo> ExportManager::Retry(const std::string& name,
                                                 bool save) {
   std::unique_lock<std::mutex> opening(open_mu_, std::defer_lock);
   if (config.backend == BackendKind::kFile) opening.lock();
-  absl::StatusOr<std::shared_ptr<Export>> e = Open(config, false);
+  absl::StatusOr<std::shared_ptr<Export>> e = OpenWithin(config, false, false);
   MutexLock lock(&mu_);
   pending_.erase(name);
   auto it = failed_.find(name);  // still there: nothing else touches a

@@ -159,6 +159,7 @@ class ExportManager {
 
  private:
   struct SavedOpens;
+  struct BoundedOpen;
   struct FailedExport {
     ExportConfig config;
     std::string reason;
@@ -172,6 +173,13 @@ class ExportManager {
   // threads if they finish). Results in `saved`'s order.
   std::vector<absl::StatusOr<std::shared_ptr<Export>>> OpenSaved(
       const std::vector<ExportConfig>& saved);
+  // Open() for an API call: an rbd export not open within open_timeout
+  // gets Unavailable, its open left to finish on a thread of its own,
+  // which then closes it (at most kMaxBackgroundOpens at once; beyond,
+  // Unavailable at once).
+  absl::StatusOr<std::shared_ptr<Export>> OpenWithin(const ExportConfig& config,
+                                                     bool may_create,
+                                                     bool take_over);
   ExportInfo Describe(const Export& e) const;
   static ExportInfo DescribeFailed(const FailedExport& f);
   // OK if `path`, resolved, is a regular file of at most 1 MiB beneath an
@@ -208,6 +216,9 @@ class ExportManager {
   std::atomic<bool> aborting_{false};
   std::unique_ptr<StateStore> store_;
   std::shared_ptr<SavedOpens> openers_;  // null: none started
+  Mutex bg_mu_;
+  CondVar bg_done_;
+  size_t bg_running_ ABSL_GUARDED_BY(bg_mu_) = 0;  // OpenWithin threads
 
   // Held while a file export is opened by CreateExport or Retry, and until
   // a failed create's file is removed again (taken before mu_).

@@ -397,6 +397,7 @@ class RbdUnreachableTest(RbdTestBase):
         # export FAILED; once the OSD is back, the open that finished late
         # is closed (its lock released) and a retry serves the image.
         CLUSTER.create_image("late", 4 * MiB)
+        CLUSTER.create_image("late2", 4 * MiB)
         d = self.daemon(["name=mem,backend=memory,size=1MiB"],
                         extra=["--open-timeout", "3s"])
         self.create(d, "late", "late")
@@ -411,10 +412,20 @@ class RbdUnreachableTest(RbdTestBase):
             self.assertEqual(out["state"], "STATE_FAILED", out)
             self.assertIn("still opening", out["failure"])
             run("nbdinfo", d.uri("mem"))
+            # API calls that open an image wait --open-timeout, not for ever.
+            for args in (["update", "late", "--retry"],
+                         ["create", "late2", "--rbd", "rbd/late2", "--ceph-conf",
+                          CLUSTER.conf, "--ceph-user", CLUSTER.user]):
+                p = d.nbdctl(*args, check=False)
+                self.assertEqual(p.returncode, 3, p.stderr)  # retry later
+                self.assertIn("UNAVAILABLE", p.stderr)
+                self.assertIn("still opening", p.stderr)
+            run("nbdinfo", d.uri("mem"))
             os.kill(osd, signal.SIGCONT)
             stopped = False
-            wait_for(lambda: "opened only after the start stopped waiting" in d.logs(),
-                     "the late open to finish and be closed", timeout=60)
+            wait_for(lambda: "opened only after the start stopped waiting" in d.logs()
+                     and d.logs().count("opened only after its call stopped waiting") == 2,
+                     "the late opens to finish and be closed", timeout=60)
         finally:
             if stopped:
                 os.kill(osd, signal.SIGCONT)
@@ -422,6 +433,7 @@ class RbdUnreachableTest(RbdTestBase):
         run("nbdsh", "-u", d.uri("late"), "-c",
             "assert h.pread(4096, 0) == b'\\x07' * 4096; h.pwrite(b'\\x08' * 4096, 0); h.flush()")
         self.assertEqual(image_bytes("late", 0, 4096), b"\x08" * 4096)
+        self.create(d, "late2", "late2")
         self.assertEqual(d.stop(), 0, d.logs())
 
 
