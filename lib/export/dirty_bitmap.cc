@@ -1,0 +1,107 @@
+#include "lib/export/dirty_bitmap.h"
+
+#include <algorithm>
+#include <bit>
+
+#include "absl/strings/str_cat.h"
+
+namespace nbdmgr {
+
+absl::StatusOr<std::unique_ptr<DirtyBitmap>> DirtyBitmap::Create(
+    uint64_t size, uint64_t granularity) {
+  if (!std::has_single_bit(granularity) || granularity < kMinGranularity ||
+      granularity > kMaxGranularity) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "granularity ", granularity, ": expected a power of two from ",
+        kMinGranularity, " to ", kMaxGranularity, " bytes"));
+  }
+  return std::unique_ptr<DirtyBitmap>(new DirtyBitmap(size, granularity));
+}
+
+DirtyBitmap::DirtyBitmap(uint64_t size, uint64_t granularity)
+    : size_(size),
+      granularity_(granularity),
+      shift_(std::countr_zero(granularity)),
+      blocks_((size >> shift_) + ((size & (granularity - 1)) != 0)),
+      words_count_(static_cast<size_t>((blocks_ + 63) / 64)),
+      words_(new std::atomic<uint64_t>[words_count_]) {
+  for (size_t i = 0; i < words_count_; ++i) {
+    words_[i].store(0, std::memory_order_relaxed);
+  }
+}
+
+void DirtyBitmap::Mark(uint64_t offset, uint64_t length) {
+  if (length == 0 || offset >= size_) return;
+  const uint64_t end = std::min(size_, offset + std::min(length, size_));
+  const uint64_t first = offset >> shift_;
+  const uint64_t last = (end - 1) >> shift_;  // inclusive
+  uint64_t newly = 0;
+  for (uint64_t w = first / 64; w <= last / 64; ++w) {
+    const uint64_t lo = w == first / 64 ? first % 64 : 0;
+    const uint64_t hi = w == last / 64 ? last % 64 : 63;  // inclusive
+    const uint64_t mask =
+        (hi - lo == 63 ? ~uint64_t{0} : ((uint64_t{1} << (hi - lo + 1)) - 1))
+        << lo;
+    std::atomic<uint64_t>& word = words_[w];
+    // Already dirty: a load, no write.
+    if ((word.load(std::memory_order_relaxed) & mask) == mask) continue;
+    const uint64_t before = word.fetch_or(mask, std::memory_order_relaxed);
+    newly += std::popcount(mask & ~before);
+  }
+  if (newly != 0) dirty_blocks_.fetch_add(newly, std::memory_order_relaxed);
+}
+
+void DirtyBitmap::Clear() {
+  for (size_t i = 0; i < words_count_; ++i) {
+    const uint64_t before = words_[i].exchange(0, std::memory_order_relaxed);
+    if (before != 0) {
+      dirty_blocks_.fetch_sub(std::popcount(before), std::memory_order_relaxed);
+    }
+  }
+}
+
+uint64_t DirtyBitmap::dirty_bytes() const {
+  uint64_t blocks = dirty_blocks_.load(std::memory_order_relaxed);
+  if (blocks == 0) return 0;
+  uint64_t bytes = blocks << shift_;
+  // The last block is only as long as what is left of the export.
+  const uint64_t tail = size_ & (granularity_ - 1);
+  if (tail != 0 && Test(blocks_ - 1)) bytes -= granularity_ - tail;
+  return bytes;
+}
+
+bool DirtyBitmap::Test(uint64_t block) const {
+  return (words_[block / 64].load(std::memory_order_relaxed) >> (block % 64)) &
+         1;
+}
+
+void DirtyBitmap::Extents(
+    uint64_t offset, uint64_t length,
+    absl::FunctionRef<bool(uint64_t length, bool dirty)> visit) const {
+  if (length == 0 || offset >= size_) return;
+  const uint64_t end = std::min(size_, offset + std::min(length, size_));
+  uint64_t pos = offset;
+  while (pos < end) {
+    const bool dirty = Test(pos >> shift_);
+    // Extend the run block by block, skipping whole words of one kind.
+    uint64_t block = (pos >> shift_) + 1;
+    const uint64_t end_block = ((end - 1) >> shift_) + 1;
+    while (block < end_block) {
+      const uint64_t word = words_[block / 64].load(std::memory_order_relaxed);
+      const uint64_t same = dirty ? ~word : word;  // bits that differ
+      const uint64_t rest = same >> (block % 64);
+      if (rest == 0) {
+        block += 64 - block % 64;  // the rest of this word matches
+        continue;
+      }
+      block += std::countr_zero(rest);
+      break;
+    }
+    const uint64_t run_end =
+        std::min(end, std::min(block, end_block) << shift_);
+    if (!visit(run_end - pos, dirty)) return;
+    pos = run_end;
+  }
+}
+
+}  // namespace nbdmgr
