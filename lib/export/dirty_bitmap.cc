@@ -4,6 +4,7 @@
 #include <bit>
 
 #include "absl/strings/str_cat.h"
+#include "lib/util/crc32c.h"
 
 namespace nbdmgr {
 
@@ -102,6 +103,92 @@ void DirtyBitmap::Extents(
     if (!visit(run_end - pos, dirty)) return;
     pos = run_end;
   }
+}
+
+namespace {
+
+constexpr std::string_view kMagic = "NBDMGRBM";
+constexpr uint32_t kVersion = 1;
+// magic, version, size, granularity, word count
+constexpr size_t kHeaderBytes = 8 + 4 + 8 + 8 + 8;
+
+void PutLe(std::string& out, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) {
+    out.push_back(static_cast<char>(v >> (8 * i)));
+  }
+}
+
+uint64_t GetLe(const char* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) {
+    v |= uint64_t{static_cast<unsigned char>(p[i])} << (8 * i);
+  }
+  return v;
+}
+
+}  // namespace
+
+std::string DirtyBitmap::Serialize() const {
+  std::string out;
+  out.reserve(kHeaderBytes + words_count_ * 8 + 4);
+  out.append(kMagic);
+  PutLe(out, kVersion, 4);
+  PutLe(out, size_, 8);
+  PutLe(out, granularity_, 8);
+  PutLe(out, words_count_, 8);
+  for (size_t i = 0; i < words_count_; ++i) {
+    PutLe(out, words_[i].load(std::memory_order_relaxed), 8);
+  }
+  PutLe(out, Crc32c(out), 4);
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<DirtyBitmap>> DirtyBitmap::Parse(
+    std::string_view data, uint64_t size) {
+  auto corrupt = [](const std::string& why) {
+    return absl::DataLossError(absl::StrCat("not a valid bitmap: ", why));
+  };
+  if (data.size() < kHeaderBytes + 4 || data.substr(0, 8) != kMagic) {
+    return corrupt("no header");
+  }
+  const uint32_t stored =
+      static_cast<uint32_t>(GetLe(data.data() + data.size() - 4, 4));
+  if (Crc32c(data.substr(0, data.size() - 4)) != stored) {
+    return corrupt("checksum mismatch");
+  }
+  const char* p = data.data() + 8;
+  if (GetLe(p, 4) != kVersion) return corrupt("unknown version");
+  const uint64_t saved_size = GetLe(p + 4, 8);
+  const uint64_t granularity = GetLe(p + 12, 8);
+  const uint64_t words = GetLe(p + 20, 8);
+  if (words > (data.size() - kHeaderBytes - 4) / 8 ||
+      data.size() != kHeaderBytes + words * 8 + 4) {
+    return corrupt("length does not match its header");
+  }
+  // Before anything is sized: the export's own size, not the header's.
+  if (saved_size != size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the bitmap covers ", saved_size, " bytes but the export has ", size));
+  }
+  absl::StatusOr<std::unique_ptr<DirtyBitmap>> b = Create(size, granularity);
+  if (!b.ok()) return corrupt(std::string(b.status().message()));
+  if ((*b)->words_count_ != words) {
+    return corrupt("length does not match its header");
+  }
+  uint64_t dirty = 0;
+  for (size_t i = 0; i < words; ++i) {
+    const uint64_t w = GetLe(p + 28 + 8 * i, 8);
+    (*b)->words_[i].store(w, std::memory_order_relaxed);
+    dirty += std::popcount(w);
+  }
+  // Bits past the last block would be counted, never shown.
+  if (const uint64_t tail = (*b)->blocks_ % 64;
+      tail != 0 &&
+      ((*b)->words_[words - 1].load(std::memory_order_relaxed) >> tail) != 0) {
+    return corrupt("bits set past the end");
+  }
+  (*b)->dirty_blocks_.store(dirty, std::memory_order_relaxed);
+  return b;
 }
 
 }  // namespace nbdmgr

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <string_view>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
@@ -54,6 +56,16 @@ class DirtyBitmap {
   void Extents(
       uint64_t offset, uint64_t length,
       absl::FunctionRef<bool(uint64_t length, bool dirty)> visit) const;
+
+  // The bits as bytes, to be stored: "NBDMGRBM", version 1, export size,
+  // granularity, the 64-bit words (little-endian), a CRC-32C of all that.
+  // A snapshot: marks made meanwhile may or may not be in it.
+  std::string Serialize() const;
+  // The bitmap Serialize() made. DataLoss for anything truncated, corrupt
+  // or not a bitmap; FailedPrecondition if it was made for another export
+  // size (the export was resized: its bits no longer line up).
+  static absl::StatusOr<std::unique_ptr<DirtyBitmap>> Parse(
+      std::string_view data, uint64_t size);
 
  private:
   DirtyBitmap(uint64_t size, uint64_t granularity);

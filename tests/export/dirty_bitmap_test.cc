@@ -169,5 +169,44 @@ TEST(DirtyBitmapTest, ConcurrentMarksAllLand) {
   EXPECT_EQ(b->dirty_bytes(), size);
 }
 
+TEST(DirtyBitmapTest, SerializeParseRoundTrip) {
+  const uint64_t size = 10 * kMiB + 12345, g = 64 * kKiB;
+  auto b = Make(size, g);
+  b->Mark(0, 1);
+  b->Mark(3 * kMiB, 2 * kMiB);
+  b->Mark(size - 1, 1);  // the partial last block
+  const std::string data = b->Serialize();
+  auto back = DirtyBitmap::Parse(data, size);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ((*back)->granularity(), g);
+  EXPECT_EQ((*back)->dirty_bytes(), b->dirty_bytes());
+  EXPECT_EQ(Runs(**back, 0, size), Runs(*b, 0, size));
+  // Marks go on after a load.
+  (*back)->Mark(kMiB, 1);
+  EXPECT_EQ((*back)->dirty_bytes(), b->dirty_bytes() + g);
+}
+
+TEST(DirtyBitmapTest, ParseRefusesWhatItDidNotWrite) {
+  const uint64_t size = 4 * kMiB;
+  auto b = Make(size, 64 * kKiB);
+  b->Mark(kMiB, kMiB);
+  const std::string good = b->Serialize();
+  // Every truncation and every flipped byte is DataLoss, never a bitmap.
+  for (size_t n = 0; n < good.size(); n += 3) {
+    auto r = DirtyBitmap::Parse(good.substr(0, n), size);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << n;
+  }
+  for (size_t i = 0; i < good.size(); ++i) {
+    std::string bad = good;
+    bad[i] ^= 0x10;
+    auto r = DirtyBitmap::Parse(bad, size);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << i;
+  }
+  // A bitmap of another size: the export was resized.
+  auto r = DirtyBitmap::Parse(good, 2 * size);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(), HasSubstr(std::to_string(size)));
+}
+
 }  // namespace
 }  // namespace nbdmgr
