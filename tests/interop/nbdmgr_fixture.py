@@ -59,6 +59,20 @@ def run(*cmd, check=True, timeout=120, **kw):
     return p
 
 
+def small_tmpfs(test, size="4m"):
+    """Mounts a tmpfs of `size` for `test` (unmounted at its cleanup) and
+    returns its path: a file system that fills up. Skips the test where a
+    tmpfs cannot be mounted (not root)."""
+    mnt = tempfile.mkdtemp(prefix="nbdmgr-full-")
+    test.addCleanup(os.rmdir, mnt)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mnt],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        test.skipTest(f"cannot mount a tmpfs here (needs root): {p.stderr.strip()}")
+    test.addCleanup(subprocess.run, ["umount", "-l", mnt])
+    return mnt
+
+
 def wait_for(cond, what, timeout=60, interval=0.1):
     """Polls `cond` until it is true; fails naming `what` after `timeout` s."""
     deadline = time.time() + timeout

@@ -12,7 +12,7 @@ import unittest
 
 import nbd
 
-from nbdmgr_fixture import NBDMGRD, Daemon, random_file, run, sha256
+from nbdmgr_fixture import NBDMGRD, Daemon, random_file, run, sha256, small_tmpfs
 
 MiB = 1 << 20
 
@@ -168,13 +168,7 @@ class FullDiskTest(unittest.TestCase):
     the daemon serve on, and writes succeed again once space is freed."""
 
     def setUp(self):
-        self.mnt = tempfile.mkdtemp(prefix="nbdmgr-full-")
-        self.addCleanup(os.rmdir, self.mnt)
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", self.mnt],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            self.skipTest(f"cannot mount a tmpfs here (needs root): {p.stderr.strip()}")
-        self.addCleanup(subprocess.run, ["umount", "-l", self.mnt])
+        self.mnt = small_tmpfs(self)
 
     def test_enospc_on_each_engine(self):
         for engine in ("io_uring", "threads"):

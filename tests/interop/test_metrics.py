@@ -23,7 +23,7 @@ import urllib.request
 import nbd
 
 from nbdmgr_fixture import (NBDCTL, Daemon, RawClient, grpc_api, random_file,
-                            run)
+                            run, small_tmpfs)
 
 MiB = 1 << 20
 DEPLOY = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "prometheus")
@@ -243,13 +243,7 @@ class BackendErrorsTest(unittest.TestCase):
     requests (one with the same ENOSPC, for a write past the end) are not."""
 
     def setUp(self):
-        self.mnt = tempfile.mkdtemp(prefix="nbdmgr-full-")
-        self.addCleanup(os.rmdir, self.mnt)
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", self.mnt],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            self.skipTest(f"cannot mount a tmpfs here (needs root): {p.stderr.strip()}")
-        self.addCleanup(subprocess.run, ["umount", "-l", self.mnt])
+        self.mnt = small_tmpfs(self)
         self.d = Daemon([f"name=disk,backend=file,path={self.mnt}/disk.img,size=16MiB"],
                         extra=["--allow-path", self.mnt]).start()
         self.addCleanup(self.d.cleanup)
