@@ -104,6 +104,12 @@ class Client {
     return r;
   }
 
+  // Whether something arrives within `timeout` (left unread).
+  bool ReadableWithin(milliseconds timeout) {
+    pollfd p{fd_, POLLIN, 0};
+    return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1;
+  }
+
   // Whether the server ended the connection (end of stream or reset)
   // within `timeout`, discarding anything it still sent.
   bool ClosedWithin(milliseconds timeout) {
@@ -379,6 +385,9 @@ TEST_F(MetricsServerTest, ClientThatDoesNotReadIsClosedAtTheWriteDeadline) {
   Start({.write_timeout = milliseconds(300)});
   Client c(port_, /*rcvbuf=*/4096);
   ASSERT_TRUE(c.Send(kGet));
+  // The deadline runs from the first write, not while the answer is made
+  // (seconds under TSan): wait for it to start, then stop reading.
+  ASSERT_TRUE(c.ReadableWithin(milliseconds(60'000)));
   std::this_thread::sleep_for(milliseconds(1500));
   // The server gave up: what arrives ends before the announced length.
   HttpResponse r = c.Read();
