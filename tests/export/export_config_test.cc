@@ -2,8 +2,27 @@
 
 #include <gtest/gtest.h>
 
+#include <span>
+
 namespace nbdmgr {
 namespace {
+
+// A spec ParseExportSpec must refuse, and what its message must mention.
+struct RefusedSpec {
+  const char* spec;
+  const char* mentions;
+};
+
+// Each spec is InvalidArgument naming the problem.
+void ExpectAllRefused(std::span<const RefusedSpec> cases) {
+  for (const RefusedSpec& c : cases) {
+    auto r = ParseExportSpec(c.spec);
+    ASSERT_FALSE(r.ok()) << c.spec;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(c.mentions), absl::string_view::npos)
+        << c.spec << " -> " << r.status().message();
+  }
+}
 
 TEST(ParseExportSpecTest, Memory) {
   auto c = ParseExportSpec("name=scratch,backend=memory,size=1GiB");
@@ -47,10 +66,7 @@ TEST(ParseExportSpecTest, RbdWithAllKeys) {
 }
 
 TEST(ParseExportSpecTest, RbdErrorsNameTheProblem) {
-  struct Case {
-    const char* spec;
-    const char* mentions;
-  } cases[] = {
+  const RefusedSpec cases[] = {
       {"name=a,backend=rbd,image=i", "pool is required"},
       {"name=a,backend=rbd,pool=p", "image is required"},
       {"name=a,backend=rbd,pool=p/q,image=i", "may not contain"},
@@ -66,13 +82,7 @@ TEST(ParseExportSpecTest, RbdErrorsNameTheProblem) {
       {"name=a,backend=memory,size=1M,pool=p", "only for the rbd backend"},
       {"name=a,backend=file,path=/x,image=i", "only for the rbd backend"},
   };
-  for (const Case& c : cases) {
-    auto r = ParseExportSpec(c.spec);
-    ASSERT_FALSE(r.ok()) << c.spec;
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(r.status().message().find(c.mentions), absl::string_view::npos)
-        << c.spec << " -> " << r.status().message();
-  }
+  ExpectAllRefused(cases);
 }
 
 TEST(ParseExportSpecTest, StallTimeoutOverridesTheDaemons) {
@@ -88,10 +98,7 @@ TEST(ParseExportSpecTest, StallTimeoutOverridesTheDaemons) {
 }
 
 TEST(ParseExportSpecTest, ErrorsNameTheProblem) {
-  struct Case {
-    const char* spec;
-    const char* mentions;
-  } cases[] = {
+  const RefusedSpec cases[] = {
       {"backend=memory,size=1GiB", "missing name"},
       {"name=a,size=1GiB", "missing backend"},
       {"name=a,backend=tape", "unknown backend"},
@@ -109,13 +116,7 @@ TEST(ParseExportSpecTest, ErrorsNameTheProblem) {
       {"name=a,backend=memory,size=1M,stall-timeout=soon", "stall-timeout"},
       {"name=a,backend=memory,size=1M,stall-timeout=48h", "between 0 and 24h"},
   };
-  for (const Case& c : cases) {
-    auto r = ParseExportSpec(c.spec);
-    ASSERT_FALSE(r.ok()) << c.spec;
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(r.status().message().find(c.mentions), absl::string_view::npos)
-        << c.spec << " -> " << r.status().message();
-  }
+  ExpectAllRefused(cases);
 }
 
 TEST(ParseExportSpecTest, BlockSizes) {
