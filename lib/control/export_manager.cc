@@ -106,9 +106,31 @@ struct ExportManager::SavedOpens {
   std::vector<std::optional<absl::StatusOr<std::shared_ptr<Export>>>> results
       ABSL_GUARDED_BY(mu);
   size_t done ABSL_GUARDED_BY(mu) = 0;
-  size_t running ABSL_GUARDED_BY(mu) = 0;  // threads
   bool gave_up ABSL_GUARDED_BY(mu) = false;
 };
+
+absl::StatusOr<std::shared_ptr<Export>> ExportManager::OpenOnThread(
+    const ExportConfig& config, bool may_create, bool take_over) const {
+  try {
+    return Open(config, may_create, take_over);
+  } catch (const std::exception& e) {  // std::bad_alloc: fail this one
+    return absl::InternalError(e.what());
+  }
+}
+
+void ExportManager::BackgroundDone(bool api) {
+  MutexLock lock(&bg_mu_);
+  --bg_running_;
+  if (api) --api_opens_;
+  bg_done_.SignalAll();
+}
+
+absl::Status ExportManager::StillOpening() const {
+  return absl::UnavailableError(absl::StrCat(
+      "still opening after ", FormatDuration(options_.open_timeout),
+      " (--open-timeout): its storage does not answer; the open goes on in "
+      "the background and is closed if it ever finishes"));
+}
 
 std::vector<absl::StatusOr<std::shared_ptr<Export>>> ExportManager::OpenSaved(
     const std::vector<ExportConfig>& saved) {
@@ -119,10 +141,9 @@ std::vector<absl::StatusOr<std::shared_ptr<Export>>> ExportManager::OpenSaved(
   auto op = std::make_shared<SavedOpens>(saved);
   const size_t threads = std::min(saved.size(), kMaxParallelOpens);
   {
-    MutexLock lock(&op->mu);
-    op->running = threads;
+    MutexLock lock(&bg_mu_);
+    bg_running_ += threads;  // not capped: the start's own
   }
-  openers_ = op;
   for (size_t t = 0; t < threads; ++t) {
     std::thread([this, op] {
       for (size_t i; (i = op->next.fetch_add(1)) < op->configs.size();) {
@@ -131,12 +152,7 @@ std::vector<absl::StatusOr<std::shared_ptr<Export>>> ExportManager::OpenSaved(
           if (op->gave_up) break;
         }
         absl::StatusOr<std::shared_ptr<Export>> r =
-            absl::UnknownError("not opened");
-        try {
-          r = Open(op->configs[i], false);
-        } catch (const std::exception& e) {  // std::bad_alloc
-          r = absl::InternalError(e.what());
-        }
+            OpenOnThread(op->configs[i], false, false);
         std::shared_ptr<Export> late;  // closed outside the lock
         {
           MutexLock lock(&op->mu);
@@ -155,9 +171,7 @@ std::vector<absl::StatusOr<std::shared_ptr<Export>>> ExportManager::OpenSaved(
               late->name(), late->name());
         }
       }
-      MutexLock lock(&op->mu);
-      --op->running;
-      op->changed.SignalAll();
+      BackgroundDone(/*api=*/false);
     }).detach();
   }
   std::vector<absl::StatusOr<std::shared_ptr<Export>>> out;
@@ -174,14 +188,8 @@ std::vector<absl::StatusOr<std::shared_ptr<Export>>> ExportManager::OpenSaved(
   }
   op->gave_up = true;
   for (size_t i = 0; i < saved.size(); ++i) {
-    if (op->results[i].has_value()) {
-      out.push_back(std::move(*op->results[i]));
-    } else {
-      out.push_back(absl::UnavailableError(absl::StrCat(
-          "still opening after ", FormatDuration(options_.open_timeout),
-          " (--open-timeout): its storage does not answer; the open goes on "
-          "in the background and is closed if it ever finishes")));
-    }
+    out.push_back(op->results[i].has_value() ? std::move(*op->results[i])
+                                             : StillOpening());
   }
   return out;
 }
@@ -204,23 +212,19 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::OpenWithin(
   }
   {
     MutexLock lock(&bg_mu_);
-    if (bg_running_ >= kMaxBackgroundOpens) {
+    if (api_opens_ >= kMaxBackgroundOpens) {
       return absl::UnavailableError(absl::StrCat(
-          bg_running_,
+          api_opens_,
           " earlier opens still wait on storage that does not answer; "
           "try again when it does"));
     }
     ++bg_running_;
+    ++api_opens_;
   }
   auto op = std::make_shared<BoundedOpen>();
   std::thread([this, op, config, may_create, take_over] {
     absl::StatusOr<std::shared_ptr<Export>> r =
-        absl::UnknownError("not opened");
-    try {
-      r = Open(config, may_create, take_over);
-    } catch (const std::exception& e) {  // std::bad_alloc
-      r = absl::InternalError(e.what());
-    }
+        OpenOnThread(config, may_create, take_over);
     std::shared_ptr<Export> late;  // closed outside the lock
     {
       MutexLock lock(&op->mu);
@@ -238,9 +242,7 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::OpenWithin(
           late->name());
       late.reset();  // releases an rbd lock
     }
-    MutexLock lock(&bg_mu_);
-    --bg_running_;
-    bg_done_.SignalAll();
+    BackgroundDone(/*api=*/true);
   }).detach();
   MutexLock lock(&op->mu);
   op->done.WaitFor(&op->mu, options_.open_timeout,
@@ -249,32 +251,17 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::OpenWithin(
                    });
   if (op->result.has_value()) return std::move(*op->result);
   op->gave_up = true;
-  return absl::UnavailableError(absl::StrCat(
-      "still opening after ", FormatDuration(options_.open_timeout),
-      " (--open-timeout): its storage does not answer; the open goes on in "
-      "the background and is closed if it ever finishes"));
+  return StillOpening();
 }
 
 ExportManager::~ExportManager() {
-  {
-    // Background opens use this manager: wait for them (at shutdown the
-    // daemon's watchdog bounds this).
-    MutexLock lock(&bg_mu_);
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(bg_mu_) {
-      return bg_running_ == 0;
-    };
-    while (!idle()) bg_done_.WaitFor(&bg_mu_, std::chrono::hours(1), idle);
-  }
-  if (openers_ == nullptr) return;
-  // Openers still running use this manager: wait for them (at shutdown
-  // the daemon's watchdog bounds this).
-  MutexLock lock(&openers_->mu);
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(openers_->mu) {
-    return openers_->running == 0;
+  // Opening threads (the start's and API calls') use this manager: wait
+  // for them (at shutdown the daemon's watchdog bounds this).
+  MutexLock lock(&bg_mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(bg_mu_) {
+    return bg_running_ == 0;
   };
-  while (!idle()) {
-    openers_->changed.WaitFor(&openers_->mu, std::chrono::hours(1), idle);
-  }
+  while (!idle()) bg_done_.WaitFor(&bg_mu_, std::chrono::hours(1), idle);
 }
 
 ExportManager::ExportManager(ExportManagerOptions options,

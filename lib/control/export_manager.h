@@ -180,6 +180,15 @@ class ExportManager {
   absl::StatusOr<std::shared_ptr<Export>> OpenWithin(const ExportConfig& config,
                                                      bool may_create,
                                                      bool take_over);
+  // Open() on an opening thread: an exception (std::bad_alloc) fails that
+  // export with Internal instead of ending the process.
+  absl::StatusOr<std::shared_ptr<Export>> OpenOnThread(
+      const ExportConfig& config, bool may_create, bool take_over) const;
+  // An opening thread ends (counted in bg_running_, and if `api` in
+  // api_opens_, by whoever started it).
+  void BackgroundDone(bool api);
+  // What an open not finished within open_timeout gets.
+  absl::Status StillOpening() const;
   ExportInfo Describe(const Export& e) const;
   static ExportInfo DescribeFailed(const FailedExport& f);
   // OK if `path`, resolved, is a regular file of at most 1 MiB beneath an
@@ -215,10 +224,12 @@ class ExportManager {
   SessionControl* sessions_ = nullptr;
   std::atomic<bool> aborting_{false};
   std::unique_ptr<StateStore> store_;
-  std::shared_ptr<SavedOpens> openers_;  // null: none started
   Mutex bg_mu_;
   CondVar bg_done_;
-  size_t bg_running_ ABSL_GUARDED_BY(bg_mu_) = 0;  // OpenWithin threads
+  // Threads of OpenSaved and OpenWithin still running; of them OpenWithin's
+  // (capped at kMaxBackgroundOpens).
+  size_t bg_running_ ABSL_GUARDED_BY(bg_mu_) = 0;
+  size_t api_opens_ ABSL_GUARDED_BY(bg_mu_) = 0;
 
   // Held while a file export is opened by CreateExport or Retry, and until
   // a failed create's file is removed again (taken before mu_).
