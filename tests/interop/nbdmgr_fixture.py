@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 import unittest
+import urllib.request
 
 NBDMGRD = os.environ.get("NBDMGRD") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "daemon", "nbdmgrd")
@@ -57,6 +58,18 @@ def run(*cmd, check=True, timeout=120, **kw):
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n"
                              f"stdout: {p.stdout}\nstderr: {p.stderr}")
     return p
+
+
+def scrape_metrics(d):
+    """Parses daemon `d`'s /metrics into {"name{labels}": value}."""
+    with urllib.request.urlopen(f"http://{d.metrics}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
 
 
 def small_tmpfs(test, size="4m"):

@@ -23,11 +23,10 @@ import tempfile
 import threading
 import time
 import unittest
-import urllib.request
 
 import nbd
 
-from nbdmgr_fixture import Daemon, wait_for
+from nbdmgr_fixture import Daemon, scrape_metrics as metrics, wait_for
 
 MiB = 1 << 20
 REQUEST = 32 * MiB
@@ -42,18 +41,6 @@ SLACK = 64 * MiB
 SANITIZED = bool(os.environ.get("NBDMGR_SANITIZE"))
 
 WRITE, READ, TRIM = 1, 0, 4
-
-
-def metrics(d):
-    """Parses /metrics into {"name{labels}": value}."""
-    with urllib.request.urlopen(f"http://{d.metrics}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 def refusals(d, reason):

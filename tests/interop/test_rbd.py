@@ -12,14 +12,13 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 import unittest
 
 import nbd
 import rbd
 
 from ceph_cluster import CephCluster
-from nbdmgr_fixture import Daemon, random_file, run, sha256, wait_for
+from nbdmgr_fixture import Daemon, random_file, run, scrape_metrics, sha256, wait_for
 
 MiB = 1 << 20
 
@@ -282,14 +281,10 @@ class RbdTwoHostsTest(RbdTestBase):
                 failed += 1
         self.assertEqual(failed, 4, "a fenced daemon acknowledged a write")
         # B's metrics count them as backend errors, apart from client errors.
-        with urllib.request.urlopen(f"http://{b.metrics}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        backend_errors = {}
-        for line in text.splitlines():
-            if line.startswith('nbdmgr_backend_errors_total{export="fo"'):
-                key, value = line.rsplit(" ", 1)
-                backend_errors[key] = float(value)
-        self.assertGreaterEqual(sum(backend_errors.values()), 4, text)
+        scraped = scrape_metrics(b)
+        backend_errors = {k: v for k, v in scraped.items()
+                          if k.startswith('nbdmgr_backend_errors_total{export="fo"')}
+        self.assertGreaterEqual(sum(backend_errors.values()), 4, scraped)
         self.assertTrue(all('error="ESHUTDOWN"' in k or 'error="EIO"' in k
                             for k in backend_errors), backend_errors)
         self.assertEqual(image_bytes("fo", 0, 65536), b"\x03" * 65536)
