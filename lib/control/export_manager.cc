@@ -439,6 +439,91 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindExport(
   return e;
 }
 
+absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindForBitmaps(
+    const std::string& name) const {
+  {
+    MutexLock lock(&mu_);
+    if (failed_.contains(name)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "export \"", name, "\" is FAILED: its bitmaps come back with it"));
+    }
+  }
+  absl::StatusOr<std::shared_ptr<Export>> e = FindExport(name);
+  if (!e.ok()) return e.status();
+  if ((*e)->draining()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("export \"", name, "\" is being deleted"));
+  }
+  return e;
+}
+
+absl::Status ExportManager::SaveBitmaps(const Export&) {
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BitmapInfo> ExportManager::AddBitmap(const std::string& name,
+                                                    const std::string& bitmap,
+                                                    uint64_t granularity) {
+  MutexLock lock(&mu_bitmaps_);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  if (!e.ok()) return e.status();
+  absl::StatusOr<BitmapInfo> info = (*e)->bitmaps().Add(bitmap, granularity);
+  if (!info.ok()) return info.status();
+  if (absl::Status st = SaveBitmaps(**e); !st.ok()) {
+    (void)(*e)->bitmaps().Remove(bitmap);
+    return st;
+  }
+  spdlog::info("export \"{}\": added bitmap \"{}\" (granularity {})", name,
+               bitmap, info->granularity);
+  return info;
+}
+
+absl::StatusOr<std::vector<BitmapInfo>> ExportManager::ListBitmaps(
+    const std::string& name) const {
+  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  if (!e.ok()) return e.status();
+  return (*e)->bitmaps().List();
+}
+
+absl::StatusOr<BitmapInfo> ExportManager::ClearBitmap(
+    const std::string& name, const std::string& bitmap) {
+  MutexLock lock(&mu_bitmaps_);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  if (!e.ok()) return e.status();
+  absl::StatusOr<BitmapInfo> info = (*e)->bitmaps().Clear(bitmap);
+  if (!info.ok()) return info.status();
+  if (absl::Status st = SaveBitmaps(**e); !st.ok()) return st;
+  spdlog::info("export \"{}\": cleared bitmap \"{}\"", name, bitmap);
+  return info;
+}
+
+absl::Status ExportManager::RemoveBitmap(const std::string& name,
+                                         const std::string& bitmap) {
+  MutexLock lock(&mu_bitmaps_);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  if (!e.ok()) return e.status();
+  if (absl::Status st = (*e)->bitmaps().Remove(bitmap); !st.ok()) return st;
+  if (absl::Status st = SaveBitmaps(**e); !st.ok()) return st;
+  spdlog::info("export \"{}\": removed bitmap \"{}\"", name, bitmap);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::pair<BitmapInfo, BitmapInfo>>
+ExportManager::CheckpointBitmap(const std::string& name,
+                                const std::string& frozen,
+                                const std::string& started,
+                                uint64_t granularity) {
+  MutexLock lock(&mu_bitmaps_);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  if (!e.ok()) return e.status();
+  auto r = (*e)->bitmaps().Checkpoint(frozen, started, granularity);
+  if (!r.ok()) return r.status();
+  if (absl::Status st = SaveBitmaps(**e); !st.ok()) return st;
+  spdlog::info("export \"{}\": checkpoint froze bitmap \"{}\", started \"{}\"",
+               name, frozen, started);
+  return r;
+}
+
 absl::StatusOr<ExportInfo> ExportManager::GetExport(
     const std::string& name) const {
   {

@@ -14,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "lib/buffer/buffer_policy.h"
+#include "lib/export/bitmap_set.h"
 #include "lib/export/export.h"
 #include "lib/export/export_info.h"
 #include "lib/export/export_registry.h"
@@ -146,6 +147,24 @@ class ExportManager {
   absl::StatusOr<int> DeleteExport(const std::string& name, DeleteMode mode,
                                    std::chrono::milliseconds timeout);
 
+  // Dirty bitmaps of export `name` (see BitmapSet). Each change is saved
+  // (with a state directory) before it is applied. NotFound (export or
+  // bitmap), FailedPrecondition (the export is FAILED or being deleted),
+  // BitmapSet's errors, or the bitmap store's.
+  absl::StatusOr<BitmapInfo> AddBitmap(const std::string& name,
+                                       const std::string& bitmap,
+                                       uint64_t granularity);
+  absl::StatusOr<std::vector<BitmapInfo>> ListBitmaps(
+      const std::string& name) const;
+  absl::StatusOr<BitmapInfo> ClearBitmap(const std::string& name,
+                                         const std::string& bitmap);
+  absl::Status RemoveBitmap(const std::string& name, const std::string& bitmap);
+  // Freezes `frozen` and starts `started` atomically: returns (frozen,
+  // started).
+  absl::StatusOr<std::pair<BitmapInfo, BitmapInfo>> CheckpointBitmap(
+      const std::string& name, const std::string& frozen,
+      const std::string& started, uint64_t granularity);
+
   // The daemon is shutting down: DRAIN deletes in progress stop waiting
   // for their clients now and close them (the daemon's own drain, bounded
   // by --drain-timeout, takes over). Idempotent; thread-safe.
@@ -189,6 +208,15 @@ class ExportManager {
   void BackgroundDone(bool api);
   // What an open not finished within open_timeout gets.
   absl::Status StillOpening() const;
+  // A served export whose bitmaps may change: NotFound, or
+  // FailedPrecondition if FAILED or being deleted.
+  absl::StatusOr<std::shared_ptr<Export>> FindForBitmaps(
+      const std::string& name) const;
+  // Persists `e`'s bitmap settings (each bitmap as in use: a crash before
+  // the next clean save leaves it inconsistent). No-op without a state
+  // directory.
+  absl::Status SaveBitmaps(const Export& e)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_bitmaps_);
   ExportInfo Describe(const Export& e) const;
   static ExportInfo DescribeFailed(const FailedExport& f);
   // OK if `path`, resolved, is a regular file of at most 1 MiB beneath an
@@ -240,6 +268,8 @@ class ExportManager {
   std::set<std::string> persistent_ ABSL_GUARDED_BY(mu_);
   // Persisted exports that could not be opened: not in the registry.
   std::map<std::string, FailedExport> failed_ ABSL_GUARDED_BY(mu_);
+  // Serializes bitmap changes and their saves (never held with mu_).
+  Mutex mu_bitmaps_;
   // Names whose backend is being opened outside the lock (a create or a
   // retry): taken, but in neither the registry nor failed_ yet.
   std::set<std::string> pending_ ABSL_GUARDED_BY(mu_);

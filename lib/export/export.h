@@ -12,6 +12,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "lib/backend/backend.h"
+#include "lib/export/bitmap_set.h"
 #include "lib/export/export_config.h"
 #include "lib/metrics/io_stats.h"
 #include "lib/util/mutex.h"
@@ -96,6 +97,10 @@ class Export {
   ExportBuffers& buffers() { return buffers_; }
   const ExportBuffers& buffers() const { return buffers_; }
 
+  // Dirty bitmaps; the data path marks every write, trim and zero in them
+  // (before its reply is sent).
+  BitmapSet& bitmaps() const { return bitmaps_; }
+
   // Request counters, merged from the export's connections.
   ExportIoStats& io_stats() const { return io_stats_; }
 
@@ -133,6 +138,7 @@ class Export {
   const BlockSizes block_sizes_;
   ExportBuffers buffers_;
   mutable ExportIoStats io_stats_;
+  mutable BitmapSet bitmaps_;
   std::atomic<int> clients_{0};
   std::atomic<bool> draining_{false};
   std::atomic<TlsMode> tls_mode_;
