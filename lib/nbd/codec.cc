@@ -165,9 +165,10 @@ void EncodeErrorChunk(uint8_t* out, uint64_t cookie, uint32_t error,
   if (!m.empty()) std::memcpy(out + kChunkHeaderSize + 6, m.data(), m.size());
 }
 
-void EncodeBlockStatusChunk(uint8_t* out, uint64_t cookie, uint32_t context_id,
+void EncodeBlockStatusChunk(uint8_t* out, uint16_t flags, uint64_t cookie,
+                            uint32_t context_id,
                             std::span<const BlockDescriptor> descriptors) {
-  EncodeChunkHeader(out, kReplyFlagDone, kChunkBlockStatus, cookie,
+  EncodeChunkHeader(out, flags, kChunkBlockStatus, cookie,
                     static_cast<uint32_t>(4 + 8 * descriptors.size()));
   PutU32(out + kChunkHeaderSize, context_id);
   uint8_t* p = out + kChunkHeaderSize + 4;

@@ -129,16 +129,20 @@ inline size_t ErrorChunkSize(std::string_view message) {
 }
 void EncodeErrorChunk(uint8_t* out, uint64_t cookie, uint32_t error,
                       std::string_view message);
-// NBD_REPLY_TYPE_BLOCK_STATUS (the last chunk): the context id and one
-// descriptor per entry; BlockStatusChunkSize(n) bytes.
+// NBD_REPLY_TYPE_BLOCK_STATUS, one per selected context (`flags`
+// kReplyFlagDone on the last): the context id and one descriptor per
+// entry; BlockStatusChunkSize(n) bytes.
 struct BlockDescriptor {
   uint32_t length;
-  uint32_t flags;  // kStateHole | kStateZero for base:allocation
+  // kStateHole | kStateZero for base:allocation, kStateDirty for
+  // qemu:dirty-bitmap:NAME.
+  uint32_t flags;
 };
 inline size_t BlockStatusChunkSize(size_t descriptors) {
   return kChunkHeaderSize + 4 + 8 * descriptors;
 }
-void EncodeBlockStatusChunk(uint8_t* out, uint64_t cookie, uint32_t context_id,
+void EncodeBlockStatusChunk(uint8_t* out, uint16_t flags, uint64_t cookie,
+                            uint32_t context_id,
                             std::span<const BlockDescriptor> descriptors);
 
 // NBD_OPT_INFO / NBD_OPT_GO payload: u32 name length, name, u16 count,

@@ -1,5 +1,7 @@
 #include "lib/nbd/negotiation.h"
 
+#include <algorithm>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -80,8 +82,10 @@ class Negotiator {
   const ExportRegistry& registry_;
   const NegotiationOptions& limits_;
   NegotiationResult result_;
-  // The export the last SET_META_CONTEXT named, if it selected base:allocation.
+  // The export the last SET_META_CONTEXT named, if it selected a context,
+  // and what it selected.
   std::shared_ptr<Export> meta_export_;
+  std::vector<NegotiationResult::MetaContext> meta_;
   bool tls_refused_ = false;  // an option got ERR_TLS_REQD
 };
 
@@ -138,6 +142,7 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleStartTls(
     // Nothing negotiated in clear carries over (the spec's rule).
     result_.structured_replies = false;
     meta_export_ = nullptr;
+    meta_.clear();
     SPDLOG_DEBUG("{}: TLS started", conn_.peer());
     co_return false;
   }
@@ -342,8 +347,7 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleExportName(
     co_return IoError(ec, "EXPORT_NAME reply");
   }
   result_.export_ = e;
-  result_.base_allocation = meta_export_ != nullptr && meta_export_ == e;
-  result_.base_allocation_id = kBaseAllocationId;
+  if (meta_export_ != nullptr && meta_export_ == e) result_.meta_contexts = meta_;
   co_return true;
 }
 
@@ -427,8 +431,7 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleInfoOrGo(
   }
   if (option == kOptInfo) co_return false;
   result_.export_ = e;
-  result_.base_allocation = meta_export_ != nullptr && meta_export_ == e;
-  result_.base_allocation_id = kBaseAllocationId;
+  if (meta_export_ != nullptr && meta_export_ == e) result_.meta_contexts = meta_;
   co_return true;
 }
 
@@ -452,7 +455,10 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleMetaContext(
   }
   std::shared_ptr<Export> e = FindServing(req->export_name);
   if (e == nullptr) {
-    if (set) meta_export_ = nullptr;
+    if (set) {
+      meta_export_ = nullptr;
+      meta_.clear();
+    }
     co_return finish(co_await ReplyError(
         option, kRepErrUnknown,
         absl::StrCat("no export named \"", req->export_name, "\"")));
@@ -461,23 +467,56 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleMetaContext(
     co_return finish(co_await RefuseWithoutTls(
         option, absl::StrCat("for export \"", req->export_name, "\"")));
   }
-  // We serve one context, so however many queries match it (duplicates
-  // included) it is answered once: the reply count is bounded by the
-  // contexts we have, not by the client's query count.
-  bool match = false;
-  if (req->query_count == 0) {
-    match = !set;  // LIST with no query lists everything; SET selects nothing
+  // Each context is answered once however many queries match it
+  // (duplicates included): the reply count is bounded by the contexts the
+  // export has, not by the client's query count. LIST with no query lists
+  // everything; LIST takes the namespace wildcards "base:", "qemu:" and
+  // "qemu:dirty-bitmap:"; SET only whole names, and with no query selects
+  // nothing. Inconsistent bitmaps are never offered.
+  bool base = req->query_count == 0 && !set;
+  std::vector<std::string> names;  // bitmaps matched, in order, once each
+  const std::vector<std::string> have = e->bitmaps().ConsistentNames();
+  auto take = [&](const std::string& n) {
+    if (std::find(names.begin(), names.end(), n) == names.end()) {
+      names.push_back(n);
+    }
+  };
+  if (base) {
+    for (const std::string& n : have) take(n);
   }
   ForEachQuery(*req, [&](std::string_view q) {
-    if (q == kBaseAllocation || (!set && q == "base:")) match = true;
+    if (q == kBaseAllocation || (!set && q == "base:")) base = true;
+    if (!set && (q == "qemu:" || q == kDirtyBitmapPrefix)) {
+      for (const std::string& n : have) take(n);
+    } else if (q.starts_with(kDirtyBitmapPrefix)) {
+      std::string n(q.substr(kDirtyBitmapPrefix.size()));
+      if (std::find(have.begin(), have.end(), n) != have.end()) take(n);
+    }
   });
-  if (set) meta_export_ = match ? e : nullptr;
-  if (match) {
+  std::vector<NegotiationResult::MetaContext> chosen;
+  std::vector<std::string> chosen_names;
+  if (base) {
+    chosen.push_back({kBaseAllocationId, nullptr});
+    chosen_names.emplace_back(kBaseAllocation);
+  }
+  for (const std::string& n : names) {
+    std::shared_ptr<const DirtyBitmap> bits = e->bitmaps().Find(n);
+    if (bits == nullptr) continue;  // removed or made inconsistent meanwhile
+    const auto id = static_cast<uint32_t>(kBaseAllocationId + 1 +
+                                          chosen.size() - (base ? 1 : 0));
+    chosen.push_back({id, std::move(bits)});
+    chosen_names.push_back(absl::StrCat(ToAbsl(kDirtyBitmapPrefix), n));
+  }
+  for (size_t i = 0; i < chosen.size(); ++i) {
     std::vector<uint8_t> payload =
-        EncodeMetaContextReply(set ? kBaseAllocationId : 0, kBaseAllocation);
+        EncodeMetaContextReply(set ? chosen[i].id : 0, chosen_names[i]);
     if ((ec = co_await Reply(option, kRepMetaContext, payload))) {
       co_return finish(ec);
     }
+  }
+  if (set) {
+    meta_export_ = chosen.empty() ? nullptr : e;
+    meta_ = std::move(chosen);
   }
   co_return finish(co_await Reply(option, kRepAck));
 }

@@ -4,6 +4,8 @@
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
 #include <memory>
+#include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "lib/export/export.h"
@@ -32,13 +34,22 @@ struct NegotiationResult {
   std::shared_ptr<Export> export_;
   bool structured_replies = false;
   bool no_zeroes = false;
-  // base:allocation was selected with SET_META_CONTEXT for this export.
-  bool base_allocation = false;
-  uint32_t base_allocation_id = 0;
+  // The meta contexts SET_META_CONTEXT selected for this export, in the
+  // order BLOCK_STATUS answers them: base:allocation (bitmap null) and
+  // qemu:dirty-bitmap:NAME (the bitmap's bits as of the SET: one removed
+  // since stops changing, one cleared reads clean).
+  struct MetaContext {
+    uint32_t id = 0;
+    std::shared_ptr<const DirtyBitmap> bitmap;
+  };
+  std::vector<MetaContext> meta_contexts;
 };
 
-// The context id we hand out for base:allocation.
+// The context id we hand out for base:allocation; dirty bitmaps get the
+// ids after it, in the order a SET_META_CONTEXT selected them.
 inline constexpr uint32_t kBaseAllocationId = 1;
+// "qemu:dirty-bitmap:" + NAME names a bitmap of the export.
+inline constexpr std::string_view kDirtyBitmapPrefix = "qemu:dirty-bitmap:";
 
 // Runs the fixed-newstyle handshake and option haggling on `conn` until the
 // client picks an export with GO or EXPORT_NAME. Every client-supplied
@@ -46,7 +57,9 @@ inline constexpr uint32_t kBaseAllocationId = 1;
 // multiplies memory or replies: one option payload (at most
 // max_option_length) and one reply (at most ~8 KiB) are held at a time;
 // INFO/GO answers each NBD_INFO type at most once however often it was
-// asked for; META_CONTEXT sends one reply per matched context, not per query.
+// asked for; META_CONTEXT sends one reply per matched context, not per query
+// (base:allocation and the export's consistent dirty bitmaps, at most
+// BitmapSet::kMaxBitmaps).
 // With TLS: STARTTLS upgrades the connection and forgets what was
 // negotiated in clear. Before TLS, exports with tls=require are hidden from
 // LIST and refused with ERR_TLS_REQD (if every export requires TLS, every

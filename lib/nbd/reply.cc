@@ -48,10 +48,11 @@ void Reply::AddErrorChunk(uint64_t cookie, uint32_t error,
   EncodeErrorChunk(AddBytes(ErrorChunkSize(message)), cookie, error, message);
 }
 
-void Reply::AddBlockStatusChunk(uint64_t cookie, uint32_t context_id,
+void Reply::AddBlockStatusChunk(uint16_t flags, uint64_t cookie,
+                                uint32_t context_id,
                                 std::span<const BlockDescriptor> descriptors) {
   EncodeBlockStatusChunk(AddBytes(BlockStatusChunkSize(descriptors.size())),
-                         cookie, context_id, descriptors);
+                         flags, cookie, context_id, descriptors);
 }
 
 void Reply::Gather(std::vector<asio::const_buffer>* out) const {

@@ -50,7 +50,7 @@ RequestHandler::RequestHandler(Connection& conn, ReplyWriter& writer,
       writer_(writer),
       export_(agreed.export_),
       structured_(agreed.structured_replies),
-      base_allocation_id_(agreed.base_allocation_id),
+      meta_contexts_(agreed.meta_contexts),
       call_(export_->backend(), blocking_pool, ring) {}
 
 std::unique_ptr<Reply> RequestHandler::NewReply(const RequestHeader& h,
@@ -140,6 +140,11 @@ asio::awaitable<void> RequestHandler::Execute(RequestHeader h,
     logged = true;
   }
   if (reply == nullptr) reply = NewReply(h, start);
+  // Marked whatever the outcome (a failed write may have changed blocks),
+  // before the reply is sent.
+  if (h.type == kCmdWrite || h.type == kCmdTrim || h.type == kCmdWriteZeroes) {
+    MarkDirty(h.offset, h.length);
+  }
   if (!st.ok()) {
     if (NbdErrorFromStatus(st) == kEio && !logged) {
       LogFailure(h, st.ToString());
@@ -322,27 +327,44 @@ asio::awaitable<absl::Status> RequestHandler::Cache(const RequestHeader& h) {
 
 asio::awaitable<absl::Status> RequestHandler::BlockStatus(
     const RequestHeader& h, Reply& reply) {
-  // Runs of equal flags merged; lengths clamped to the request's (a
-  // backend may report an extent running past it).
-  std::vector<BlockDescriptor> descs;
+  // One chunk per selected context, in the order negotiated, DONE on the
+  // last. Each: runs of equal flags merged, at most kMaxDescriptors (one
+  // with REQ_ONE), lengths clamped to the request's (a backend may report
+  // an extent running past it).
   const bool one = (h.flags & kCmdFlagReqOne) != 0;
-  absl::Status st = co_await call_([&] {
-    return call_.backend().Extents(h.offset, h.length, [&](Extent e) {
-      if (!descs.empty() && descs.back().flags == e.flags) {
-        descs.back().length = static_cast<uint32_t>(
-            std::min<uint64_t>(descs.back().length + e.length, h.length));
-      } else {
-        descs.push_back(
-            {static_cast<uint32_t>(std::min<uint64_t>(e.length, h.length)),
-             e.flags});
-      }
-      return !one && descs.size() < kMaxDescriptors;
-    });
-  });
-  if (!st.ok()) co_return st;
-  if (descs.empty()) descs.push_back({h.length, 0});
-  if (one) descs.resize(1);
-  reply.AddBlockStatusChunk(h.cookie, base_allocation_id_, descs);
+  std::vector<BlockDescriptor> descs;
+  auto add = [&](uint64_t length, uint32_t flags) {
+    if (!descs.empty() && descs.back().flags == flags) {
+      descs.back().length = static_cast<uint32_t>(
+          std::min<uint64_t>(descs.back().length + length, h.length));
+    } else {
+      descs.push_back(
+          {static_cast<uint32_t>(std::min<uint64_t>(length, h.length)), flags});
+    }
+    return !one && descs.size() < kMaxDescriptors;
+  };
+  for (size_t i = 0; i < meta_contexts_.size(); ++i) {
+    const NegotiationResult::MetaContext& mc = meta_contexts_[i];
+    descs.clear();
+    if (mc.bitmap == nullptr) {
+      absl::Status st = co_await call_([&] {
+        return call_.backend().Extents(
+            h.offset, h.length,
+            [&](Extent e) { return add(e.length, e.flags); });
+      });
+      if (!st.ok()) co_return st;
+    } else {
+      // In memory: answered here, without a trip to the pool.
+      mc.bitmap->Extents(h.offset, h.length, [&](uint64_t len, bool dirty) {
+        return add(len, dirty ? kStateDirty : 0);
+      });
+    }
+    if (descs.empty()) descs.push_back({h.length, 0});
+    if (one) descs.resize(1);
+    const uint16_t flags =
+        i + 1 == meta_contexts_.size() ? kReplyFlagDone : uint16_t{0};
+    reply.AddBlockStatusChunk(flags, h.cookie, mc.id, descs);
+  }
   co_return absl::OkStatus();
 }
 

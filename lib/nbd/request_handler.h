@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
@@ -87,6 +88,11 @@ class RequestHandler {
     return export_->caps().zero_copy_read && !export_->caps().blocking;
   }
   const BackendCall& call() const { return call_; }
+  // Marks a range a write, trim or zero touched in the export's active
+  // dirty bitmaps; every path that changes data calls it before replying.
+  void MarkDirty(uint64_t offset, uint64_t length) const {
+    export_->bitmaps().Mark(offset, length);
+  }
   const std::string& peer() const { return conn_.peer(); }
   bool structured_replies() const { return structured_; }
 
@@ -121,7 +127,8 @@ class RequestHandler {
   ReplyWriter& writer_;
   std::shared_ptr<Export> export_;
   const bool structured_;
-  const uint32_t base_allocation_id_;  // the context id BLOCK_STATUS reports
+  // What BLOCK_STATUS reports, in order.
+  const std::vector<NegotiationResult::MetaContext> meta_contexts_;
   BackendCall call_;
 };
 

@@ -43,7 +43,7 @@ RequestLimits LimitsOf(const Export& e, const NegotiationResult& agreed) {
   l.export_size = e.size();
   l.tx_flags = TransmissionFlags(e, agreed.structured_replies);
   l.structured_replies = agreed.structured_replies;
-  l.base_allocation = agreed.base_allocation;
+  l.meta_context = !agreed.meta_contexts.empty();
   l.max_payload = e.block_sizes().maximum_payload;
   l.min_block = e.block_sizes().minimum;
   return l;
@@ -188,6 +188,7 @@ asio::awaitable<bool> Transmission::StreamWrite(const RequestHeader& h,
     // Only the read is the client's: a slow backend write is not a stall.
     if (!co_await ReadPayload(piece)) co_return false;
     st = co_await handler_.call().Write(pos, piece, false);
+    handler_.MarkDirty(pos, piece.size());
     pos += piece.size();
     remaining -= piece.size();
   }

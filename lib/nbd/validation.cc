@@ -49,7 +49,7 @@ RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l) {
       (h.offset % l.min_block != 0 || h.length % l.min_block != 0)) {
     return {kEinval, "not aligned to the minimum block size"};
   }
-  if (h.type == kCmdBlockStatus && !l.base_allocation) {
+  if (h.type == kCmdBlockStatus && !l.meta_context) {
     return {kEinval, "no metadata context negotiated"};
   }
   return {};

@@ -14,7 +14,7 @@ struct RequestLimits {
   uint64_t export_size = 0;
   uint16_t tx_flags = 0;  // as advertised to this client
   bool structured_replies = false;
-  bool base_allocation = false;
+  bool meta_context = false;  // SET_META_CONTEXT selected one or more
   uint32_t max_payload = 32 * 1024 * 1024;
   uint32_t min_block = 1;  // READ/WRITE offset and length must be multiples
 };

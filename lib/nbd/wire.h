@@ -114,6 +114,8 @@ enum ChunkType : uint16_t {
 // base:allocation status flags.
 inline constexpr uint32_t kStateHole = 1 << 0;
 inline constexpr uint32_t kStateZero = 1 << 1;
+// qemu:dirty-bitmap:NAME: the block changed (is dirty in the bitmap).
+inline constexpr uint32_t kStateDirty = 1 << 0;
 
 // Error values carried in replies.
 enum Error : uint32_t {

@@ -69,7 +69,7 @@ TEST(CodecTest, ReplyChunks) {
 
   const BlockDescriptor descs[] = {{4096, kStateHole | kStateZero}, {512, 0}};
   std::vector<uint8_t> bs(BlockStatusChunkSize(2));
-  EncodeBlockStatusChunk(bs.data(), 7, 1, descs);
+  EncodeBlockStatusChunk(bs.data(), kReplyFlagDone, 7, 1, descs);
   EXPECT_EQ(GetU16(bs.data() + 6), kChunkBlockStatus);
   EXPECT_EQ(GetU32(bs.data() + 16), 4u + 16u);
   EXPECT_EQ(GetU32(bs.data() + 20), 1u);

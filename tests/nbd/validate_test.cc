@@ -14,7 +14,7 @@ RequestLimits Writable(bool structured = true, bool meta = true) {
   l.tx_flags = kTxHasFlags | kTxSendFlush | kTxSendFua | kTxSendTrim |
                kTxSendWriteZeroes | kTxSendFastZero;
   l.structured_replies = structured;
-  l.base_allocation = meta;
+  l.meta_context = meta;
   l.max_payload = 32 << 20;
   return l;
 }
