@@ -3,7 +3,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
+#include <string>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
@@ -153,6 +155,15 @@ class Backend {
   // Makes the range read as zeroes.
   virtual absl::Status Zero(uint64_t offset, uint64_t length,
                             ZeroOptions options) = 0;
+  // What identifies the stored data across restarts of the daemon, so a
+  // dirty bitmap saved at a clean stop is trusted at the next start only
+  // if nothing else changed the data meanwhile. nullopt (the default): the
+  // data does not outlive the daemon (memory, null) or others may write it
+  // while the daemon is stopped (rbd); such bitmaps come back inconsistent.
+  // Call after the last write and flush.
+  virtual std::optional<std::string> DurableIdentity() const {
+    return std::nullopt;
+  }
   // Prefetch hint.
   virtual absl::Status Cache(uint64_t offset, uint64_t length) {
     (void)offset;

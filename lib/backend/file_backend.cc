@@ -617,4 +617,12 @@ absl::Status FileBackend::Extents(uint64_t offset, uint64_t length,
   return absl::OkStatus();
 }
 
+std::optional<std::string> FileBackend::DurableIdentity() const {
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) return std::nullopt;
+  return absl::StrCat("file dev=", st.st_dev, " rdev=", st.st_rdev,
+                      " ino=", st.st_ino, " size=", st.st_size,
+                      " mtime=", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
+}
+
 }  // namespace nbdmgr

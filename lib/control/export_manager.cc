@@ -57,6 +57,8 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
       StateStore::Open(m->options_.state_dir);
   if (!store.ok()) return store.status();
   m->store_ = std::move(*store);
+  m->bitmap_store_ = std::make_unique<BitmapStore>(
+      absl::StrCat(m->options_.state_dir, "/bitmaps"));
   absl::StatusOr<std::vector<ExportConfig>> saved = m->store_->Load();
   if (!saved.ok()) return saved.status();
   for (const ExportConfig& c : *saved) {
@@ -72,6 +74,7 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
         "kept, but no more can be created",
         saved->size() + registry.List().size(), m->options_.max_exports);
   }
+  for (const auto& e : registry.List()) m->RestoreBitmaps(*e);
   std::vector<absl::StatusOr<std::shared_ptr<Export>>> opened =
       m->OpenSaved(*saved);
   for (size_t i = 0; i < saved->size(); ++i) {
@@ -87,6 +90,7 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
                                         std::chrono::system_clock::now()};
       continue;
     }
+    m->RestoreBitmaps(**e);
     if (absl::Status st = registry.Add(*e); !st.ok()) return st;
     m->persistent_.insert(c.name);
   }
@@ -408,6 +412,15 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config,
     }
     pending_.insert(config.name);  // the name is taken while we open
   }
+  // A new export starts without bitmaps, whatever an old one of its name
+  // left behind.
+  if (bitmap_store_ != nullptr) {
+    if (absl::Status st = bitmap_store_->Remove(config.name); !st.ok()) {
+      MutexLock lock(&mu_);
+      pending_.erase(config.name);
+      return st;
+    }
+  }
   // File exports are opened one at a time (and their undo done before the
   // next opens), so an undo never removes a file another create opened.
   std::unique_lock<std::mutex> opening(open_mu_, std::defer_lock);
@@ -457,8 +470,66 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindForBitmaps(
   return e;
 }
 
-absl::Status ExportManager::SaveBitmaps(const Export&) {
-  return absl::OkStatus();
+absl::Status ExportManager::SaveBitmaps(const Export& e) {
+  if (bitmap_store_ == nullptr) return absl::OkStatus();
+  return Saving(bitmap_store_->SaveInUse(e.name(), e.bitmaps().Records()));
+}
+
+void ExportManager::RestoreBitmaps(Export& e) {
+  if (bitmap_store_ == nullptr) return;
+  absl::StatusOr<std::vector<BitmapRecord>> records = bitmap_store_->Load(
+      e.name(), e.size(), e.backend().DurableIdentity());
+  if (!records.ok()) {
+    spdlog::error(
+        "export \"{}\": its dirty bitmaps cannot be read and are dropped "
+        "(the file is kept as {}.corrupt; take full backups): {}",
+        e.name(), bitmap_store_->PathOf(e.name()), records.status().message());
+    (void)bitmap_store_->SetAside(e.name());
+    return;
+  }
+  if (records->empty()) return;
+  e.bitmaps().Restore(std::move(*records));
+  for (const BitmapInfo& b : e.bitmaps().List()) {
+    if (b.consistent) {
+      spdlog::info("export \"{}\": bitmap \"{}\" restored ({} bytes dirty)",
+                   e.name(), b.name, b.dirty_bytes);
+    } else {
+      spdlog::warn(
+          "export \"{}\": bitmap \"{}\" is inconsistent ({}): it is not "
+          "offered to clients; take a full backup, then clear it",
+          e.name(), b.name, b.inconsistent_reason);
+    }
+  }
+  // In use from now on: a crash before the next clean stop must leave them
+  // inconsistent, never trusted.
+  absl::Status st = bitmap_store_->SaveInUse(e.name(), e.bitmaps().Records());
+  if (!st.ok()) {
+    absl::Status rm = bitmap_store_->Remove(e.name());
+    spdlog::error(
+        "export \"{}\": cannot mark its bitmaps in use ({}); {}", e.name(),
+        st.message(),
+        rm.ok() ? std::string("their file was removed: a crash before a clean "
+                              "stop loses them")
+                : absl::StrCat("nor remove their file (", rm.message(),
+                               "): a crash before a clean stop would bring "
+                               "back stale bits"));
+  }
+}
+
+void ExportManager::ForgetBitmaps(const std::string& name) {
+  if (bitmap_store_ == nullptr) return;
+  if (absl::Status st = bitmap_store_->Remove(name); !st.ok()) {
+    spdlog::error("export \"{}\": cannot remove its saved bitmaps: {}", name,
+                  st.message());
+  }
+}
+
+absl::Status ExportManager::SaveBitmapsAtStop(const Export& e) {
+  if (bitmap_store_ == nullptr) return absl::OkStatus();
+  std::vector<BitmapRecord> records = e.bitmaps().Records();
+  if (records.empty()) return absl::OkStatus();
+  return bitmap_store_->SaveClean(e.name(), records,
+                                  e.backend().DurableIdentity());
 }
 
 absl::StatusOr<BitmapInfo> ExportManager::AddBitmap(const std::string& name,
@@ -637,6 +708,7 @@ absl::StatusOr<ExportInfo> ExportManager::Retry(const std::string& name,
   std::unique_lock<std::mutex> opening(open_mu_, std::defer_lock);
   if (config.backend == BackendKind::kFile) opening.lock();
   absl::StatusOr<std::shared_ptr<Export>> e = OpenWithin(config, false, false);
+  if (e.ok()) RestoreBitmaps(**e);
   MutexLock lock(&mu_);
   pending_.erase(name);
   auto it = failed_.find(name);  // still there: nothing else touches a
@@ -671,6 +743,7 @@ absl::StatusOr<int> ExportManager::DeleteExport(
     if (failed_.contains(name)) {
       if (absl::Status st = PersistDelete(name); !st.ok()) return st;
       failed_.erase(name);
+      ForgetBitmaps(name);
       spdlog::info("deleted FAILED export \"{}\"", name);
       return 0;
     }
@@ -722,6 +795,7 @@ absl::StatusOr<int> ExportManager::DeleteExport(
     MutexLock lock(&mu_);
     (void)registry_.Remove(name);
   }
+  ForgetBitmaps(name);
   if (!flushed.ok()) {
     spdlog::error("export \"{}\": final flush failed: {}", name,
                   flushed.message());

@@ -18,6 +18,7 @@
 #include "lib/export/export.h"
 #include "lib/export/export_info.h"
 #include "lib/export/export_registry.h"
+#include "lib/state/bitmap_store.h"
 #include "lib/state/state_store.h"
 #include "lib/util/mutex.h"
 
@@ -173,6 +174,11 @@ class ExportManager {
   // Waits for saved exports' openers that Create() stopped waiting for.
   ~ExportManager();
 
+  // The daemon stops cleanly: saves `e`'s bitmaps with their bits, to be
+  // trusted at the next start. Call after its last write and flush, with
+  // the control plane stopped. No-op without a state directory.
+  absl::Status SaveBitmapsAtStop(const Export& e);
+
   // The FAILED exports, by name (for metrics).
   std::vector<ExportInfo> FailedExports() const;
 
@@ -212,6 +218,11 @@ class ExportManager {
   // FailedPrecondition if FAILED or being deleted.
   absl::StatusOr<std::shared_ptr<Export>> FindForBitmaps(
       const std::string& name) const;
+  // Loads what the bitmap store kept for `e` (served next) into it and
+  // marks it in use; an unreadable file is set aside with an error logged.
+  void RestoreBitmaps(Export& e);
+  // Removes the saved bitmaps of an export that is gone (errors logged).
+  void ForgetBitmaps(const std::string& name);
   // Persists `e`'s bitmap settings (each bitmap as in use: a crash before
   // the next clean save leaves it inconsistent). No-op without a state
   // directory.
@@ -252,6 +263,8 @@ class ExportManager {
   SessionControl* sessions_ = nullptr;
   std::atomic<bool> aborting_{false};
   std::unique_ptr<StateStore> store_;
+  // <state_dir>/bitmaps; null without a state directory.
+  std::unique_ptr<BitmapStore> bitmap_store_;
   Mutex bg_mu_;
   CondVar bg_done_;
   // Threads of OpenSaved and OpenWithin still running; of them OpenWithin's

@@ -388,7 +388,10 @@ absl::Status Daemon::Drain() {
   // the others from being flushed before the watchdog ends the process.
   std::vector<std::shared_ptr<Export>> writable;
   for (auto& e : registry_->List()) {
-    if (e->read_only()) continue;
+    if (e->read_only()) {
+      if (server_->abandoned() == 0 || e->clients() == 0) SaveBitmaps(*e);
+      continue;
+    }
     if (server_->abandoned() > 0 && e->clients() > 0) {
       // Its flush would wait behind the requests stuck in its backend.
       spdlog::error(
@@ -415,6 +418,9 @@ absl::Status Daemon::Drain() {
           MutexLock lock(&flush_mu_);
           flushing_.erase(e->name());
         }
+        // Only after a good flush are the bits worth trusting at the next
+        // start; otherwise they stay in use (inconsistent there).
+        if (st.ok()) SaveBitmaps(*e);
         if (st.ok()) return;
         spdlog::error("flushing export \"{}\" failed: {}", e->name(),
                       st.message());
@@ -439,6 +445,15 @@ absl::Status Daemon::Drain() {
     }
   }
   return result;
+}
+
+void Daemon::SaveBitmaps(const Export& e) {
+  if (absl::Status st = manager_->SaveBitmapsAtStop(e); !st.ok()) {
+    spdlog::error(
+        "export \"{}\": its dirty bitmaps could not be saved and will be "
+        "inconsistent at the next start: {}",
+        e.name(), std::string(st.message()));
+  }
 }
 
 void Daemon::BeginDrain() {

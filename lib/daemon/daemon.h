@@ -78,6 +78,8 @@ class Daemon {
   // timeout, then flushes every writable export (in parallel). Returns
   // the first flush error, or Unavailable when sessions were abandoned.
   absl::Status Drain();
+  // Saves `e`'s dirty bitmaps at a clean stop (errors logged).
+  void SaveBitmaps(const Export& e);
   // The shutdown watchdog's end: logs what is still unfinished and exits
   // the process with status 1, tearing nothing down.
   [[noreturn]] void ExitStuck();

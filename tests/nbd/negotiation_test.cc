@@ -241,6 +241,87 @@ TEST_F(NegotiationTest, SetMetaContextDuplicateQueriesGetOneReply) {
   EXPECT_EQ(chunk->cookie, 9u);
 }
 
+// Reads META_CONTEXT replies up to the ACK: name -> id.
+std::map<std::string, uint32_t> ReadContexts(testing::RawPeer& peer) {
+  std::map<std::string, uint32_t> got;
+  for (;;) {
+    auto r = peer.ReadOptReply();
+    if (r.type != kRepMetaContext || r.data.size() < 4) {
+      EXPECT_EQ(r.type, kRepAck);
+      return got;
+    }
+    std::string name(r.data.begin() + 4, r.data.end());
+    EXPECT_FALSE(got.contains(name)) << name << " answered twice";
+    got[name] = GetU32(r.data.data());
+  }
+}
+
+TEST_F(NegotiationTest, DirtyBitmapContextsAreListedSelectedAndReported) {
+  ASSERT_TRUE(export_->bitmaps().Add("daily", 65536).ok());
+  ASSERT_TRUE(export_->bitmaps().Add("weekly", 1 << 20).ok());
+  // An inconsistent bitmap (as after a crash) is never offered.
+  std::vector<BitmapRecord> records = export_->bitmaps().Records();
+  BitmapRecord broken;
+  broken.name = "crashed";
+  broken.granularity = 65536;
+  broken.consistent = false;
+  records.push_back(broken);
+  export_->bitmaps().Restore(records);
+  peer().Hello();
+  peer().SendOption(kOptStructuredReply, {});
+  ASSERT_EQ(peer().ReadOptReply().type, kRepAck);
+
+  // LIST without queries: everything served; "qemu:" the bitmaps only.
+  peer().SendOption(kOptListMetaContext, MetaPayload("mem", {}));
+  using Ids = std::map<std::string, uint32_t>;
+  EXPECT_EQ(ReadContexts(peer()), (Ids{{"base:allocation", 0},
+                                       {"qemu:dirty-bitmap:daily", 0},
+                                       {"qemu:dirty-bitmap:weekly", 0}}));
+  peer().SendOption(kOptListMetaContext,
+                    MetaPayload("mem", {"qemu:", "qemu:dirty-bitmap:"}));
+  EXPECT_EQ(ReadContexts(peer()), (Ids{{"qemu:dirty-bitmap:daily", 0},
+                                       {"qemu:dirty-bitmap:weekly", 0}}));
+  // SET takes whole names only; duplicates answered once; unknown and
+  // inconsistent bitmaps and wildcards select nothing.
+  std::vector<std::string> set(500, "qemu:dirty-bitmap:weekly");
+  set.push_back("qemu:dirty-bitmap:crashed");
+  set.push_back("qemu:dirty-bitmap:nope");
+  set.push_back("qemu:");
+  set.push_back("base:allocation");
+  peer().SendOption(kOptSetMetaContext, MetaPayload("mem", set));
+  Ids ids = ReadContexts(peer());
+  ASSERT_EQ(ids.size(), 2u);
+  ASSERT_TRUE(ids.contains("base:allocation"));
+  ASSERT_TRUE(ids.contains("qemu:dirty-bitmap:weekly"));
+  EXPECT_NE(ids["base:allocation"], ids["qemu:dirty-bitmap:weekly"]);
+
+  peer().SendOption(kOptGo, InfoPayload("mem"));
+  CountInfoReplies(kOptGo);
+  // A write into the third MiB: dirty there in "weekly" (1 MiB blocks).
+  peer().SendRequest(kCmdWrite, 1, (2 << 20) + 100, 512, 0,
+                     std::vector<uint8_t>(512, 0xab));
+  ASSERT_EQ(peer().ReadSimpleReply()->first, kOk);
+  peer().SendRequest(kCmdBlockStatus, 2, 0, 4 << 20);
+  std::map<uint32_t, std::vector<std::pair<uint32_t, uint32_t>>> chunks;
+  for (int i = 0; i < 2; ++i) {
+    auto c = peer().ReadChunk();
+    ASSERT_TRUE(c.has_value());
+    ASSERT_EQ(c->type, kChunkBlockStatus);
+    EXPECT_EQ((c->flags & kReplyFlagDone) != 0, i == 1);
+    uint32_t id = GetU32(c->payload.data());
+    for (size_t p = 4; p + 8 <= c->payload.size(); p += 8) {
+      chunks[id].emplace_back(GetU32(c->payload.data() + p),
+                              GetU32(c->payload.data() + p + 4));
+    }
+  }
+  using Runs = std::vector<std::pair<uint32_t, uint32_t>>;
+  EXPECT_EQ(chunks[ids["qemu:dirty-bitmap:weekly"]],
+            (Runs{{2 << 20, 0}, {1 << 20, kStateDirty}, {1 << 20, 0}}));
+  EXPECT_EQ(chunks[ids["base:allocation"]].size(), 3u);  // hole, data, hole
+  // The unselected bitmap recorded the write too.
+  EXPECT_EQ(export_->bitmaps().Get("daily")->dirty_bytes, 65536u);
+}
+
 TEST_F(NegotiationTest, InfoUnknownExport) {
   peer().Hello();
   peer().SendOption(kOptInfo, InfoPayload("nope"));
