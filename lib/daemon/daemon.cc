@@ -195,6 +195,10 @@ StatsSnapshot Daemon::CollectStats() const {
     es.size_bytes = e->size();
     es.clients = static_cast<uint64_t>(std::max(0, e->clients()));
     es.io = e->io_stats().Snapshot();
+    for (const BitmapInfo& bi : e->bitmaps().List()) {
+      es.bitmaps.push_back({bi.name, bi.active, bi.consistent, bi.dirty_bytes,
+                            bi.memory_bytes});
+    }
     ExportBufferStats eb = e->buffers().stats();
     es.buffers.bytes_in_use = eb.in_use;
     es.buffers.bytes_cached = eb.cached;

@@ -119,6 +119,27 @@ void AddRequestFamilies(Builder& b, const StatsSnapshot& s) {
       }
     }
   }
+  MetricFamily& dirty = b.Family(
+      "nbdmgr_bitmap_dirty_bytes",
+      "Bytes a dirty bitmap marks as changed (what an incremental backup "
+      "copies), by export and bitmap; 0 for an inconsistent bitmap.",
+      MetricType::Gauge);
+  MetricFamily& consistent = b.Family(
+      "nbdmgr_bitmap_consistent",
+      "1 for a dirty bitmap that can be trusted, 0 for one made "
+      "inconsistent by a crash (a full backup is needed).",
+      MetricType::Gauge);
+  MetricFamily& bits = b.Family("nbdmgr_bitmap_memory_bytes",
+                                "Memory a dirty bitmap's bits take.",
+                                MetricType::Gauge);
+  for (const ExportStats& e : s.exports) {
+    for (const BitmapStats& bm : e.bitmaps) {
+      const Labels l = {{"export", e.name}, {"bitmap", bm.name}};
+      Builder::Add(dirty, l, static_cast<double>(bm.dirty_bytes));
+      Builder::Add(consistent, l, bm.consistent ? 1.0 : 0.0);
+      Builder::Add(bits, l, static_cast<double>(bm.memory_bytes));
+    }
+  }
   PerExport(b, s, "nbdmgr_read_bytes_total",
             "Payload bytes of successful READ requests.", MetricType::Counter,
             [](const ExportStats& e) { return e.io.bytes_read; });

@@ -31,6 +31,15 @@ struct BufferCounts {
   uint64_t tls_bytes = 0;
 };
 
+// One dirty bitmap of an export.
+struct BitmapStats {
+  std::string name;
+  bool active = true;
+  bool consistent = true;
+  uint64_t dirty_bytes = 0;
+  uint64_t memory_bytes = 0;
+};
+
 struct ExportStats {
   std::string name;
   std::string backend;  // "memory", "file", "null"
@@ -41,6 +50,7 @@ struct ExportStats {
   uint64_t clients = 0;
   IoCounts io;
   BufferCounts buffers;
+  std::vector<BitmapStats> bitmaps;  // by name
 };
 
 struct DaemonStats {
