@@ -80,6 +80,7 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
   for (size_t i = 0; i < saved->size(); ++i) {
     const ExportConfig& c = (*saved)[i];
     absl::StatusOr<std::shared_ptr<Export>>& e = opened[i];
+    if (e.ok()) m->RestoreBitmaps(**e);
     MutexLock lock(&m->mu_);
     if (!e.ok()) {
       spdlog::error(
@@ -90,7 +91,6 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
                                         std::chrono::system_clock::now()};
       continue;
     }
-    m->RestoreBitmaps(**e);
     if (absl::Status st = registry.Add(*e); !st.ok()) return st;
     m->persistent_.insert(c.name);
   }
@@ -477,6 +477,7 @@ absl::Status ExportManager::SaveBitmaps(const Export& e) {
 
 void ExportManager::RestoreBitmaps(Export& e) {
   if (bitmap_store_ == nullptr) return;
+  MutexLock lock(&mu_bitmaps_);
   absl::StatusOr<std::vector<BitmapRecord>> records = bitmap_store_->Load(
       e.name(), e.size(), e.backend().DurableIdentity());
   if (!records.ok()) {
@@ -518,6 +519,8 @@ void ExportManager::RestoreBitmaps(Export& e) {
 
 void ExportManager::ForgetBitmaps(const std::string& name) {
   if (bitmap_store_ == nullptr) return;
+  // After a bitmap call that found the export before it was removed.
+  MutexLock lock(&mu_bitmaps_);
   if (absl::Status st = bitmap_store_->Remove(name); !st.ok()) {
     spdlog::error("export \"{}\": cannot remove its saved bitmaps: {}", name,
                   st.message());

@@ -281,7 +281,8 @@ class ExportManager {
   std::set<std::string> persistent_ ABSL_GUARDED_BY(mu_);
   // Persisted exports that could not be opened: not in the registry.
   std::map<std::string, FailedExport> failed_ ABSL_GUARDED_BY(mu_);
-  // Serializes bitmap changes and their saves (never held with mu_).
+  // Serializes bitmap changes and their saves; taken before mu_, never
+  // while mu_ is held.
   Mutex mu_bitmaps_;
   // Names whose backend is being opened outside the lock (a create or a
   // retry): taken, but in neither the registry nor failed_ yet.
