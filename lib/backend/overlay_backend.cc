@@ -1,0 +1,529 @@
+#include "lib/backend/overlay_backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/container/inlined_vector.h"
+#include "absl/strings/str_cat.h"
+#include "lib/util/crc32c.h"
+#include "lib/util/strings.h"
+
+namespace nbdmgr {
+namespace {
+
+constexpr char kMagic[] = "NBDMGROV";
+constexpr uint32_t kVersion = 1;
+constexpr uint64_t kHeaderSize = 4096;
+constexpr uint64_t kMapOffset = kHeaderSize;
+constexpr uint64_t kPage = 4096;
+constexpr size_t kMaxBaseName = 1024;
+
+void PutLe(uint8_t* p, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint64_t GetLe(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= uint64_t{p[i]} << (8 * i);
+  return v;
+}
+uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+}  // namespace
+
+OverlayBackend::OverlayBackend(std::unique_ptr<FileBackend> file,
+                               std::shared_ptr<Backend> base, uint64_t size,
+                               uint32_t cluster, uint64_t data_offset,
+                               std::string base_name)
+    : file_(std::move(file)),
+      base_(std::move(base)),
+      size_(size),
+      cluster_(cluster),
+      shift_(__builtin_ctzll(cluster)),
+      data_offset_(data_offset),
+      base_name_(std::move(base_name)),
+      map_(new std::atomic<uint8_t>[clusters()]),
+      stripes_(new std::mutex[kStripes]) {
+  for (uint64_t c = 0; c < clusters(); ++c) map_[c].store(kBase);
+}
+
+OverlayBackend::~OverlayBackend() = default;
+
+absl::StatusOr<std::unique_ptr<OverlayBackend>> OverlayBackend::Open(
+    const OverlayOptions& options, std::shared_ptr<Backend> base) {
+  const uint32_t cs = options.cluster_size;
+  if (cs != 0 && ((cs & (cs - 1)) != 0 || cs < kMinCluster ||
+                  cs > kMaxCluster)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cluster size ", cs, " is not a power of two from ", kMinCluster,
+        " to ", kMaxCluster));
+  }
+  if (options.base_name.size() > kMaxBaseName) {
+    return absl::InvalidArgumentError("base name too long");
+  }
+  const uint64_t size = base->size();
+  const std::string& path = options.file.path;
+  FileBackendOptions fo = options.file;
+  fo.size.reset();
+  fo.create = false;
+  fo.io = FileIo::kThreads;
+  absl::StatusOr<std::unique_ptr<FileBackend>> file = FileBackend::Open(fo);
+  if (!file.ok() && absl::IsNotFound(file.status()) && options.file.create &&
+      !options.file.read_only) {
+    // A new overlay: header, an all-zero map (a hole), the data area.
+    const uint32_t cluster = cs == 0 ? 64 * 1024 : cs;
+    const uint64_t n = (size + cluster - 1) / cluster;
+    const uint64_t data_offset = AlignUp(kMapOffset + AlignUp(n, kPage), cluster);
+    fo.size = data_offset + size;
+    fo.create = true;
+    file = FileBackend::Open(fo);
+    if (!file.ok()) return file.status();
+    std::vector<uint8_t> h(kHeaderSize, 0);
+    std::memcpy(h.data(), kMagic, 8);
+    PutLe(&h[8], kVersion, 4);
+    PutLe(&h[12], cluster, 4);
+    PutLe(&h[16], size, 8);
+    PutLe(&h[24], kMapOffset, 8);
+    PutLe(&h[32], data_offset, 8);
+    PutLe(&h[40], options.base_name.size(), 4);
+    std::memcpy(&h[44], options.base_name.data(), options.base_name.size());
+    const size_t crc_at = 44 + options.base_name.size();
+    PutLe(&h[crc_at], Crc32c(std::string_view(
+                          reinterpret_cast<const char*>(h.data()), crc_at)),
+          4);
+    if (absl::Status st = (*file)->Write(0, h, /*fua=*/true); !st.ok()) {
+      (*file)->RemoveCreatedFile();
+      return st;
+    }
+    auto* o = new OverlayBackend(std::move(*file), std::move(base), size,
+                                 cluster, data_offset, options.base_name);
+    std::unique_ptr<OverlayBackend> out(o);
+    if (absl::Status st = out->LoadMap(); !st.ok()) return st;
+    return out;
+  }
+  if (!file.ok()) return file.status();
+  // An existing overlay: check the header before anything is sized by it.
+  auto corrupt = [&](std::string_view what) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": not a usable overlay: ", ToAbsl(what)));
+  };
+  if ((*file)->size() < kHeaderSize) return corrupt("shorter than its header");
+  std::vector<uint8_t> h(kHeaderSize);
+  if (absl::Status st = (*file)->Read(0, h); !st.ok()) return st;
+  if (std::memcmp(h.data(), kMagic, 8) != 0) return corrupt("bad magic");
+  if (GetLe(&h[8], 4) != kVersion) return corrupt("unknown version");
+  const uint64_t name_len = GetLe(&h[40], 4);
+  if (name_len > kMaxBaseName) return corrupt("bad header");
+  const size_t crc_at = 44 + name_len;
+  if (GetLe(&h[crc_at], 4) !=
+      Crc32c(std::string_view(reinterpret_cast<const char*>(h.data()),
+                              crc_at))) {
+    return corrupt("header checksum mismatch");
+  }
+  const uint64_t cluster = GetLe(&h[12], 4);
+  const uint64_t vsize = GetLe(&h[16], 8);
+  const uint64_t map_offset = GetLe(&h[24], 8);
+  const uint64_t data_offset = GetLe(&h[32], 8);
+  if ((cluster & (cluster - 1)) != 0 || cluster < kMinCluster ||
+      cluster > kMaxCluster || map_offset != kMapOffset ||
+      data_offset % cluster != 0 ||
+      data_offset < kMapOffset + (vsize + cluster - 1) / cluster ||
+      data_offset > (*file)->size() ||
+      (*file)->size() - data_offset != vsize) {
+    return corrupt("inconsistent header");
+  }
+  if (vsize != size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": overlay made for a base of ", vsize,
+        " bytes; this base has ", size));
+  }
+  std::string base_name(reinterpret_cast<const char*>(&h[44]), name_len);
+  std::unique_ptr<OverlayBackend> out(
+      new OverlayBackend(std::move(*file), std::move(base), size,
+                         static_cast<uint32_t>(cluster), data_offset,
+                         std::move(base_name)));
+  if (absl::Status st = out->LoadMap(); !st.ok()) return st;
+  return out;
+}
+
+absl::Status OverlayBackend::LoadMap() {
+  const uint64_t n = clusters();
+  MutexLock lock(&flush_mu_);
+  disk_map_.assign(n, 0);
+  if (absl::Status st = file_->Read(kMapOffset, disk_map_); !st.ok()) {
+    return st;
+  }
+  uint64_t data = 0, zero = 0;
+  for (uint64_t c = 0; c < n; ++c) {
+    const uint8_t s = disk_map_[c];
+    if (s > kZero) {
+      return absl::DataLossError(absl::StrCat(
+          "overlay map entry ", c, " is ", s, ": the overlay file is corrupt"));
+    }
+    map_[c].store(s, std::memory_order_relaxed);
+    data += s == kData;
+    zero += s == kZero;
+  }
+  data_clusters_.store(data);
+  zero_clusters_.store(zero);
+  return absl::OkStatus();
+}
+
+BackendCaps OverlayBackend::caps() const {
+  BackendCaps c;
+  c.can_trim = true;
+  c.can_zero = true;
+  c.can_fast_zero = true;
+  c.can_flush = true;
+  c.can_multi_conn = true;  // one file, one map: a flush covers every writer
+  c.can_extents = true;
+  c.blocking = true;
+  c.sparse_read_min = 64 * 1024;
+  return c;
+}
+
+void OverlayBackend::SetState(uint64_t c, State s) {
+  const uint8_t old = map_[c].exchange(s, std::memory_order_acq_rel);
+  if (old == s) return;
+  if (old == kData) data_clusters_.fetch_sub(1, std::memory_order_relaxed);
+  if (old == kZero) zero_clusters_.fetch_sub(1, std::memory_order_relaxed);
+  if (s == kData) data_clusters_.fetch_add(1, std::memory_order_relaxed);
+  if (s == kZero) zero_clusters_.fetch_add(1, std::memory_order_relaxed);
+  MutexLock lock(&pending_mu_);
+  pending_[c] = s;
+}
+
+std::vector<std::unique_lock<std::mutex>> OverlayBackend::LockClusters(
+    uint64_t first, uint64_t last) {
+  if (last - first + 1 >= kStripes) return LockAll();
+  absl::InlinedVector<size_t, 16> stripes;
+  for (uint64_t c = first; c <= last; ++c) stripes.push_back(c % kStripes);
+  std::sort(stripes.begin(), stripes.end());  // one order: no deadlock
+  stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
+  std::vector<std::unique_lock<std::mutex>> locks;
+  locks.reserve(stripes.size());
+  for (size_t s : stripes) locks.emplace_back(stripes_[s]);
+  return locks;
+}
+
+std::vector<std::unique_lock<std::mutex>> OverlayBackend::LockAll() {
+  std::vector<std::unique_lock<std::mutex>> locks;
+  locks.reserve(kStripes);
+  for (size_t s = 0; s < kStripes; ++s) locks.emplace_back(stripes_[s]);
+  return locks;
+}
+
+absl::Status OverlayBackend::ReadBelow(State s, uint64_t offset,
+                                       std::span<uint8_t> buf) {
+  if (s == kZero) {
+    std::memset(buf.data(), 0, buf.size());
+    return absl::OkStatus();
+  }
+  return base_->Read(offset, buf);
+}
+
+absl::Status OverlayBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
+  const uint64_t end = offset + buf.size();
+  uint64_t pos = offset;
+  while (pos < end) {
+    uint64_t c = pos >> shift_;
+    const State s = StateOf(c);
+    uint64_t run_end = std::min(end, (c + 1) << shift_);
+    while (run_end < end && StateOf(run_end >> shift_) == s) {
+      run_end = std::min(end, run_end + cluster_);
+    }
+    std::span<uint8_t> part = buf.subspan(pos - offset, run_end - pos);
+    absl::Status st = s == kData ? file_->Read(data_offset_ + pos, part)
+                                 : ReadBelow(s, pos, part);
+    if (!st.ok()) return st;
+    pos = run_end;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OverlayBackend::WriteInCluster(uint64_t c, uint64_t offset,
+                                            std::span<const uint8_t> data) {
+  const State s = StateOf(c);
+  const uint64_t start = c << shift_;
+  if (s == kData) return file_->Write(data_offset_ + offset, data, false);
+  std::vector<uint8_t> buf(ClusterBytes(c));
+  if (absl::Status st = ReadBelow(s, start, buf); !st.ok()) return st;
+  std::memcpy(buf.data() + (offset - start), data.data(), data.size());
+  if (absl::Status st = file_->Write(data_offset_ + start, buf, false);
+      !st.ok()) {
+    return st;
+  }
+  if (s == kBase) copy_ups_.fetch_add(1, std::memory_order_relaxed);
+  SetState(c, kData);
+  return absl::OkStatus();
+}
+
+absl::Status OverlayBackend::Write(uint64_t offset,
+                                   std::span<const uint8_t> data, bool fua) {
+  const uint64_t end = offset + data.size();
+  auto locks = LockClusters(offset >> shift_, (end - 1) >> shift_);
+  // Runs of clusters that are the overlay's already or wholly overwritten
+  // go out in one write; a partial first write of a cluster copies up.
+  auto direct = [&](uint64_t c, uint64_t from) {
+    const uint64_t cend = std::min(end, (c + 1) << shift_);
+    return StateOf(c) == kData ||
+           (from == c << shift_ && cend - from == ClusterBytes(c));
+  };
+  uint64_t pos = offset;
+  while (pos < end) {
+    const uint64_t c = pos >> shift_;
+    if (!direct(c, pos)) {
+      const uint64_t cend = std::min(end, (c + 1) << shift_);
+      if (absl::Status st =
+              WriteInCluster(c, pos, data.subspan(pos - offset, cend - pos));
+          !st.ok()) {
+        return st;
+      }
+      pos = cend;
+      continue;
+    }
+    uint64_t run_end = std::min(end, (c + 1) << shift_);
+    while (run_end < end && direct(run_end >> shift_, run_end)) {
+      run_end = std::min(end, run_end + cluster_);
+    }
+    if (absl::Status st =
+            file_->Write(data_offset_ + pos,
+                         data.subspan(pos - offset, run_end - pos), false);
+        !st.ok()) {
+      return st;
+    }
+    for (uint64_t k = c; k <= (run_end - 1) >> shift_; ++k) SetState(k, kData);
+    pos = run_end;
+  }
+  locks.clear();
+  return fua ? Flush() : absl::OkStatus();
+}
+
+absl::Status OverlayBackend::ZeroRange(uint64_t offset, uint64_t length,
+                                       bool allocate) {
+  const uint64_t end = offset + length;
+  auto locks = LockClusters(offset >> shift_, (end - 1) >> shift_);
+  uint64_t pos = offset;
+  while (pos < end) {
+    const uint64_t c = pos >> shift_;
+    const uint64_t start = c << shift_;
+    const uint64_t cend = std::min(end, start + ClusterBytes(c));
+    absl::Status st;
+    if (pos != start || cend - start != ClusterBytes(c)) {
+      if (StateOf(c) != kZero) {
+        const std::vector<uint8_t> zeroes(cend - pos, 0);
+        st = WriteInCluster(c, pos, zeroes);
+      }
+    } else if (allocate) {
+      ZeroOptions zo;
+      zo.may_trim = false;
+      st = file_->Zero(data_offset_ + start, cend - start, zo);
+      if (st.ok()) SetState(c, kData);
+    } else {
+      if (StateOf(c) == kData) {
+        st = file_->Trim(data_offset_ + start, cend - start, false);
+      }
+      if (st.ok()) SetState(c, kZero);
+    }
+    if (!st.ok()) return st;
+    pos = cend;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OverlayBackend::Trim(uint64_t offset, uint64_t length, bool fua) {
+  if (absl::Status st = ZeroRange(offset, length, false); !st.ok()) return st;
+  return fua ? Flush() : absl::OkStatus();
+}
+
+absl::Status OverlayBackend::Zero(uint64_t offset, uint64_t length,
+                                  ZeroOptions options) {
+  if (options.fast) {
+    // Fast only when whole clusters change state: no copy-up, no writing.
+    const bool whole = offset % cluster_ == 0 &&
+                       (length % cluster_ == 0 || offset + length == size_);
+    if (!whole || !options.may_trim) {
+      return absl::UnimplementedError("zeroing this range is not fast");
+    }
+  }
+  if (absl::Status st = ZeroRange(offset, length, !options.may_trim);
+      !st.ok()) {
+    return st;
+  }
+  return options.fua ? Flush() : absl::OkStatus();
+}
+
+absl::Status OverlayBackend::Extents(uint64_t offset, uint64_t length,
+                                     absl::FunctionRef<bool(Extent)> visit) {
+  const uint64_t end = offset + length;
+  uint64_t pos = offset;
+  while (pos < end) {
+    uint64_t c = pos >> shift_;
+    const State s = StateOf(c);
+    uint64_t run_end = std::min(end, (c + 1) << shift_);
+    while (run_end < end && StateOf(run_end >> shift_) == s) {
+      run_end = std::min(end, run_end + cluster_);
+    }
+    if (s == kData) {
+      if (!visit(Extent{run_end - pos, 0})) return absl::OkStatus();
+    } else if (s == kZero) {
+      if (!visit(Extent{run_end - pos, kExtentHole | kExtentZero})) {
+        return absl::OkStatus();
+      }
+    } else {
+      // The base's extents, clipped to the run; what it leaves unreported
+      // is data.
+      uint64_t at = pos;
+      bool go_on = true;
+      absl::Status st = base_->Extents(pos, run_end - pos, [&](Extent e) {
+        const uint64_t n = std::min<uint64_t>(e.length, run_end - at);
+        if (n == 0) return false;
+        at += n;
+        go_on = visit(Extent{n, e.flags});
+        return go_on && at < run_end;
+      });
+      if (!st.ok()) return st;
+      if (!go_on) return absl::OkStatus();
+      if (at < run_end && !visit(Extent{run_end - at, 0})) {
+        return absl::OkStatus();
+      }
+    }
+    pos = run_end;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OverlayBackend::Flush() {
+  MutexLock lock(&flush_mu_);
+  return FlushLocked();
+}
+
+absl::Status OverlayBackend::FlushLocked() {
+  absl::flat_hash_map<uint64_t, uint8_t> states;
+  {
+    MutexLock lock(&pending_mu_);
+    states.swap(pending_);
+  }
+  auto requeue = [&] {
+    // Newer states (set since) win over the ones this flush took.
+    MutexLock lock(&pending_mu_);
+    for (const auto& [c, s] : states) pending_.try_emplace(c, s);
+  };
+  // The data the states describe is on disk before any state is.
+  if (absl::Status st = file_->Flush(); !st.ok()) {
+    requeue();
+    return st;
+  }
+  if (states.empty()) return absl::OkStatus();
+  std::vector<uint64_t> pages;
+  for (const auto& [c, s] : states) {
+    disk_map_[c] = s;
+    pages.push_back(c / kPage);
+  }
+  std::sort(pages.begin(), pages.end());
+  pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+  absl::Status st = WriteMapPages(pages);
+  if (st.ok()) st = file_->Flush();
+  if (!st.ok()) requeue();  // written again by the next flush
+  return st;
+}
+
+absl::Status OverlayBackend::WriteMapPages(const std::vector<uint64_t>& pages) {
+  const uint64_t n = clusters();
+  for (size_t i = 0; i < pages.size();) {
+    size_t j = i + 1;
+    while (j < pages.size() && pages[j] == pages[j - 1] + 1) ++j;
+    const uint64_t from = pages[i] * kPage;
+    const uint64_t to = std::min(n, (pages[j - 1] + 1) * kPage);
+    if (absl::Status st =
+            file_->Write(kMapOffset + from,
+                         std::span<const uint8_t>(disk_map_).subspan(
+                             from, to - from),
+                         false);
+        !st.ok()) {
+      return st;
+    }
+    i = j;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OverlayBackend::Reset() {
+  auto locks = LockAll();
+  return ResetHeld();
+}
+
+absl::Status OverlayBackend::ResetHeld() {
+  MutexLock lock(&flush_mu_);
+  {
+    MutexLock pl(&pending_mu_);
+    pending_.clear();
+  }
+  // The map first (durably): a crash after it reads the base everywhere,
+  // whatever the data area still holds.
+  std::fill(disk_map_.begin(), disk_map_.end(), 0);
+  std::vector<uint64_t> pages((clusters() + kPage - 1) / kPage);
+  for (size_t i = 0; i < pages.size(); ++i) pages[i] = i;
+  absl::Status st = WriteMapPages(pages);
+  if (st.ok()) st = file_->Flush();
+  if (!st.ok()) {
+    // The live map still holds; the next flush rewrites the disk map.
+    for (uint64_t c = 0; c < clusters(); ++c) {
+      const uint8_t s = map_[c].load();
+      disk_map_[c] = s;
+      if (s != kBase) {
+        MutexLock pl(&pending_mu_);
+        pending_[c] = s;
+      }
+    }
+    return st;
+  }
+  for (uint64_t c = 0; c < clusters(); ++c) map_[c].store(kBase);
+  data_clusters_.store(0);
+  zero_clusters_.store(0);
+  // Space back; failure here costs disk space only.
+  (void)file_->Trim(data_offset_, size_, false);
+  return absl::OkStatus();
+}
+
+absl::Status OverlayBackend::Commit() {
+  auto locks = LockAll();  // held to the end: no write slips in between
+  {
+    std::vector<uint8_t> buf;
+    uint64_t c = 0;
+    const uint64_t n = clusters();
+    while (c < n) {
+      const State s = StateOf(c);
+      uint64_t e = c + 1;
+      // Runs of up to 1 MiB (and at least one cluster) at a time.
+      while (e < n && StateOf(e) == s && (e - c + 1) * cluster_ <= (1u << 20)) {
+        ++e;
+      }
+      const uint64_t from = c << shift_;
+      const uint64_t len = std::min(size_, e << shift_) - from;
+      absl::Status st;
+      if (s == kData) {
+        buf.resize(len);
+        st = file_->Read(data_offset_ + from, buf);
+        if (st.ok()) st = base_->Write(from, buf, false);
+      } else if (s == kZero) {
+        st = base_->Zero(from, len, ZeroOptions{});
+      }
+      if (!st.ok()) return st;
+      c = e;
+    }
+    if (absl::Status st = base_->Flush(); !st.ok()) return st;
+  }
+  return ResetHeld();
+}
+
+OverlayStats OverlayBackend::stats() const {
+  OverlayStats s;
+  s.cluster_size = cluster_;
+  s.allocated_bytes = data_clusters_.load() * cluster_;
+  s.zero_bytes = zero_clusters_.load() * cluster_;
+  s.copy_ups = copy_ups_.load();
+  return s;
+}
+
+}  // namespace nbdmgr

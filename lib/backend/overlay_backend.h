@@ -1,0 +1,172 @@
+#ifndef NBDMGR_LIB_BACKEND_OVERLAY_BACKEND_H_
+#define NBDMGR_LIB_BACKEND_OVERLAY_BACKEND_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "lib/backend/backend.h"
+#include "lib/backend/file_backend.h"
+#include "lib/util/mutex.h"
+
+namespace nbdmgr {
+
+struct OverlayOptions {
+  // The overlay file: path, confinement, whether it may be created. Its
+  // size and I/O engine are the overlay's to choose.
+  FileBackendOptions file;
+  // Copy-on-write unit: a power of two from 4 KiB to 2 MiB. Used when the
+  // file is created; an existing overlay keeps its own (0 accepts it).
+  uint32_t cluster_size = 64 * 1024;
+  // Who the base is (an export name or a path), recorded in the header
+  // for `nbdctl` and error messages.
+  std::string base_name;
+};
+
+// What an overlay reports about itself.
+struct OverlayStats {
+  uint64_t cluster_size = 0;
+  uint64_t allocated_bytes = 0;  // clusters holding the overlay's own data
+  uint64_t zero_bytes = 0;       // clusters trimmed or zeroed in it
+  uint64_t copy_ups = 0;         // partial first writes that read the base
+};
+
+// A copy-on-write overlay on a read-only base: what the overlay wrote reads
+// from its file, everything else from the base. Many overlays share one
+// base backend (nothing of the base is copied per overlay but the clusters
+// each one writes).
+//
+// File format (a sparse file, little-endian):
+// - header, 4 KiB: "NBDMGROV", u32 version 1, u32 cluster size, u64
+//   virtual size, u64 map offset (4096), u64 data offset, u32 length +
+//   base name (at most 1024 bytes), u32 CRC-32C of the bytes before it;
+// - map at the map offset: one byte per cluster: 0 the base's, 1 the
+//   overlay's data, 2 zero (trimmed or zeroed in the overlay: the base
+//   does not show through);
+// - data at the data offset (a multiple of the cluster size): cluster i
+//   at data offset + i * cluster size, the rest a hole.
+//
+// Crash consistency: data first, map later. A cluster's new state is
+// written to the map only by a FLUSH (or FUA write), after an fdatasync
+// of the data the state describes, then the map is synced. So after a
+// crash every write acknowledged before a FLUSH (or with FUA) reads back,
+// and the map never claims a cluster whose data was not written: one
+// allocated since the last flush reads from the base again (that write
+// was not yet promised). A partial first write of a cluster copies the
+// rest of it from the base (a copy-up).
+//
+// Thread-safe: writes lock their clusters (striped locks, in one order);
+// reads take no lock. Blocking: runs on the NBD layer's thread pool.
+class OverlayBackend final : public Backend {
+ public:
+  static constexpr uint32_t kMinCluster = 4096;
+  static constexpr uint32_t kMaxCluster = 2 * 1024 * 1024;
+
+  // Opens the overlay at options.file.path on `base`, creating it if it
+  // is missing and may be created. InvalidArgument (cluster size), the
+  // file's open errors, DataLoss naming the file for a header or map that
+  // is corrupt or not an overlay, FailedPrecondition if it was made for a
+  // base of another size.
+  static absl::StatusOr<std::unique_ptr<OverlayBackend>> Open(
+      const OverlayOptions& options, std::shared_ptr<Backend> base);
+  ~OverlayBackend() override;
+
+  uint64_t size() const override { return size_; }
+  BackendCaps caps() const override;
+  std::optional<std::string> DurableIdentity() const override {
+    return file_->DurableIdentity();
+  }
+  absl::Status Read(uint64_t offset, std::span<uint8_t> buf) override;
+  absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
+                     bool fua) override;
+  absl::Status Flush() override;
+  absl::Status Trim(uint64_t offset, uint64_t length, bool fua) override;
+  absl::Status Zero(uint64_t offset, uint64_t length,
+                    ZeroOptions options) override;
+  absl::Status Extents(uint64_t offset, uint64_t length,
+                       absl::FunctionRef<bool(Extent)> visit) override;
+
+  // Drops every change: all clusters read from the base again. Durable
+  // when it returns OK (map first, then the data's space is freed).
+  absl::Status Reset();
+  // Writes every changed cluster into the base (which must be writable:
+  // the caller checks no one else reads it meanwhile), flushes the base,
+  // then resets. Idempotent: a commit cut short by a crash is redone
+  // whole by the next one.
+  absl::Status Commit();
+
+  OverlayStats stats() const;
+  const std::string& base_name() const { return base_name_; }
+  uint32_t cluster_size() const { return cluster_; }
+
+ private:
+  enum State : uint8_t { kBase = 0, kData = 1, kZero = 2 };
+  static constexpr size_t kStripes = 1024;
+
+  OverlayBackend(std::unique_ptr<FileBackend> file,
+                 std::shared_ptr<Backend> base, uint64_t size,
+                 uint32_t cluster, uint64_t data_offset,
+                 std::string base_name);
+  absl::Status LoadMap();
+  uint64_t clusters() const { return (size_ + cluster_ - 1) / cluster_; }
+  uint64_t ClusterBytes(uint64_t c) const {
+    return std::min<uint64_t>(cluster_, size_ - c * cluster_);
+  }
+  State StateOf(uint64_t c) const {
+    return static_cast<State>(map_[c].load(std::memory_order_acquire));
+  }
+  // Sets cluster c's state (its data already written) and queues it for
+  // the map at the next flush.
+  void SetState(uint64_t c, State s);
+  // Locks the stripes of clusters [first, last] in ascending order.
+  std::vector<std::unique_lock<std::mutex>> LockClusters(uint64_t first,
+                                                         uint64_t last);
+  std::vector<std::unique_lock<std::mutex>> LockAll();
+  // Writes `data` at `offset`, inside cluster c (locked), copying up.
+  absl::Status WriteInCluster(uint64_t c, uint64_t offset,
+                              std::span<const uint8_t> data);
+  // Reads [offset, offset + buf.size()) of the virtual disk as the base
+  // and zero states say (not for kData).
+  absl::Status ReadBelow(State s, uint64_t offset, std::span<uint8_t> buf);
+  // Makes [offset, offset + length) read as zeroes: whole clusters by
+  // state (kZero; with `allocate`, zeroes written as data), the partial
+  // ends by writing zeroes.
+  absl::Status ZeroRange(uint64_t offset, uint64_t length, bool allocate);
+  // The flush protocol: fdatasync the data, write the states queued
+  // before it to the map, fdatasync again.
+  absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(flush_mu_);
+  // Reset() with every stripe held by the caller.
+  absl::Status ResetHeld();
+  absl::Status WriteMapPages(const std::vector<uint64_t>& pages)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(flush_mu_);
+
+  const std::unique_ptr<FileBackend> file_;
+  const std::shared_ptr<Backend> base_;
+  const uint64_t size_;
+  const uint32_t cluster_;
+  const int shift_;
+  const uint64_t data_offset_;
+  const std::string base_name_;
+  // The live state of every cluster.
+  std::unique_ptr<std::atomic<uint8_t>[]> map_;
+  std::unique_ptr<std::mutex[]> stripes_;
+  Mutex pending_mu_;
+  // States set since the last flush began, by cluster.
+  absl::flat_hash_map<uint64_t, uint8_t> pending_ ABSL_GUARDED_BY(pending_mu_);
+  Mutex flush_mu_;
+  // What the map on disk says (or will, once the flush writing it ends).
+  std::vector<uint8_t> disk_map_ ABSL_GUARDED_BY(flush_mu_);
+  std::atomic<uint64_t> data_clusters_{0};
+  std::atomic<uint64_t> zero_clusters_{0};
+  std::atomic<uint64_t> copy_ups_{0};
+};
+
+}  // namespace nbdmgr
+
+#endif  // NBDMGR_LIB_BACKEND_OVERLAY_BACKEND_H_
