@@ -262,6 +262,10 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
                      ": pool, image, namespace, snapshot, ceph-conf and "
                      "ceph-user are only for the rbd backend"));
   }
+  if (c.backend != BackendKind::kFile &&
+      (!c.base.empty() || c.cluster_size != 0)) {
+    return invalid("base and cluster-size are only for the file backend");
+  }
   switch (c.backend) {
     case BackendKind::kMemory:
     case BackendKind::kNull:
@@ -294,6 +298,32 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
       if (c.size.has_value() && *c.size == 0) {
         return absl::InvalidArgumentError(
             absl::StrCat("export ", c.name, ": size must be > 0"));
+      }
+      if (c.base.empty()) {
+        if (c.cluster_size != 0) {
+          return invalid("cluster-size is only for overlays (with base=)");
+        }
+        break;
+      }
+      if (c.base.size() > kMaxPathBytes || !IsValidUtf8(c.base) ||
+          c.base.find('\0') != std::string::npos) {
+        return invalid("base is not a valid export name or path");
+      }
+      if (c.base.front() != '/') {
+        if (absl::Status st = ValidateExportName(c.base); !st.ok()) {
+          return invalid("base must be an export's name or an absolute path: ",
+                         st.message());
+        }
+        if (c.base == c.name) return invalid("an export cannot be its own base");
+      }
+      if (c.cluster_size != 0 &&
+          ((c.cluster_size & (c.cluster_size - 1)) != 0 ||
+           c.cluster_size < 4096 || c.cluster_size > 2 * 1024 * 1024)) {
+        return invalid("cluster size ", c.cluster_size,
+                       " must be a power of two from 4KiB to 2MiB");
+      }
+      if (c.io == FileIo::kIoUring) {
+        return invalid("io=io_uring is not available for overlays");
       }
       break;
   }
@@ -333,6 +363,16 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
       have_backend = true;
     } else if (key == "path") {
       c.path = value;
+    } else if (key == "base") {
+      c.base = value;
+    } else if (key == "cluster-size") {
+      absl::StatusOr<uint64_t> n = ParseSize(value);
+      if (!n.ok()) return KeyError("cluster-size", n.status());
+      if (*n > UINT32_MAX) {
+        return absl::InvalidArgumentError(
+            "export key cluster-size: at most 2MiB");
+      }
+      c.cluster_size = static_cast<uint32_t>(*n);
     } else if (key == "pool") {
       c.rbd.pool = value;
     } else if (key == "image") {

@@ -60,6 +60,10 @@ struct ExportConfig {
                                  // the size a created file gets, or must have
   bool create = true;            // kFile: create a missing file (needs size)
   FileIo io = FileIo::kAuto;     // kFile: io_uring or the thread pool
+  // kFile: `path` is a copy-on-write overlay (OverlayBackend) on this base:
+  // another export's name, or an absolute path (a file opened read-only).
+  std::string base;
+  uint32_t cluster_size = 0;     // overlay: the copy-on-write unit (0: 64 KiB)
   RbdLocation rbd;               // kRbd (size, if set: create a missing
                                  // image with it, or the size it must have)
   bool read_only = false;
@@ -107,7 +111,8 @@ absl::Status ValidateExportConfig(const ExportConfig& config);
 // "name=scratch,backend=memory,size=1GiB,read-only=true,description=Scratch",
 // plus buffer keys: buffer-strategy=pool, memory-cap=256MiB,
 // pool-idle-release=5s, tls=off|optional|require, max-clients=N,
-// stall-timeout=DUR, io=auto|io_uring|threads (file), pool=, image=,
+// stall-timeout=DUR, io=auto|io_uring|threads (file), base=EXPORT|PATH and
+// cluster-size=N (file: an overlay), pool=, image=,
 // namespace=, snapshot=, ceph-conf=, ceph-user= (rbd) and the block sizes:
 // min-block-size=N, preferred-block-size=N, max-payload=N. A literal comma
 // inside a value is written "\,". Returns InvalidArgument naming the bad key or
