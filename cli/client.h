@@ -27,6 +27,11 @@ struct Global {
 
 // A channel to the daemon's control API.
 std::shared_ptr<grpc::Channel> Connect(const Global& g, std::string* error);
+// A stub of `Service` on a channel to the daemon; null, with *exit_code
+// set, after printing the usage error of a bad --control.
+template <typename Service>
+std::unique_ptr<typename Service::Stub> NewStub(const Global& g,
+                                                int* exit_code);
 // A client context with a deadline.
 std::unique_ptr<grpc::ClientContext> Context(int timeout_seconds = 60);
 // Prints "nbdctl: CODE: message" to stderr; returns the exit code.
@@ -35,6 +40,18 @@ int ReportError(const grpc::Status& s);
 int UsageError(const std::string& message, const std::string& help);
 // The message as JSON (snake_case names, defaults included).
 std::string ToJson(const google::protobuf::Message& m);
+
+template <typename Service>
+std::unique_ptr<typename Service::Stub> NewStub(const Global& g,
+                                                int* exit_code) {
+  std::string error;
+  std::shared_ptr<grpc::Channel> channel = Connect(g, &error);
+  if (channel == nullptr) {
+    *exit_code = UsageError("--control: " + error, "");
+    return nullptr;
+  }
+  return Service::NewStub(channel);
+}
 
 }  // namespace nbdmgr::cli
 

@@ -27,6 +27,9 @@ Command AddListCommand(CLI::App& app, const Global& g);
 Command AddGetCommand(CLI::App& app, const Global& g);
 Command AddUpdateCommand(CLI::App& app, const Global& g);
 Command AddRemoveCommand(CLI::App& app, const Global& g);
+// `bitmap` and its subcommands (add, list, clear, remove, checkpoint); its
+// run runs the one parsed.
+Command AddBitmapCommand(CLI::App& app, const Global& g);
 Command AddDaemonCommand(CLI::App& app, const Global& g);
 Command AddStatsCommand(CLI::App& app, const Global& g);
 Command AddHealthCommand(CLI::App& app, const Global& g);

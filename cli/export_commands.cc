@@ -195,27 +195,6 @@ void PrintOne(const Global& g, const v1::Export& e) {
   }
 }
 
-std::unique_ptr<v1::ExportService::Stub> Stub(const Global& g, int* exit_code) {
-  std::string error;
-  auto channel = Connect(g, &error);
-  if (channel == nullptr) {
-    *exit_code = UsageError(absl::StrCat("--control: ", error), "");
-    return nullptr;
-  }
-  return v1::ExportService::NewStub(channel);
-}
-
-// The size `value` of `flag`; InvalidArgument naming the flag.
-absl::StatusOr<uint64_t> SizeFlag(const std::string& flag,
-                                  const std::string& value) {
-  auto s = ParseSize(value);
-  if (!s.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": ", s.status().message()));
-  }
-  return *s;
-}
-
 // Sets the one backend the flags name. Returns a usage message or "".
 std::string SetBackend(const CreateFlags& f, v1::Export* e) {
   absl::StatusOr<uint64_t> size = uint64_t{0};
@@ -319,7 +298,7 @@ int RunCreate(const Global& g, const CreateFlags& f, const CLI::App& cmd) {
     if (!m.empty()) return UsageError(m, HelpOf(cmd));
   }
   int code = kExitOk;
-  auto stub = Stub(g, &code);
+  auto stub = NewStub<v1::ExportService>(g, &code);
   if (!stub) return code;
   v1::Export out;
   grpc::Status s = stub->CreateExport(Context().get(), req, &out);
@@ -330,7 +309,7 @@ int RunCreate(const Global& g, const CreateFlags& f, const CLI::App& cmd) {
 
 int RunList(const Global& g) {
   int code = kExitOk;
-  auto stub = Stub(g, &code);
+  auto stub = NewStub<v1::ExportService>(g, &code);
   if (!stub) return code;
   v1::ListExportsResponse all;
   std::string token;
@@ -356,7 +335,7 @@ int RunList(const Global& g) {
 
 int RunGet(const Global& g, const std::string& name) {
   int code = kExitOk;
-  auto stub = Stub(g, &code);
+  auto stub = NewStub<v1::ExportService>(g, &code);
   if (!stub) return code;
   v1::GetExportRequest req;
   req.set_name(ExportResourceName(name));
@@ -381,7 +360,7 @@ int RunUpdate(const Global& g, const UpdateFlags& f, const CLI::App& cmd) {
   }
   for (const auto& p : paths) req.mutable_update_mask()->add_paths(p);
   int code = kExitOk;
-  auto stub = Stub(g, &code);
+  auto stub = NewStub<v1::ExportService>(g, &code);
   if (!stub) return code;
   v1::Export out;
   grpc::Status s = stub->UpdateExport(Context().get(), req, &out);
@@ -411,7 +390,7 @@ int RunRemove(const Global& g, const RemoveFlags& f, const CLI::App& cmd) {
     timeout_s = static_cast<int>(d->count() / 1000);
   }
   int code = kExitOk;
-  auto stub = Stub(g, &code);
+  auto stub = NewStub<v1::ExportService>(g, &code);
   if (!stub) return code;
   v1::DeleteExportResponse out;
   grpc::Status s = stub->DeleteExport(Context(timeout_s + 30).get(), req, &out);

@@ -2,6 +2,9 @@
 
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
+#include "lib/util/size.h"
+
 namespace nbdmgr::cli {
 namespace {
 
@@ -57,6 +60,16 @@ CLI::Option* AddOptional(CLI::App* cmd, const std::string& flag,
       ->add_option_function<std::string>(
           flag, [out](const std::string& value) { *out = value; }, description)
       ->type_name(type);
+}
+
+absl::StatusOr<uint64_t> SizeFlag(const std::string& flag,
+                                  const std::string& value) {
+  absl::StatusOr<uint64_t> s = ParseSize(value);
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": ", s.status().message()));
+  }
+  return *s;
 }
 
 std::string HelpOf(const CLI::App& cmd) {

@@ -6,9 +6,12 @@
 // CMake target (CLI11::CLI11) is imported, so its include directory is a
 // SYSTEM one anyway.
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+
+#include "absl/status/statusor.h"
 
 namespace nbdmgr::cli {
 
@@ -31,6 +34,11 @@ CLI::Option* AddOptional(CLI::App* cmd, const std::string& flag,
                          const std::string& type,
                          std::optional<std::string>* out,
                          const std::string& description);
+
+// The byte count `value` of `flag` (ParseSize: "64KiB", "1GiB", "4096");
+// InvalidArgument naming the flag.
+absl::StatusOr<uint64_t> SizeFlag(const std::string& flag,
+                                  const std::string& value);
 
 // The help `nbdctl [COMMAND] --help` prints for `cmd` (the app or one of its
 // subcommands).

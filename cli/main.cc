@@ -55,8 +55,9 @@ std::vector<Command> AddCommands(CLI::App& app, const Global& g) {
   std::vector<Command> commands = {
       AddCreateCommand(app, g), AddListCommand(app, g),
       AddGetCommand(app, g),    AddUpdateCommand(app, g),
-      AddRemoveCommand(app, g), AddDaemonCommand(app, g),
-      AddStatsCommand(app, g),  AddHealthCommand(app, g)};
+      AddRemoveCommand(app, g), AddBitmapCommand(app, g),
+      AddDaemonCommand(app, g), AddStatsCommand(app, g),
+      AddHealthCommand(app, g)};
   CLI::App* help = app.add_subcommand("help", "")->group("");
   commands.push_back({help, [&app] {
                         std::printf("%s", HelpOf(app).c_str());
@@ -67,13 +68,22 @@ std::vector<Command> AddCommands(CLI::App& app, const Global& g) {
 
 // The usage message for a failed parse, naming the word it failed on.
 std::string UsageMessage(const CLI::App& app, const CLI::ParseError& e) {
-  const bool no_command = app.get_subcommands().empty();
+  // The innermost command chosen; it lacks its own command if it has some
+  // (`nbdctl`, `nbdctl bitmap`).
+  const CLI::App* chosen = &app;
+  while (!chosen->get_subcommands().empty()) {
+    chosen = chosen->get_subcommands()[0];
+  }
+  const bool no_command =
+      !chosen->get_subcommands([](const CLI::App*) { return true; }).empty();
+  const std::string command =
+      chosen == &app ? "command" : chosen->get_name() + " command";
   if (dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr ||
       (no_command && dynamic_cast<const CLI::RequiredError*>(&e) != nullptr)) {
     std::vector<std::string> extra = app.remaining(true);
-    if (extra.empty()) return "missing command";
+    if (extra.empty()) return "missing " + command;
     if (extra[0].starts_with("-")) return "unknown flag " + extra[0];
-    return (no_command ? "unknown command " : "unexpected argument ") +
+    return (no_command ? "unknown " + command + " " : "unexpected argument ") +
            extra[0];
   }
   return e.what();

@@ -190,8 +190,8 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
   // can ask for the API they use; all go NOT_SERVING when draining.
   if (auto* health = server->GetHealthCheckService()) {
     for (const char* name :
-         {"nbdmgr.v1.ExportService", "nbdmgr.v1.DaemonService",
-          "nbdmgr.v1.StatsService"}) {
+         {"nbdmgr.v1.ExportService", "nbdmgr.v1.BitmapService",
+          "nbdmgr.v1.DaemonService", "nbdmgr.v1.StatsService"}) {
       health->SetServingStatus(name, true);
     }
   }

@@ -1,6 +1,7 @@
 #include "lib/control/grpc_service.h"
 
 #include "absl/strings/str_cat.h"
+#include "lib/convert/bitmap_convert.h"
 #include "lib/convert/proto_convert.h"
 #include "lib/convert/stats_convert.h"
 
@@ -140,6 +141,65 @@ grpc::Status ExportServiceImpl::DeleteExport(grpc::ServerContext*,
   absl::StatusOr<int> closed = manager_.DeleteExport(*id, mode, timeout);
   if (!closed.ok()) return ToGrpcStatus(closed.status());
   out->set_closed_clients(static_cast<uint32_t>(*closed));
+  return grpc::Status::OK;
+}
+
+grpc::Status BitmapServiceImpl::CreateBitmap(grpc::ServerContext*,
+                                             const v1::CreateBitmapRequest* req,
+                                             v1::Bitmap* out) {
+  absl::StatusOr<std::string> id = ExportIdFromName(req->export_());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<BitmapInfo> info = manager_.AddBitmap(
+      *id, req->bitmap_id(), req->bitmap().granularity_bytes());
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *out = BitmapInfoToProto(*id, *info);
+  return grpc::Status::OK;
+}
+
+grpc::Status BitmapServiceImpl::ListBitmaps(grpc::ServerContext*,
+                                            const v1::ListBitmapsRequest* req,
+                                            v1::ListBitmapsResponse* out) {
+  absl::StatusOr<std::string> id = ExportIdFromName(req->export_());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<std::vector<BitmapInfo>> infos = manager_.ListBitmaps(*id);
+  if (!infos.ok()) return ToGrpcStatus(infos.status());
+  for (const BitmapInfo& info : *infos) {
+    *out->add_bitmaps() = BitmapInfoToProto(*id, info);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status BitmapServiceImpl::ClearBitmap(grpc::ServerContext*,
+                                            const v1::ClearBitmapRequest* req,
+                                            v1::Bitmap* out) {
+  absl::StatusOr<BitmapRef> ref = BitmapRefFromName(req->name());
+  if (!ref.ok()) return ToGrpcStatus(ref.status());
+  absl::StatusOr<BitmapInfo> info =
+      manager_.ClearBitmap(ref->export_id, ref->bitmap);
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *out = BitmapInfoToProto(ref->export_id, *info);
+  return grpc::Status::OK;
+}
+
+grpc::Status BitmapServiceImpl::DeleteBitmap(grpc::ServerContext*,
+                                             const v1::DeleteBitmapRequest* req,
+                                             v1::DeleteBitmapResponse*) {
+  absl::StatusOr<BitmapRef> ref = BitmapRefFromName(req->name());
+  if (!ref.ok()) return ToGrpcStatus(ref.status());
+  return ToGrpcStatus(manager_.RemoveBitmap(ref->export_id, ref->bitmap));
+}
+
+grpc::Status BitmapServiceImpl::CheckpointBitmap(
+    grpc::ServerContext*, const v1::CheckpointBitmapRequest* req,
+    v1::CheckpointBitmapResponse* out) {
+  absl::StatusOr<std::string> id = ExportIdFromName(req->export_());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<std::pair<BitmapInfo, BitmapInfo>> infos =
+      manager_.CheckpointBitmap(*id, req->frozen(), req->started(),
+                                req->granularity_bytes());
+  if (!infos.ok()) return ToGrpcStatus(infos.status());
+  *out->mutable_frozen() = BitmapInfoToProto(*id, infos->first);
+  *out->mutable_started() = BitmapInfoToProto(*id, infos->second);
   return grpc::Status::OK;
 }
 

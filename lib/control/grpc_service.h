@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "lib/control/export_manager.h"
 #include "lib/metrics/stats_snapshot.h"
+#include "nbdmgr/v1/bitmap.grpc.pb.h"
 #include "nbdmgr/v1/daemon.grpc.pb.h"
 #include "nbdmgr/v1/export.grpc.pb.h"
 #include "nbdmgr/v1/stats.grpc.pb.h"
@@ -41,6 +42,31 @@ class ExportServiceImpl final : public v1::ExportService::Service {
   grpc::Status DeleteExport(grpc::ServerContext*,
                             const v1::DeleteExportRequest* req,
                             v1::DeleteExportResponse* out) override;
+
+ private:
+  ExportManager& manager_;
+};
+
+// BitmapService over the manager's bitmap calls.
+class BitmapServiceImpl final : public v1::BitmapService::Service {
+ public:
+  explicit BitmapServiceImpl(ExportManager& manager) : manager_(manager) {}
+
+  grpc::Status CreateBitmap(grpc::ServerContext*,
+                            const v1::CreateBitmapRequest* req,
+                            v1::Bitmap* out) override;
+  grpc::Status ListBitmaps(grpc::ServerContext*,
+                           const v1::ListBitmapsRequest* req,
+                           v1::ListBitmapsResponse* out) override;
+  grpc::Status ClearBitmap(grpc::ServerContext*,
+                           const v1::ClearBitmapRequest* req,
+                           v1::Bitmap* out) override;
+  grpc::Status DeleteBitmap(grpc::ServerContext*,
+                            const v1::DeleteBitmapRequest* req,
+                            v1::DeleteBitmapResponse* out) override;
+  grpc::Status CheckpointBitmap(grpc::ServerContext*,
+                                const v1::CheckpointBitmapRequest* req,
+                                v1::CheckpointBitmapResponse* out) override;
 
  private:
   ExportManager& manager_;

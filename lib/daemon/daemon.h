@@ -99,6 +99,7 @@ class Daemon {
   std::unique_ptr<nbd::Server> server_;
   std::unique_ptr<SessionControl> session_control_;
   std::unique_ptr<ExportServiceImpl> export_service_;
+  std::unique_ptr<BitmapServiceImpl> bitmap_service_;
   std::unique_ptr<DaemonServiceImpl> daemon_service_;
   std::unique_ptr<StatsServiceImpl> stats_service_;
   std::unique_ptr<MetricsServer> metrics_;

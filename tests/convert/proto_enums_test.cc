@@ -13,6 +13,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "nbdmgr/v1/bitmap.pb.h"
 #include "nbdmgr/v1/config.pb.h"
 #include "nbdmgr/v1/daemon.pb.h"
 #include "nbdmgr/v1/export.pb.h"
@@ -44,7 +45,7 @@ void CollectEnums(const pb::Descriptor& m,
 std::vector<const pb::EnumDescriptor*> AllEnums() {
   std::vector<const pb::EnumDescriptor*> out;
   for (const pb::FileDescriptor* f :
-       {v1::Export::descriptor()->file(),
+       {v1::Export::descriptor()->file(), v1::Bitmap::descriptor()->file(),
         v1::PersistedState::descriptor()->file(),
         v1::DaemonConfig::descriptor()->file(),
         v1::ExportStats::descriptor()->file(),

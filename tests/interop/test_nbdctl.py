@@ -12,7 +12,8 @@ EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
 GLOBAL_FLAGS = ["--control", "-o,--output", "--tls-ca", "--tls-cert", "--tls-key",
                 "--insecure", "--version", "-h,--help"]
-COMMANDS = ["create", "list", "get", "update", "remove", "daemon", "stats", "health"]
+COMMANDS = ["create", "list", "get", "update", "remove", "bitmap", "daemon", "stats",
+            "health"]
 
 
 def nbdctl(*args):
