@@ -80,14 +80,16 @@ absl::Status BitmapStore::Write(const std::string& export_name,
   if (::mkdir(dir_.c_str(), 0700) != 0 && errno != EEXIST) {
     return ErrnoStatus(errno, absl::StrCat("create ", dir_));
   }
-  clean = clean && identity.has_value();
+  // bit 0: saved at a clean stop; bit 1: with the backend's identity (only
+  // then are bits saved).
+  const bool with_bits = clean && identity.has_value();
   std::string out(kMagic, 8);
   PutLe(out, kVersion, 4);
-  PutLe(out, clean ? 1 : 0, 4);
-  PutString(out, clean ? *identity : "");
+  PutLe(out, (clean ? 1 : 0) | (with_bits ? 2 : 0), 4);
+  PutString(out, with_bits ? *identity : "");
   PutLe(out, records.size(), 4);
   for (const BitmapRecord& r : records) {
-    const bool bits = clean && r.consistent && r.bits != nullptr;
+    const bool bits = with_bits && r.consistent && r.bits != nullptr;
     PutString(out, r.name);
     PutLe(out,
           (r.active ? kActive : 0) | (r.consistent ? kConsistent : 0) |
@@ -169,16 +171,16 @@ absl::StatusOr<std::vector<BitmapRecord>> BitmapStore::Load(
   if (!r.Le(&version, 4) || version != kVersion) {
     return corrupt("unknown version");
   }
-  if (!r.Le(&clean, 4) || !r.String(&saved_identity) || !r.Le(&count, 4) ||
-      count > BitmapSet::kMaxBitmaps) {
+  if (!r.Le(&clean, 4) || clean > 3 || !r.String(&saved_identity) ||
+      !r.Le(&count, 4) || count > BitmapSet::kMaxBitmaps) {
     return corrupt("bad header");
   }
   std::string why_not;
-  if (clean != 1) {
+  if ((clean & 1) == 0) {
     why_not =
         "nbdmgrd did not stop cleanly while recording it (a crash or "
         "SIGKILL): writes may be missing";
-  } else if (!identity.has_value()) {
+  } else if ((clean & 2) == 0 || !identity.has_value()) {
     why_not = "bitmaps of this export's backend are not kept across restarts";
   } else if (*identity != saved_identity) {
     why_not = "the export's file changed while nbdmgrd was stopped";

@@ -85,9 +85,14 @@ class BitmapTest(unittest.TestCase):
 
     def bitmaps(self, export):
         out = self.d.nbdctl("bitmap", "list", export, "-o", "json").stdout
-        data = json.loads(out)
-        items = data.get("bitmaps", data) if isinstance(data, dict) else data
-        return {b["name"]: b for b in items}
+        found = {}
+        for b in json.loads(out).get("bitmaps", []):
+            # Resource names ("exports/E/bitmaps/B"); 64-bit numbers come as
+            # strings in protobuf's JSON.
+            for k in ("granularity_bytes", "dirty_bytes", "memory_bytes"):
+                b[k] = int(b.get(k, 0))
+            found[b["name"].rsplit("/", 1)[1]] = b
+        return found
 
     def connect(self, export):
         h = nbd.NBD()

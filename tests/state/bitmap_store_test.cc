@@ -96,9 +96,12 @@ TEST_F(BitmapStoreTest, InUseOrChangedFileComesBackInconsistent) {
     EXPECT_FALSE(r.consistent) << n;
     EXPECT_THAT(r.inconsistent_reason, HasSubstr("not kept"));
   }
-  // Saved clean without an identity: as in use.
+  // Saved clean without an identity (a memory export): not kept.
   ASSERT_TRUE(store_->SaveClean("vm1", set_.Records(), std::nullopt).ok());
-  for (auto& [n, r] : Load("id-1")) EXPECT_FALSE(r.consistent) << n;
+  for (auto& [n, r] : Load("id-1")) {
+    EXPECT_FALSE(r.consistent) << n;
+    EXPECT_THAT(r.inconsistent_reason, HasSubstr("not kept"));
+  }
   // Another size: the bits do not line up.
   ASSERT_TRUE(store_->SaveClean("vm1", set_.Records(), "id-1").ok());
   auto other = store_->Load("vm1", kSize * 2, "id-1");
