@@ -486,7 +486,8 @@ absl::Status OverlayBackend::ResetHeld() {
   return absl::OkStatus();
 }
 
-absl::Status OverlayBackend::Commit() {
+absl::Status OverlayBackend::Commit(
+    absl::FunctionRef<void(uint64_t offset, uint64_t length)> changed) {
   auto locks = LockAll();  // held to the end: no write slips in between
   {
     std::vector<uint8_t> buf;
@@ -509,6 +510,7 @@ absl::Status OverlayBackend::Commit() {
       } else if (s == kZero) {
         st = base_->Zero(from, len, ZeroOptions{});
       }
+      if (s != kBase) changed(from, len);
       if (!st.ok()) return st;
       c = e;
     }

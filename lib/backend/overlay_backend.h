@@ -96,12 +96,16 @@ class OverlayBackend final : public Backend {
   // when it returns OK (map first, then the data's space is freed).
   absl::Status Reset();
   // Writes every changed cluster into the base (which must be writable:
-  // the caller checks no one else reads it meanwhile), flushes the base,
+  // the caller checks no one else reads it meanwhile), telling `changed`
+  // each range it wrote (for the base's dirty bitmaps), flushes the base,
   // then resets. Idempotent: a commit cut short by a crash is redone
   // whole by the next one.
-  absl::Status Commit();
+  absl::Status Commit(
+      absl::FunctionRef<void(uint64_t offset, uint64_t length)> changed);
 
   OverlayStats stats() const;
+  // The overlay file (whether Open created it, to undo a failed create).
+  FileBackend& file() { return *file_; }
   const std::string& base_name() const { return base_name_; }
   uint32_t cluster_size() const { return cluster_; }
 

@@ -75,24 +75,41 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
         saved->size() + registry.List().size(), m->options_.max_exports);
   }
   for (const auto& e : registry.List()) m->RestoreBitmaps(*e);
-  std::vector<absl::StatusOr<std::shared_ptr<Export>>> opened =
-      m->OpenSaved(*saved);
-  for (size_t i = 0; i < saved->size(); ++i) {
-    const ExportConfig& c = (*saved)[i];
-    absl::StatusOr<std::shared_ptr<Export>>& e = opened[i];
-    if (e.ok()) m->RestoreBitmaps(**e);
-    MutexLock lock(&m->mu_);
-    if (!e.ok()) {
-      spdlog::error(
-          "export \"{}\" is FAILED and not served: {} (fix it, then "
-          "`nbdctl update {} --retry`, or remove it)",
-          c.name, e.status().message(), c.name);
-      m->failed_[c.name] = FailedExport{c, std::string(e.status().message()),
-                                        std::chrono::system_clock::now()};
-      continue;
+  // In rounds: an overlay opens once its base export is served (a base
+  // that never is leaves it FAILED with NotFound).
+  std::vector<ExportConfig> remaining = *saved;
+  while (!remaining.empty()) {
+    std::set<std::string> waiting;
+    for (const ExportConfig& c : remaining) waiting.insert(c.name);
+    std::vector<ExportConfig> ready, later;
+    for (ExportConfig& c : remaining) {
+      const bool on_saved_export = !c.base.empty() && c.base.front() != '/' &&
+                                   registry.Find(c.base) == nullptr &&
+                                   waiting.contains(c.base);
+      (on_saved_export ? later : ready).push_back(std::move(c));
     }
-    if (absl::Status st = registry.Add(*e); !st.ok()) return st;
-    m->persistent_.insert(c.name);
+    if (ready.empty()) ready.swap(later);  // a cycle: all fail (NotFound)
+    remaining = std::move(later);
+    std::vector<absl::StatusOr<std::shared_ptr<Export>>> opened =
+        m->OpenSaved(ready);
+    for (size_t i = 0; i < ready.size(); ++i) {
+      const ExportConfig& c = ready[i];
+      absl::StatusOr<std::shared_ptr<Export>>& e = opened[i];
+      if (e.ok()) m->RestoreBitmaps(**e);
+      MutexLock lock(&m->mu_);
+      if (!e.ok()) {
+        spdlog::error(
+            "export \"{}\" is FAILED and not served: {} (fix it, then "
+            "`nbdctl update {} --retry`, or remove it)",
+            c.name, e.status().message(), c.name);
+        m->failed_[c.name] = FailedExport{
+            c, std::string(e.status().message()),
+            std::chrono::system_clock::now()};
+        continue;
+      }
+      if (absl::Status st = registry.Add(*e); !st.ok()) return st;
+      m->persistent_.insert(c.name);
+    }
   }
   return m;
 }
@@ -287,7 +304,9 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::Open(
   }
   return Export::Create(
       config, buffers_,
-      BackendOpenOptions{options_.allow_paths, may_create, take_over});
+      BackendOpenOptions{
+          options_.allow_paths, may_create, take_over,
+          [this](const std::string& name) { return registry_.Find(name); }});
 }
 
 absl::Status ExportManager::CheckCephConf(const std::string& path) const {
@@ -341,6 +360,8 @@ ExportInfo ExportManager::Describe(const Export& e) const {
                                                      : "inline";
   info.lock_owner = e.lock_owner();
   info.clients = e.clients();
+  if (e.overlay() != nullptr) info.overlay = e.overlay()->stats();
+  info.overlays = e.overlays();
   info.created = e.created();
   info.state = e.draining() ? ExportState::kDraining : ExportState::kActive;
   if (e.fenced()) {
@@ -598,6 +619,85 @@ ExportManager::CheckpointBitmap(const std::string& name,
   return r;
 }
 
+absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindOverlay(
+    const std::string& name) const {
+  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  if (!e.ok()) return e.status();
+  if ((*e)->overlay() == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("export \"", name, "\" is not an overlay"));
+  }
+  return e;
+}
+
+absl::StatusOr<ExportInfo> ExportManager::ResetOverlay(
+    const std::string& name) {
+  MutexLock lock(&mu_overlays_);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindOverlay(name);
+  if (!e.ok()) return e.status();
+  if ((*e)->clients() > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "overlay \"", name, "\" has ", (*e)->clients(),
+        " client(s) connected: its disk would change under them; "
+        "disconnect them first"));
+  }
+  if (absl::Status st = (*e)->overlay()->Reset(); !st.ok()) return st;
+  spdlog::info("overlay \"{}\": reset (reads its base everywhere)", name);
+  return Describe(**e);
+}
+
+absl::StatusOr<ExportInfo> ExportManager::CommitOverlay(
+    const std::string& name) {
+  MutexLock lock(&mu_overlays_);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindOverlay(name);
+  if (!e.ok()) return e.status();
+  const std::shared_ptr<Export>& base = (*e)->base_export();
+  if (base == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "overlay \"", name, "\" has a file as its base (",
+        (*e)->config().base, "), opened read-only: commit needs a base export"));
+  }
+  if (base->read_only()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "base export \"", base->name(), "\" is read-only"));
+  }
+  for (const auto& other : registry_.List()) {
+    if (other.get() != e->get() && other->base_export() == base &&
+        other->clients() > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "overlay \"", other->name(), "\" of the same base has ",
+          other->clients(), " client(s) connected: the base would change "
+          "under them; disconnect them first"));
+    }
+  }
+  const OverlayStats before = (*e)->overlay()->stats();
+  if (absl::Status st = (*e)->overlay()->Commit(
+          [&](uint64_t offset, uint64_t length) {
+            base->bitmaps().Mark(offset, length);
+          });
+      !st.ok()) {
+    return st;
+  }
+  spdlog::info("overlay \"{}\": committed {} bytes into \"{}\"", name,
+               before.allocated_bytes + before.zero_bytes, base->name());
+  return Describe(**e);
+}
+
+absl::StatusOr<std::vector<ExportInfo>> ExportManager::ListOverlays(
+    const std::string& base) const {
+  absl::StatusOr<std::shared_ptr<Export>> b = FindExport(base);
+  if (!b.ok()) return b.status();
+  std::vector<ExportInfo> out;
+  for (const auto& e : registry_.List()) {
+    if (e->base_export() == *b) out.push_back(Describe(*e));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const ExportInfo& x, const ExportInfo& y) {
+              return x.config.name < y.config.name;
+            });
+  return out;
+}
+
 absl::StatusOr<ExportInfo> ExportManager::GetExport(
     const std::string& name) const {
   {
@@ -756,6 +856,11 @@ absl::StatusOr<int> ExportManager::DeleteExport(
     if (e->draining()) {
       return absl::FailedPreconditionError(
           absl::StrCat("export \"", name, "\" is already being deleted"));
+    }
+    if (e->overlays() > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "export \"", name, "\" is the base of ", e->overlays(),
+          " overlay(s); remove them (or commit one) first"));
     }
     if (mode == DeleteMode::kSafe && e->clients() > 0) {
       return absl::FailedPreconditionError(

@@ -166,6 +166,17 @@ class ExportManager {
       const std::string& name, const std::string& frozen,
       const std::string& started, uint64_t granularity);
 
+  // Overlays. Reset: drops the overlay's changes (FailedPrecondition while
+  // it has clients). Commit: writes them into its base export (which must
+  // be writable, with no clients on its other overlays) and resets it.
+  // NotFound, FailedPrecondition (not an overlay, FAILED, being deleted),
+  // or the I/O error.
+  absl::StatusOr<ExportInfo> ResetOverlay(const std::string& name);
+  absl::StatusOr<ExportInfo> CommitOverlay(const std::string& name);
+  // The overlays served on export `base`, by name. NotFound.
+  absl::StatusOr<std::vector<ExportInfo>> ListOverlays(
+      const std::string& base) const;
+
   // The daemon is shutting down: DRAIN deletes in progress stop waiting
   // for their clients now and close them (the daemon's own drain, bounded
   // by --drain-timeout, takes over). Idempotent; thread-safe.
@@ -223,6 +234,9 @@ class ExportManager {
   void RestoreBitmaps(Export& e);
   // Removes the saved bitmaps of an export that is gone (errors logged).
   void ForgetBitmaps(const std::string& name);
+  // A served overlay: FindForBitmaps' errors, or FailedPrecondition.
+  absl::StatusOr<std::shared_ptr<Export>> FindOverlay(
+      const std::string& name) const;
   // Persists `e`'s bitmap settings (each bitmap as in use: a crash before
   // the next clean save leaves it inconsistent). No-op without a state
   // directory.
@@ -284,6 +298,8 @@ class ExportManager {
   // Serializes bitmap changes and their saves; taken before mu_, never
   // while mu_ is held.
   Mutex mu_bitmaps_;
+  // Serializes overlay resets and commits (taken before mu_).
+  Mutex mu_overlays_;
   // Names whose backend is being opened outside the lock (a create or a
   // retry): taken, but in neither the registry nor failed_ yet.
   std::set<std::string> pending_ ABSL_GUARDED_BY(mu_);

@@ -59,7 +59,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
       config.connection_share_percent, config.connection_memory_bytes);
   auto registry = std::make_shared<ExportRegistry>();
   for (const ExportConfig& ec : config.exports) {
-    absl::StatusOr<std::shared_ptr<Export>> e = Export::Create(ec, *buffers);
+    // An overlay's base export comes earlier on the command line.
+    BackendOpenOptions open;
+    open.find_export = [&registry](const std::string& name) {
+      return registry->Find(name);
+    };
+    absl::StatusOr<std::shared_ptr<Export>> e =
+        Export::Create(ec, *buffers, open);
     if (!e.ok()) {
       return absl::Status(
           e.status().code(),

@@ -4,15 +4,54 @@
 #include "lib/backend/file_backend.h"
 #include "lib/backend/memory_backend.h"
 #include "lib/backend/null_backend.h"
+#include "lib/backend/overlay_backend.h"
 #include "lib/backend/rbd_backend.h"
 #include "lib/util/mutex.h"
 
 namespace nbdmgr {
 namespace {
 
+// An overlay on `base_export` (or, if null, on the file c.base).
+absl::StatusOr<std::unique_ptr<Backend>> OpenOverlay(
+    const ExportConfig& c, const BackendOpenOptions& open,
+    const std::shared_ptr<Export>& base_export, FileBackend** created,
+    OverlayBackend** overlay) {
+  std::shared_ptr<Backend> base;
+  if (base_export != nullptr) {
+    // Aliasing: the backend, kept alive by its export.
+    base = std::shared_ptr<Backend>(base_export, &base_export->backend());
+  } else {
+    auto b = FileBackend::Open(FileBackendOptions{
+        c.base, /*read_only=*/true, std::nullopt, /*create=*/false,
+        open.confine_to, FileIo::kThreads});
+    if (!b.ok()) {
+      return absl::Status(b.status().code(),
+                          absl::StrCat("base ", b.status().message()));
+    }
+    base = std::shared_ptr<Backend>(std::move(*b));
+  }
+  if (c.size.has_value() && *c.size != base->size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("an overlay has its base's size (", base->size(),
+                     " bytes), not ", *c.size));
+  }
+  OverlayOptions o;
+  o.file = FileBackendOptions{c.path,         c.read_only,
+                              std::nullopt,   c.create && open.may_create,
+                              open.confine_to, FileIo::kThreads};
+  o.cluster_size = c.cluster_size;
+  o.base_name = c.base;
+  auto ov = OverlayBackend::Open(o, std::move(base));
+  if (!ov.ok()) return ov.status();
+  if ((*ov)->file().created_file()) *created = &(*ov)->file();
+  *overlay = ov->get();
+  return std::unique_ptr<Backend>(std::move(*ov));
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
     const ExportConfig& c, const BackendOpenOptions& open,
-    FileBackend** created) {
+    const std::shared_ptr<Export>& base_export, FileBackend** created,
+    OverlayBackend** overlay) {
   switch (c.backend) {
     case BackendKind::kMemory: {
       auto b = MemoryBackend::Create(*c.size);
@@ -25,6 +64,9 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(
       return std::unique_ptr<Backend>(std::move(*b));
     }
     case BackendKind::kFile: {
+      if (!c.base.empty()) {
+        return OpenOverlay(c, open, base_export, created, overlay);
+      }
       auto b = FileBackend::Open(FileBackendOptions{c.path, c.read_only, c.size,
                                                     c.create && open.may_create,
                                                     open.confine_to, c.io});
@@ -62,14 +104,48 @@ absl::StatusOr<std::shared_ptr<Export>> Export::Create(
     ExportConfig config, BufferSystem& buffers,
     const BackendOpenOptions& open) {
   if (absl::Status st = ValidateExportConfig(config); !st.ok()) return st;
+  std::shared_ptr<Export> base_export;
+  if (!config.base.empty() && config.base.front() != '/') {
+    if (open.find_export) base_export = open.find_export(config.base);
+    if (base_export == nullptr || base_export->draining()) {
+      return absl::NotFoundError(absl::StrCat(
+          "base export \"", config.base, "\" not found (a base must be "
+          "served before its overlays)"));
+    }
+    if (absl::Status st = base_export->AddOverlay(); !st.ok()) return st;
+  }
   FileBackend* created = nullptr;
+  OverlayBackend* overlay = nullptr;
   absl::StatusOr<std::unique_ptr<Backend>> backend =
-      OpenBackend(config, open, &created);
-  if (!backend.ok()) return backend.status();
+      OpenBackend(config, open, base_export, &created, &overlay);
+  if (!backend.ok()) {
+    if (base_export != nullptr) base_export->overlays_.fetch_sub(1);
+    return backend.status();
+  }
   std::shared_ptr<Export> e =
       FromBackend(std::move(config), std::move(*backend), buffers);
   e->created_file_ = created;
+  e->overlay_ = overlay;
+  e->base_export_ = std::move(base_export);
   return e;
+}
+
+absl::Status Export::AddOverlay() {
+  // The first overlay makes the export read-only for new clients; ones
+  // connected before may have been told they can write.
+  if (overlays_.fetch_add(1, std::memory_order_seq_cst) == 0 && !read_only() &&
+      clients() > 0) {
+    overlays_.fetch_sub(1, std::memory_order_seq_cst);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "base export \"", name(), "\" is writable and has ", clients(),
+        " client(s) connected: an overlay needs a base no one writes "
+        "(disconnect them, or make the base read-only)"));
+  }
+  return absl::OkStatus();
+}
+
+Export::~Export() {
+  if (base_export_ != nullptr) base_export_->overlays_.fetch_sub(1);
 }
 
 void Export::RemoveCreatedFile() {

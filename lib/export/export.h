@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -20,6 +21,8 @@
 namespace nbdmgr {
 
 class FileBackend;
+class OverlayBackend;
+class Export;
 
 // How Export::Create opens its backend.
 struct BackendOpenOptions {
@@ -34,6 +37,9 @@ struct BackendOpenOptions {
   // rbd: break another client's exclusive lock on the image (fencing it)
   // instead of failing. Never persisted: only the call that asks for it.
   bool take_over = false;
+  // Overlays whose base is an export: finds the served export of that
+  // name (null: none). Unset: such overlays cannot be opened.
+  std::function<std::shared_ptr<Export>(const std::string&)> find_export;
 };
 
 // One served export: its configuration, its open backend and live state.
@@ -59,6 +65,7 @@ class Export {
   static std::shared_ptr<Export> FromBackend(ExportConfig config,
                                              std::unique_ptr<Backend> backend,
                                              BufferSystem& buffers);
+  ~Export();
 
   // The configuration the export was created with. Buffer settings, the
   // description, TLS mode, client cap and stall timeout may have changed
@@ -92,6 +99,16 @@ class Export {
   std::string lock_owner() const;
   bool fenced() const;
   bool read_only() const { return config_.read_only; }
+  // Served read-only to new clients: configured so, or the base of
+  // overlays (while any exists nothing may write it).
+  bool served_read_only() const { return read_only() || overlays() > 0; }
+
+  // Overlays: how many exports use this one as their base.
+  int overlays() const { return overlays_.load(std::memory_order_seq_cst); }
+  // The overlay backend, if this export is one (else null).
+  OverlayBackend* overlay() const { return overlay_; }
+  // The export this overlay reads through to (null if none, or a file).
+  const std::shared_ptr<Export>& base_export() const { return base_export_; }
   const BlockSizes& block_sizes() const { return block_sizes_; }
   // Request buffers: strategy, cap and counters; settings change at run time.
   ExportBuffers& buffers() { return buffers_; }
@@ -129,6 +146,10 @@ class Export {
  private:
   Export(ExportConfig config, std::unique_ptr<Backend> backend,
          BufferSystem& buffers);
+  // Counts an overlay on this export. The first one is refused
+  // (FailedPrecondition) while a writable export has clients (they may
+  // have been told they can write).
+  absl::Status AddOverlay();
 
   const ExportConfig config_;
   const std::unique_ptr<Backend> backend_;
@@ -144,6 +165,10 @@ class Export {
   std::atomic<TlsMode> tls_mode_;
   std::atomic<uint32_t> max_clients_;
   std::atomic<int64_t> stall_timeout_ms_{-1};
+  std::atomic<int> overlays_{0};
+  OverlayBackend* overlay_ = nullptr;
+  // Held by an overlay on an export: keeps it alive and read-only.
+  std::shared_ptr<Export> base_export_;
   mutable Mutex mu_;
   std::string description_ ABSL_GUARDED_BY(mu_);
   const std::chrono::system_clock::time_point created_;

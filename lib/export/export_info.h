@@ -2,6 +2,9 @@
 #define NBDMGR_LIB_EXPORT_EXPORT_INFO_H_
 
 #include <chrono>
+#include <optional>
+
+#include "lib/backend/overlay_backend.h"
 
 #include "lib/export/export.h"
 #include "lib/export/export_config.h"
@@ -32,6 +35,9 @@ struct ExportInfo {
   ExportState state = ExportState::kActive;
   std::string failure;      // kFailed: why
   bool persistent = false;  // created over the API
+  // Overlays: set for an overlay (what it holds of its own).
+  std::optional<OverlayStats> overlay;
+  int overlays = 0;  // exports using this one as their base
 };
 
 }  // namespace nbdmgr

@@ -7,7 +7,7 @@ namespace nbdmgr::nbd {
 uint16_t TransmissionFlags(const Export& e, bool structured_replies) {
   const BackendCaps& caps = e.caps();
   uint16_t f = kTxHasFlags | kTxSendFlush;
-  if (e.config().read_only) {
+  if (e.served_read_only()) {
     f |= kTxReadOnly;
   } else {
     f |= kTxSendFua | kTxSendWriteZeroes;

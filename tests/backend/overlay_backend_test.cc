@@ -153,7 +153,9 @@ TEST_F(OverlayTest, ResetAndCommit) {
   model_ = base_copy_;
   Write(5 * kMiB, 100 * kKiB, 9);
   Zero(0, 128 * kKiB);
-  ASSERT_TRUE(ov_->Commit().ok());
+  uint64_t changed = 0;
+  ASSERT_TRUE(ov_->Commit([&](uint64_t, uint64_t len) { changed += len; }).ok());
+  EXPECT_EQ(changed, 2 * 64 * kKiB + 2 * 64 * kKiB);  // 100 KiB spans 2
   std::vector<uint8_t> base(kSize);
   ASSERT_TRUE(base_->Read(0, base).ok());
   EXPECT_EQ(base, model_);
