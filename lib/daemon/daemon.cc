@@ -1,5 +1,7 @@
 #include "lib/daemon/daemon.h"
 
+#include "lib/backend/overlay_backend.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -203,6 +205,13 @@ StatsSnapshot Daemon::CollectStats() const {
     es.size_bytes = e->size();
     es.clients = static_cast<uint64_t>(std::max(0, e->clients()));
     es.io = e->io_stats().Snapshot();
+    if (e->overlay() != nullptr) {
+      const OverlayStats os = e->overlay()->stats();
+      es.overlay = true;
+      es.overlay_allocated_bytes = os.allocated_bytes;
+      es.overlay_zero_bytes = os.zero_bytes;
+      es.overlay_copy_ups = os.copy_ups;
+    }
     for (const BitmapInfo& bi : e->bitmaps().List()) {
       es.bitmaps.push_back({bi.name, bi.active, bi.consistent, bi.dirty_bytes,
                             bi.memory_bytes});

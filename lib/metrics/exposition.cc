@@ -140,6 +140,25 @@ void AddRequestFamilies(Builder& b, const StatsSnapshot& s) {
       Builder::Add(bits, l, static_cast<double>(bm.memory_bytes));
     }
   }
+  MetricFamily& ov_alloc = b.Family(
+      "nbdmgr_overlay_allocated_bytes",
+      "Bytes of an overlay's own clusters: data it wrote (state=data) and "
+      "ranges it trimmed or zeroed (state=zero); the rest reads its base.",
+      MetricType::Gauge);
+  MetricFamily& ov_copy = b.Family(
+      "nbdmgr_overlay_copy_ups_total",
+      "Partial first writes of an overlay's clusters, which copied the rest "
+      "of the cluster from the base.",
+      MetricType::Counter);
+  for (const ExportStats& e : s.exports) {
+    if (!e.overlay) continue;
+    Builder::Add(ov_alloc, {{"export", e.name}, {"state", "data"}},
+                 static_cast<double>(e.overlay_allocated_bytes));
+    Builder::Add(ov_alloc, {{"export", e.name}, {"state", "zero"}},
+                 static_cast<double>(e.overlay_zero_bytes));
+    Builder::Add(ov_copy, {{"export", e.name}},
+                 static_cast<double>(e.overlay_copy_ups));
+  }
   PerExport(b, s, "nbdmgr_read_bytes_total",
             "Payload bytes of successful READ requests.", MetricType::Counter,
             [](const ExportStats& e) { return e.io.bytes_read; });

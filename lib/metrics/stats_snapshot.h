@@ -51,6 +51,12 @@ struct ExportStats {
   IoCounts io;
   BufferCounts buffers;
   std::vector<BitmapStats> bitmaps;  // by name
+  // Overlays only: bytes of the overlay's own clusters (data, zeroed) and
+  // partial first writes that copied the rest of a cluster from the base.
+  bool overlay = false;
+  uint64_t overlay_allocated_bytes = 0;
+  uint64_t overlay_zero_bytes = 0;
+  uint64_t overlay_copy_ups = 0;
 };
 
 struct DaemonStats {
