@@ -620,6 +620,9 @@ absl::Status FileBackend::Extents(uint64_t offset, uint64_t length,
 std::optional<std::string> FileBackend::DurableIdentity() const {
   struct stat st;
   if (::fstat(fd_, &st) != 0) return std::nullopt;
+  // A block device's node does not change when the device is written
+  // (through another node, a filesystem, dm, another host): no identity.
+  if (S_ISBLK(st.st_mode)) return std::nullopt;
   return absl::StrCat("file dev=", st.st_dev, " rdev=", st.st_rdev,
                       " ino=", st.st_ino, " size=", st.st_size,
                       " mtime=", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);

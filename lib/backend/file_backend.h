@@ -73,9 +73,8 @@ class FileBackend final : public Backend {
   FileIo io() const { return io_; }
 
   uint64_t size() const override { return size_; }
-  // The file's device, inode, size and modification time (a block
-  // device's: its device number and inode; writes to it elsewhere are not
-  // seen).
+  // The file's device, inode, size and modification time; none for a
+  // block device (writes to it elsewhere would not show).
   std::optional<std::string> DurableIdentity() const override;
   BackendCaps caps() const override;
   absl::Status Read(uint64_t offset, std::span<uint8_t> buf) override;

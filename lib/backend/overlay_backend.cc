@@ -448,12 +448,43 @@ absl::Status OverlayBackend::WriteMapPages(const std::vector<uint64_t>& pages) {
   return absl::OkStatus();
 }
 
-absl::Status OverlayBackend::Reset() {
-  auto locks = LockAll();
-  return ResetHeld();
+std::optional<std::string> OverlayBackend::DurableIdentity() const {
+  std::optional<std::string> own = file_->DurableIdentity();
+  std::optional<std::string> base = base_->DurableIdentity();
+  if (!own.has_value() || !base.has_value()) return std::nullopt;
+  return absl::StrCat("overlay ", *own, "; base ", *base);
 }
 
-absl::Status OverlayBackend::ResetHeld() {
+absl::Status OverlayBackend::ForEachOwnRun(
+    absl::FunctionRef<absl::Status(uint64_t, uint64_t, State)> fn) {
+  const uint64_t n = clusters();
+  uint64_t c = 0;
+  while (c < n) {
+    const State s = StateOf(c);
+    uint64_t e = c + 1;
+    while (e < n && StateOf(e) == s && (e - c + 1) * cluster_ <= (1u << 20)) {
+      ++e;
+    }
+    const uint64_t from = c << shift_;
+    if (s != kBase) {
+      if (absl::Status st = fn(from, std::min(size_, e << shift_) - from, s);
+          !st.ok()) {
+        return st;
+      }
+    }
+    c = e;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OverlayBackend::Reset(
+    absl::FunctionRef<void(uint64_t offset, uint64_t length)> changed) {
+  auto locks = LockAll();
+  return ResetHeld(changed);
+}
+
+absl::Status OverlayBackend::ResetHeld(
+    absl::FunctionRef<void(uint64_t offset, uint64_t length)> changed) {
   MutexLock lock(&flush_mu_);
   {
     MutexLock pl(&pending_mu_);
@@ -478,6 +509,10 @@ absl::Status OverlayBackend::ResetHeld() {
     }
     return st;
   }
+  (void)ForEachOwnRun([&](uint64_t offset, uint64_t length, State) {
+    changed(offset, length);
+    return absl::OkStatus();
+  });
   for (uint64_t c = 0; c < clusters(); ++c) map_[c].store(kBase);
   data_clusters_.store(0);
   zero_clusters_.store(0);
@@ -489,34 +524,25 @@ absl::Status OverlayBackend::ResetHeld() {
 absl::Status OverlayBackend::Commit(
     absl::FunctionRef<void(uint64_t offset, uint64_t length)> changed) {
   auto locks = LockAll();  // held to the end: no write slips in between
-  {
-    std::vector<uint8_t> buf;
-    uint64_t c = 0;
-    const uint64_t n = clusters();
-    while (c < n) {
-      const State s = StateOf(c);
-      uint64_t e = c + 1;
-      // Runs of up to 1 MiB (and at least one cluster) at a time.
-      while (e < n && StateOf(e) == s && (e - c + 1) * cluster_ <= (1u << 20)) {
-        ++e;
-      }
-      const uint64_t from = c << shift_;
-      const uint64_t len = std::min(size_, e << shift_) - from;
-      absl::Status st;
-      if (s == kData) {
-        buf.resize(len);
-        st = file_->Read(data_offset_ + from, buf);
-        if (st.ok()) st = base_->Write(from, buf, false);
-      } else if (s == kZero) {
-        st = base_->Zero(from, len, ZeroOptions{});
-      }
-      if (s != kBase) changed(from, len);
-      if (!st.ok()) return st;
-      c = e;
-    }
-    if (absl::Status st = base_->Flush(); !st.ok()) return st;
-  }
-  return ResetHeld();
+  std::vector<uint8_t> buf;
+  absl::Status st =
+      ForEachOwnRun([&](uint64_t from, uint64_t len, State s) {
+        absl::Status r;
+        if (s == kData) {
+          buf.resize(len);
+          r = file_->Read(data_offset_ + from, buf);
+          if (r.ok()) r = base_->Write(from, buf, false);
+        } else {
+          r = base_->Zero(from, len, ZeroOptions{});
+        }
+        changed(from, len);  // even on failure: some of it may have landed
+        return r;
+      });
+  if (!st.ok()) return st;
+  if (absl::Status f = base_->Flush(); !f.ok()) return f;
+  // The overlay reads the same before and after: its own bitmaps do not
+  // change.
+  return ResetHeld([](uint64_t, uint64_t) {});
 }
 
 OverlayStats OverlayBackend::stats() const {

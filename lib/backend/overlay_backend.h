@@ -79,9 +79,9 @@ class OverlayBackend final : public Backend {
 
   uint64_t size() const override { return size_; }
   BackendCaps caps() const override;
-  std::optional<std::string> DurableIdentity() const override {
-    return file_->DurableIdentity();
-  }
+  // The overlay file's and the base's: either changing shows (none if the
+  // base has none).
+  std::optional<std::string> DurableIdentity() const override;
   absl::Status Read(uint64_t offset, std::span<uint8_t> buf) override;
   absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
                      bool fua) override;
@@ -92,13 +92,16 @@ class OverlayBackend final : public Backend {
   absl::Status Extents(uint64_t offset, uint64_t length,
                        absl::FunctionRef<bool(Extent)> visit) override;
 
-  // Drops every change: all clusters read from the base again. Durable
-  // when it returns OK (map first, then the data's space is freed).
-  absl::Status Reset();
+  // Drops every change: all clusters read from the base again, each range
+  // that changes told to `changed` (for the overlay's dirty bitmaps).
+  // Durable when it returns OK (map first, then the data's space is freed).
+  absl::Status Reset(
+      absl::FunctionRef<void(uint64_t offset, uint64_t length)> changed);
   // Writes every changed cluster into the base (which must be writable:
   // the caller checks no one else reads it meanwhile), telling `changed`
-  // each range it wrote (for the base's dirty bitmaps), flushes the base,
-  // then resets. Idempotent: a commit cut short by a crash is redone
+  // each range it wrote (for the base's and its other overlays' dirty
+  // bitmaps; the overlay's own do not change: it reads the same), flushes
+  // the base, then resets. Idempotent: a commit cut short by a crash is redone
   // whole by the next one.
   absl::Status Commit(
       absl::FunctionRef<void(uint64_t offset, uint64_t length)> changed);
@@ -146,7 +149,12 @@ class OverlayBackend final : public Backend {
   // before it to the map, fdatasync again.
   absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(flush_mu_);
   // Reset() with every stripe held by the caller.
-  absl::Status ResetHeld();
+  absl::Status ResetHeld(
+      absl::FunctionRef<void(uint64_t offset, uint64_t length)> changed);
+  // Calls `fn(offset, length, state)` for runs of up to 1 MiB of clusters
+  // in one state that is not kBase (stripes held by the caller).
+  absl::Status ForEachOwnRun(
+      absl::FunctionRef<absl::Status(uint64_t, uint64_t, State)> fn);
   absl::Status WriteMapPages(const std::vector<uint64_t>& pages)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(flush_mu_);
 

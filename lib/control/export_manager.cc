@@ -436,7 +436,12 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config,
   // A new export starts without bitmaps, whatever an old one of its name
   // left behind.
   if (bitmap_store_ != nullptr) {
-    if (absl::Status st = bitmap_store_->Remove(config.name); !st.ok()) {
+    absl::Status st;
+    {
+      MutexLock lock(&mu_bitmaps_);
+      st = bitmap_store_->Remove(config.name);
+    }
+    if (!st.ok()) {
       MutexLock lock(&mu_);
       pending_.erase(config.name);
       return st;
@@ -491,11 +496,6 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindForBitmaps(
   return e;
 }
 
-absl::Status ExportManager::SaveBitmaps(const Export& e) {
-  if (bitmap_store_ == nullptr) return absl::OkStatus();
-  return Saving(bitmap_store_->SaveInUse(e.name(), e.bitmaps().Records()));
-}
-
 void ExportManager::RestoreBitmaps(Export& e) {
   if (bitmap_store_ == nullptr) return;
   MutexLock lock(&mu_bitmaps_);
@@ -518,7 +518,8 @@ void ExportManager::RestoreBitmaps(Export& e) {
     } else {
       spdlog::warn(
           "export \"{}\": bitmap \"{}\" is inconsistent ({}): it is not "
-          "offered to clients; take a full backup, then clear it",
+          "offered to clients; clear it (or checkpoint it) first, then take "
+          "a full backup",
           e.name(), b.name, b.inconsistent_reason);
     }
   }
@@ -556,18 +557,22 @@ absl::Status ExportManager::SaveBitmapsAtStop(const Export& e) {
                                   e.backend().DurableIdentity());
 }
 
+BitmapSet::Persist ExportManager::BitmapSaver(const Export& e) {
+  if (bitmap_store_ == nullptr) return {};
+  return [this, name = e.name()](const std::vector<BitmapRecord>& records) {
+    return Saving(bitmap_store_->SaveInUse(name, records));
+  };
+}
+
 absl::StatusOr<BitmapInfo> ExportManager::AddBitmap(const std::string& name,
                                                     const std::string& bitmap,
                                                     uint64_t granularity) {
   MutexLock lock(&mu_bitmaps_);
   absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
   if (!e.ok()) return e.status();
-  absl::StatusOr<BitmapInfo> info = (*e)->bitmaps().Add(bitmap, granularity);
+  absl::StatusOr<BitmapInfo> info =
+      (*e)->bitmaps().Add(bitmap, granularity, BitmapSaver(**e));
   if (!info.ok()) return info.status();
-  if (absl::Status st = SaveBitmaps(**e); !st.ok()) {
-    (void)(*e)->bitmaps().Remove(bitmap);
-    return st;
-  }
   spdlog::info("export \"{}\": added bitmap \"{}\" (granularity {})", name,
                bitmap, info->granularity);
   return info;
@@ -585,9 +590,9 @@ absl::StatusOr<BitmapInfo> ExportManager::ClearBitmap(
   MutexLock lock(&mu_bitmaps_);
   absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
   if (!e.ok()) return e.status();
-  absl::StatusOr<BitmapInfo> info = (*e)->bitmaps().Clear(bitmap);
+  absl::StatusOr<BitmapInfo> info =
+      (*e)->bitmaps().Clear(bitmap, BitmapSaver(**e));
   if (!info.ok()) return info.status();
-  if (absl::Status st = SaveBitmaps(**e); !st.ok()) return st;
   spdlog::info("export \"{}\": cleared bitmap \"{}\"", name, bitmap);
   return info;
 }
@@ -597,8 +602,10 @@ absl::Status ExportManager::RemoveBitmap(const std::string& name,
   MutexLock lock(&mu_bitmaps_);
   absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
   if (!e.ok()) return e.status();
-  if (absl::Status st = (*e)->bitmaps().Remove(bitmap); !st.ok()) return st;
-  if (absl::Status st = SaveBitmaps(**e); !st.ok()) return st;
+  if (absl::Status st = (*e)->bitmaps().Remove(bitmap, BitmapSaver(**e));
+      !st.ok()) {
+    return st;
+  }
   spdlog::info("export \"{}\": removed bitmap \"{}\"", name, bitmap);
   return absl::OkStatus();
 }
@@ -611,9 +618,9 @@ ExportManager::CheckpointBitmap(const std::string& name,
   MutexLock lock(&mu_bitmaps_);
   absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
   if (!e.ok()) return e.status();
-  auto r = (*e)->bitmaps().Checkpoint(frozen, started, granularity);
+  auto r = (*e)->bitmaps().Checkpoint(frozen, started, granularity,
+                                      BitmapSaver(**e));
   if (!r.ok()) return r.status();
-  if (absl::Status st = SaveBitmaps(**e); !st.ok()) return st;
   spdlog::info("export \"{}\": checkpoint froze bitmap \"{}\", started \"{}\"",
                name, frozen, started);
   return r;
@@ -641,7 +648,13 @@ absl::StatusOr<ExportInfo> ExportManager::ResetOverlay(
         " client(s) connected: its disk would change under them; "
         "disconnect them first"));
   }
-  if (absl::Status st = (*e)->overlay()->Reset(); !st.ok()) return st;
+  if (absl::Status st = (*e)->overlay()->Reset(
+          [&](uint64_t offset, uint64_t length) {
+            (*e)->bitmaps().Mark(offset, length);
+          });
+      !st.ok()) {
+    return st;
+  }
   spdlog::info("overlay \"{}\": reset (reads its base everywhere)", name);
   return Describe(**e);
 }
@@ -671,9 +684,17 @@ absl::StatusOr<ExportInfo> ExportManager::CommitOverlay(
     }
   }
   const OverlayStats before = (*e)->overlay()->stats();
+  // The base changes, and so does every other overlay of it where it
+  // reads the base.
+  std::vector<std::shared_ptr<Export>> affected = {base};
+  for (const auto& other : registry_.List()) {
+    if (other.get() != e->get() && other->base_export() == base) {
+      affected.push_back(other);
+    }
+  }
   if (absl::Status st = (*e)->overlay()->Commit(
           [&](uint64_t offset, uint64_t length) {
-            base->bitmaps().Mark(offset, length);
+            for (const auto& a : affected) a->bitmaps().Mark(offset, length);
           });
       !st.ok()) {
     return st;
@@ -846,7 +867,8 @@ absl::StatusOr<int> ExportManager::DeleteExport(
     if (failed_.contains(name)) {
       if (absl::Status st = PersistDelete(name); !st.ok()) return st;
       failed_.erase(name);
-      ForgetBitmaps(name);
+      lock.Release();
+      ForgetBitmaps(name);  // takes mu_bitmaps_: never inside mu_
       spdlog::info("deleted FAILED export \"{}\"", name);
       return 0;
     }
@@ -899,11 +921,13 @@ absl::StatusOr<int> ExportManager::DeleteExport(
   }
   absl::Status flushed =
       e->read_only() ? absl::OkStatus() : e->backend().Flush();
+  // While the name is still taken: a new export of that name cannot have
+  // saved bitmaps yet for this to remove.
+  ForgetBitmaps(name);
   {
     MutexLock lock(&mu_);
     (void)registry_.Remove(name);
   }
-  ForgetBitmaps(name);
   if (!flushed.ok()) {
     spdlog::error("export \"{}\": final flush failed: {}", name,
                   flushed.message());

@@ -231,17 +231,16 @@ class ExportManager {
       const std::string& name) const;
   // Loads what the bitmap store kept for `e` (served next) into it and
   // marks it in use; an unreadable file is set aside with an error logged.
-  void RestoreBitmaps(Export& e);
+  void RestoreBitmaps(Export& e) ABSL_LOCKS_EXCLUDED(mu_);
   // Removes the saved bitmaps of an export that is gone (errors logged).
-  void ForgetBitmaps(const std::string& name);
+  void ForgetBitmaps(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
   // A served overlay: FindForBitmaps' errors, or FailedPrecondition.
   absl::StatusOr<std::shared_ptr<Export>> FindOverlay(
       const std::string& name) const;
-  // Persists `e`'s bitmap settings (each bitmap as in use: a crash before
-  // the next clean save leaves it inconsistent). No-op without a state
-  // directory.
-  absl::Status SaveBitmaps(const Export& e)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_bitmaps_);
+  // What persists `e`'s bitmap settings before a change applies (each
+  // bitmap in use: a crash before the next clean stop leaves it
+  // inconsistent); none without a state directory.
+  BitmapSet::Persist BitmapSaver(const Export& e);
   ExportInfo Describe(const Export& e) const;
   static ExportInfo DescribeFailed(const FailedExport& f);
   // OK if `path`, resolved, is a regular file of at most 1 MiB beneath an

@@ -78,99 +78,150 @@ void BitmapSet::MarkSlow(uint64_t offset, uint64_t length) {
   for (DirtyBitmap* b : active_) b->Mark(offset, length);
 }
 
-absl::StatusOr<BitmapInfo> BitmapSet::Add(const std::string& name,
-                                          uint64_t granularity) {
-  if (absl::Status st = ValidateName(name); !st.ok()) return st;
-  absl::StatusOr<std::shared_ptr<DirtyBitmap>> bits = NewBits(granularity);
-  if (!bits.ok()) return bits.status();
-  WriterMutexLock lock(&mu_);
-  if (bitmaps_.contains(name)) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("bitmap \"", name, "\" already exists"));
-  }
-  if (bitmaps_.size() >= kMaxBitmaps) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the export has its maximum of ", kMaxBitmaps, " bitmaps"));
-  }
-  Entry& e = bitmaps_[name];
-  e.granularity = (*bits)->granularity();
-  e.bits = std::move(*bits);
-  Reindex();
-  return Describe(name, e);
+BitmapSet::Map BitmapSet::Copy() const {
+  ReaderMutexLock lock(&mu_);
+  return bitmaps_;
 }
 
-absl::Status BitmapSet::Remove(const std::string& name) {
-  WriterMutexLock lock(&mu_);
-  if (bitmaps_.erase(name) == 0) {
-    return absl::NotFoundError(absl::StrCat("no bitmap named \"", name, "\""));
+std::vector<BitmapRecord> BitmapSet::RecordsOf(const Map& m) {
+  std::vector<BitmapRecord> out;
+  for (const auto& [name, e] : m) {
+    BitmapRecord r;
+    r.name = name;
+    r.active = e.active;
+    r.consistent = e.consistent;
+    r.inconsistent_reason = e.reason;
+    r.bits = e.bits;
+    r.granularity = e.granularity;
+    out.push_back(std::move(r));
   }
+  return out;
+}
+
+absl::Status BitmapSet::Apply(Map next, const Persist& persist,
+                              const std::function<void()>& under_lock) {
+  if (persist) {
+    if (absl::Status st = persist(RecordsOf(next)); !st.ok()) return st;
+  }
+  WriterMutexLock lock(&mu_);
+  bitmaps_ = std::move(next);
+  if (under_lock) under_lock();
   Reindex();
   return absl::OkStatus();
 }
 
-absl::StatusOr<BitmapInfo> BitmapSet::Clear(const std::string& name) {
-  WriterMutexLock lock(&mu_);
-  auto it = bitmaps_.find(name);
-  if (it == bitmaps_.end()) {
+absl::Status BitmapSet::Room(const Map& m) {
+  if (m.size() >= kMaxBitmaps) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the export has its maximum of ", kMaxBitmaps, " bitmaps"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BitmapSet::Map::iterator> BitmapSet::Existing(
+    Map& m, const std::string& name) {
+  auto it = m.find(name);
+  if (it == m.end()) {
     return absl::NotFoundError(absl::StrCat("no bitmap named \"", name, "\""));
   }
-  Entry& e = it->second;
+  return it;
+}
+
+absl::StatusOr<BitmapInfo> BitmapSet::Add(const std::string& name,
+                                          uint64_t granularity,
+                                          const Persist& persist) {
+  if (absl::Status st = ValidateName(name); !st.ok()) return st;
+  absl::StatusOr<std::shared_ptr<DirtyBitmap>> bits = NewBits(granularity);
+  if (!bits.ok()) return bits.status();
+  MutexLock change(&change_mu_);
+  Map next = Copy();
+  if (next.contains(name)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("bitmap \"", name, "\" already exists"));
+  }
+  if (absl::Status st = Room(next); !st.ok()) return st;
+  Entry& e = next[name];
+  e.granularity = (*bits)->granularity();
+  e.bits = std::move(*bits);
+  const BitmapInfo info = Describe(name, e);
+  if (absl::Status st = Apply(std::move(next), persist); !st.ok()) return st;
+  return info;
+}
+
+absl::Status BitmapSet::Remove(const std::string& name,
+                               const Persist& persist) {
+  MutexLock change(&change_mu_);
+  Map next = Copy();
+  absl::StatusOr<Map::iterator> it = Existing(next, name);
+  if (!it.ok()) return it.status();
+  next.erase(*it);
+  return Apply(std::move(next), persist);
+}
+
+absl::StatusOr<BitmapInfo> BitmapSet::Clear(const std::string& name,
+                                            const Persist& persist) {
+  MutexLock change(&change_mu_);
+  Map next = Copy();
+  absl::StatusOr<Map::iterator> it = Existing(next, name);
+  if (!it.ok()) return it.status();
+  Entry& e = (*it)->second;
+  DirtyBitmap* in_place = nullptr;
   if (e.bits == nullptr || !e.consistent) {
     // Clients may still hold inconsistent bits: start afresh instead.
     absl::StatusOr<std::shared_ptr<DirtyBitmap>> bits = NewBits(e.granularity);
     if (!bits.ok()) return bits.status();
     e.bits = std::move(*bits);
   } else {
-    e.bits->Clear();
+    in_place = e.bits.get();
   }
   e.consistent = true;
   e.reason.clear();
-  Reindex();
-  return Describe(name, e);
+  e.active = true;  // records from now on, even if a checkpoint froze it
+  BitmapInfo info = Describe(name, e);
+  info.dirty_bytes = 0;
+  // Cleared with marking held off, so no write lands between the clear
+  // and the bitmap becoming active (or is wiped by it).
+  if (absl::Status st = Apply(std::move(next), persist,
+                              [in_place] {
+                                if (in_place != nullptr) in_place->Clear();
+                              });
+      !st.ok()) {
+    return st;
+  }
+  return info;
 }
 
 absl::StatusOr<std::pair<BitmapInfo, BitmapInfo>> BitmapSet::Checkpoint(
     const std::string& frozen, const std::string& started,
-    uint64_t granularity) {
+    uint64_t granularity, const Persist& persist) {
   if (absl::Status st = ValidateName(started); !st.ok()) return st;
-  uint64_t g = granularity;
-  {
-    ReaderMutexLock lock(&mu_);
-    auto it = bitmaps_.find(frozen);
-    if (it == bitmaps_.end()) {
-      return absl::NotFoundError(
-          absl::StrCat("no bitmap named \"", frozen, "\""));
-    }
-    if (g == 0) g = it->second.granularity;
-  }
-  // Sized outside the lock: a large bitmap's allocation does not hold up
-  // writes.
-  absl::StatusOr<std::shared_ptr<DirtyBitmap>> bits = NewBits(g);
-  if (!bits.ok()) return bits.status();
-  WriterMutexLock lock(&mu_);
-  auto it = bitmaps_.find(frozen);
-  if (it == bitmaps_.end()) {
-    return absl::NotFoundError(absl::StrCat("no bitmap named \"", frozen, "\""));
-  }
-  if (!it->second.active) {
+  MutexLock change(&change_mu_);
+  Map next = Copy();
+  absl::StatusOr<Map::iterator> it = Existing(next, frozen);
+  if (!it.ok()) return it.status();
+  Entry& old = (*it)->second;
+  if (!old.active) {
     return absl::FailedPreconditionError(absl::StrCat(
         "bitmap \"", frozen, "\" is frozen already (by an earlier checkpoint)"));
   }
-  if (bitmaps_.contains(started)) {
+  if (next.contains(started)) {
     return absl::AlreadyExistsError(
         absl::StrCat("bitmap \"", started, "\" already exists"));
   }
-  if (bitmaps_.size() >= kMaxBitmaps) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the export has its maximum of ", kMaxBitmaps, " bitmaps"));
-  }
-  it->second.active = false;
-  Entry& e = bitmaps_[started];
+  if (absl::Status st = Room(next); !st.ok()) return st;
+  absl::StatusOr<std::shared_ptr<DirtyBitmap>> bits =
+      NewBits(granularity == 0 ? old.granularity : granularity);
+  if (!bits.ok()) return bits.status();
+  old.active = false;
+  Entry& e = next[started];
   e.granularity = (*bits)->granularity();
   e.bits = std::move(*bits);
-  Reindex();
-  return std::make_pair(Describe(frozen, bitmaps_.at(frozen)),
-                        Describe(started, e));
+  std::pair<BitmapInfo, BitmapInfo> infos{Describe(frozen, next.at(frozen)),
+                                          Describe(started, e)};
+  // One swap under the writer lock: a write is marked before it (in
+  // `frozen`) or after it (in `started`).
+  if (absl::Status st = Apply(std::move(next), persist); !st.ok()) return st;
+  return infos;
 }
 
 bool BitmapSet::Has(const std::string& name) const {
@@ -213,18 +264,7 @@ absl::StatusOr<BitmapInfo> BitmapSet::Get(const std::string& name) const {
 
 std::vector<BitmapRecord> BitmapSet::Records() const {
   ReaderMutexLock lock(&mu_);
-  std::vector<BitmapRecord> out;
-  for (const auto& [name, e] : bitmaps_) {
-    BitmapRecord r;
-    r.name = name;
-    r.active = e.active;
-    r.consistent = e.consistent;
-    r.inconsistent_reason = e.reason;
-    r.bits = e.bits;
-    r.granularity = e.granularity;
-    out.push_back(std::move(r));
-  }
-  return out;
+  return RecordsOf(bitmaps_);
 }
 
 void BitmapSet::Restore(std::vector<BitmapRecord> records) {

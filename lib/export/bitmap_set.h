@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -69,14 +70,23 @@ class BitmapSet {
   // characters; InvalidArgument naming the name otherwise.
   static absl::Status ValidateName(std::string_view name);
 
+  // Changes take `persist`, called (if set) with the bitmaps as they will
+  // be, after the change was checked and before it is applied: its error
+  // is returned and nothing changes. Changes are serialized.
+  using Persist =
+      std::function<absl::Status(const std::vector<BitmapRecord>& records)>;
+
   // A new active bitmap, all clean. InvalidArgument (name, granularity 0
   // means kDefaultGranularity, a granularity whose bits would exceed
   // kMaxBitmapBytes), AlreadyExists, ResourceExhausted (kMaxBitmaps).
-  absl::StatusOr<BitmapInfo> Add(const std::string& name, uint64_t granularity);
+  absl::StatusOr<BitmapInfo> Add(const std::string& name, uint64_t granularity,
+                                 const Persist& persist = {});
   // NotFound. Clients that selected it keep reading its last state.
-  absl::Status Remove(const std::string& name);
-  // All clean, and consistent (it records from now on). NotFound.
-  absl::StatusOr<BitmapInfo> Clear(const std::string& name);
+  absl::Status Remove(const std::string& name, const Persist& persist = {});
+  // All clean, consistent and active: it records from now on (a frozen one
+  // too). NotFound.
+  absl::StatusOr<BitmapInfo> Clear(const std::string& name,
+                                   const Persist& persist = {});
   // Freezes active bitmap `frozen` and starts active bitmap `started`
   // (granularity 0: `frozen`'s). NotFound, FailedPrecondition (`frozen` is
   // frozen already), and Add's errors for `started`; on an error nothing
@@ -84,7 +94,7 @@ class BitmapSet {
   // the tool copies everything once more, then uses `started`).
   absl::StatusOr<std::pair<BitmapInfo, BitmapInfo>> Checkpoint(
       const std::string& frozen, const std::string& started,
-      uint64_t granularity);
+      uint64_t granularity, const Persist& persist = {});
 
   // Whether it has bitmap `name` at all (consistent or not).
   bool Has(const std::string& name) const;
@@ -119,6 +129,16 @@ class BitmapSet {
     bool consistent = true;
     std::string reason;
   };
+  using Map = std::map<std::string, Entry>;
+  Map Copy() const;
+  static std::vector<BitmapRecord> RecordsOf(const Map& m);
+  // Persists `next`, then makes it the set (running `under_lock` with
+  // marking held off).
+  absl::Status Apply(Map next, const Persist& persist,
+                     const std::function<void()>& under_lock = {});
+  static absl::Status Room(const Map& m);
+  static absl::StatusOr<Map::iterator> Existing(Map& m,
+                                                const std::string& name);
   void MarkSlow(uint64_t offset, uint64_t length);
   static BitmapInfo Describe(const std::string& name, const Entry& e);
   absl::StatusOr<std::shared_ptr<DirtyBitmap>> NewBits(
@@ -132,6 +152,7 @@ class BitmapSet {
   // The active bitmaps' bits (owned by bitmaps_), what Mark walks.
   std::vector<DirtyBitmap*> active_ ABSL_GUARDED_BY(mu_);
   std::atomic<size_t> active_count_{0};
+  Mutex change_mu_;  // one change at a time (check, persist, apply)
 };
 
 }  // namespace nbdmgr

@@ -62,8 +62,14 @@ void DirtyBitmap::Clear() {
 }
 
 uint64_t DirtyBitmap::dirty_bytes() const {
-  uint64_t blocks = dirty_blocks_.load(std::memory_order_relaxed);
-  if (blocks == 0) return 0;
+  // A Clear() racing a Mark() may subtract bits before the Mark counted
+  // them: the counter dips below zero (wraps) for a moment. Read as signed
+  // and clamped, it never reports more than the export.
+  const auto signed_blocks =
+      static_cast<int64_t>(dirty_blocks_.load(std::memory_order_relaxed));
+  if (signed_blocks <= 0) return 0;
+  const uint64_t blocks =
+      std::min(static_cast<uint64_t>(signed_blocks), blocks_);
   uint64_t bytes = blocks << shift_;
   // The last block is only as long as what is left of the export.
   const uint64_t tail = size_ & (granularity_ - 1);

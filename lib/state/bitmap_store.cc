@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -22,8 +23,13 @@ constexpr uint32_t kActive = 1, kConsistent = 2, kHasBits = 4;
 constexpr uint32_t kMaxString = 1024;
 // What one serialized bitmap may take: its words and a small header.
 constexpr uint64_t kMaxBits = BitmapSet::kMaxBitmapBytes + 4096;
-constexpr uint64_t kMaxFile =
-    BitmapSet::kMaxBitmaps * (kMaxBits + 3 * kMaxString + 64) + 4096;
+// The largest file an export of `size` bytes can have: every bitmap at the
+// finest granularity. Checked before the file is read.
+uint64_t MaxFileFor(uint64_t size) {
+  const uint64_t bits =
+      std::min<uint64_t>(kMaxBits, size / DirtyBitmap::kMinGranularity / 8 + 4096);
+  return BitmapSet::kMaxBitmaps * (bits + 3 * kMaxString + 64) + 4096;
+}
 
 void PutLe(std::string& out, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
@@ -72,14 +78,31 @@ std::string BitmapStore::PathOf(const std::string& export_name) const {
   return absl::StrCat(dir_, "/", export_name, ".bitmaps");
 }
 
+absl::Status BitmapStore::CheckDir() const {
+  struct stat st;
+  if (::lstat(dir_.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoStatus(errno, absl::StrCat("stat ", dir_));
+  }
+  if (!S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() ||
+      (st.st_mode & 022) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        dir_, " must be a directory (not a symbolic link) owned by this user "
+        "and writable by no one else"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status BitmapStore::Write(const std::string& export_name,
                                 const std::vector<BitmapRecord>& records,
                                 const std::optional<std::string>& identity,
                                 bool clean) {
+  if (absl::Status st = CheckDir(); !st.ok()) return st;
   if (records.empty()) return Remove(export_name);
   if (::mkdir(dir_.c_str(), 0700) != 0 && errno != EEXIST) {
     return ErrnoStatus(errno, absl::StrCat("create ", dir_));
   }
+  if (absl::Status st = CheckDir(); !st.ok()) return st;
   // bit 0: saved at a clean stop; bit 1: with the backend's identity (only
   // then are bits saved).
   const bool with_bits = clean && identity.has_value();
@@ -123,6 +146,7 @@ absl::Status BitmapStore::SaveClean(
 absl::StatusOr<std::vector<BitmapRecord>> BitmapStore::Load(
     const std::string& export_name, uint64_t size,
     const std::optional<std::string>& identity) const {
+  if (absl::Status st = CheckDir(); !st.ok()) return st;
   const std::string path = PathOf(export_name);
   const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
                                           O_CLOEXEC);
@@ -137,7 +161,7 @@ absl::StatusOr<std::vector<BitmapRecord>> BitmapStore::Load(
     st = ErrnoStatus(errno, absl::StrCat("stat ", path));
   } else if (!S_ISREG(sb.st_mode)) {
     st = absl::DataLossError(absl::StrCat(path, ": not a regular file"));
-  } else if (static_cast<uint64_t>(sb.st_size) > kMaxFile) {
+  } else if (static_cast<uint64_t>(sb.st_size) > MaxFileFor(size)) {
     st = absl::DataLossError(
         absl::StrCat(path, ": ", sb.st_size, " bytes, more than any bitmaps"));
   } else {

@@ -44,7 +44,9 @@ class BitmapStore {
                          const std::optional<std::string>& identity);
   // The bitmaps saved for an export of `size` bytes whose backend now has
   // `identity`; none if nothing was saved. DataLoss naming the file if it
-  // is corrupt, truncated or not a regular file.
+  // is corrupt, truncated, not a regular file, or larger than any bitmaps
+  // of that export could be (checked before it is read);
+  // FailedPrecondition for an unsafe directory (CheckDir).
   absl::StatusOr<std::vector<BitmapRecord>> Load(
       const std::string& export_name, uint64_t size,
       const std::optional<std::string>& identity) const;
@@ -58,6 +60,9 @@ class BitmapStore {
   std::string PathOf(const std::string& export_name) const;
 
  private:
+  // OK if the directory is missing or a real directory of ours that no one
+  // else may write; FailedPrecondition otherwise (a symlink planted there).
+  absl::Status CheckDir() const;
   absl::Status Write(const std::string& export_name,
                      const std::vector<BitmapRecord>& records,
                      const std::optional<std::string>& identity, bool clean);

@@ -145,7 +145,10 @@ TEST_F(OverlayTest, UnflushedAllocationsReadTheBaseAfterACrash) {
 TEST_F(OverlayTest, ResetAndCommit) {
   Write(5 * kMiB, 100 * kKiB, 9);
   Zero(0, 128 * kKiB);
-  ASSERT_TRUE(ov_->Reset().ok());
+  uint64_t reset_changed = 0;
+  ASSERT_TRUE(
+      ov_->Reset([&](uint64_t, uint64_t len) { reset_changed += len; }).ok());
+  EXPECT_EQ(reset_changed, 4 * 64 * kKiB);
   EXPECT_EQ(ReadAll(), base_copy_);
   EXPECT_EQ(ov_->stats().allocated_bytes, 0u);
   Reopen();

@@ -176,8 +176,9 @@ class BitmapCliTest(unittest.TestCase):
         self.ctl("bitmap", "add", "vm", "b1")
         self.ctl("bitmap", "checkpoint", "vm", "b1", "b2")
         p = self.ctl("bitmap", "clear", "vm", "b1")
-        # Clearing a frozen bitmap leaves it frozen.
-        self.assertEqual(self.table_row(p.stdout, "b1")[2:5], ["frozen", "yes", "0B"])
+        # Clearing a frozen bitmap makes it record again (else it would
+        # stay "nothing changed" forever).
+        self.assertEqual(self.table_row(p.stdout, "b1")[2:5], ["active", "yes", "0B"])
         out = self.ctl_json("bitmap", "clear", "vm", "b2")
         self.assertEqual((out["name"], out["active"], out["dirty_bytes"]),
                          ("exports/vm/bitmaps/b2", True, "0"))
