@@ -146,6 +146,44 @@ TEST(BitmapSetTest, InconsistentIsHiddenUntilCleared) {
   EXPECT_EQ(set.Get("crashed")->dirty_bytes, 0u);
 }
 
+TEST(BitmapSetTest, AChangeThatCannotBeSavedChangesNothing) {
+  BitmapSet set(16 * kMiB);
+  ASSERT_TRUE(set.Add("a", 0).ok());
+  set.Mark(0, 1);
+  std::vector<BitmapRecord> saw;
+  auto full = [&](const std::vector<BitmapRecord>& r) {
+    saw = r;
+    return absl::ResourceExhaustedError("disk full");
+  };
+  EXPECT_EQ(set.Clear("a", full).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(set.Get("a")->dirty_bytes, 64u * 1024);
+  EXPECT_FALSE(set.Checkpoint("a", "b", 0, full).ok());
+  ASSERT_EQ(saw.size(), 2u);  // what it would have saved: a frozen, b new
+  EXPECT_FALSE(saw[0].active);
+  EXPECT_TRUE(set.Get("a")->active);
+  EXPECT_FALSE(set.Has("b"));
+  EXPECT_FALSE(set.Remove("a", full).ok());
+  EXPECT_FALSE(set.Add("c", 0, full).ok());
+  EXPECT_EQ(set.List().size(), 1u);
+  // Still marking into "a".
+  set.Mark(kMiB, 1);
+  EXPECT_EQ(set.Get("a")->dirty_bytes, 2u * 64 * 1024);
+}
+
+TEST(BitmapSetTest, ClearingAFrozenBitmapMakesItRecordAgain) {
+  BitmapSet set(16 * kMiB);
+  ASSERT_TRUE(set.Add("a", 0).ok());
+  ASSERT_TRUE(set.Checkpoint("a", "b", 0).ok());
+  set.Mark(0, 1);
+  EXPECT_EQ(set.Get("a")->dirty_bytes, 0u);
+  absl::StatusOr<BitmapInfo> cleared = set.Clear("a");
+  ASSERT_TRUE(cleared.ok());
+  EXPECT_TRUE(cleared->active);
+  set.Mark(kMiB, 1);
+  EXPECT_EQ(set.Get("a")->dirty_bytes, 64u * 1024);
+}
+
 TEST(BitmapSetTest, RestoreOfAnotherSizeIsInconsistent) {
   BitmapSet small(kMiB);
   ASSERT_TRUE(small.Add("b", 0).ok());
