@@ -507,9 +507,12 @@ absl::Status Daemon::Run() {
   for (const auto& e : registry_->List()) {
     BufferSettings bs = e->buffers().settings();
     spdlog::info(
-        "serving export \"{}\": {} {}{}, buffers {}{}{}", e->name(),
+        "serving export \"{}\": {} {}{}{}, buffers {}{}{}", e->name(),
         NameOf(e->config().backend), FormatSize(e->size()),
-        e->read_only() ? ", read-only" : "", NameOf(bs.strategy),
+        e->config().base.empty()
+            ? std::string()
+            : absl::StrCat(", overlay on ", e->config().base),
+        e->served_read_only() ? ", read-only" : "", NameOf(bs.strategy),
         bs.memory_cap_bytes
             ? absl::StrCat(" capped at ", FormatSize(bs.memory_cap_bytes))
             : std::string(),
