@@ -193,24 +193,23 @@ void OverlayBackend::SetState(uint64_t c, State s) {
   pending_[c] = s;
 }
 
-std::vector<std::unique_lock<std::mutex>> OverlayBackend::LockClusters(
-    uint64_t first, uint64_t last) {
-  if (last - first + 1 >= kStripes) return LockAll();
-  absl::InlinedVector<size_t, 16> stripes;
-  for (uint64_t c = first; c <= last; ++c) stripes.push_back(c % kStripes);
+OverlayBackend::Locks OverlayBackend::LockRange(uint64_t offset,
+                                                uint64_t length) {
+  Locks l{std::shared_lock<std::shared_mutex>(whole_), {}};
+  // A cluster larger than a region: lock by cluster start, so one
+  // cluster always maps to one stripe.
+  const int shift = std::max<int>(kRegionShift, shift_);
+  const uint64_t first = (offset >> shift_ << shift_) >> shift;
+  const uint64_t last = (offset + length - 1) >> shift;
+  absl::InlinedVector<size_t, 8> stripes;
+  for (uint64_t r = first; r <= last && stripes.size() < kStripes; ++r) {
+    stripes.push_back(r % kStripes);
+  }
   std::sort(stripes.begin(), stripes.end());  // one order: no deadlock
   stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
-  std::vector<std::unique_lock<std::mutex>> locks;
-  locks.reserve(stripes.size());
-  for (size_t s : stripes) locks.emplace_back(stripes_[s]);
-  return locks;
-}
-
-std::vector<std::unique_lock<std::mutex>> OverlayBackend::LockAll() {
-  std::vector<std::unique_lock<std::mutex>> locks;
-  locks.reserve(kStripes);
-  for (size_t s = 0; s < kStripes; ++s) locks.emplace_back(stripes_[s]);
-  return locks;
+  l.stripes.reserve(stripes.size());
+  for (size_t s : stripes) l.stripes.emplace_back(stripes_[s]);
+  return l;
 }
 
 absl::Status OverlayBackend::ReadBelow(State s, uint64_t offset,
@@ -261,7 +260,7 @@ absl::Status OverlayBackend::WriteInCluster(uint64_t c, uint64_t offset,
 absl::Status OverlayBackend::Write(uint64_t offset,
                                    std::span<const uint8_t> data, bool fua) {
   const uint64_t end = offset + data.size();
-  auto locks = LockClusters(offset >> shift_, (end - 1) >> shift_);
+  Locks locks = LockRange(offset, end - offset);
   // Runs of clusters that are the overlay's already or wholly overwritten
   // go out in one write; a partial first write of a cluster copies up.
   auto direct = [&](uint64_t c, uint64_t from) {
@@ -295,14 +294,14 @@ absl::Status OverlayBackend::Write(uint64_t offset,
     for (uint64_t k = c; k <= (run_end - 1) >> shift_; ++k) SetState(k, kData);
     pos = run_end;
   }
-  locks.clear();
+  locks = Locks{};
   return fua ? Flush() : absl::OkStatus();
 }
 
 absl::Status OverlayBackend::ZeroRange(uint64_t offset, uint64_t length,
                                        bool allocate) {
   const uint64_t end = offset + length;
-  auto locks = LockClusters(offset >> shift_, (end - 1) >> shift_);
+  Locks locks = LockRange(offset, end - offset);
   uint64_t pos = offset;
   while (pos < end) {
     const uint64_t c = pos >> shift_;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -114,7 +115,15 @@ class OverlayBackend final : public Backend {
 
  private:
   enum State : uint8_t { kBase = 0, kData = 1, kZero = 2 };
-  static constexpr size_t kStripes = 1024;
+  // Writes lock the 1 MiB regions they touch (at most 33 for a 32 MiB
+  // request), striped over kStripes mutexes, in ascending order, under a
+  // shared hold of whole_; reset and commit hold whole_ exclusively.
+  static constexpr size_t kStripes = 256;
+  static constexpr int kRegionShift = 20;
+  struct Locks {
+    std::shared_lock<std::shared_mutex> whole;
+    std::vector<std::unique_lock<std::mutex>> stripes;
+  };
 
   OverlayBackend(std::unique_ptr<FileBackend> file,
                  std::shared_ptr<Backend> base, uint64_t size,
@@ -131,10 +140,11 @@ class OverlayBackend final : public Backend {
   // Sets cluster c's state (its data already written) and queues it for
   // the map at the next flush.
   void SetState(uint64_t c, State s);
-  // Locks the stripes of clusters [first, last] in ascending order.
-  std::vector<std::unique_lock<std::mutex>> LockClusters(uint64_t first,
-                                                         uint64_t last);
-  std::vector<std::unique_lock<std::mutex>> LockAll();
+  // Locks what a write of [offset, offset + length) needs.
+  Locks LockRange(uint64_t offset, uint64_t length);
+  std::unique_lock<std::shared_mutex> LockAll() {
+    return std::unique_lock<std::shared_mutex>(whole_);
+  }
   // Writes `data` at `offset`, inside cluster c (locked), copying up.
   absl::Status WriteInCluster(uint64_t c, uint64_t offset,
                               std::span<const uint8_t> data);
@@ -168,6 +178,7 @@ class OverlayBackend final : public Backend {
   // The live state of every cluster.
   std::unique_ptr<std::atomic<uint8_t>[]> map_;
   std::unique_ptr<std::mutex[]> stripes_;
+  std::shared_mutex whole_;
   Mutex pending_mu_;
   // States set since the last flush began, by cluster.
   absl::flat_hash_map<uint64_t, uint8_t> pending_ ABSL_GUARDED_BY(pending_mu_);
