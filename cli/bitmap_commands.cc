@@ -1,9 +1,9 @@
 // nbdctl bitmap add | list | clear | remove | checkpoint.
 
 #include <cstdio>
-#include <functional>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "cli/commands.h"
@@ -24,51 +24,24 @@ struct BitmapArgs {
   std::optional<std::string> granularity;
 };
 
-std::string IdOf(const v1::Bitmap& b) {
-  return b.name().substr(b.name().rfind('/') + 1);
-}
-
 void PrintTable(const std::vector<const v1::Bitmap*>& bitmaps) {
   std::printf("%-24s %11s %-6s %-10s %10s %10s\n", "NAME", "GRANULARITY",
               "STATE", "CONSISTENT", "DIRTY", "MEMORY");
   for (const v1::Bitmap* b : bitmaps) {
-    std::printf("%-24s %11s %-6s %-10s %10s %10s\n", IdOf(*b).c_str(),
-                FormatSize(b->granularity_bytes()).c_str(),
-                b->active() ? "active" : "frozen",
-                b->consistent() ? "yes" : "no",
-                // An inconsistent bitmap's count means nothing.
-                b->consistent() ? FormatSize(b->dirty_bytes()).c_str() : "-",
-                FormatSize(b->memory_bytes()).c_str());
+    std::printf(
+        "%-24s %11s %-6s %-10s %10s %10s\n", ResourceId(b->name()).c_str(),
+        FormatSize(b->granularity_bytes()).c_str(),
+        b->active() ? "active" : "frozen", b->consistent() ? "yes" : "no",
+        // An inconsistent bitmap's count means nothing.
+        b->consistent() ? FormatSize(b->dirty_bytes()).c_str() : "-",
+        FormatSize(b->memory_bytes()).c_str());
   }
   for (const v1::Bitmap* b : bitmaps) {
     if (!b->consistent()) {
-      std::printf("%s: inconsistent: %s\n", IdOf(*b).c_str(),
+      std::printf("%s: inconsistent: %s\n", ResourceId(b->name()).c_str(),
                   b->inconsistent_reason().c_str());
     }
   }
-}
-
-// Sends `req` with `rpc` and prints the answer: as JSON with -o json, else
-// with `print_table`. Returns the exit code.
-template <typename Request, typename Response>
-int Call(const Global& g,
-         grpc::Status (v1::BitmapService::Stub::*rpc)(grpc::ClientContext*,
-                                                      const Request&,
-                                                      Response*),
-         const Request& req,
-         const std::function<void(const Response&)>& print_table) {
-  int code = kExitOk;
-  auto stub = NewStub<v1::BitmapService>(g, &code);
-  if (!stub) return code;
-  Response out;
-  grpc::Status s = ((*stub).*rpc)(Context().get(), req, &out);
-  if (!s.ok()) return ReportError(s);
-  if (g.output == "json") {
-    std::printf("%s", ToJson(out).c_str());
-  } else {
-    print_table(out);
-  }
-  return kExitOk;
 }
 
 void PrintOne(const v1::Bitmap& b) { PrintTable({&b}); }
@@ -92,14 +65,14 @@ int RunAdd(const Global& g, const BitmapArgs& a, const CLI::App& cmd) {
     return UsageError(m, HelpOf(cmd));
   }
   req.mutable_bitmap()->set_granularity_bytes(granularity);
-  return Call<v1::CreateBitmapRequest, v1::Bitmap>(
+  return CallAndPrint<v1::BitmapService>(
       g, &v1::BitmapService::Stub::CreateBitmap, req, PrintOne);
 }
 
 int RunList(const Global& g, const BitmapArgs& a) {
   v1::ListBitmapsRequest req;
   req.set_export_(ExportResourceName(a.export_id));
-  return Call<v1::ListBitmapsRequest, v1::ListBitmapsResponse>(
+  return CallAndPrint<v1::BitmapService>(
       g, &v1::BitmapService::Stub::ListBitmaps, req,
       [](const v1::ListBitmapsResponse& out) {
         std::vector<const v1::Bitmap*> rows;
@@ -111,14 +84,14 @@ int RunList(const Global& g, const BitmapArgs& a) {
 int RunClear(const Global& g, const BitmapArgs& a) {
   v1::ClearBitmapRequest req;
   req.set_name(BitmapResourceName(a.export_id, a.bitmap));
-  return Call<v1::ClearBitmapRequest, v1::Bitmap>(
+  return CallAndPrint<v1::BitmapService>(
       g, &v1::BitmapService::Stub::ClearBitmap, req, PrintOne);
 }
 
 int RunRemove(const Global& g, const BitmapArgs& a) {
   v1::DeleteBitmapRequest req;
   req.set_name(BitmapResourceName(a.export_id, a.bitmap));
-  return Call<v1::DeleteBitmapRequest, v1::DeleteBitmapResponse>(
+  return CallAndPrint<v1::BitmapService>(
       g, &v1::BitmapService::Stub::DeleteBitmap, req,
       [&a](const v1::DeleteBitmapResponse&) {
         std::printf("removed bitmap %s of %s\n", a.bitmap.c_str(),
@@ -136,7 +109,7 @@ int RunCheckpoint(const Global& g, const BitmapArgs& a, const CLI::App& cmd) {
     return UsageError(m, HelpOf(cmd));
   }
   req.set_granularity_bytes(granularity);
-  return Call<v1::CheckpointBitmapRequest, v1::CheckpointBitmapResponse>(
+  return CallAndPrint<v1::BitmapService>(
       g, &v1::BitmapService::Stub::CheckpointBitmap, req,
       [](const v1::CheckpointBitmapResponse& out) {
         PrintTable({&out.frozen(), &out.started()});
@@ -162,7 +135,6 @@ Command AddBitmapCommand(CLI::App& app, const Global& g) {
       "A dirty bitmap records which blocks of an export were written since\n"
       "it was added or cleared, for incremental backups; a checkpoint\n"
       "freezes one and starts the next in one step.");
-  bitmap->require_subcommand(1);
   // Each subcommand's arguments, shared with its run function.
   auto a = std::make_shared<BitmapArgs>();
   std::vector<Command> commands;
@@ -211,12 +183,7 @@ Command AddBitmapCommand(CLI::App& app, const Global& g) {
                         return RunCheckpoint(g, *a, *checkpoint);
                       }});
 
-  return {bitmap, [commands] {
-            for (const Command& c : commands) {
-              if (c.app->parsed()) return c.run();
-            }
-            return kExitUsage;  // not reached: a subcommand is required
-          }};
+  return GroupCommand(bitmap, std::move(commands));
 }
 
 }  // namespace nbdmgr::cli

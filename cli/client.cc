@@ -112,4 +112,8 @@ std::string ToJson(const google::protobuf::Message& m) {
   return out;
 }
 
+std::string ResourceId(const std::string& name) {
+  return name.substr(name.rfind('/') + 1);
+}
+
 }  // namespace nbdmgr::cli

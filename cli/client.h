@@ -4,8 +4,11 @@
 #include <google/protobuf/message.h>
 #include <grpcpp/grpcpp.h>
 
+#include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 namespace nbdmgr::cli {
 
@@ -40,6 +43,9 @@ int ReportError(const grpc::Status& s);
 int UsageError(const std::string& message, const std::string& help);
 // The message as JSON (snake_case names, defaults included).
 std::string ToJson(const google::protobuf::Message& m);
+// The last segment of a resource name: "vm1" of "exports/vm1", "b1" of
+// "exports/vm1/bitmaps/b1".
+std::string ResourceId(const std::string& name);
 
 template <typename Service>
 std::unique_ptr<typename Service::Stub> NewStub(const Global& g,
@@ -51,6 +57,31 @@ std::unique_ptr<typename Service::Stub> NewStub(const Global& g,
     return nullptr;
   }
   return Service::NewStub(channel);
+}
+
+// Sends `req` with `rpc`, a method of Service's stub, and prints the
+// answer: as JSON with -o json, else with `print_table`. Returns the exit
+// code.
+template <typename Service, typename Request, typename Response>
+int CallAndPrint(
+    const Global& g,
+    grpc::Status (Service::Stub::*rpc)(grpc::ClientContext*, const Request&,
+                                       Response*),
+    const Request& req,
+    const std::function<void(const std::type_identity_t<Response>&)>&
+        print_table) {
+  int code = kExitOk;
+  auto stub = NewStub<Service>(g, &code);
+  if (!stub) return code;
+  Response out;
+  grpc::Status s = ((*stub).*rpc)(Context().get(), req, &out);
+  if (!s.ok()) return ReportError(s);
+  if (g.output == "json") {
+    std::printf("%s", ToJson(out).c_str());
+  } else {
+    print_table(out);
+  }
+  return kExitOk;
 }
 
 }  // namespace nbdmgr::cli

@@ -2,6 +2,7 @@
 #define NBDMGR_CLI_COMMANDS_H_
 
 #include <functional>
+#include <vector>
 
 #include "cli/client.h"
 
@@ -19,6 +20,11 @@ struct Command {
   std::function<int()> run;
 };
 
+// A command that groups subcommands (`bitmap`, `overlay`): `group`
+// requires one of `commands` (its subcommands), and the run returned runs
+// the one parsed.
+Command GroupCommand(CLI::App* group, std::vector<Command> commands);
+
 // Each adds one subcommand to `app` (set up with MakeHelpFormatter). Its
 // flags are bound to state owned by the returned Command; `g` is read when
 // the command runs and must outlive it.
@@ -30,6 +36,8 @@ Command AddRemoveCommand(CLI::App& app, const Global& g);
 // `bitmap` and its subcommands (add, list, clear, remove, checkpoint); its
 // run runs the one parsed.
 Command AddBitmapCommand(CLI::App& app, const Global& g);
+// `overlay` and its subcommands (reset, commit, list).
+Command AddOverlayCommand(CLI::App& app, const Global& g);
 Command AddDaemonCommand(CLI::App& app, const Global& g);
 Command AddStatsCommand(CLI::App& app, const Global& g);
 Command AddHealthCommand(CLI::App& app, const Global& g);

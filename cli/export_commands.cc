@@ -28,6 +28,7 @@ struct CommonFlags {
 struct CreateFlags {
   std::string name;
   std::optional<std::string> memory, null, file, size, io;
+  std::optional<std::string> overlay_of, cluster_size;
   std::optional<std::string> rbd, rbd_namespace, ceph_conf, ceph_user;
   bool take_over = false;
   bool read_only = false;
@@ -158,14 +159,34 @@ std::string StateText(const v1::Export& e) {
   }
 }
 
+// After the table: what an overlay holds, and that a base is read-only.
+void PrintOverlayLines(const v1::Export& e) {
+  const std::string id = ResourceId(e.name());
+  if (e.has_file() && !e.file().base().empty()) {
+    std::printf("%s: overlay of %s", id.c_str(), e.file().base().c_str());
+    if (e.has_overlay()) {
+      const v1::OverlayStatus& o = e.overlay();
+      std::printf(": cluster %s, allocated %s, zeroed %s, %llu copy-ups",
+                  FormatSize(o.cluster_size_bytes()).c_str(),
+                  FormatSize(o.allocated_bytes()).c_str(),
+                  FormatSize(o.zero_bytes()).c_str(),
+                  static_cast<unsigned long long>(o.copy_ups()));
+    }
+    std::printf("\n");
+  }
+  if (e.overlays() > 0) {
+    std::printf("%s: base of %u overlay(s): served read-only\n", id.c_str(),
+                e.overlays());
+  }
+}
+
 void PrintTable(const std::vector<const v1::Export*>& exports) {
   std::printf("%-24s %-28s %-8s %10s %7s %-8s %10s %-8s\n", "NAME", "BACKEND",
               "IO", "SIZE", "CLIENTS", "BUFFERS", "MEM CAP", "STATE");
   for (const v1::Export* e : exports) {
-    std::string id = e->name().substr(e->name().find('/') + 1);
     std::printf(
-        "%-24s %-28s %-8s %10s %7u %-8s %10s %-8s\n", id.c_str(),
-        BackendText(*e).c_str(),
+        "%-24s %-28s %-8s %10s %7u %-8s %10s %-8s\n",
+        ResourceId(e->name()).c_str(), BackendText(*e).c_str(),
         e->io_engine().empty() ? "-" : e->io_engine().c_str(),
         FormatSize(e->size_bytes()).c_str(), e->connected_clients(),
         StrategyText(e->buffer_strategy()).c_str(),
@@ -174,17 +195,17 @@ void PrintTable(const std::vector<const v1::Export*>& exports) {
   }
   for (const v1::Export* e : exports) {
     if (e->state() == v1::Export::STATE_FAILED) {
-      std::string id = e->name().substr(e->name().find('/') + 1);
-      std::printf("%s: FAILED: %s\n", id.c_str(), e->failure().c_str());
+      std::printf("%s: FAILED: %s\n", ResourceId(e->name()).c_str(),
+                  e->failure().c_str());
     }
   }
   for (const v1::Export* e : exports) {
     if (e->has_rbd() && !e->rbd().lock_owner().empty()) {
-      std::string id = e->name().substr(e->name().find('/') + 1);
-      std::printf("%s: rbd lock held by %s\n", id.c_str(),
+      std::printf("%s: rbd lock held by %s\n", ResourceId(e->name()).c_str(),
                   e->rbd().lock_owner().c_str());
     }
   }
+  for (const v1::Export* e : exports) PrintOverlayLines(*e);
 }
 
 void PrintOne(const Global& g, const v1::Export& e) {
@@ -231,11 +252,23 @@ std::string SetBackend(const CreateFlags& f, v1::Export* e) {
     }
     if (!r->snapshot().empty()) e->set_read_only(true);
   } else {
-    e->mutable_file()->set_path(*f.file);
+    v1::FileBackend* file = e->mutable_file();
+    file->set_path(*f.file);
     if (f.size) {
       size = SizeFlag("--size", *f.size);
-      e->mutable_file()->set_size_bytes(size.value_or(0));
-      e->mutable_file()->set_create(true);
+      file->set_size_bytes(size.value_or(0));
+      file->set_create(true);
+    }
+    if (f.overlay_of) {
+      // The overlay file is created if missing, with its base's size.
+      file->set_base(*f.overlay_of);
+      file->set_create(true);
+    }
+    if (f.cluster_size) {
+      absl::StatusOr<uint64_t> cluster =
+          SizeFlag("--cluster-size", *f.cluster_size);
+      if (!cluster.ok()) return std::string(cluster.status().message());
+      file->set_cluster_size_bytes(*cluster);
     }
     if (f.io) {
       absl::StatusOr<FileIo> io = ParseFileIo(*f.io);
@@ -246,6 +279,12 @@ std::string SetBackend(const CreateFlags& f, v1::Export* e) {
     }
   }
   if (f.io && !f.file) return "--io is only for --file exports";
+  if (f.overlay_of && !f.file) {
+    return "--overlay-of needs --file, the overlay's own file";
+  }
+  if (f.cluster_size && !f.overlay_of) {
+    return "--cluster-size is only for --overlay-of";
+  }
   if (f.size && !f.file && !f.rbd) {
     return "--size is only for --file and --rbd exports";
   }
@@ -418,7 +457,7 @@ Command AddCreateCommand(CLI::App& app, const Global& g) {
       "Creates an export and starts serving it.\n"
       "It is persisted in the daemon's state directory and recreated when\n"
       "the daemon restarts. Give exactly one of --memory, --null, --file,\n"
-      "--rbd.");
+      "--rbd; --file with --overlay-of makes an overlay.");
   auto f = std::make_shared<CreateFlags>();
   AddNameArgument(cmd, &f->name);
   AddOptional(cmd, "--memory", "SIZE", &f->memory,
@@ -446,6 +485,15 @@ Command AddCreateCommand(CLI::App& app, const Global& g) {
                 "for failing over from a dead host");
   AddOptional(cmd, "--size", "SIZE", &f->size,
               "size of a --file or --rbd image to create");
+  AddOptional(cmd, "--overlay-of", "BASE", &f->overlay_of,
+              "make --file a copy-on-write overlay on BASE (an\n"
+              "export's name, or the absolute path of a file,\n"
+              "opened read-only): writes go to --file, created\n"
+              "if missing with BASE's size; the rest reads from\n"
+              "BASE, served read-only while it has overlays");
+  AddOptional(cmd, "--cluster-size", "SIZE", &f->cluster_size,
+              "an overlay's copy-on-write unit: a power of two\n"
+              "from 4KiB to 2MiB (default 64KiB)");
   AddOptional(cmd, "--io", "MODE", &f->io,
               "how a --file does its I/O: auto (default: io_uring\n"
               "where the host allows it), io_uring, or threads");

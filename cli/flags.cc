@@ -3,6 +3,8 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "cli/client.h"
+#include "cli/commands.h"
 #include "lib/util/size.h"
 
 namespace nbdmgr::cli {
@@ -70,6 +72,16 @@ absl::StatusOr<uint64_t> SizeFlag(const std::string& flag,
         absl::StrCat(flag, ": ", s.status().message()));
   }
   return *s;
+}
+
+Command GroupCommand(CLI::App* group, std::vector<Command> commands) {
+  group->require_subcommand(1);
+  return {group, [commands = std::move(commands)] {
+            for (const Command& c : commands) {
+              if (c.app->parsed()) return c.run();
+            }
+            return kExitUsage;  // not reached: a subcommand is required
+          }};
 }
 
 std::string HelpOf(const CLI::App& cmd) {

@@ -53,11 +53,11 @@ void AddGlobalFlags(CLI::App& app, Global* g) {
 // Adds every subcommand, and a hidden `help` that prints the tool's help.
 std::vector<Command> AddCommands(CLI::App& app, const Global& g) {
   std::vector<Command> commands = {
-      AddCreateCommand(app, g), AddListCommand(app, g),
-      AddGetCommand(app, g),    AddUpdateCommand(app, g),
-      AddRemoveCommand(app, g), AddBitmapCommand(app, g),
-      AddDaemonCommand(app, g), AddStatsCommand(app, g),
-      AddHealthCommand(app, g)};
+      AddCreateCommand(app, g),  AddListCommand(app, g),
+      AddGetCommand(app, g),     AddUpdateCommand(app, g),
+      AddRemoveCommand(app, g),  AddBitmapCommand(app, g),
+      AddOverlayCommand(app, g), AddDaemonCommand(app, g),
+      AddStatsCommand(app, g),   AddHealthCommand(app, g)};
   CLI::App* help = app.add_subcommand("help", "")->group("");
   commands.push_back({help, [&app] {
                         std::printf("%s", HelpOf(app).c_str());

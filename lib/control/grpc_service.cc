@@ -1,5 +1,6 @@
 #include "lib/control/grpc_service.h"
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "lib/convert/bitmap_convert.h"
 #include "lib/convert/proto_convert.h"
@@ -12,6 +13,24 @@ grpc::Status ToGrpcStatus(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()),
                       std::string(s.message()));
 }
+
+namespace {
+
+// A call on the export named `name` ("exports/{export}") that answers it:
+// parses the name, runs `call` on the id, converts what it returns.
+grpc::Status OnExport(
+    const std::string& name,
+    absl::FunctionRef<absl::StatusOr<ExportInfo>(const std::string& id)> call,
+    v1::Export* out) {
+  absl::StatusOr<std::string> id = ExportIdFromName(name);
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<ExportInfo> info = call(*id);
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *out = ExportInfoToProto(*info);
+  return grpc::Status::OK;
+}
+
+}  // namespace
 
 grpc::Status ExportServiceImpl::CreateExport(grpc::ServerContext*,
                                              const v1::CreateExportRequest* req,
@@ -29,12 +48,9 @@ grpc::Status ExportServiceImpl::CreateExport(grpc::ServerContext*,
 grpc::Status ExportServiceImpl::GetExport(grpc::ServerContext*,
                                           const v1::GetExportRequest* req,
                                           v1::Export* out) {
-  absl::StatusOr<std::string> id = ExportIdFromName(req->name());
-  if (!id.ok()) return ToGrpcStatus(id.status());
-  absl::StatusOr<ExportInfo> info = manager_.GetExport(*id);
-  if (!info.ok()) return ToGrpcStatus(info.status());
-  *out = ExportInfoToProto(*info);
-  return grpc::Status::OK;
+  return OnExport(
+      req->name(),
+      [this](const std::string& id) { return manager_.GetExport(id); }, out);
 }
 
 grpc::Status ExportServiceImpl::ListExports(grpc::ServerContext*,
@@ -200,6 +216,35 @@ grpc::Status BitmapServiceImpl::CheckpointBitmap(
   if (!infos.ok()) return ToGrpcStatus(infos.status());
   *out->mutable_frozen() = BitmapInfoToProto(*id, infos->first);
   *out->mutable_started() = BitmapInfoToProto(*id, infos->second);
+  return grpc::Status::OK;
+}
+
+grpc::Status OverlayServiceImpl::ResetOverlay(
+    grpc::ServerContext*, const v1::ResetOverlayRequest* req, v1::Export* out) {
+  return OnExport(
+      req->name(),
+      [this](const std::string& id) { return manager_.ResetOverlay(id); }, out);
+}
+
+grpc::Status OverlayServiceImpl::CommitOverlay(
+    grpc::ServerContext*, const v1::CommitOverlayRequest* req,
+    v1::Export* out) {
+  return OnExport(
+      req->name(),
+      [this](const std::string& id) { return manager_.CommitOverlay(id); },
+      out);
+}
+
+grpc::Status OverlayServiceImpl::ListOverlays(
+    grpc::ServerContext*, const v1::ListOverlaysRequest* req,
+    v1::ListOverlaysResponse* out) {
+  absl::StatusOr<std::string> id = ExportIdFromName(req->base());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<std::vector<ExportInfo>> infos = manager_.ListOverlays(*id);
+  if (!infos.ok()) return ToGrpcStatus(infos.status());
+  for (const ExportInfo& info : *infos) {
+    *out->add_overlays() = ExportInfoToProto(info);
+  }
   return grpc::Status::OK;
 }
 

@@ -17,6 +17,7 @@
 #include "nbdmgr/v1/bitmap.grpc.pb.h"
 #include "nbdmgr/v1/daemon.grpc.pb.h"
 #include "nbdmgr/v1/export.grpc.pb.h"
+#include "nbdmgr/v1/overlay.grpc.pb.h"
 #include "nbdmgr/v1/stats.grpc.pb.h"
 
 namespace nbdmgr {
@@ -67,6 +68,25 @@ class BitmapServiceImpl final : public v1::BitmapService::Service {
   grpc::Status CheckpointBitmap(grpc::ServerContext*,
                                 const v1::CheckpointBitmapRequest* req,
                                 v1::CheckpointBitmapResponse* out) override;
+
+ private:
+  ExportManager& manager_;
+};
+
+// OverlayService over the manager's overlay calls.
+class OverlayServiceImpl final : public v1::OverlayService::Service {
+ public:
+  explicit OverlayServiceImpl(ExportManager& manager) : manager_(manager) {}
+
+  grpc::Status ResetOverlay(grpc::ServerContext*,
+                            const v1::ResetOverlayRequest* req,
+                            v1::Export* out) override;
+  grpc::Status CommitOverlay(grpc::ServerContext*,
+                             const v1::CommitOverlayRequest* req,
+                             v1::Export* out) override;
+  grpc::Status ListOverlays(grpc::ServerContext*,
+                            const v1::ListOverlaysRequest* req,
+                            v1::ListOverlaysResponse* out) override;
 
  private:
   ExportManager& manager_;

@@ -1,5 +1,7 @@
 #include "lib/convert/proto_convert.h"
 
+#include <cstdint>
+
 #include "absl/strings/str_cat.h"
 #include "lib/export/export_info.h"
 #include "lib/util/duration.h"
@@ -140,7 +142,15 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
           return absl::InvalidArgumentError(
               absl::StrCat("file.io: unknown value ", p.file().io()));
       }
-      if (c.create && !c.size) {
+      c.base = p.file().base();
+      if (p.file().cluster_size_bytes() > UINT32_MAX) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "file.cluster_size_bytes: ", p.file().cluster_size_bytes(),
+            " is not a power of two from 4KiB to 2MiB"));
+      }
+      c.cluster_size = static_cast<uint32_t>(p.file().cluster_size_bytes());
+      // An overlay file takes its base's size.
+      if (c.create && !c.size && c.base.empty()) {
         return absl::InvalidArgumentError("file.create needs file.size_bytes");
       }
       break;
@@ -211,6 +221,8 @@ v1::Export ExportConfigToProto(const ExportConfig& c) {
       p.mutable_file()->set_io(c.io == FileIo::kIoUring   ? v1::FILE_IO_IO_URING
                                : c.io == FileIo::kThreads ? v1::FILE_IO_THREADS
                                                           : v1::FILE_IO_AUTO);
+      p.mutable_file()->set_base(c.base);
+      p.mutable_file()->set_cluster_size_bytes(c.cluster_size);
       break;
     case BackendKind::kRbd: {
       v1::RbdBackend* r = p.mutable_rbd();
@@ -263,6 +275,14 @@ v1::Export ExportInfoToProto(const ExportInfo& info) {
   p.set_persistent(info.persistent);
   p.set_io_engine(info.io);
   if (p.has_rbd()) p.mutable_rbd()->set_lock_owner(info.lock_owner);
+  if (info.overlay) {
+    v1::OverlayStatus* o = p.mutable_overlay();
+    o->set_cluster_size_bytes(info.overlay->cluster_size);
+    o->set_allocated_bytes(info.overlay->allocated_bytes);
+    o->set_zero_bytes(info.overlay->zero_bytes);
+    o->set_copy_ups(info.overlay->copy_ups);
+  }
+  p.set_overlays(static_cast<uint32_t>(info.overlays));
   return p;
 }
 

@@ -131,6 +131,7 @@ absl::Status Daemon::StartControl() {
   if (!config_.control_listen) return absl::OkStatus();
   export_service_ = std::make_unique<ExportServiceImpl>(*manager_);
   bitmap_service_ = std::make_unique<BitmapServiceImpl>(*manager_);
+  overlay_service_ = std::make_unique<OverlayServiceImpl>(*manager_);
   daemon_service_ = std::make_unique<DaemonServiceImpl>(
       [this] { return Snapshot(); },
       [this](uint64_t cap) {
@@ -146,9 +147,9 @@ absl::Status Daemon::StartControl() {
   o.tls_key_file = config_.control_tls_key;
   o.tls_client_ca_file = config_.control_tls_ca;
   o.insecure = config_.control_insecure;
-  absl::StatusOr<std::unique_ptr<ControlServer>> control =
-      ControlServer::Start(o, {export_service_.get(), bitmap_service_.get(),
-                               daemon_service_.get(), stats_service_.get()});
+  absl::StatusOr<std::unique_ptr<ControlServer>> control = ControlServer::Start(
+      o, {export_service_.get(), bitmap_service_.get(), overlay_service_.get(),
+          daemon_service_.get(), stats_service_.get()});
   if (!control.ok()) return control.status();
   control_ = std::move(*control);
   return absl::OkStatus();

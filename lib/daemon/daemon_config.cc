@@ -370,6 +370,7 @@ std::string DescribeConfig(const DaemonConfig& c) {
          absl::StrCat(e.name, " (", ToAbsl(NameOf(e.backend)),
                       e.path.empty() ? "" : " ", e.path,
                       e.size ? absl::StrCat(" ", FormatSize(*e.size)) : "",
+                      e.base.empty() ? "" : ", overlay of ", e.base,
                       e.read_only ? ", read-only" : "",
                       e.tls != TlsMode::kOff
                           ? absl::StrCat(", tls=", ToAbsl(NameOf(e.tls)))

@@ -17,6 +17,7 @@
 #include "nbdmgr/v1/config.pb.h"
 #include "nbdmgr/v1/daemon.pb.h"
 #include "nbdmgr/v1/export.pb.h"
+#include "nbdmgr/v1/overlay.pb.h"
 #include "nbdmgr/v1/state.pb.h"
 #include "nbdmgr/v1/stats.pb.h"
 
@@ -46,6 +47,7 @@ std::vector<const pb::EnumDescriptor*> AllEnums() {
   std::vector<const pb::EnumDescriptor*> out;
   for (const pb::FileDescriptor* f :
        {v1::Export::descriptor()->file(), v1::Bitmap::descriptor()->file(),
+        v1::ResetOverlayRequest::descriptor()->file(),
         v1::PersistedState::descriptor()->file(),
         v1::DaemonConfig::descriptor()->file(),
         v1::ExportStats::descriptor()->file(),

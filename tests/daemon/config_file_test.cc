@@ -102,6 +102,50 @@ TEST(ConfigFileTest, BadExportNamesTheExport) {
               HasSubstr("f.conf: exports[1]"));
 }
 
+TEST(ConfigFileTest, OverlayExportsKeepTheirBaseAndClusterSize) {
+  auto c = FromFile(R"pb(
+    exports {
+      name: "golden"
+      file { path: "/srv/golden.img" }
+    }
+    exports {
+      name: "ov"
+      file {
+        path: "/srv/ov.img"
+        create: true
+        base: "golden"
+        cluster_size_bytes: 131072
+      }
+    }
+    exports {
+      name: "on-a-file"
+      file { path: "/srv/ov2.img" base: "/srv/golden.img" }
+    }
+  )pb");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->exports.size(), 3u);
+  EXPECT_EQ(c->exports[0].base, "");
+  EXPECT_EQ(c->exports[1].base, "golden");
+  EXPECT_EQ(c->exports[1].cluster_size, 131072u);
+  EXPECT_TRUE(c->exports[1].create);
+  EXPECT_EQ(c->exports[2].base, "/srv/golden.img");
+  EXPECT_EQ(c->exports[2].cluster_size, 0u);
+  // --check-config says which exports are overlays, and of what.
+  EXPECT_THAT(DescribeConfig(*c),
+              HasSubstr("export: ov (file /srv/ov.img, overlay of golden)"));
+
+  c = FromFile(R"pb(
+    exports {
+      name: "ov"
+      file { path: "/srv/ov.img" base: "golden" cluster_size_bytes: 1000 }
+    }
+  )pb");
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("f.conf: exports[0] (\"ov\")"));
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("cluster size"));
+}
+
 TEST(ConfigFileTest, UnreadableFileIsNamed) {
   auto c = LoadConfigFile("/nonexistent/nbdmgrd.conf");
   ASSERT_FALSE(c.ok());

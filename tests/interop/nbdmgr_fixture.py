@@ -3,6 +3,7 @@
 Runs with Debian's /usr/bin/python3 (for the `nbd` module of python3-libnbd).
 """
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -193,6 +194,60 @@ class Daemon:
         logs = self.logs()
         self.cleanup()
         assert code == 0, f"nbdmgrd exited {code}:\n{logs}"
+
+
+class NbdctlChecks:
+    """nbdctl run against the daemon `self.d` and checked, for a
+    unittest.TestCase: exit 0 and silence on stderr, exit 1 with the gRPC
+    code the daemon answered, or exit 2 with a usage message."""
+
+    def ctl(self, *args):
+        """nbdctl that must succeed."""
+        p = self.d.nbdctl(*args, check=False)
+        self.assertEqual(p.returncode, 0, (args, p.stderr))
+        self.assertEqual(p.stderr, "", args)
+        return p
+
+    def ctl_json(self, *args):
+        return json.loads(self.ctl("-o", "json", *args).stdout)
+
+    def fails(self, code, *args):
+        """nbdctl that the daemon refuses with gRPC status `code` (exit 1);
+        returns stderr."""
+        p = self.d.nbdctl(*args, check=False)
+        self.assertEqual(p.returncode, 1, (args, p.stdout, p.stderr))
+        self.assertTrue(p.stderr.startswith(f"nbdctl: {code}: "), (args, p.stderr))
+        self.assertEqual(p.stdout, "", args)
+        return p.stderr
+
+    def usage_error(self, *args):
+        """nbdctl that must exit 2 with a message; returns its first line."""
+        p = self.d.nbdctl(*args, check=False)
+        self.assertEqual(p.returncode, 2, (args, p.stderr))
+        self.assertEqual(p.stdout, "", args)
+        self.assertTrue(p.stderr.startswith("nbdctl: "), (args, p.stderr))
+        return p.stderr.splitlines()[0]
+
+    def assert_served_like_the_others(self, service, method, unparsable):
+        """nbdmgr.v1.`service` is SERVING to health checks and listed by
+        server reflection, and `method` answers a request that does not
+        parse (the bytes `unparsable`) with INVALID_ARGUMENT, not INTERNAL."""
+        import grpc
+        full = f"nbdmgr.v1.{service}"
+        self.assertEqual(self.ctl("health", full).stdout, "SERVING\n")
+        channel = grpc.insecure_channel(f"unix:{self.d.control}")
+        self.addCleanup(channel.close)
+        raw = dict(request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        # Server reflection lists it (list_services, field 7).
+        info = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", **raw)
+        self.assertIn(full.encode(), b"".join(info(iter([b"\x3a\x00"]), timeout=10)))
+        call = channel.unary_unary(f"/{full}/{method}", **raw)
+        with self.assertRaises(grpc.RpcError) as cm:
+            call(unparsable, timeout=30)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT,
+                         cm.exception.details())
+        self.assertIn("cannot be parsed", cm.exception.details())
 
 
 class RawClient:

@@ -7,13 +7,12 @@ import unittest
 
 import nbd
 
-from nbdmgr_fixture import NBDCTL, Daemon, run
+from nbdmgr_fixture import NBDCTL, Daemon, NbdctlChecks, run
 
-EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE = 0, 1, 2
 MiB = 1 << 20
 
 
-class BitmapCliTest(unittest.TestCase):
+class BitmapCliTest(NbdctlChecks, unittest.TestCase):
     def setUp(self):
         self.d = Daemon(["name=vm,backend=memory,size=64MiB"])
         self.d.start()
@@ -32,33 +31,6 @@ class BitmapCliTest(unittest.TestCase):
             logs = self.d.logs()
             self.d.cleanup()
         self.assertEqual(code, 0, logs)
-
-    def ctl(self, *args):
-        """nbdctl that must succeed."""
-        p = self.d.nbdctl(*args, check=False)
-        self.assertEqual(p.returncode, EXIT_OK, (args, p.stderr))
-        self.assertEqual(p.stderr, "", args)
-        return p
-
-    def ctl_json(self, *args):
-        return json.loads(self.ctl("-o", "json", *args).stdout)
-
-    def fails(self, code, *args):
-        """nbdctl that the daemon refuses with gRPC status `code` (exit 1);
-        returns stderr."""
-        p = self.d.nbdctl(*args, check=False)
-        self.assertEqual(p.returncode, EXIT_SERVER_ERROR, (args, p.stdout, p.stderr))
-        self.assertTrue(p.stderr.startswith(f"nbdctl: {code}: "), (args, p.stderr))
-        self.assertEqual(p.stdout, "", args)
-        return p.stderr
-
-    def usage_error(self, *args):
-        """nbdctl that must exit 2 with a message; returns its first line."""
-        p = self.d.nbdctl(*args, check=False)
-        self.assertEqual(p.returncode, EXIT_USAGE, (args, p.stderr))
-        self.assertEqual(p.stdout, "", args)
-        self.assertTrue(p.stderr.startswith("nbdctl: "), (args, p.stderr))
-        return p.stderr.splitlines()[0]
 
     def listed(self):
         """{bitmap id: Bitmap as JSON} from `nbdctl bitmap list vm`."""
@@ -256,25 +228,9 @@ class BitmapCliTest(unittest.TestCase):
                     self.assertIn(word, p.stdout, (args, word))
 
     def test_served_like_the_other_services(self):
-        import grpc
-        self.assertEqual(self.ctl("health", "nbdmgr.v1.BitmapService").stdout, "SERVING\n")
-        channel = grpc.insecure_channel(f"unix:{self.d.control}")
-        self.addCleanup(channel.close)
-        raw = dict(request_serializer=lambda b: b, response_deserializer=lambda b: b)
-        # Server reflection lists it (list_services, field 7).
-        info = channel.stream_stream(
-            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", **raw)
-        self.assertIn(b"nbdmgr.v1.BitmapService", b"".join(info(iter([b"\x3a\x00"]),
-                                                                timeout=10)))
-        # A request that does not parse (CreateBitmapRequest{export: "\xff\xfe"},
-        # not UTF-8) is INVALID_ARGUMENT, not INTERNAL.
-        create = channel.unary_unary("/nbdmgr.v1.BitmapService/CreateBitmap", **raw)
-        with self.assertRaises(grpc.RpcError) as cm:
-            create(b"\x0a\x02\xff\xfe", timeout=30)
-        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT,
-                         cm.exception.details())
-        self.assertIn("cannot be parsed", cm.exception.details())
-
+        # CreateBitmapRequest{export: "\xff\xfe"}: not UTF-8.
+        self.assert_served_like_the_others("BitmapService", "CreateBitmap",
+                                           b"\x0a\x02\xff\xfe")
 
 if __name__ == "__main__":
     unittest.main()

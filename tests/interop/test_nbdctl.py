@@ -12,8 +12,8 @@ EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
 GLOBAL_FLAGS = ["--control", "-o,--output", "--tls-ca", "--tls-cert", "--tls-key",
                 "--insecure", "--version", "-h,--help"]
-COMMANDS = ["create", "list", "get", "update", "remove", "bitmap", "daemon", "stats",
-            "health"]
+COMMANDS = ["create", "list", "get", "update", "remove", "bitmap", "overlay", "daemon",
+            "stats", "health"]
 
 
 def nbdctl(*args):
@@ -123,7 +123,8 @@ class HelpTest(unittest.TestCase):
                        "--io MODE", "--read-only", "--description TEXT", "--buffer-strategy S",
                        "--memory-cap SIZE", "--pool-idle-release DUR", "--tls MODE",
                        "--max-clients N", "--stall-timeout DUR", "--min-block-size N",
-                       "--preferred-block-size N", "--max-payload N"],
+                       "--preferred-block-size N", "--max-payload N", "--overlay-of BASE",
+                       "--cluster-size SIZE"],
             "list": [],
             "get": ["NAME"],
             "update": ["NAME", "--description TEXT", "--buffer-strategy S",

@@ -285,6 +285,53 @@ TEST_F(StateStoreTest, RoundTripsEveryField) {
   EXPECT_FALSE(std::filesystem::exists(s->path() + ".tmp"));
 }
 
+// An overlay created over the API comes back with its base and cluster
+// size, from the log and from a snapshot.
+TEST_F(StateStoreTest, RoundTripsAnOverlay) {
+  ExportConfig ov;
+  ov.name = "ov";
+  ov.backend = BackendKind::kFile;
+  ov.path = "/srv/ov.img";
+  ov.create = true;  // no size: an overlay takes its base's
+  ov.base = "golden";
+  ov.cluster_size = 256 * 1024;
+  ExportConfig on_file = ov;
+  on_file.name = "ov2";
+  on_file.base = "/srv/golden.img";
+  on_file.cluster_size = 0;
+  auto expect_loaded = [&] {
+    auto s = StateStore::Open(dir_);
+    ASSERT_TRUE(s.ok()) << s.status();
+    auto loaded = (*s)->Load();
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    ASSERT_EQ(loaded->size(), 2u);
+    for (const ExportConfig& want : {ov, on_file}) {
+      const ExportConfig& got = want.name == "ov" ? (*loaded)[0] : (*loaded)[1];
+      EXPECT_EQ(got.name, want.name);
+      EXPECT_EQ(got.path, want.path);
+      EXPECT_EQ(got.base, want.base);
+      EXPECT_EQ(got.cluster_size, want.cluster_size);
+      EXPECT_TRUE(got.create);
+      EXPECT_FALSE(got.size.has_value());
+    }
+  };
+  {
+    auto s = OpenLoaded();
+    ASSERT_TRUE(s->Put(Memory("a")).ok());  // a snapshot; what follows: log
+    ASSERT_TRUE(s->Put(ov).ok());
+    ASSERT_TRUE(s->Put(on_file).ok());
+    ASSERT_TRUE(s->Delete("a").ok());
+  }
+  expect_loaded();
+  {
+    auto s = OpenLoaded();
+    ASSERT_TRUE(s->Save({ov, on_file}).ok());
+    EXPECT_TRUE(Contains(Slurp(s->path()), "base: \"golden\""));
+    EXPECT_TRUE(Contains(Slurp(s->path()), "cluster_size_bytes: 262144"));
+  }
+  expect_loaded();
+}
+
 TEST_F(StateStoreTest, CorruptFileIsRefusedAndLeftUntouched) {
   auto s = *StateStore::Open(dir_);
   const std::string junk =
