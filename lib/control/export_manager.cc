@@ -484,7 +484,8 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindForBitmaps(
     MutexLock lock(&mu_);
     if (failed_.contains(name)) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "export \"", name, "\" is FAILED: its bitmaps come back with it"));
+          "export \"", name,
+          "\" is FAILED (not served): fix it and retry it first"));
     }
   }
   absl::StatusOr<std::shared_ptr<Export>> e = FindExport(name);
@@ -673,6 +674,12 @@ absl::StatusOr<ExportInfo> ExportManager::CommitOverlay(
   if (base->read_only()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "base export \"", base->name(), "\" is read-only"));
+  }
+  if (base->clients() > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "base export \"", base->name(), "\" has ", base->clients(),
+        " client(s) connected: it would change under them; disconnect them "
+        "first"));
   }
   for (const auto& other : registry_.List()) {
     if (other.get() != e->get() && other->base_export() == base &&
@@ -879,9 +886,13 @@ absl::StatusOr<int> ExportManager::DeleteExport(
       return absl::FailedPreconditionError(
           absl::StrCat("export \"", name, "\" is already being deleted"));
     }
-    if (e->overlays() > 0) {
+    // Served overlays hold their base; FAILED ones would need it to be
+    // retried.
+    int overlays = e->overlays();
+    for (const auto& [n, f] : failed_) overlays += f.config.base == name;
+    if (overlays > 0) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "export \"", name, "\" is the base of ", e->overlays(),
+          "export \"", name, "\" is the base of ", overlays,
           " overlay(s); remove them (or commit one) first"));
     }
     if (mode == DeleteMode::kSafe && e->clients() > 0) {

@@ -168,7 +168,7 @@ class ExportManager {
 
   // Overlays. Reset: drops the overlay's changes (FailedPrecondition while
   // it has clients). Commit: writes them into its base export (which must
-  // be writable, with no clients on its other overlays) and resets it.
+  // be writable, with no clients on it or its other overlays) and resets it.
   // NotFound, FailedPrecondition (not an overlay, FAILED, being deleted),
   // or the I/O error.
   absl::StatusOr<ExportInfo> ResetOverlay(const std::string& name);
