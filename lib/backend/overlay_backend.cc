@@ -221,16 +221,21 @@ absl::Status OverlayBackend::ReadBelow(State s, uint64_t offset,
   return base_->Read(offset, buf);
 }
 
+std::pair<OverlayBackend::State, uint64_t> OverlayBackend::RunAt(
+    uint64_t pos, uint64_t end) const {
+  const State s = StateOf(pos >> shift_);
+  uint64_t run_end = std::min(end, ((pos >> shift_) + 1) << shift_);
+  while (run_end < end && StateOf(run_end >> shift_) == s) {
+    run_end = std::min(end, run_end + cluster_);
+  }
+  return {s, run_end};
+}
+
 absl::Status OverlayBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
   const uint64_t end = offset + buf.size();
   uint64_t pos = offset;
   while (pos < end) {
-    uint64_t c = pos >> shift_;
-    const State s = StateOf(c);
-    uint64_t run_end = std::min(end, (c + 1) << shift_);
-    while (run_end < end && StateOf(run_end >> shift_) == s) {
-      run_end = std::min(end, run_end + cluster_);
-    }
+    const auto [s, run_end] = RunAt(pos, end);
     std::span<uint8_t> part = buf.subspan(pos - offset, run_end - pos);
     absl::Status st = s == kData ? file_->Read(data_offset_ + pos, part)
                                  : ReadBelow(s, pos, part);
@@ -357,12 +362,7 @@ absl::Status OverlayBackend::Extents(uint64_t offset, uint64_t length,
   const uint64_t end = offset + length;
   uint64_t pos = offset;
   while (pos < end) {
-    uint64_t c = pos >> shift_;
-    const State s = StateOf(c);
-    uint64_t run_end = std::min(end, (c + 1) << shift_);
-    while (run_end < end && StateOf(run_end >> shift_) == s) {
-      run_end = std::min(end, run_end + cluster_);
-    }
+    const auto [s, run_end] = RunAt(pos, end);
     if (s == kData) {
       if (!visit(Extent{run_end - pos, 0})) return absl::OkStatus();
     } else if (s == kZero) {

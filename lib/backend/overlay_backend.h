@@ -7,6 +7,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -137,6 +138,9 @@ class OverlayBackend final : public Backend {
   State StateOf(uint64_t c) const {
     return static_cast<State>(map_[c].load(std::memory_order_acquire));
   }
+  // The state at `pos` and where the run of clusters in that state ends
+  // (at most `end`).
+  std::pair<State, uint64_t> RunAt(uint64_t pos, uint64_t end) const;
   // Sets cluster c's state (its data already written) and queues it for
   // the map at the next flush.
   void SetState(uint64_t c, State s);
