@@ -235,7 +235,10 @@ absl::Status OverlayBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
   const uint64_t end = offset + buf.size();
   uint64_t pos = offset;
   while (pos < end) {
-    const auto [s, run_end] = RunAt(pos, end);
+    // Not a structured binding: clang 14 cannot capture one in a lambda.
+    const std::pair<State, uint64_t> run = RunAt(pos, end);
+    const State s = run.first;
+    const uint64_t run_end = run.second;
     std::span<uint8_t> part = buf.subspan(pos - offset, run_end - pos);
     absl::Status st = s == kData ? file_->Read(data_offset_ + pos, part)
                                  : ReadBelow(s, pos, part);
@@ -362,7 +365,10 @@ absl::Status OverlayBackend::Extents(uint64_t offset, uint64_t length,
   const uint64_t end = offset + length;
   uint64_t pos = offset;
   while (pos < end) {
-    const auto [s, run_end] = RunAt(pos, end);
+    // Not a structured binding: clang 14 cannot capture one in a lambda.
+    const std::pair<State, uint64_t> run = RunAt(pos, end);
+    const State s = run.first;
+    const uint64_t run_end = run.second;
     if (s == kData) {
       if (!visit(Extent{run_end - pos, 0})) return absl::OkStatus();
     } else if (s == kZero) {
