@@ -26,6 +26,10 @@ struct BackendCaps {
   bool async = false;  // ReadAsync, WriteAsync and FlushAsync start the
                        // call without blocking (then run on the io thread)
   bool async_needs_ring = false;  // ... given the io thread's IoRing
+  // ReadAsync starts a read without blocking even though the other calls
+  // block (they run on the pool; reads need a ring as async_needs_ring
+  // says).
+  bool async_read = false;
   bool zero_copy_read = false;    // ReadPinned() lends stored bytes
   // READs shorter than this are sent as data without asking Extents() for
   // holes (where asking costs system calls, a small hole is cheaper sent).

@@ -42,6 +42,8 @@ OverlayBackend::OverlayBackend(std::unique_ptr<FileBackend> file,
       shift_(__builtin_ctzll(cluster)),
       data_offset_(data_offset),
       base_name_(std::move(base_name)),
+      base_async_(base_->caps().async),
+      base_inline_(!base_->caps().blocking),
       map_(new std::atomic<uint8_t>[clusters()]),
       stripes_(new std::mutex[kStripes]) {
   for (uint64_t c = 0; c < clusters(); ++c) map_[c].store(kBase);
@@ -178,6 +180,10 @@ BackendCaps OverlayBackend::caps() const {
   c.can_multi_conn = true;  // one file, one map: a flush covers every writer
   c.can_extents = true;
   c.blocking = true;
+  // Reads go through the io thread's ring (the overlay file's clusters)
+  // and the base's own asynchronous or inline reads, no thread hop.
+  c.async_read = base_async_ || base_inline_;
+  c.async_needs_ring = true;
   c.sparse_read_min = 64 * 1024;
   return c;
 }
@@ -246,6 +252,99 @@ absl::Status OverlayBackend::Read(uint64_t offset, std::span<uint8_t> buf) {
     pos = run_end;
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+// A read of several runs: one completion per run, `done` when all have
+// (with the first error). Deletes itself.
+class MultiRead {
+ public:
+  class Part final : public IoCompletion {
+   public:
+    void Complete(absl::Status status) override {
+      owner->PartDone(std::move(status));
+    }
+    MultiRead* owner = nullptr;
+  };
+
+  MultiRead(IoCompletion& done, size_t parts)
+      : done_(done), parts_(new Part[parts]), left_(parts + 1) {
+    for (size_t i = 0; i < parts; ++i) parts_[i].owner = this;
+  }
+  Part& part(size_t i) { return parts_[i]; }
+  // Every part started: drops the guard that kept an early finish from
+  // completing before the last part began.
+  void Started() { PartDone(absl::OkStatus()); }
+
+  void PartDone(absl::Status status) {
+    if (!status.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (first_error_.ok()) first_error_ = std::move(status);
+    }
+    if (left_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    IoCompletion& done = done_;
+    absl::Status result;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      result = first_error_;
+    }
+    delete this;
+    done.Complete(std::move(result));
+  }
+
+ private:
+  IoCompletion& done_;
+  std::unique_ptr<Part[]> parts_;
+  std::atomic<size_t> left_;
+  std::mutex mu_;
+  absl::Status first_error_;
+};
+
+}  // namespace
+
+void OverlayBackend::StartRun(State s, uint64_t pos, std::span<uint8_t> part,
+                              IoRing* ring, IoCompletion& done) {
+  switch (s) {
+    case kZero:
+      std::memset(part.data(), 0, part.size());
+      done.Complete(absl::OkStatus());
+      return;
+    case kData:
+      file_->ReadAsync(data_offset_ + pos, part, ring, done);
+      return;
+    case kBase:
+      if (base_async_) {
+        base_->ReadAsync(pos, part, ring, done);
+      } else {
+        done.Complete(base_->Read(pos, part));
+      }
+      return;
+  }
+}
+
+void OverlayBackend::ReadAsync(uint64_t offset, std::span<uint8_t> buf,
+                               IoRing* ring, IoCompletion& done) {
+  const uint64_t end = offset + buf.size();
+  const std::pair<State, uint64_t> first = RunAt(offset, end);
+  if (first.second == end) {  // one run: the common case
+    StartRun(first.first, offset, buf, ring, done);
+    return;
+  }
+  std::vector<std::pair<State, uint64_t>> runs;  // state, run start
+  for (uint64_t pos = offset; pos < end;) {
+    const std::pair<State, uint64_t> run = RunAt(pos, end);
+    runs.emplace_back(run.first, pos);
+    pos = run.second;
+  }
+  auto* multi = new MultiRead(done, runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const uint64_t pos = runs[i].second;
+    const uint64_t next = i + 1 < runs.size() ? runs[i + 1].second : end;
+    StartRun(runs[i].first, pos, buf.subspan(pos - offset, next - pos), ring,
+             multi->part(i));
+  }
+  multi->Started();
 }
 
 absl::Status OverlayBackend::WriteInCluster(uint64_t c, uint64_t offset,

@@ -85,6 +85,12 @@ class OverlayBackend final : public Backend {
   // base has none).
   std::optional<std::string> DurableIdentity() const override;
   absl::Status Read(uint64_t offset, std::span<uint8_t> buf) override;
+  // With caps().async_read (the base reads without blocking the caller):
+  // each run through its own store's asynchronous read (the overlay file
+  // on the ring, the base's ReadAsync or inline read), zero runs filled
+  // at once; `done` completes when every run has.
+  void ReadAsync(uint64_t offset, std::span<uint8_t> buf, IoRing* ring,
+                 IoCompletion& done) override;
   absl::Status Write(uint64_t offset, std::span<const uint8_t> data,
                      bool fua) override;
   absl::Status Flush() override;
@@ -155,6 +161,9 @@ class OverlayBackend final : public Backend {
   // Reads [offset, offset + buf.size()) of the virtual disk as the base
   // and zero states say (not for kData).
   absl::Status ReadBelow(State s, uint64_t offset, std::span<uint8_t> buf);
+  // Starts reading one run in state `s` into `part`; completes `done`.
+  void StartRun(State s, uint64_t pos, std::span<uint8_t> part, IoRing* ring,
+                IoCompletion& done);
   // Makes [offset, offset + length) read as zeroes: whole clusters by
   // state (kZero; with `allocate`, zeroes written as data), the partial
   // ends by writing zeroes.
@@ -179,6 +188,9 @@ class OverlayBackend final : public Backend {
   const int shift_;
   const uint64_t data_offset_;
   const std::string base_name_;
+  // The base reads asynchronously (ReadAsync) or never blocks (inline).
+  const bool base_async_;
+  const bool base_inline_;
   // The live state of every cluster.
   std::unique_ptr<std::atomic<uint8_t>[]> map_;
   std::unique_ptr<std::mutex[]> stripes_;

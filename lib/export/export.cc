@@ -23,7 +23,7 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenOverlay(
   } else {
     auto b = FileBackend::Open(FileBackendOptions{
         c.base, /*read_only=*/true, std::nullopt, /*create=*/false,
-        open.confine_to, FileIo::kThreads});
+        open.confine_to, FileIo::kAuto});
     if (!b.ok()) {
       return absl::Status(b.status().code(),
                           absl::StrCat("base ", b.status().message()));

@@ -82,16 +82,21 @@ class BackendCall {
         blocking_(backend.caps().blocking),
         async_(backend.caps().async &&
                (ring != nullptr || !backend.caps().async_needs_ring)),
+        async_read_(async_ ||
+                    (backend.caps().async_read &&
+                     (ring != nullptr || !backend.caps().async_needs_ring))),
         pool_(pool),
         ring_(ring) {}
 
   Backend& backend() const { return backend_; }
   // Whether READ, WRITE and FLUSH are asynchronous calls.
   bool async() const { return async_; }
+  // Whether READ is (WRITE and FLUSH may still run on the pool).
+  bool async_reads() const { return async_read_; }
 
   asio::awaitable<absl::Status> Read(uint64_t offset,
                                      std::span<uint8_t> buf) const {
-    if (async()) {
+    if (async_reads()) {
       return Async([this, offset, buf](IoCompletion& done) {
         backend_.ReadAsync(offset, buf, ring_, done);
       });
@@ -161,6 +166,7 @@ class BackendCall {
   Backend& backend_;
   const bool blocking_;
   const bool async_;
+  const bool async_read_;
   asio::thread_pool* const pool_;
   IoRing* const ring_;
 };

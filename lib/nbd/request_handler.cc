@@ -255,7 +255,7 @@ asio::awaitable<absl::Status> RequestHandler::Read(const RequestHeader& h,
   };
   ReadPieces pieces;
   absl::Status st;
-  if (call_.async()) {
+  if (call_.async_reads()) {
     // The data is read through the ring. Holes are looked up (lseek, which
     // may wait on the file system: NFS, FUSE) on the pool, and only for
     // READs of sparse_read_min or more; smaller ones are planned here.
