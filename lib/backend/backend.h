@@ -30,7 +30,7 @@ struct BackendCaps {
   // block (they run on the pool; reads need a ring as async_needs_ring
   // says).
   bool async_read = false;
-  bool zero_copy_read = false;    // ReadPinned() lends stored bytes
+  bool zero_copy_read = false;  // ReadPinned() lends stored bytes
   // READs shorter than this are sent as data without asking Extents() for
   // holes (where asking costs system calls, a small hole is cheaper sent).
   uint64_t sparse_read_min = 0;

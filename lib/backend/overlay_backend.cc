@@ -54,11 +54,11 @@ OverlayBackend::~OverlayBackend() = default;
 absl::StatusOr<std::unique_ptr<OverlayBackend>> OverlayBackend::Open(
     const OverlayOptions& options, std::shared_ptr<Backend> base) {
   const uint32_t cs = options.cluster_size;
-  if (cs != 0 && ((cs & (cs - 1)) != 0 || cs < kMinCluster ||
-                  cs > kMaxCluster)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cluster size ", cs, " is not a power of two from ", kMinCluster,
-        " to ", kMaxCluster));
+  if (cs != 0 &&
+      ((cs & (cs - 1)) != 0 || cs < kMinCluster || cs > kMaxCluster)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cluster size ", cs, " is not a power of two from ",
+                     kMinCluster, " to ", kMaxCluster));
   }
   if (options.base_name.size() > kMaxBaseName) {
     return absl::InvalidArgumentError("base name too long");
@@ -75,7 +75,8 @@ absl::StatusOr<std::unique_ptr<OverlayBackend>> OverlayBackend::Open(
     // A new overlay: header, an all-zero map (a hole), the data area.
     const uint32_t cluster = cs == 0 ? 64 * 1024 : cs;
     const uint64_t n = (size + cluster - 1) / cluster;
-    const uint64_t data_offset = AlignUp(kMapOffset + AlignUp(n, kPage), cluster);
+    const uint64_t data_offset =
+        AlignUp(kMapOffset + AlignUp(n, kPage), cluster);
     fo.size = data_offset + size;
     fo.create = true;
     file = FileBackend::Open(fo);
@@ -90,8 +91,9 @@ absl::StatusOr<std::unique_ptr<OverlayBackend>> OverlayBackend::Open(
     PutLe(&h[40], options.base_name.size(), 4);
     std::memcpy(&h[44], options.base_name.data(), options.base_name.size());
     const size_t crc_at = 44 + options.base_name.size();
-    PutLe(&h[crc_at], Crc32c(std::string_view(
-                          reinterpret_cast<const char*>(h.data()), crc_at)),
+    PutLe(&h[crc_at],
+          Crc32c(std::string_view(reinterpret_cast<const char*>(h.data()),
+                                  crc_at)),
           4);
     if (absl::Status st = (*file)->Write(0, h, /*fua=*/true); !st.ok()) {
       (*file)->RemoveCreatedFile();
@@ -118,8 +120,8 @@ absl::StatusOr<std::unique_ptr<OverlayBackend>> OverlayBackend::Open(
   if (name_len > kMaxBaseName) return corrupt("bad header");
   const size_t crc_at = 44 + name_len;
   if (GetLe(&h[crc_at], 4) !=
-      Crc32c(std::string_view(reinterpret_cast<const char*>(h.data()),
-                              crc_at))) {
+      Crc32c(
+          std::string_view(reinterpret_cast<const char*>(h.data()), crc_at))) {
     return corrupt("header checksum mismatch");
   }
   const uint64_t cluster = GetLe(&h[12], 4);
@@ -130,20 +132,18 @@ absl::StatusOr<std::unique_ptr<OverlayBackend>> OverlayBackend::Open(
       cluster > kMaxCluster || map_offset != kMapOffset ||
       data_offset % cluster != 0 ||
       data_offset < kMapOffset + (vsize + cluster - 1) / cluster ||
-      data_offset > (*file)->size() ||
-      (*file)->size() - data_offset != vsize) {
+      data_offset > (*file)->size() || (*file)->size() - data_offset != vsize) {
     return corrupt("inconsistent header");
   }
   if (vsize != size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        path, ": overlay made for a base of ", vsize,
-        " bytes; this base has ", size));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": overlay made for a base of ", vsize,
+                     " bytes; this base has ", size));
   }
   std::string base_name(reinterpret_cast<const char*>(&h[44]), name_len);
-  std::unique_ptr<OverlayBackend> out(
-      new OverlayBackend(std::move(*file), std::move(base), size,
-                         static_cast<uint32_t>(cluster), data_offset,
-                         std::move(base_name)));
+  std::unique_ptr<OverlayBackend> out(new OverlayBackend(
+      std::move(*file), std::move(base), size, static_cast<uint32_t>(cluster),
+      data_offset, std::move(base_name)));
   if (absl::Status st = out->LoadMap(); !st.ok()) return st;
   return out;
 }
@@ -539,11 +539,10 @@ absl::Status OverlayBackend::WriteMapPages(const std::vector<uint64_t>& pages) {
     while (j < pages.size() && pages[j] == pages[j - 1] + 1) ++j;
     const uint64_t from = pages[i] * kPage;
     const uint64_t to = std::min(n, (pages[j - 1] + 1) * kPage);
-    if (absl::Status st =
-            file_->Write(kMapOffset + from,
-                         std::span<const uint8_t>(disk_map_).subspan(
-                             from, to - from),
-                         false);
+    if (absl::Status st = file_->Write(
+            kMapOffset + from,
+            std::span<const uint8_t>(disk_map_).subspan(from, to - from),
+            false);
         !st.ok()) {
       return st;
     }
@@ -629,19 +628,18 @@ absl::Status OverlayBackend::Commit(
     absl::FunctionRef<void(uint64_t offset, uint64_t length)> changed) {
   auto locks = LockAll();  // held to the end: no write slips in between
   std::vector<uint8_t> buf;
-  absl::Status st =
-      ForEachOwnRun([&](uint64_t from, uint64_t len, State s) {
-        absl::Status r;
-        if (s == kData) {
-          buf.resize(len);
-          r = file_->Read(data_offset_ + from, buf);
-          if (r.ok()) r = base_->Write(from, buf, false);
-        } else {
-          r = base_->Zero(from, len, ZeroOptions{});
-        }
-        changed(from, len);  // even on failure: some of it may have landed
-        return r;
-      });
+  absl::Status st = ForEachOwnRun([&](uint64_t from, uint64_t len, State s) {
+    absl::Status r;
+    if (s == kData) {
+      buf.resize(len);
+      r = file_->Read(data_offset_ + from, buf);
+      if (r.ok()) r = base_->Write(from, buf, false);
+    } else {
+      r = base_->Zero(from, len, ZeroOptions{});
+    }
+    changed(from, len);  // even on failure: some of it may have landed
+    return r;
+  });
   if (!st.ok()) return st;
   if (absl::Status f = base_->Flush(); !f.ok()) return f;
   // The overlay reads the same before and after: its own bitmaps do not

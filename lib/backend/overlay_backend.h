@@ -133,9 +133,8 @@ class OverlayBackend final : public Backend {
   };
 
   OverlayBackend(std::unique_ptr<FileBackend> file,
-                 std::shared_ptr<Backend> base, uint64_t size,
-                 uint32_t cluster, uint64_t data_offset,
-                 std::string base_name);
+                 std::shared_ptr<Backend> base, uint64_t size, uint32_t cluster,
+                 uint64_t data_offset, std::string base_name);
   absl::Status LoadMap();
   uint64_t clusters() const { return (size_ + cluster_ - 1) / cluster_; }
   uint64_t ClusterBytes(uint64_t c) const {

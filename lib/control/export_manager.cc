@@ -102,9 +102,8 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
             "export \"{}\" is FAILED and not served: {} (fix it, then "
             "`nbdctl update {} --retry`, or remove it)",
             c.name, e.status().message(), c.name);
-        m->failed_[c.name] = FailedExport{
-            c, std::string(e.status().message()),
-            std::chrono::system_clock::now()};
+        m->failed_[c.name] = FailedExport{c, std::string(e.status().message()),
+                                          std::chrono::system_clock::now()};
         continue;
       }
       if (absl::Status st = registry.Add(*e); !st.ok()) return st;
@@ -483,9 +482,9 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindForBitmaps(
   {
     MutexLock lock(&mu_);
     if (failed_.contains(name)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "export \"", name,
-          "\" is FAILED (not served): fix it and retry it first"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("export \"", name,
+                       "\" is FAILED (not served): fix it and retry it first"));
     }
   }
   absl::StatusOr<std::shared_ptr<Export>> e = FindExport(name);
@@ -500,8 +499,8 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindForBitmaps(
 void ExportManager::RestoreBitmaps(Export& e) {
   if (bitmap_store_ == nullptr) return;
   MutexLock lock(&mu_bitmaps_);
-  absl::StatusOr<std::vector<BitmapRecord>> records = bitmap_store_->Load(
-      e.name(), e.size(), e.backend().DurableIdentity());
+  absl::StatusOr<std::vector<BitmapRecord>> records =
+      bitmap_store_->Load(e.name(), e.size(), e.backend().DurableIdentity());
   if (!records.ok()) {
     spdlog::error(
         "export \"{}\": its dirty bitmaps cannot be read and are dropped "
@@ -644,13 +643,13 @@ absl::StatusOr<ExportInfo> ExportManager::ResetOverlay(
   absl::StatusOr<std::shared_ptr<Export>> e = FindOverlay(name);
   if (!e.ok()) return e.status();
   if ((*e)->clients() > 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "overlay \"", name, "\" has ", (*e)->clients(),
-        " client(s) connected: its disk would change under them; "
-        "disconnect them first"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("overlay \"", name, "\" has ", (*e)->clients(),
+                     " client(s) connected: its disk would change under them; "
+                     "disconnect them first"));
   }
-  if (absl::Status st = (*e)->overlay()->Reset(
-          [&](uint64_t offset, uint64_t length) {
+  if (absl::Status st =
+          (*e)->overlay()->Reset([&](uint64_t offset, uint64_t length) {
             (*e)->bitmaps().Mark(offset, length);
           });
       !st.ok()) {
@@ -668,12 +667,12 @@ absl::StatusOr<ExportInfo> ExportManager::CommitOverlay(
   const std::shared_ptr<Export>& base = (*e)->base_export();
   if (base == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "overlay \"", name, "\" has a file as its base (",
-        (*e)->config().base, "), opened read-only: commit needs a base export"));
+        "overlay \"", name, "\" has a file as its base (", (*e)->config().base,
+        "), opened read-only: commit needs a base export"));
   }
   if (base->read_only()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "base export \"", base->name(), "\" is read-only"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("base export \"", base->name(), "\" is read-only"));
   }
   if (base->clients() > 0) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -684,10 +683,11 @@ absl::StatusOr<ExportInfo> ExportManager::CommitOverlay(
   for (const auto& other : registry_.List()) {
     if (other.get() != e->get() && other->base_export() == base &&
         other->clients() > 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "overlay \"", other->name(), "\" of the same base has ",
-          other->clients(), " client(s) connected: the base would change "
-          "under them; disconnect them first"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("overlay \"", other->name(), "\" of the same base has ",
+                       other->clients(),
+                       " client(s) connected: the base would change "
+                       "under them; disconnect them first"));
     }
   }
   const OverlayStats before = (*e)->overlay()->stats();
@@ -699,8 +699,8 @@ absl::StatusOr<ExportInfo> ExportManager::CommitOverlay(
       affected.push_back(other);
     }
   }
-  if (absl::Status st = (*e)->overlay()->Commit(
-          [&](uint64_t offset, uint64_t length) {
+  if (absl::Status st =
+          (*e)->overlay()->Commit([&](uint64_t offset, uint64_t length) {
             for (const auto& a : affected) a->bitmaps().Mark(offset, length);
           });
       !st.ok()) {
@@ -891,9 +891,9 @@ absl::StatusOr<int> ExportManager::DeleteExport(
     int overlays = e->overlays();
     for (const auto& [n, f] : failed_) overlays += f.config.base == name;
     if (overlays > 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "export \"", name, "\" is the base of ", overlays,
-          " overlay(s); remove them (or commit one) first"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("export \"", name, "\" is the base of ", overlays,
+                       " overlay(s); remove them (or commit one) first"));
     }
     if (mode == DeleteMode::kSafe && e->clients() > 0) {
       return absl::FailedPreconditionError(

@@ -1,7 +1,5 @@
 #include "lib/daemon/daemon.h"
 
-#include "lib/backend/overlay_backend.h"
-
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -17,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "lib/backend/overlay_backend.h"
 #include "lib/daemon/notify.h"
 #include "lib/metrics/process_stats.h"
 #include "lib/tls/tls_engine.h"
@@ -214,8 +213,8 @@ StatsSnapshot Daemon::CollectStats() const {
       es.overlay_copy_ups = os.copy_ups;
     }
     for (const BitmapInfo& bi : e->bitmaps().List()) {
-      es.bitmaps.push_back({bi.name, bi.active, bi.consistent, bi.dirty_bytes,
-                            bi.memory_bytes});
+      es.bitmaps.push_back(
+          {bi.name, bi.active, bi.consistent, bi.dirty_bytes, bi.memory_bytes});
     }
     ExportBufferStats eb = e->buffers().stats();
     es.buffers.bytes_in_use = eb.in_use;

@@ -41,10 +41,10 @@ absl::StatusOr<std::shared_ptr<DirtyBitmap>> BitmapSet::NewBits(
   const uint64_t blocks = size_ / granularity + (size_ % granularity != 0);
   const uint64_t bytes = (blocks + 63) / 64 * 8;
   if (bytes > kMaxBitmapBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "a bitmap at granularity ", granularity, " would take ", bytes,
-        " bytes for this export; the maximum is ", kMaxBitmapBytes,
-        ": choose a larger granularity"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("a bitmap at granularity ", granularity, " would take ",
+                     bytes, " bytes for this export; the maximum is ",
+                     kMaxBitmapBytes, ": choose a larger granularity"));
   }
   bits = DirtyBitmap::Create(size_, granularity);
   if (!bits.ok()) return bits.status();
@@ -192,8 +192,8 @@ absl::StatusOr<BitmapInfo> BitmapSet::Clear(const std::string& name,
 }
 
 absl::StatusOr<std::pair<BitmapInfo, BitmapInfo>> BitmapSet::Checkpoint(
-    const std::string& frozen, const std::string& started,
-    uint64_t granularity, const Persist& persist) {
+    const std::string& frozen, const std::string& started, uint64_t granularity,
+    const Persist& persist) {
   if (absl::Status st = ValidateName(started); !st.ok()) return st;
   MutexLock change(&change_mu_);
   Map next = Copy();
@@ -201,8 +201,9 @@ absl::StatusOr<std::pair<BitmapInfo, BitmapInfo>> BitmapSet::Checkpoint(
   if (!it.ok()) return it.status();
   Entry& old = (*it)->second;
   if (!old.active) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "bitmap \"", frozen, "\" is frozen already (by an earlier checkpoint)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("bitmap \"", frozen,
+                     "\" is frozen already (by an earlier checkpoint)"));
   }
   if (next.contains(started)) {
     return absl::AlreadyExistsError(
@@ -290,7 +291,8 @@ void BitmapSet::Restore(std::vector<BitmapRecord> records) {
     }
     // An inconsistent active bitmap records from now on: it needs bits.
     if (e.bits == nullptr && e.active) {
-      absl::StatusOr<std::shared_ptr<DirtyBitmap>> bits = NewBits(e.granularity);
+      absl::StatusOr<std::shared_ptr<DirtyBitmap>> bits =
+          NewBits(e.granularity);
       if (!bits.ok()) {
         bitmaps_.erase(r.name);  // a granularity no longer allowed
         continue;

@@ -21,9 +21,9 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenOverlay(
     // Aliasing: the backend, kept alive by its export.
     base = std::shared_ptr<Backend>(base_export, &base_export->backend());
   } else {
-    auto b = FileBackend::Open(FileBackendOptions{
-        c.base, /*read_only=*/true, std::nullopt, /*create=*/false,
-        open.confine_to, FileIo::kAuto});
+    auto b = FileBackend::Open(
+        FileBackendOptions{c.base, /*read_only=*/true, std::nullopt,
+                           /*create=*/false, open.confine_to, FileIo::kAuto});
     if (!b.ok()) {
       return absl::Status(b.status().code(),
                           absl::StrCat("base ", b.status().message()));
@@ -36,8 +36,8 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenOverlay(
                      " bytes), not ", *c.size));
   }
   OverlayOptions o;
-  o.file = FileBackendOptions{c.path,         c.read_only,
-                              std::nullopt,   c.create && open.may_create,
+  o.file = FileBackendOptions{c.path,          c.read_only,
+                              std::nullopt,    c.create && open.may_create,
                               open.confine_to, FileIo::kThreads};
   o.cluster_size = c.cluster_size;
   o.base_name = c.base;
@@ -108,9 +108,9 @@ absl::StatusOr<std::shared_ptr<Export>> Export::Create(
   if (!config.base.empty() && config.base.front() != '/') {
     if (open.find_export) base_export = open.find_export(config.base);
     if (base_export == nullptr || base_export->draining()) {
-      return absl::NotFoundError(absl::StrCat(
-          "base export \"", config.base, "\" not found (a base must be "
-          "served before its overlays)"));
+      return absl::NotFoundError(absl::StrCat("base export \"", config.base,
+                                              "\" not found (a base must be "
+                                              "served before its overlays)"));
     }
     if (absl::Status st = base_export->AddOverlay(); !st.ok()) return st;
   }

@@ -314,7 +314,8 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
           return invalid("base must be an export's name or an absolute path: ",
                          st.message());
         }
-        if (c.base == c.name) return invalid("an export cannot be its own base");
+        if (c.base == c.name)
+          return invalid("an export cannot be its own base");
       }
       if (c.cluster_size != 0 &&
           ((c.cluster_size & (c.cluster_size - 1)) != 0 ||

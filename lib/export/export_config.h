@@ -63,9 +63,9 @@ struct ExportConfig {
   // kFile: `path` is a copy-on-write overlay (OverlayBackend) on this base:
   // another export's name, or an absolute path (a file opened read-only).
   std::string base;
-  uint32_t cluster_size = 0;     // overlay: the copy-on-write unit (0: 64 KiB)
-  RbdLocation rbd;               // kRbd (size, if set: create a missing
-                                 // image with it, or the size it must have)
+  uint32_t cluster_size = 0;  // overlay: the copy-on-write unit (0: 64 KiB)
+  RbdLocation rbd;            // kRbd (size, if set: create a missing
+                              // image with it, or the size it must have)
   bool read_only = false;
   BlockSizes block_sizes;
   BufferSettings buffers;

@@ -5,7 +5,6 @@
 #include <optional>
 
 #include "lib/backend/overlay_backend.h"
-
 #include "lib/export/export.h"
 #include "lib/export/export_config.h"
 

@@ -124,14 +124,14 @@ void AddRequestFamilies(Builder& b, const StatsSnapshot& s) {
       "Bytes a dirty bitmap marks as changed (what an incremental backup "
       "copies), by export and bitmap; 0 for an inconsistent bitmap.",
       MetricType::Gauge);
-  MetricFamily& consistent = b.Family(
-      "nbdmgr_bitmap_consistent",
-      "1 for a dirty bitmap that can be trusted, 0 for one made "
-      "inconsistent by a crash (a full backup is needed).",
-      MetricType::Gauge);
-  MetricFamily& bits = b.Family("nbdmgr_bitmap_memory_bytes",
-                                "Memory a dirty bitmap's bits take.",
-                                MetricType::Gauge);
+  MetricFamily& consistent =
+      b.Family("nbdmgr_bitmap_consistent",
+               "1 for a dirty bitmap that can be trusted, 0 for one made "
+               "inconsistent by a crash (a full backup is needed).",
+               MetricType::Gauge);
+  MetricFamily& bits =
+      b.Family("nbdmgr_bitmap_memory_bytes",
+               "Memory a dirty bitmap's bits take.", MetricType::Gauge);
   for (const ExportStats& e : s.exports) {
     for (const BitmapStats& bm : e.bitmaps) {
       const Labels l = {{"export", e.name}, {"bitmap", bm.name}};

@@ -347,7 +347,8 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleExportName(
     co_return IoError(ec, "EXPORT_NAME reply");
   }
   result_.export_ = e;
-  if (meta_export_ != nullptr && meta_export_ == e) result_.meta_contexts = meta_;
+  if (meta_export_ != nullptr && meta_export_ == e)
+    result_.meta_contexts = meta_;
   co_return true;
 }
 
@@ -431,7 +432,8 @@ asio::awaitable<absl::StatusOr<bool>> Negotiator::HandleInfoOrGo(
   }
   if (option == kOptInfo) co_return false;
   result_.export_ = e;
-  if (meta_export_ != nullptr && meta_export_ == e) result_.meta_contexts = meta_;
+  if (meta_export_ != nullptr && meta_export_ == e)
+    result_.meta_contexts = meta_;
   co_return true;
 }
 

@@ -113,8 +113,7 @@ class Reply {
   void AddHoleChunk(uint16_t flags, uint64_t cookie, uint64_t offset,
                     uint32_t length);
   void AddErrorChunk(uint64_t cookie, uint32_t error, std::string_view message);
-  void AddBlockStatusChunk(uint16_t flags, uint64_t cookie,
-                           uint32_t context_id,
+  void AddBlockStatusChunk(uint16_t flags, uint64_t cookie, uint32_t context_id,
                            std::span<const BlockDescriptor> descriptors);
 
   // Appends borrowed bytes; they must stay valid until the reply is written

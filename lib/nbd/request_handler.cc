@@ -348,9 +348,9 @@ asio::awaitable<absl::Status> RequestHandler::BlockStatus(
     descs.clear();
     if (mc.bitmap == nullptr) {
       absl::Status st = co_await call_([&] {
-        return call_.backend().Extents(
-            h.offset, h.length,
-            [&](Extent e) { return add(e.length, e.flags); });
+        return call_.backend().Extents(h.offset, h.length, [&](Extent e) {
+          return add(e.length, e.flags);
+        });
       });
       if (!st.ok()) co_return st;
     } else {

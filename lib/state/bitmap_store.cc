@@ -4,8 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -26,13 +26,14 @@ constexpr uint64_t kMaxBits = BitmapSet::kMaxBitmapBytes + 4096;
 // The largest file an export of `size` bytes can have: every bitmap at the
 // finest granularity. Checked before the file is read.
 uint64_t MaxFileFor(uint64_t size) {
-  const uint64_t bits =
-      std::min<uint64_t>(kMaxBits, size / DirtyBitmap::kMinGranularity / 8 + 4096);
+  const uint64_t bits = std::min<uint64_t>(
+      kMaxBits, size / DirtyBitmap::kMinGranularity / 8 + 4096);
   return BitmapSet::kMaxBitmaps * (bits + 3 * kMaxString + 64) + 4096;
 }
 
 void PutLe(std::string& out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
+  for (int i = 0; i < bytes; ++i)
+    out.push_back(static_cast<char>(v >> (8 * i)));
 }
 void PutString(std::string& out, std::string_view s) {
   PutLe(out, s.size(), 4);
@@ -87,7 +88,8 @@ absl::Status BitmapStore::CheckDir() const {
   if (!S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() ||
       (st.st_mode & 022) != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
-        dir_, " must be a directory (not a symbolic link) owned by this user "
+        dir_,
+        " must be a directory (not a symbolic link) owned by this user "
         "and writable by no one else"));
   }
   return absl::OkStatus();
@@ -148,8 +150,8 @@ absl::StatusOr<std::vector<BitmapRecord>> BitmapStore::Load(
     const std::optional<std::string>& identity) const {
   if (absl::Status st = CheckDir(); !st.ok()) return st;
   const std::string path = PathOf(export_name);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
-                                          O_CLOEXEC);
+  const int fd =
+      ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return std::vector<BitmapRecord>{};
     return ErrnoStatus(errno, absl::StrCat("open ", path));
@@ -233,8 +235,8 @@ absl::StatusOr<std::vector<BitmapRecord>> BitmapStore::Load(
       }
     } else if (rec.consistent) {
       rec.consistent = false;
-      rec.inconsistent_reason = why_not.empty() ? "its bits were not saved"
-                                                : why_not;
+      rec.inconsistent_reason =
+          why_not.empty() ? "its bits were not saved" : why_not;
     }
     out.push_back(std::move(rec));
   }

@@ -26,11 +26,12 @@ namespace nbdmgr {
 // The caller then saves the loaded set in use again before serving.
 //
 // Format (little-endian): "NBDMGRBS", u32 version 1, u32 flags (1: saved
-// at a clean stop, 2: with an identity and bits), u32 length + identity, u32 count, per bitmap: u32 length + name, u32 flags (1:
-// active, 2: consistent, 4: bits follow), u64 granularity, u32 length +
-// inconsistent reason, u64 length + DirtyBitmap::Serialize() bytes; then a
-// CRC-32C of everything before it. Every length is bounded before it sizes
-// anything. Not thread-safe: the caller serializes calls per export.
+// at a clean stop, 2: with an identity and bits), u32 length + identity, u32
+// count, per bitmap: u32 length + name, u32 flags (1: active, 2: consistent, 4:
+// bits follow), u64 granularity, u32 length + inconsistent reason, u64 length +
+// DirtyBitmap::Serialize() bytes; then a CRC-32C of everything before it. Every
+// length is bounded before it sizes anything. Not thread-safe: the caller
+// serializes calls per export.
 class BitmapStore {
  public:
   explicit BitmapStore(std::string dir) : dir_(std::move(dir)) {}

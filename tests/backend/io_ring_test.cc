@@ -205,7 +205,8 @@ TEST_F(IoRingTest, OverlayReadsAsynchronouslyAcrossRuns) {
       std::shared_ptr<Backend>(std::move(*MemoryBackend::Create(kSize)))};
   for (auto& base : bases) {
     std::vector<uint8_t> golden(kSize);
-    for (uint64_t i = 0; i < kSize; ++i) golden[i] = static_cast<uint8_t>(i % 251);
+    for (uint64_t i = 0; i < kSize; ++i)
+      golden[i] = static_cast<uint8_t>(i % 251);
     ASSERT_TRUE(base->Write(0, golden, false).ok());
     OverlayOptions o;
     o.file.path = dir_ + "/ov.ovl";
@@ -214,7 +215,7 @@ TEST_F(IoRingTest, OverlayReadsAsynchronouslyAcrossRuns) {
     ASSERT_TRUE(ov.ok()) << ov.status();
     EXPECT_TRUE((*ov)->caps().async_read);
     std::vector<uint8_t> mine(100 * 1024, 0xEE);
-    ASSERT_TRUE((*ov)->Write(64 * 1024, mine, false).ok());   // data run
+    ASSERT_TRUE((*ov)->Write(64 * 1024, mine, false).ok());        // data run
     ASSERT_TRUE((*ov)->Trim(256 * 1024, 128 * 1024, false).ok());  // zero run
     std::vector<uint8_t> want = golden;
     std::copy(mine.begin(), mine.end(), want.begin() + 64 * 1024);

@@ -32,7 +32,8 @@ class OverlayTest : public ::testing::Test {
     base_ = std::shared_ptr<Backend>(std::move(*mem));
     // The base: a pattern nobody could confuse with zeroes or new data.
     model_.resize(kSize);
-    for (uint64_t i = 0; i < kSize; ++i) model_[i] = static_cast<uint8_t>(i * 7 + 3);
+    for (uint64_t i = 0; i < kSize; ++i)
+      model_[i] = static_cast<uint8_t>(i * 7 + 3);
     ASSERT_TRUE(base_->Write(0, model_, false).ok());
     base_copy_ = model_;
     Reopen();
@@ -75,10 +76,10 @@ class OverlayTest : public ::testing::Test {
 
 TEST_F(OverlayTest, ReadsTheBaseUntilWrittenAndNeverWritesIt) {
   EXPECT_EQ(ReadAll(), model_);
-  Write(100, 10, 1);                // partial: a copy-up
-  Write(64 * kKiB, 64 * kKiB, 2);   // a whole cluster: none
-  Write(kSize - 100, 100, 3);       // in the partial last cluster
-  Write(3 * kMiB - 5, 4 * kKiB, 4); // across a boundary
+  Write(100, 10, 1);                 // partial: a copy-up
+  Write(64 * kKiB, 64 * kKiB, 2);    // a whole cluster: none
+  Write(kSize - 100, 100, 3);        // in the partial last cluster
+  Write(3 * kMiB - 5, 4 * kKiB, 4);  // across a boundary
   EXPECT_EQ(ReadAll(), model_);
   std::vector<uint8_t> base(kSize);
   ASSERT_TRUE(base_->Read(0, base).ok());
@@ -88,18 +89,20 @@ TEST_F(OverlayTest, ReadsTheBaseUntilWrittenAndNeverWritesIt) {
 }
 
 TEST_F(OverlayTest, TrimAndZeroHideTheBase) {
-  Zero(0, 64 * kKiB);                     // whole cluster: state only
-  Zero(200 * kKiB, 10 * kKiB);            // partial: zeroes written
+  Zero(0, 64 * kKiB);           // whole cluster: state only
+  Zero(200 * kKiB, 10 * kKiB);  // partial: zeroes written
   ZeroOptions no_hole;
   no_hole.may_trim = false;
   ASSERT_TRUE(ov_->Zero(kMiB, 128 * kKiB, no_hole).ok());
   std::fill(model_.begin() + kMiB, model_.begin() + kMiB + 128 * kKiB, 0);
   EXPECT_EQ(ReadAll(), model_);
   std::vector<std::pair<uint64_t, uint32_t>> ext;
-  ASSERT_TRUE(ov_->Extents(0, 2 * kMiB, [&](Extent e) {
-    ext.emplace_back(e.length, e.flags);
-    return true;
-  }).ok());
+  ASSERT_TRUE(ov_->Extents(0, 2 * kMiB,
+                           [&](Extent e) {
+                             ext.emplace_back(e.length, e.flags);
+                             return true;
+                           })
+                  .ok());
   ASSERT_FALSE(ext.empty());
   EXPECT_EQ(ext[0], std::make_pair(64 * kKiB, kExtentHole | kExtentZero));
   uint64_t total = 0;
@@ -118,7 +121,8 @@ TEST_F(OverlayTest, RandomOperationsMatchAModelAcrossFlushedReopens) {
   for (int round = 0; round < 4; ++round) {
     for (int i = 0; i < 200; ++i) {
       const uint64_t off = rng() % (kSize - 1);
-      const uint64_t len = 1 + rng() % std::min<uint64_t>(kSize - off, 300 * kKiB);
+      const uint64_t len =
+          1 + rng() % std::min<uint64_t>(kSize - off, 300 * kKiB);
       if (rng() % 4 == 0) {
         Zero(off, len);
       } else {
@@ -157,7 +161,8 @@ TEST_F(OverlayTest, ResetAndCommit) {
   Write(5 * kMiB, 100 * kKiB, 9);
   Zero(0, 128 * kKiB);
   uint64_t changed = 0;
-  ASSERT_TRUE(ov_->Commit([&](uint64_t, uint64_t len) { changed += len; }).ok());
+  ASSERT_TRUE(
+      ov_->Commit([&](uint64_t, uint64_t len) { changed += len; }).ok());
   EXPECT_EQ(changed, 2 * 64 * kKiB + 2 * 64 * kKiB);  // 100 KiB spans 2
   std::vector<uint8_t> base(kSize);
   ASSERT_TRUE(base_->Read(0, base).ok());
@@ -203,9 +208,11 @@ TEST_F(OverlayTest, BadFilesAreRefusedWithClearErrors) {
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(st.message(), HasSubstr("base of"));
   // A flipped header byte, a bad map byte.
-  for (uint64_t at : {uint64_t{3}, uint64_t{13}, uint64_t{30}, uint64_t{4096 + 7}}) {
+  for (uint64_t at :
+       {uint64_t{3}, uint64_t{13}, uint64_t{30}, uint64_t{4096 + 7}}) {
     {
-      std::fstream f(o.file.path, std::ios::in | std::ios::out | std::ios::binary);
+      std::fstream f(o.file.path,
+                     std::ios::in | std::ios::out | std::ios::binary);
       f.seekp(at);
       f.put(static_cast<char>(0x77));
     }

@@ -120,8 +120,8 @@ TEST_F(BitmapStoreTest, EveryFlippedByteIsDataLossNeverACrashOrTrust) {
     auto r = store_->Load("vm1", kSize, "id-1");
     EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << "byte " << i;
   }
-  for (size_t len : {size_t{0}, size_t{5}, size_t{12}, good.size() / 2,
-                     good.size() - 1}) {
+  for (size_t len :
+       {size_t{0}, size_t{5}, size_t{12}, good.size() / 2, good.size() - 1}) {
     Write(good.substr(0, len));
     EXPECT_EQ(store_->Load("vm1", kSize, "id-1").status().code(),
               absl::StatusCode::kDataLoss)
