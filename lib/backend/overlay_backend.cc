@@ -7,6 +7,7 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "lib/util/crc32c.h"
+#include "lib/util/little_endian.h"
 #include "lib/util/strings.h"
 
 namespace nbdmgr {
@@ -19,14 +20,6 @@ constexpr uint64_t kMapOffset = kHeaderSize;
 constexpr uint64_t kPage = 4096;
 constexpr size_t kMaxBaseName = 1024;
 
-void PutLe(uint8_t* p, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint64_t GetLe(const uint8_t* p, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= uint64_t{p[i]} << (8 * i);
-  return v;
-}
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/util/crc32c.h"
+#include "lib/util/little_endian.h"
 
 namespace nbdmgr {
 
@@ -117,20 +118,6 @@ constexpr std::string_view kMagic = "NBDMGRBM";
 constexpr uint32_t kVersion = 1;
 // magic, version, size, granularity, word count
 constexpr size_t kHeaderBytes = 8 + 4 + 8 + 8 + 8;
-
-void PutLe(std::string& out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) {
-    out.push_back(static_cast<char>(v >> (8 * i)));
-  }
-}
-
-uint64_t GetLe(const char* p, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) {
-    v |= uint64_t{static_cast<unsigned char>(p[i])} << (8 * i);
-  }
-  return v;
-}
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 #include "lib/state/state_store.h"
 #include "lib/util/crc32c.h"
 #include "lib/util/errors.h"
+#include "lib/util/little_endian.h"
 #include "lib/util/strings.h"
 
 namespace nbdmgr {
@@ -31,10 +32,6 @@ uint64_t MaxFileFor(uint64_t size) {
   return BitmapSet::kMaxBitmaps * (bits + 3 * kMaxString + 64) + 4096;
 }
 
-void PutLe(std::string& out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i)
-    out.push_back(static_cast<char>(v >> (8 * i)));
-}
 void PutString(std::string& out, std::string_view s) {
   PutLe(out, s.size(), 4);
   out.append(s);
@@ -46,10 +43,7 @@ class Reader {
   explicit Reader(std::string_view in) : in_(in) {}
   bool Le(uint64_t* v, int bytes) {
     if (in_.size() - pos_ < static_cast<size_t>(bytes)) return false;
-    *v = 0;
-    for (int i = 0; i < bytes; ++i) {
-      *v |= uint64_t{static_cast<uint8_t>(in_[pos_ + i])} << (8 * i);
-    }
+    *v = GetLe(in_.data() + pos_, bytes);
     pos_ += bytes;
     return true;
   }

@@ -19,6 +19,7 @@
 #include "lib/convert/proto_convert.h"
 #include "lib/util/crc32c.h"
 #include "lib/util/errors.h"
+#include "lib/util/little_endian.h"
 #include "lib/util/strings.h"
 #include "nbdmgr/v1/state.pb.h"
 #include "spdlog/spdlog.h"
@@ -53,19 +54,6 @@ class UniqueFd {
  private:
   int fd_;
 };
-
-void PutLe(std::string& out, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i)
-    out.push_back(static_cast<char>(v >> (8 * i)));
-}
-
-uint64_t GetLe(const char* p, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) {
-    v |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
-  }
-  return v;
-}
 
 bool AllZeroFrom(const std::string& s, uint64_t from) {
   return from >= s.size() || s.find_first_not_of('\0', from) == s.npos;
