@@ -477,7 +477,7 @@ absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindExport(
   return e;
 }
 
-absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindForBitmaps(
+absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindServed(
     const std::string& name) const {
   {
     MutexLock lock(&mu_);
@@ -568,7 +568,7 @@ absl::StatusOr<BitmapInfo> ExportManager::AddBitmap(const std::string& name,
                                                     const std::string& bitmap,
                                                     uint64_t granularity) {
   MutexLock lock(&mu_bitmaps_);
-  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindServed(name);
   if (!e.ok()) return e.status();
   absl::StatusOr<BitmapInfo> info =
       (*e)->bitmaps().Add(bitmap, granularity, BitmapSaver(**e));
@@ -580,7 +580,7 @@ absl::StatusOr<BitmapInfo> ExportManager::AddBitmap(const std::string& name,
 
 absl::StatusOr<std::vector<BitmapInfo>> ExportManager::ListBitmaps(
     const std::string& name) const {
-  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindServed(name);
   if (!e.ok()) return e.status();
   return (*e)->bitmaps().List();
 }
@@ -588,7 +588,7 @@ absl::StatusOr<std::vector<BitmapInfo>> ExportManager::ListBitmaps(
 absl::StatusOr<BitmapInfo> ExportManager::ClearBitmap(
     const std::string& name, const std::string& bitmap) {
   MutexLock lock(&mu_bitmaps_);
-  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindServed(name);
   if (!e.ok()) return e.status();
   absl::StatusOr<BitmapInfo> info =
       (*e)->bitmaps().Clear(bitmap, BitmapSaver(**e));
@@ -600,7 +600,7 @@ absl::StatusOr<BitmapInfo> ExportManager::ClearBitmap(
 absl::Status ExportManager::RemoveBitmap(const std::string& name,
                                          const std::string& bitmap) {
   MutexLock lock(&mu_bitmaps_);
-  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindServed(name);
   if (!e.ok()) return e.status();
   if (absl::Status st = (*e)->bitmaps().Remove(bitmap, BitmapSaver(**e));
       !st.ok()) {
@@ -616,7 +616,7 @@ ExportManager::CheckpointBitmap(const std::string& name,
                                 const std::string& started,
                                 uint64_t granularity) {
   MutexLock lock(&mu_bitmaps_);
-  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindServed(name);
   if (!e.ok()) return e.status();
   auto r = (*e)->bitmaps().Checkpoint(frozen, started, granularity,
                                       BitmapSaver(**e));
@@ -628,7 +628,7 @@ ExportManager::CheckpointBitmap(const std::string& name,
 
 absl::StatusOr<std::shared_ptr<Export>> ExportManager::FindOverlay(
     const std::string& name) const {
-  absl::StatusOr<std::shared_ptr<Export>> e = FindForBitmaps(name);
+  absl::StatusOr<std::shared_ptr<Export>> e = FindServed(name);
   if (!e.ok()) return e.status();
   if ((*e)->overlay() == nullptr) {
     return absl::FailedPreconditionError(

@@ -225,16 +225,16 @@ class ExportManager {
   void BackgroundDone(bool api);
   // What an open not finished within open_timeout gets.
   absl::Status StillOpening() const;
-  // A served export whose bitmaps may change: NotFound, or
+  // A served export whose bitmaps or overlay may change: NotFound, or
   // FailedPrecondition if FAILED or being deleted.
-  absl::StatusOr<std::shared_ptr<Export>> FindForBitmaps(
+  absl::StatusOr<std::shared_ptr<Export>> FindServed(
       const std::string& name) const;
   // Loads what the bitmap store kept for `e` (served next) into it and
   // marks it in use; an unreadable file is set aside with an error logged.
   void RestoreBitmaps(Export& e) ABSL_LOCKS_EXCLUDED(mu_);
   // Removes the saved bitmaps of an export that is gone (errors logged).
   void ForgetBitmaps(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
-  // A served overlay: FindForBitmaps' errors, or FailedPrecondition.
+  // A served overlay: FindServed's errors, or FailedPrecondition.
   absl::StatusOr<std::shared_ptr<Export>> FindOverlay(
       const std::string& name) const;
   // What persists `e`'s bitmap settings before a change applies (each

@@ -3,32 +3,13 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "lib/export/export_config.h"
 #include "lib/util/strings.h"
 
 namespace nbdmgr {
 
 absl::Status BitmapSet::ValidateName(std::string_view name) {
-  if (name.empty()) return absl::InvalidArgumentError("bitmap name is empty");
-  if (name.size() > 128) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("bitmap name is ", name.size(),
-                     " characters long; the maximum is 128"));
-  }
-  auto alnum = [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c >= '0' && c <= '9');
-  };
-  bool ok = alnum(name[0]);
-  for (char c : name) {
-    ok = ok && (alnum(c) || c == '.' || c == '_' || c == ':' || c == '-');
-  }
-  if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "bitmap name \"", ToAbsl(name),
-        "\" must start with a letter or digit and contain only letters, "
-        "digits and . _ : -"));
-  }
-  return absl::OkStatus();
+  return nbdmgr::ValidateName("bitmap name", name);
 }
 
 absl::StatusOr<std::shared_ptr<DirtyBitmap>> BitmapSet::NewBits(

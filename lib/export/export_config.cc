@@ -168,11 +168,13 @@ std::string_view NameOf(BackendKind kind) {
   return "unknown";
 }
 
-absl::Status ValidateExportName(std::string_view name) {
-  if (name.empty()) return absl::InvalidArgumentError("export name is empty");
+absl::Status ValidateName(std::string_view what, std::string_view name) {
+  if (name.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(ToAbsl(what), " is empty"));
+  }
   if (name.size() > 128) {
     return absl::InvalidArgumentError(
-        absl::StrCat("export name is ", name.size(),
+        absl::StrCat(ToAbsl(what), " is ", name.size(),
                      " characters long; the maximum is 128"));
   }
   auto alnum = [](char c) {
@@ -181,17 +183,21 @@ absl::Status ValidateExportName(std::string_view name) {
   };
   if (!alnum(name[0])) {
     return absl::InvalidArgumentError(
-        absl::StrCat("export name \"", ToAbsl(name),
+        absl::StrCat(ToAbsl(what), " \"", ToAbsl(name),
                      "\" must start with a letter or digit"));
   }
   for (char c : name) {
     if (!alnum(c) && c != '.' && c != '_' && c != ':' && c != '-') {
       return absl::InvalidArgumentError(
-          absl::StrCat("export name \"", ToAbsl(name),
+          absl::StrCat(ToAbsl(what), " \"", ToAbsl(name),
                        "\" may contain only letters, digits and . _ : -"));
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidateExportName(std::string_view name) {
+  return ValidateName("export name", name);
 }
 
 absl::Status ValidateBlockSizes(const BlockSizes& b) {

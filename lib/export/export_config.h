@@ -95,8 +95,11 @@ inline constexpr size_t kMaxPathBytes = 4095;
 // and <= kMaxPayloadLimit. InvalidArgument naming the field.
 absl::Status ValidateBlockSizes(const BlockSizes& b);
 
-// Export names: 1 to 128 characters of [A-Za-z0-9._:-], starting with a
-// letter or digit (they appear in resource names and metric labels).
+// Names of exports and their bitmaps: 1 to 128 characters of
+// [A-Za-z0-9._:-], starting with a letter or digit (they appear in resource
+// names, metric labels and file names). InvalidArgument saying `what`
+// ("export name") is wrong and how.
+absl::Status ValidateName(std::string_view what, std::string_view name);
 absl::Status ValidateExportName(std::string_view name);
 
 // The one validation of an export's configuration, shared by the command
