@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/export/export_config.h"
-#include "lib/util/strings.h"
 
 namespace nbdmgr {
 
