@@ -18,6 +18,7 @@
 #include "lib/export/export.h"
 #include "lib/export/export_info.h"
 #include "lib/export/export_registry.h"
+#include "lib/qos/qos_gate.h"
 #include "lib/state/bitmap_store.h"
 #include "lib/state/state_store.h"
 #include "lib/util/mutex.h"
@@ -37,13 +38,19 @@ struct ExportUpdate {
   // Set: change the stall timeout to the inner value (nullopt: the
   // daemon's default).
   std::optional<std::optional<std::chrono::milliseconds>> stall_timeout;
+  // Changes to the export's own QoS limits (applied at once, to requests
+  // already waiting too).
+  QosLimitsUpdate qos;
+  // Set: move the export into this QoS group ("": out of any group).
+  std::optional<std::string> qos_group;
   // Reopen a FAILED export's backend (after applying the fields above).
   bool retry = false;
 
   // Whether any field above is set (retry aside).
   bool changes_fields() const {
     return description || buffer_strategy || memory_cap_bytes ||
-           pool_idle_release || tls || max_clients || stall_timeout;
+           pool_idle_release || tls || max_clients || stall_timeout ||
+           !qos.empty() || qos_group;
   }
 };
 
@@ -68,6 +75,9 @@ struct ExportManagerOptions {
   // (their opens finish, or not, in the background and are then closed);
   // 0: wait for them.
   std::chrono::milliseconds open_timeout{0};
+  // QoS groups given on the command line or in the config file (not
+  // persisted; exports may name them).
+  std::vector<QosGroupConfig> qos_groups{};
 };
 
 // The domain API of the control plane: create, inspect, update and remove
@@ -176,6 +186,19 @@ class ExportManager {
   // The overlays served on export `base`, by name. NotFound.
   absl::StatusOr<std::vector<ExportInfo>> ListOverlays(
       const std::string& base) const;
+
+  // QoS groups. Create: InvalidArgument (name, limits), AlreadyExists,
+  // ResourceExhausted (kMaxQosGroups), or the store's error. Update:
+  // applies at once; a group given to the daemon is changed until it
+  // stops (not saved). Delete: FailedPrecondition while exports (served
+  // or FAILED) name it. Each change is saved (with a state directory)
+  // before it applies. NotFound for an unknown group.
+  absl::StatusOr<QosGroupInfo> CreateQosGroup(const QosGroupConfig& group);
+  absl::StatusOr<QosGroupInfo> GetQosGroup(const std::string& name) const;
+  std::vector<QosGroupInfo> ListQosGroups() const;  // by name
+  absl::StatusOr<QosGroupInfo> UpdateQosGroup(const std::string& name,
+                                              const QosLimitsUpdate& update);
+  absl::Status DeleteQosGroup(const std::string& name);
 
   // The daemon is shutting down: DRAIN deletes in progress stop waiting
   // for their clients now and close them (the daemon's own drain, bounded

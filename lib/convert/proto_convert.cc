@@ -198,6 +198,12 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
     if (!d.ok()) return d.status();
     c.stall_timeout = *d;
   }
+  c.qos = QosLimitsFromProto(p.qos());
+  if (!p.qos_group().empty()) {
+    absl::StatusOr<std::string> g = QosGroupIdFromName(p.qos_group());
+    if (!g.ok()) return g.status();
+    c.qos_group = *g;
+  }
   if (absl::Status st = ValidateExportConfig(c); !st.ok()) return st;
   return c;
 }
@@ -246,6 +252,8 @@ v1::Export ExportConfigToProto(const ExportConfig& c) {
   p.set_max_clients(c.max_clients);
   if (c.stall_timeout)
     *p.mutable_stall_timeout() = DurationToProto(*c.stall_timeout);
+  if (c.qos.any()) *p.mutable_qos() = QosLimitsToProto(c.qos);
+  if (!c.qos_group.empty()) p.set_qos_group(QosGroupResourceName(c.qos_group));
   return p;
 }
 
@@ -283,6 +291,105 @@ v1::Export ExportInfoToProto(const ExportInfo& info) {
     o->set_copy_ups(info.overlay->copy_ups);
   }
   p.set_overlays(static_cast<uint32_t>(info.overlays));
+  return p;
+}
+
+const v1::RateLimit& RateLimitOf(const v1::QosLimits& p, QosLimitKind kind) {
+  switch (kind) {
+    case QosLimitKind::kIopsTotal:
+      return p.iops_total();
+    case QosLimitKind::kIopsRead:
+      return p.iops_read();
+    case QosLimitKind::kIopsWrite:
+      return p.iops_write();
+    case QosLimitKind::kBpsTotal:
+      return p.bps_total();
+    case QosLimitKind::kBpsRead:
+      return p.bps_read();
+    case QosLimitKind::kBpsWrite:
+      return p.bps_write();
+  }
+  return v1::RateLimit::default_instance();
+}
+
+v1::RateLimit* MutableRateLimitOf(v1::QosLimits* p, QosLimitKind kind) {
+  switch (kind) {
+    case QosLimitKind::kIopsTotal:
+      return p->mutable_iops_total();
+    case QosLimitKind::kIopsRead:
+      return p->mutable_iops_read();
+    case QosLimitKind::kIopsWrite:
+      return p->mutable_iops_write();
+    case QosLimitKind::kBpsTotal:
+      return p->mutable_bps_total();
+    case QosLimitKind::kBpsRead:
+      return p->mutable_bps_read();
+    case QosLimitKind::kBpsWrite:
+      return p->mutable_bps_write();
+  }
+  return p->mutable_iops_total();
+}
+
+QosLimits QosLimitsFromProto(const v1::QosLimits& p) {
+  QosLimits l;
+  for (QosLimitKind k : kAllQosLimitKinds) {
+    const v1::RateLimit& r = RateLimitOf(p, k);
+    l[k] = RateLimit{r.rate(), r.burst()};
+  }
+  return l;
+}
+
+v1::QosLimits QosLimitsToProto(const QosLimits& l) {
+  v1::QosLimits p;
+  for (QosLimitKind k : kAllQosLimitKinds) {
+    if (l[k].rate == 0 && l[k].burst == 0) continue;
+    v1::RateLimit* r = MutableRateLimitOf(&p, k);
+    r->set_rate(l[k].rate);
+    r->set_burst(l[k].burst);
+  }
+  return p;
+}
+
+absl::StatusOr<std::string> QosGroupIdFromName(const std::string& name) {
+  constexpr std::string_view kPrefix = "qosGroups/";
+  std::string id = name;
+  if (name.starts_with(kPrefix)) {
+    id = name.substr(kPrefix.size());
+  } else if (name.find('/') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "QoS group name \"", name, "\" must be \"qosGroups/{group}\""));
+  }
+  if (absl::Status st = ValidateQosGroupName(id); !st.ok()) return st;
+  return id;
+}
+
+std::string QosGroupResourceName(const std::string& id) {
+  return absl::StrCat("qosGroups/", id);
+}
+
+absl::StatusOr<QosGroupConfig> QosGroupConfigFromProto(const v1::QosGroup& p,
+                                                       const std::string& id) {
+  QosGroupConfig g{id, QosLimitsFromProto(p.limits())};
+  if (absl::Status st = ValidateQosGroupConfig(g); !st.ok()) return st;
+  return g;
+}
+
+v1::QosGroup QosGroupConfigToProto(const QosGroupConfig& g) {
+  v1::QosGroup p;
+  p.set_name(QosGroupResourceName(g.name));
+  *p.mutable_limits() = QosLimitsToProto(g.limits);
+  return p;
+}
+
+v1::QosGroup QosGroupInfoToProto(const QosGroupInfo& info) {
+  v1::QosGroup p = QosGroupConfigToProto({info.name, info.limits});
+  for (const std::string& e : info.exports) {
+    p.add_exports(ExportResourceName(e));
+  }
+  p.set_persistent(info.persistent);
+  p.set_throttled_requests(info.stats.throttled_requests);
+  p.set_throttled_seconds(static_cast<double>(info.stats.throttled_ns) / 1e9);
+  p.set_waiting_requests(info.stats.waiting);
   return p;
 }
 

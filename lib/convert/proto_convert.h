@@ -11,6 +11,7 @@
 #include "lib/export/export_info.h"
 #include "lib/export/export_config.h"
 #include "nbdmgr/v1/export.pb.h"
+#include "nbdmgr/v1/qos.pb.h"
 
 namespace nbdmgr {
 
@@ -42,6 +43,26 @@ absl::StatusOr<ExportConfig> ExportConfigFromProto(const v1::Export& p,
 v1::Export ExportConfigToProto(const ExportConfig& c);
 // Configuration plus live state (for the API).
 v1::Export ExportInfoToProto(const ExportInfo& info);
+
+// QoS limits; unset messages are no limit. Range checks stay with
+// ValidateQosLimits.
+QosLimits QosLimitsFromProto(const v1::QosLimits& p);
+v1::QosLimits QosLimitsToProto(const QosLimits& l);
+// The limit of `kind` in `p`.
+const v1::RateLimit& RateLimitOf(const v1::QosLimits& p, QosLimitKind kind);
+v1::RateLimit* MutableRateLimitOf(v1::QosLimits* p, QosLimitKind kind);
+
+// "qosGroups/{id}" -> id; a bare id is taken as it is (Export.qos_group
+// may be either). InvalidArgument for another collection.
+absl::StatusOr<std::string> QosGroupIdFromName(const std::string& name);
+std::string QosGroupResourceName(const std::string& id);
+// The configuration of a group named `id` (validated).
+absl::StatusOr<QosGroupConfig> QosGroupConfigFromProto(const v1::QosGroup& p,
+                                                       const std::string& id);
+// Name and limits only (for the state file).
+v1::QosGroup QosGroupConfigToProto(const QosGroupConfig& g);
+// Everything (for the API).
+v1::QosGroup QosGroupInfoToProto(const QosGroupInfo& info);
 
 }  // namespace nbdmgr
 

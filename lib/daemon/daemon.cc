@@ -82,7 +82,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(DaemonConfig config) {
   absl::StatusOr<std::unique_ptr<ExportManager>> manager =
       ExportManager::Create(
           ExportManagerOptions{cfg.state_dir, cfg.allow_paths, !cfg.tls.empty(),
-                               cfg.max_exports, cfg.open_timeout},
+                               cfg.max_exports, cfg.open_timeout,
+                               cfg.qos_groups},
           *d->registry_, *d->buffers_);
   if (!manager.ok()) return manager.status();
   d->manager_ = std::move(*manager);

@@ -23,6 +23,8 @@ uint64_t DefaultMemoryCap();
 struct DaemonConfig {
   std::vector<ListenAddress> nbd_listen;  // default: tcp:127.0.0.1:10809
   std::vector<ExportConfig> exports;
+  // QoS groups exports may join (--qos-group, the config file).
+  std::vector<QosGroupConfig> qos_groups;
   // The export clients get when they ask for the empty name; default: the
   // first --export.
   std::string default_export;

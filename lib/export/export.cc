@@ -168,9 +168,11 @@ Export::Export(ExportConfig config, std::unique_ptr<Backend> backend,
       block_sizes_(config_.block_sizes),
       buffers_(buffers, config_.buffers),
       bitmaps_(size_),
+      qos_(config_.qos),
       tls_mode_(config_.tls),
       max_clients_(config_.max_clients),
       description_(config_.description),
+      qos_group_(config_.qos_group),
       created_(std::chrono::system_clock::now()) {
   set_stall_timeout(config_.stall_timeout);
 }
@@ -184,7 +186,16 @@ ExportConfig Export::current_config() const {
   const int64_t stall = stall_timeout_ms();
   c.stall_timeout = stall < 0 ? std::nullopt
                               : std::optional(std::chrono::milliseconds(stall));
+  c.qos = qos_.limits();
+  MutexLock lock(&mu_);
+  c.qos_group = qos_group_;
   return c;
+}
+
+void Export::set_qos_group(std::shared_ptr<QosGroup> group) {
+  MutexLock lock(&mu_);
+  qos_group_ = group != nullptr ? group->name() : "";
+  qos_.SetGroup(std::move(group));
 }
 
 bool Export::TryAddClient() {

@@ -16,6 +16,7 @@
 #include "lib/export/bitmap_set.h"
 #include "lib/export/export_config.h"
 #include "lib/metrics/io_stats.h"
+#include "lib/qos/qos_gate.h"
 #include "lib/util/mutex.h"
 
 namespace nbdmgr {
@@ -118,6 +119,13 @@ class Export {
   // (before its reply is sent).
   BitmapSet& bitmaps() const { return bitmaps_; }
 
+  // Quality of service: the limits and group every request passes (the
+  // data path); change them with set_qos_limits and set_qos_group.
+  QosGate& qos() const { return qos_; }
+  void set_qos_limits(const QosLimits& limits) { qos_.SetLimits(limits); }
+  // Joins `group` (null: leaves any); current_config() names it.
+  void set_qos_group(std::shared_ptr<QosGroup> group);
+
   // Request counters, merged from the export's connections.
   ExportIoStats& io_stats() const { return io_stats_; }
 
@@ -160,6 +168,7 @@ class Export {
   ExportBuffers buffers_;
   mutable ExportIoStats io_stats_;
   mutable BitmapSet bitmaps_;
+  mutable QosGate qos_;
   std::atomic<int> clients_{0};
   std::atomic<bool> draining_{false};
   std::atomic<TlsMode> tls_mode_;
@@ -171,6 +180,7 @@ class Export {
   std::shared_ptr<Export> base_export_;
   mutable Mutex mu_;
   std::string description_ ABSL_GUARDED_BY(mu_);
+  std::string qos_group_ ABSL_GUARDED_BY(mu_);
   const std::chrono::system_clock::time_point created_;
 };
 

@@ -200,6 +200,19 @@ absl::Status ValidateExportName(std::string_view name) {
   return ValidateName("export name", name);
 }
 
+absl::Status ValidateQosGroupName(std::string_view name) {
+  return ValidateName("QoS group name", name);
+}
+
+absl::Status ValidateQosGroupConfig(const QosGroupConfig& group) {
+  if (absl::Status st = ValidateQosGroupName(group.name); !st.ok()) return st;
+  if (absl::Status st = ValidateQosLimits(group.limits); !st.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("QoS group ", group.name, ": ", st.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateBlockSizes(const BlockSizes& b) {
   auto pow2 = [](uint32_t v) { return v != 0 && (v & (v - 1)) == 0; };
   if (!pow2(b.minimum) || b.minimum > 65536) {
@@ -255,6 +268,14 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
   if (c.stall_timeout &&
       (c.stall_timeout->count() < 0 || *c.stall_timeout > kMaxStallTimeout)) {
     return invalid("stall timeout must be between 0 and 24h");
+  }
+  if (absl::Status st = ValidateQosLimits(c.qos); !st.ok()) {
+    return invalid(st.message());
+  }
+  if (!c.qos_group.empty()) {
+    if (absl::Status st = ValidateQosGroupName(c.qos_group); !st.ok()) {
+      return invalid(st.message());
+    }
   }
   if (c.path.size() > kMaxPathBytes) {
     return invalid("path longer than ", kMaxPathBytes, " bytes");

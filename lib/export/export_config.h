@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "lib/backend/file_backend.h"
 #include "lib/buffer/buffer_policy.h"
+#include "lib/qos/qos_limits.h"
 
 namespace nbdmgr {
 
@@ -75,7 +76,21 @@ struct ExportConfig {
   // replies, for this long is disconnected; unset: the daemon's
   // --stall-timeout; 0: never.
   std::optional<std::chrono::milliseconds> stall_timeout;
+  // Quality of service: the export's own limits (none set: unlimited), and
+  // the QoS group whose limits it shares ("" for none; the group must
+  // exist when the export is served).
+  QosLimits qos;
+  std::string qos_group;
 };
+
+// A QoS group as given by an operator (--qos-group, the config file).
+struct QosGroupConfig {
+  std::string name;
+  QosLimits limits;
+  bool operator==(const QosGroupConfig&) const = default;
+};
+// The most QoS groups a daemon holds.
+inline constexpr size_t kMaxQosGroups = 1024;
 
 // The longest stall timeout an export or the daemon may set.
 inline constexpr std::chrono::hours kMaxStallTimeout{24};
@@ -101,6 +116,10 @@ absl::Status ValidateBlockSizes(const BlockSizes& b);
 // ("export name") is wrong and how.
 absl::Status ValidateName(std::string_view what, std::string_view name);
 absl::Status ValidateExportName(std::string_view name);
+// QoS group names follow the same rule.
+absl::Status ValidateQosGroupName(std::string_view name);
+// The name and the limits (ValidateQosLimits). InvalidArgument.
+absl::Status ValidateQosGroupConfig(const QosGroupConfig& group);
 
 // The one validation of an export's configuration, shared by the command
 // line, the config file, CreateExport, UpdateExport (on the updated
@@ -115,12 +134,19 @@ absl::Status ValidateExportConfig(const ExportConfig& config);
 // plus buffer keys: buffer-strategy=pool, memory-cap=256MiB,
 // pool-idle-release=5s, tls=off|optional|require, max-clients=N,
 // stall-timeout=DUR, io=auto|io_uring|threads (file), base=EXPORT|PATH and
-// cluster-size=N (file: an overlay), pool=, image=,
+// cluster-size=N (file: an overlay), the QoS keys iops=, iops-read=,
+// iops-write=, bandwidth=SIZE, bandwidth-read=SIZE, bandwidth-write=SIZE
+// (per second), each with a "-burst" twin (iops-burst=N,
+// bandwidth-burst=SIZE...), and qos-group=NAME, pool=, image=,
 // namespace=, snapshot=, ceph-conf=, ceph-user= (rbd) and the block sizes:
 // min-block-size=N, preferred-block-size=N, max-payload=N. A literal comma
 // inside a value is written "\,". Returns InvalidArgument naming the bad key or
 // value; the result is also validated.
 absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec);
+// Parses a --qos-group spec: "name=NAME" plus the QoS keys above, e.g.
+// "name=tenant1,iops=5000,bandwidth=200MiB". InvalidArgument naming the
+// bad key or value; the result is validated.
+absl::StatusOr<QosGroupConfig> ParseQosGroupSpec(std::string_view spec);
 
 }  // namespace nbdmgr
 

@@ -3,6 +3,8 @@
 
 #include <chrono>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "lib/backend/overlay_backend.h"
 #include "lib/export/export.h"
@@ -37,6 +39,16 @@ struct ExportInfo {
   // Overlays: set for an overlay (what it holds of its own).
   std::optional<OverlayStats> overlay;
   int overlays = 0;  // exports using this one as their base
+};
+
+// A QoS group as the control plane reports it.
+struct QosGroupInfo {
+  std::string name;
+  QosLimits limits;
+  // Exports that name the group (served or FAILED), sorted.
+  std::vector<std::string> exports;
+  bool persistent = false;  // created over the API (survives restarts)
+  ThrottleStats stats;      // waits at the group's limits
 };
 
 }  // namespace nbdmgr

@@ -40,6 +40,23 @@ struct BitmapStats {
   uint64_t memory_bytes = 0;
 };
 
+// Quality of service of an export or a QoS group: requests delayed by
+// limits, for how long in total, and how many wait now.
+struct QosCounts {
+  bool limited = false;  // export: own limits or a group set; group: always
+  std::string group;     // export: its QoS group ("" none)
+  uint64_t throttled_requests = 0;
+  uint64_t throttled_ns = 0;  // export: own and group waits together
+  uint64_t waiting = 0;
+};
+
+// A QoS group.
+struct QosGroupStats {
+  std::string name;
+  uint64_t members = 0;  // served exports in the group
+  QosCounts qos;         // waits at the group's limits
+};
+
 struct ExportStats {
   std::string name;
   std::string backend;  // "memory", "file", "null"
@@ -57,6 +74,7 @@ struct ExportStats {
   uint64_t overlay_allocated_bytes = 0;
   uint64_t overlay_zero_bytes = 0;
   uint64_t overlay_copy_ups = 0;
+  QosCounts qos;
 };
 
 struct DaemonStats {
@@ -73,7 +91,8 @@ struct DaemonStats {
 struct StatsSnapshot {
   int64_t time_ns = 0;  // Unix time of the sample
   DaemonStats daemon;
-  std::vector<ExportStats> exports;  // sorted by name
+  std::vector<ExportStats> exports;       // sorted by name
+  std::vector<QosGroupStats> qos_groups;  // sorted by name
 };
 
 }  // namespace nbdmgr

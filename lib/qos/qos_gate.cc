@@ -1,0 +1,72 @@
+#include "lib/qos/qos_gate.h"
+
+#include <chrono>
+#include <utility>
+
+namespace nbdmgr {
+namespace {
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+QosGroup::QosGroup(std::string name, const QosLimits& limits)
+    : name_(std::move(name)), throttle_(limits, NowNs()) {}
+
+void QosGroup::SetLimits(const QosLimits& limits) {
+  throttle_.SetLimits(limits, NowNs());
+}
+
+QosGate::QosGate(const QosLimits& limits) : own_(limits, NowNs()) {
+  MutexLock lock(&mu_);
+  UpdateEngaged();
+}
+
+QosGate::~QosGate() { SetGroup(nullptr); }
+
+void QosGate::SetLimits(const QosLimits& limits) {
+  own_.SetLimits(limits, NowNs());
+  MutexLock lock(&mu_);
+  UpdateEngaged();
+}
+
+std::shared_ptr<QosGroup> QosGate::group() const {
+  MutexLock lock(&mu_);
+  return group_;
+}
+
+void QosGate::SetGroup(std::shared_ptr<QosGroup> group) {
+  MutexLock lock(&mu_);
+  if (group_ == group) return;
+  if (group_ != nullptr)
+    group_->members_.fetch_sub(1, std::memory_order_relaxed);
+  group_ = std::move(group);
+  if (group_ != nullptr)
+    group_->members_.fetch_add(1, std::memory_order_relaxed);
+  UpdateEngaged();
+}
+
+void QosGate::UpdateEngaged() {
+  engaged_.store(own_.limited() || group_ != nullptr,
+                 std::memory_order_relaxed);
+}
+
+void QosGate::RecordWait(int64_t ns) {
+  throttled_requests_.fetch_add(1, std::memory_order_relaxed);
+  throttled_ns_.fetch_add(static_cast<uint64_t>(std::max<int64_t>(ns, 0)),
+                          std::memory_order_relaxed);
+}
+
+ThrottleStats QosGate::stats() const {
+  ThrottleStats s;
+  s.throttled_requests = throttled_requests_.load(std::memory_order_relaxed);
+  s.throttled_ns = throttled_ns_.load(std::memory_order_relaxed);
+  s.waiting = own_.stats().waiting;
+  return s;
+}
+
+}  // namespace nbdmgr
