@@ -20,7 +20,9 @@ struct BackendCaps {
   bool can_flush = true;        // Flush() and fua are meaningful
   bool can_multi_conn = false;  // flush on one connection covers all
   bool can_extents = false;     // Extents() reports real holes
-  bool can_cache = false;       // Cache() prefetches
+  bool can_cache = false;       // NBD_CMD_CACHE is advertised: Cache()
+                                // prefetches, or is a no-op where there is
+                                // nothing slower to prefetch from
   bool blocking = false;        // calls may block on I/O: run off the
                                 // network threads
   bool async = false;  // ReadAsync, WriteAsync and FlushAsync start the
@@ -168,20 +170,34 @@ class Backend {
   virtual std::optional<std::string> DurableIdentity() const {
     return std::nullopt;
   }
-  // Prefetch hint.
+  // NBD_CMD_CACHE: a hint that [offset, offset+length) will be read soon.
+  // Starts bringing it into faster storage (the page cache) and may return
+  // before it is there; a no-op where there is nothing to prefetch. An
+  // error changes nothing about later reads and writes of the range. The
+  // default does nothing.
   virtual absl::Status Cache(uint64_t offset, uint64_t length) {
     (void)offset;
     (void)length;
     return absl::OkStatus();
   }
   // Calls `visit` with consecutive extents covering [offset, offset+length),
-  // in order, stopping early when `visit` returns false. The default reports
-  // one allocated extent.
+  // in order, stopping early when `visit` returns false. kExtentZero only
+  // where the backend knows the bytes read as zeroes (never for data that
+  // may not be zero, whatever is in flight), kExtentHole only where nothing
+  // is allocated. The default reports one allocated extent.
   virtual absl::Status Extents(uint64_t offset, uint64_t length,
                                absl::FunctionRef<bool(Extent)> visit) {
     (void)offset;
     visit(Extent{length, 0});
     return absl::OkStatus();
+  }
+  // Extents() for planning a READ (which ranges to send as holes): only
+  // kExtentZero is meaningful; kExtentHole may also be set on allocated
+  // zeroes where telling them apart costs more than a READ saves. The
+  // default is Extents().
+  virtual absl::Status ReadExtents(uint64_t offset, uint64_t length,
+                                   absl::FunctionRef<bool(Extent)> visit) {
+    return Extents(offset, length, visit);
   }
 };
 

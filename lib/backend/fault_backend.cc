@@ -111,4 +111,10 @@ absl::Status FaultBackend::Extents(uint64_t offset, uint64_t length,
   return inner_->Extents(offset, length, visit);
 }
 
+absl::Status FaultBackend::ReadExtents(uint64_t offset, uint64_t length,
+                                       absl::FunctionRef<bool(Extent)> visit) {
+  if (absl::Status st = Check(Op::kExtents); !st.ok()) return st;
+  return inner_->ReadExtents(offset, length, visit);
+}
+
 }  // namespace nbdmgr

@@ -51,6 +51,9 @@ class FaultBackend final : public Backend {
   absl::Status Cache(uint64_t offset, uint64_t length) override;
   absl::Status Extents(uint64_t offset, uint64_t length,
                        absl::FunctionRef<bool(Extent)> visit) override;
+  // Armed like Extents() (Op::kExtents).
+  absl::Status ReadExtents(uint64_t offset, uint64_t length,
+                           absl::FunctionRef<bool(Extent)> visit) override;
 
  private:
   struct Armed {

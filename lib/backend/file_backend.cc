@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/falloc.h>
+#include <linux/fiemap.h>
 #include <linux/fs.h>
 #include <linux/openat2.h>
 #include <sys/ioctl.h>
@@ -11,7 +12,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <string_view>
 #include <type_traits>
@@ -574,46 +577,123 @@ absl::Status FileBackend::WriteZeroesSlowly(uint64_t offset, uint64_t length) {
 }
 
 absl::Status FileBackend::Cache(uint64_t offset, uint64_t length) {
+  // WILLNEED starts readahead of the range into the page cache (a block
+  // device's too) and returns without waiting for it.
   int rc = ::posix_fadvise(fd_, static_cast<off_t>(offset),
                            static_cast<off_t>(length), POSIX_FADV_WILLNEED);
   if (rc != 0) return ErrnoStatus(rc, absl::StrCat("fadvise ", path_));
   return absl::OkStatus();
 }
 
+bool FileBackend::SplitZeroes(
+    uint64_t pos, uint64_t end,
+    absl::FunctionRef<bool(uint64_t, uint32_t)> emit) {
+  constexpr uint32_t kHole = kExtentHole | kExtentZero;
+  if (fiemap_unsupported_.load(std::memory_order_relaxed)) {
+    return emit(end - pos, kHole);
+  }
+  // Room for a bounded number of extents per call; a range with more takes
+  // more calls. uint64_t elements: aligned for struct fiemap.
+  constexpr uint32_t kMaxExtents = 32;
+  std::array<uint64_t, (sizeof(struct fiemap) +
+                        kMaxExtents * sizeof(struct fiemap_extent)) /
+                           sizeof(uint64_t)>
+      buf;
+  auto* fm = reinterpret_cast<struct fiemap*>(buf.data());
+  while (pos < end) {
+    const uint64_t start = pos;
+    std::memset(fm, 0, sizeof(*fm));
+    fm->fm_start = pos;
+    fm->fm_length = end - pos;
+    fm->fm_extent_count = kMaxExtents;
+    // No FIEMAP_FLAG_SYNC: only allocation is asked here, and dirty pages
+    // of this range (delayed allocation) would have made SEEK report data.
+    if (::ioctl(fd_, FS_IOC_FIEMAP, fm) != 0) {
+      if (errno == EOPNOTSUPP || errno == ENOTTY) {
+        fiemap_unsupported_.store(true, std::memory_order_relaxed);
+      }
+      return emit(end - pos, kHole);  // allocation unknown: as before
+    }
+    const uint32_t n = std::min(fm->fm_mapped_extents, kMaxExtents);
+    bool last = n < kMaxExtents;
+    for (uint32_t i = 0; i < n && pos < end; ++i) {
+      const struct fiemap_extent& e = fm->fm_extents[i];
+      if (e.fe_flags & FIEMAP_EXTENT_LAST) last = true;
+      const uint64_t from = std::max<uint64_t>(e.fe_logical, pos);
+      const uint64_t to = std::min<uint64_t>(e.fe_logical + e.fe_length, end);
+      if (to <= from) continue;
+      if (from > pos && !emit(from - pos, kHole)) return false;
+      // Allocated (an unwritten extent, typically) and reading as zeroes.
+      if (!emit(to - from, kExtentZero)) return false;
+      pos = to;
+    }
+    // A full reply: ask again from where it ended (one that made no
+    // progress ends the walk; the rest counts as a hole).
+    if (last || pos == start) break;
+  }
+  return pos >= end || emit(end - pos, kHole);
+}
+
 absl::Status FileBackend::Extents(uint64_t offset, uint64_t length,
                                   absl::FunctionRef<bool(Extent)> visit) {
+  return ExtentsOf(offset, length, /*split_zeroes=*/true, visit);
+}
+
+absl::Status FileBackend::ReadExtents(uint64_t offset, uint64_t length,
+                                      absl::FunctionRef<bool(Extent)> visit) {
+  return ExtentsOf(offset, length, /*split_zeroes=*/false, visit);
+}
+
+absl::Status FileBackend::ExtentsOf(uint64_t offset, uint64_t length,
+                                    bool split_zeroes,
+                                    absl::FunctionRef<bool(Extent)> visit) {
   if (is_block_device_) {
     visit(Extent{length, 0});
     return absl::OkStatus();
   }
+  // SEEK_DATA/SEEK_HOLE decide what reads as zeroes: they count dirty page
+  // cache as data, so a write not yet written back is never reported as
+  // zero (FIEMAP alone would call it an unwritten extent).
+  constexpr uint32_t kHole = kExtentHole | kExtentZero;
+  Extent pending{0, 0};
+  auto emit = [&](uint64_t n, uint32_t flags) {
+    if (n == 0) return true;
+    if (pending.length > 0 && pending.flags != flags) {
+      if (!visit(pending)) return false;
+      pending = Extent{0, 0};
+    }
+    pending.flags = flags;
+    pending.length += n;
+    return true;
+  };
+  auto zeroes = [&](uint64_t from, uint64_t to) {
+    return split_zeroes ? SplitZeroes(from, to, emit) : emit(to - from, kHole);
+  };
   const uint64_t end = offset + length;
   uint64_t pos = offset;
   while (pos < end) {
     off_t data = ::lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
     if (data < 0) {
-      if (errno == ENXIO) {  // no data from pos to end of file
-        visit(Extent{end - pos, kExtentHole | kExtentZero});
-        return absl::OkStatus();
-      }
-      // SEEK_DATA unsupported: report what is left as data.
-      visit(Extent{end - pos, 0});
-      return absl::OkStatus();
+      // ENXIO: no data from pos to the end of the file. Else SEEK_DATA is
+      // unsupported: what is left is data.
+      const bool go_on = errno == ENXIO ? zeroes(pos, end) : emit(end - pos, 0);
+      if (!go_on) return absl::OkStatus();
+      break;
     }
     uint64_t data_start = static_cast<uint64_t>(data);
     if (data_start > pos) {
       uint64_t hole_end = std::min(data_start, end);
-      if (!visit(Extent{hole_end - pos, kExtentHole | kExtentZero})) {
-        return absl::OkStatus();
-      }
+      if (!zeroes(pos, hole_end)) return absl::OkStatus();
       pos = hole_end;
       continue;
     }
     off_t hole = ::lseek(fd_, static_cast<off_t>(pos), SEEK_HOLE);
     uint64_t data_end = hole < 0 ? end : std::min<uint64_t>(hole, end);
     if (data_end <= pos) data_end = end;  // defensive: always progress
-    if (!visit(Extent{data_end - pos, 0})) return absl::OkStatus();
+    if (!emit(data_end - pos, 0)) return absl::OkStatus();
     pos = data_end;
   }
+  if (pending.length > 0) visit(pending);
   return absl::OkStatus();
 }
 

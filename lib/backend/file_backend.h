@@ -1,6 +1,7 @@
 #ifndef NBDMGR_LIB_BACKEND_FILE_BACKEND_H_
 #define NBDMGR_LIB_BACKEND_FILE_BACKEND_H_
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,11 +42,13 @@ class FileLocation;  // a name in a directory held open (file_backend.cc)
 
 // A regular file or block device. FLUSH is fdatasync, FUA writes use
 // RWF_DSYNC, TRIM punches holes, WRITE_ZEROES uses fallocate (or
-// BLKZEROOUT on a block device), and block status comes from
-// SEEK_DATA/SEEK_HOLE. Calls block on I/O (caps().blocking): the NBD layer
-// runs them on a thread pool, except READ, WRITE and FLUSH with io_uring
-// (caps().async), which it queues on the io thread's ring. Thread-safe:
-// positional I/O on one descriptor.
+// BLKZEROOUT on a block device), CACHE is posix_fadvise(WILLNEED), and
+// block status comes from SEEK_DATA/SEEK_HOLE (what reads as zeroes) and,
+// within the zeroes, FIEMAP (which of them are allocated: a NO_HOLE
+// WRITE_ZEROES leaves unwritten extents). Calls block on I/O (caps().blocking):
+// the NBD layer runs them on a thread pool, except READ, WRITE and FLUSH with
+// io_uring (caps().async), which it queues on the io thread's ring.
+// Thread-safe: positional I/O on one descriptor.
 class FileBackend final : public Backend {
  public:
   // NotFound if its directory is missing, or the file is and may not be
@@ -90,14 +93,30 @@ class FileBackend final : public Backend {
   absl::Status Zero(uint64_t offset, uint64_t length,
                     ZeroOptions options) override;
   absl::Status Cache(uint64_t offset, uint64_t length) override;
+  // Data (0) where SEEK_DATA says so, dirty page cache included; in the
+  // rest, allocated blocks (FIEMAP) as kExtentZero and unallocated ones as
+  // kExtentHole | kExtentZero. Where FIEMAP is unsupported (tmpfs, NFS,
+  // FUSE) every zero range is a hole. A block device is all data.
   absl::Status Extents(uint64_t offset, uint64_t length,
                        absl::FunctionRef<bool(Extent)> visit) override;
+  // Extents() without FIEMAP: every zero range is reported as a hole.
+  absl::Status ReadExtents(uint64_t offset, uint64_t length,
+                           absl::FunctionRef<bool(Extent)> visit) override;
 
  private:
   friend class FileRingOp;
   FileBackend(int fd, uint64_t size, bool is_block_device, std::string path,
               FileIo io);
   absl::Status WriteZeroesSlowly(uint64_t offset, uint64_t length);
+  // Extents() (`split_zeroes`: zero ranges split by FIEMAP) or
+  // ReadExtents().
+  absl::Status ExtentsOf(uint64_t offset, uint64_t length, bool split_zeroes,
+                         absl::FunctionRef<bool(Extent)> visit);
+  // Calls emit(length, flags) for [pos, end), a range that reads as
+  // zeroes, split into allocated (kExtentZero) and unallocated (kExtentHole
+  // | kExtentZero) runs; false as soon as emit returns false.
+  bool SplitZeroes(uint64_t pos, uint64_t end,
+                   absl::FunctionRef<bool(uint64_t, uint32_t)> emit);
 
   const int fd_;
   const uint64_t size_;
@@ -105,6 +124,8 @@ class FileBackend final : public Backend {
   const std::string path_;
   const FileIo io_;
   const uint64_t ring_id_;  // this file's id in the io threads' rings
+  // FIEMAP failed with EOPNOTSUPP or ENOTTY once: not asked again.
+  std::atomic<bool> fiemap_unsupported_{false};
   // Set if Open created the file: where, to undo it.
   std::unique_ptr<FileLocation> created_in_;
 };

@@ -49,7 +49,7 @@ BackendCaps MemoryBackend::caps() const {
   c.can_flush = true;
   c.can_multi_conn = true;
   c.can_extents = true;
-  c.can_cache = false;
+  c.can_cache = true;  // nothing to prefetch: answered at once, inline
   c.blocking = false;
   c.zero_copy_read = true;
   c.pin_unit = kPageSize;
@@ -166,6 +166,11 @@ absl::Status MemoryBackend::Write(uint64_t offset,
           return absl::ResourceExhaustedError(
               "out of memory for memory export");
         }
+        // No longer known zero, before any byte changes.
+        std::atomic<bool>& known_zero = KnownZero(page);
+        if (known_zero.load(std::memory_order_relaxed)) {
+          known_zero.store(false, std::memory_order_release);
+        }
         if (n >= kStreamCopyBytes) {
           StreamCopy(p->data + in_page, data.data() + done, n);
         } else {
@@ -175,23 +180,24 @@ absl::Status MemoryBackend::Write(uint64_t offset,
       });
 }
 
-void MemoryBackend::ZeroRange(uint64_t offset, uint64_t length,
-                              bool free_pages) {
+void MemoryBackend::FreeRange(uint64_t offset, uint64_t length) {
   (void)ForEachPiece(
       offset, length, [&](uint64_t page, size_t in_page, size_t n, uint64_t) {
         std::atomic<Page*>* slot = Slot(page, /*create=*/false);
         if (slot != nullptr) {
-          if (free_pages && n == kPageSize) {
+          if (n == kPageSize) {
             Page* p;
             {
               std::unique_lock lock(StripeOf(page));
               p = slot->exchange(nullptr, std::memory_order_acq_rel);
+              KnownZero(page).store(false, std::memory_order_release);
             }
             if (p != nullptr) {
               p->Release();  // freed now unless a reader still has it pinned
               allocated_.fetch_sub(kPageSize, std::memory_order_relaxed);
             }
           } else {
+            // Part of a page: zeroed in place; a page known zero stays so.
             std::unique_lock lock(StripeOf(page));
             Page* p = slot->load(std::memory_order_acquire);
             if (p != nullptr) std::memset(p->data + in_page, 0, n);
@@ -203,27 +209,35 @@ void MemoryBackend::ZeroRange(uint64_t offset, uint64_t length,
 
 absl::Status MemoryBackend::Trim(uint64_t offset, uint64_t length, bool fua) {
   (void)fua;
-  ZeroRange(offset, length, /*free_pages=*/true);
+  FreeRange(offset, length);
   return absl::OkStatus();
 }
 
 absl::Status MemoryBackend::Zero(uint64_t offset, uint64_t length,
                                  ZeroOptions options) {
   if (options.may_trim) {
-    ZeroRange(offset, length, /*free_pages=*/true);
+    FreeRange(offset, length);
     return absl::OkStatus();
   }
-  // NO_HOLE: the range must end up allocated (and zero).
-  ZeroRange(offset, length, /*free_pages=*/false);
-  for (uint64_t page = offset / kPageSize; page * kPageSize < offset + length;
-       ++page) {
-    std::atomic<Page*>* slot = Slot(page, /*create=*/true);
-    std::shared_lock lock(StripeOf(page));
-    if (GetOrAllocate(*slot) == nullptr) {
-      return absl::ResourceExhaustedError("out of memory for memory export");
-    }
-  }
-  return absl::OkStatus();
+  // NO_HOLE: the range must end up allocated (and zero). A page this
+  // zeroes whole, or allocates (fresh pages are zero), is known zero; one
+  // zeroed in part keeps what it was.
+  return ForEachPiece(
+      offset, length, [&](uint64_t page, size_t in_page, size_t n, uint64_t) {
+        std::atomic<Page*>* slot = Slot(page, /*create=*/true);
+        std::unique_lock lock(StripeOf(page));
+        const bool fresh = slot->load(std::memory_order_acquire) == nullptr;
+        Page* p = GetOrAllocate(*slot);
+        if (p == nullptr) {
+          return absl::ResourceExhaustedError(
+              "out of memory for memory export");
+        }
+        if (!fresh) std::memset(p->data + in_page, 0, n);
+        if (fresh || n == kPageSize) {
+          KnownZero(page).store(true, std::memory_order_release);
+        }
+        return absl::OkStatus();
+      });
 }
 
 absl::Status MemoryBackend::Extents(uint64_t offset, uint64_t length,
@@ -235,9 +249,12 @@ absl::Status MemoryBackend::Extents(uint64_t offset, uint64_t length,
     uint64_t page = pos / kPageSize;
     uint64_t n = std::min<uint64_t>(end - pos, kPageSize - pos % kPageSize);
     std::atomic<Page*>* slot = Slot(page, /*create=*/false);
-    bool allocated =
+    const bool allocated =
         slot != nullptr && slot->load(std::memory_order_acquire) != nullptr;
-    uint32_t flags = allocated ? 0 : (kExtentHole | kExtentZero);
+    uint32_t flags = kExtentHole | kExtentZero;
+    if (allocated) {
+      flags = KnownZero(page).load(std::memory_order_acquire) ? kExtentZero : 0;
+    }
     if (current.length > 0 && current.flags != flags) {
       if (!visit(current)) return absl::OkStatus();
       current = Extent{0, 0};

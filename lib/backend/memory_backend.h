@@ -15,8 +15,11 @@ namespace nbdmgr {
 // A sparse RAM disk. Memory is allocated in 64 KiB pages on first write;
 // TRIM and WRITE_ZEROES (unless NO_HOLE) free the whole pages they cover
 // and zero the part of a page they cover in part, so block status reports
-// exactly which pages are allocated. Thread-safe. Data is lost when the
-// backend is destroyed.
+// exactly which pages are allocated. WRITE_ZEROES with NO_HOLE keeps its
+// pages allocated and marks the ones it zeroes whole (or allocates) as
+// known zero until the next write touching them: block status reports
+// those as zero, allocated. CACHE is answered at once (RAM is as fast as
+// it gets). Thread-safe. Data is lost when the backend is destroyed.
 class MemoryBackend final : public Backend {
  public:
   static constexpr uint64_t kPageSize = 64 * 1024;
@@ -40,6 +43,8 @@ class MemoryBackend final : public Backend {
   absl::Status Trim(uint64_t offset, uint64_t length, bool fua) override;
   absl::Status Zero(uint64_t offset, uint64_t length,
                     ZeroOptions options) override;
+  // Unallocated pages are holes that read as zeroes; allocated pages known
+  // to be zero (see above) are zero; the rest is data.
   absl::Status Extents(uint64_t offset, uint64_t length,
                        absl::FunctionRef<bool(Extent)> visit) override;
 
@@ -64,6 +69,12 @@ class MemoryBackend final : public Backend {
   };
   struct Table {
     std::array<std::atomic<Page*>, kPagesPerTable> pages{};
+    // Per page: its allocated page holds only zeroes, as a NO_HOLE
+    // WRITE_ZEROES left it. Set and cleared under the page's stripe lock
+    // held exclusively (writers clear it before changing a byte); read
+    // without it (Extents), so a reader racing a write may see either.
+    // Meaningless while the page is not allocated.
+    std::array<std::atomic<bool>, kPagesPerTable> known_zero{};
   };
 
   explicit MemoryBackend(uint64_t size);
@@ -71,6 +82,13 @@ class MemoryBackend final : public Backend {
   // The page's slot, creating its table when `create`; nullptr if the table
   // does not exist and !create.
   std::atomic<Page*>* Slot(uint64_t page, bool create);
+  // The page's known-zero flag; its table must exist (Slot() returned
+  // non-null).
+  std::atomic<bool>& KnownZero(uint64_t page) {
+    return tables_[page / kPagesPerTable]
+        .load(std::memory_order_acquire)
+        ->known_zero[page % kPagesPerTable];
+  }
   // Returns the page, allocating a zeroed one if absent. Caller holds the
   // page's stripe lock.
   Page* GetOrAllocate(std::atomic<Page*>& slot);
@@ -78,8 +96,9 @@ class MemoryBackend final : public Backend {
   // [offset, offset+length), in order; stops at the first non-OK status.
   template <typename Fn>
   static absl::Status ForEachPiece(uint64_t offset, uint64_t length, Fn fn);
-  // Zeroes or frees [offset, offset+length).
-  void ZeroRange(uint64_t offset, uint64_t length, bool free_pages);
+  // Frees the pages [offset, offset+length) covers whole and zeroes the
+  // parts of pages it covers in part (TRIM, WRITE_ZEROES without NO_HOLE).
+  void FreeRange(uint64_t offset, uint64_t length);
   std::shared_mutex& StripeOf(uint64_t page) {
     return stripes_[page % stripes_.size()];
   }

@@ -19,6 +19,7 @@ BackendCaps NullBackend::caps() const {
   c.can_fast_zero = true;
   c.can_multi_conn = true;
   c.can_extents = true;
+  c.can_cache = true;  // nothing to prefetch: answered at once, inline
   c.zero_copy_read = true;
   return c;
 }

@@ -8,8 +8,9 @@
 
 namespace nbdmgr {
 
-// Reads zeroes, discards writes; reports the whole device as a zero hole.
-// For benchmarks of the protocol path. Thread-safe (stateless).
+// Reads zeroes, discards writes; reports the whole device as a zero hole;
+// CACHE is answered at once. For benchmarks of the protocol path. Thread-safe
+// (stateless).
 class NullBackend final : public Backend {
  public:
   // InvalidArgument if size is 0.

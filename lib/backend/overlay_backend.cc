@@ -172,6 +172,7 @@ BackendCaps OverlayBackend::caps() const {
   c.can_flush = true;
   c.can_multi_conn = true;  // one file, one map: a flush covers every writer
   c.can_extents = true;
+  c.can_cache = true;  // the overlay file's clusters and the base's Cache()
   c.blocking = true;
   // Reads go through the io thread's ring (the overlay file's clusters)
   // and the base's own asynchronous or inline reads, no thread hop.
@@ -452,39 +453,79 @@ absl::Status OverlayBackend::Zero(uint64_t offset, uint64_t length,
   return options.fua ? Flush() : absl::OkStatus();
 }
 
-absl::Status OverlayBackend::Extents(uint64_t offset, uint64_t length,
-                                     absl::FunctionRef<bool(Extent)> visit) {
+absl::Status OverlayBackend::Cache(uint64_t offset, uint64_t length) {
+  // Each run from where it reads: the overlay file's clusters, the base's
+  // own Cache() for the base's; zero clusters read nothing.
   const uint64_t end = offset + length;
   uint64_t pos = offset;
   while (pos < end) {
+    const std::pair<State, uint64_t> run = RunAt(pos, end);
+    absl::Status st;
+    if (run.first == kData) {
+      st = file_->Cache(data_offset_ + pos, run.second - pos);
+    } else if (run.first == kBase) {
+      st = base_->Cache(pos, run.second - pos);
+    }
+    if (!st.ok()) return st;
+    pos = run.second;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OverlayBackend::Extents(uint64_t offset, uint64_t length,
+                                     absl::FunctionRef<bool(Extent)> visit) {
+  return ExtentsOf(offset, length, /*for_read=*/false, visit);
+}
+
+absl::Status OverlayBackend::ReadExtents(
+    uint64_t offset, uint64_t length, absl::FunctionRef<bool(Extent)> visit) {
+  return ExtentsOf(offset, length, /*for_read=*/true, visit);
+}
+
+absl::Status OverlayBackend::ExtentsOf(uint64_t offset, uint64_t length,
+                                       bool for_read,
+                                       absl::FunctionRef<bool(Extent)> visit) {
+  // Reports `n` bytes at `at` of `store` (the overlay file or the base)
+  // with that store's own extents, clipped to `n`; what it leaves
+  // unreported is data. Sets `go_on` false once `visit` says stop.
+  bool go_on = true;
+  auto pass = [&](Backend& store, uint64_t at, uint64_t n) {
+    uint64_t done = 0;
+    auto each = [&](Extent e) {
+      const uint64_t k = std::min<uint64_t>(e.length, n - done);
+      if (k == 0) return false;
+      done += k;
+      go_on = visit(Extent{k, e.flags});
+      return go_on && done < n;
+    };
+    absl::Status st =
+        for_read ? store.ReadExtents(at, n, each) : store.Extents(at, n, each);
+    if (st.ok() && go_on && done < n) go_on = visit(Extent{n - done, 0});
+    return st;
+  };
+  const uint64_t end = offset + length;
+  uint64_t pos = offset;
+  while (pos < end && go_on) {
     // Not a structured binding: clang 14 cannot capture one in a lambda.
     const std::pair<State, uint64_t> run = RunAt(pos, end);
     const State s = run.first;
     const uint64_t run_end = run.second;
-    if (s == kData) {
-      if (!visit(Extent{run_end - pos, 0})) return absl::OkStatus();
+    absl::Status st;
+    if (s == kData && for_read) {
+      // A READ's plan: the overlay's clusters are read as data, as before
+      // (asking the file would cost two lseek calls for zeroes that only a
+      // NO_HOLE WRITE_ZEROES leaves).
+      go_on = visit(Extent{run_end - pos, 0});
+    } else if (s == kData) {
+      // The overlay's clusters, as its file holds them: data, or zeroes a
+      // NO_HOLE WRITE_ZEROES left allocated there (unwritten extents).
+      st = pass(*file_, data_offset_ + pos, run_end - pos);
     } else if (s == kZero) {
-      if (!visit(Extent{run_end - pos, kExtentHole | kExtentZero})) {
-        return absl::OkStatus();
-      }
+      go_on = visit(Extent{run_end - pos, kExtentHole | kExtentZero});
     } else {
-      // The base's extents, clipped to the run; what it leaves unreported
-      // is data.
-      uint64_t at = pos;
-      bool go_on = true;
-      absl::Status st = base_->Extents(pos, run_end - pos, [&](Extent e) {
-        const uint64_t n = std::min<uint64_t>(e.length, run_end - at);
-        if (n == 0) return false;
-        at += n;
-        go_on = visit(Extent{n, e.flags});
-        return go_on && at < run_end;
-      });
-      if (!st.ok()) return st;
-      if (!go_on) return absl::OkStatus();
-      if (at < run_end && !visit(Extent{run_end - at, 0})) {
-        return absl::OkStatus();
-      }
+      st = pass(*base_, pos, run_end - pos);
     }
+    if (!st.ok()) return st;
     pos = run_end;
   }
   return absl::OkStatus();

@@ -97,8 +97,19 @@ class OverlayBackend final : public Backend {
   absl::Status Trim(uint64_t offset, uint64_t length, bool fua) override;
   absl::Status Zero(uint64_t offset, uint64_t length,
                     ZeroOptions options) override;
+  // Prefetches each run where it reads from: the overlay file's clusters
+  // (posix_fadvise), the base's (its Cache()); zero clusters need nothing.
+  // The first error stops it.
+  absl::Status Cache(uint64_t offset, uint64_t length) override;
+  // The overlay's data clusters as its file reports them (data, or
+  // allocated zeroes where a NO_HOLE WRITE_ZEROES left them), its zero
+  // clusters as holes that read as zeroes, the rest as the base reports it.
   absl::Status Extents(uint64_t offset, uint64_t length,
                        absl::FunctionRef<bool(Extent)> visit) override;
+  // Extents() for a READ's plan: the overlay's clusters are all data (its
+  // file is not asked), the base's runs its ReadExtents().
+  absl::Status ReadExtents(uint64_t offset, uint64_t length,
+                           absl::FunctionRef<bool(Extent)> visit) override;
 
   // Drops every change: all clusters read from the base again, each range
   // that changes told to `changed` (for the overlay's dirty bitmaps).
@@ -163,6 +174,9 @@ class OverlayBackend final : public Backend {
   // Starts reading one run in state `s` into `part`; completes `done`.
   void StartRun(State s, uint64_t pos, std::span<uint8_t> part, IoRing* ring,
                 IoCompletion& done);
+  // Extents() or, `for_read`, ReadExtents().
+  absl::Status ExtentsOf(uint64_t offset, uint64_t length, bool for_read,
+                         absl::FunctionRef<bool(Extent)> visit);
   // Makes [offset, offset + length) read as zeroes: whole clusters by
   // state (kZero; with `allocate`, zeroes written as data), the partial
   // ends by writing zeroes.

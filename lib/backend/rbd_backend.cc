@@ -633,7 +633,11 @@ BackendCaps RbdBackend::caps() const {
   c.can_flush = true;
   c.can_multi_conn = true;  // one image handle serves every connection
   c.can_extents = true;
-  c.can_cache = false;
+  // CACHE is advertised and answered as a no-op (Backend::Cache), as the
+  // NBD spec allows: librbd has no prefetch call, and reading the range to
+  // warm a cache would cost OSD reads for nothing under the default
+  // writearound cache policy, which does not keep what it reads.
+  c.can_cache = true;
   c.blocking = true;  // TRIM, WRITE_ZEROES and block status wait
   c.async = true;     // READ, WRITE and FLUSH are librbd aio
   c.async_needs_ring = false;

@@ -13,6 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "lib/util/duration.h"
 #include "lib/util/errors.h"
 #include "lib/util/mutex.h"
@@ -42,6 +43,8 @@ ExportConfig Updated(ExportConfig c, const ExportUpdate& u) {
   if (u.tls) c.tls = *u.tls;
   if (u.max_clients) c.max_clients = *u.max_clients;
   if (u.stall_timeout) c.stall_timeout = *u.stall_timeout;
+  c.qos = u.qos.AppliedTo(c.qos);
+  if (u.qos_group) c.qos_group = *u.qos_group;
   return c;
 }
 
@@ -52,11 +55,26 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
     BufferSystem& buffers) {
   std::unique_ptr<ExportManager> m(
       new ExportManager(std::move(options), registry, buffers));
+  if (!m->options_.state_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<StateStore>> store =
+        StateStore::Open(m->options_.state_dir);
+    if (!store.ok()) return store.status();
+    m->store_ = std::move(*store);
+    m->qos_store_ = std::make_unique<QosGroupStore>(m->options_.state_dir);
+  }
+  {
+    MutexLock lock(&m->mu_);
+    if (absl::Status st = m->LoadQosGroups(); !st.ok()) return st;
+    for (const auto& e : registry.List()) {
+      const std::string& group = e->config().qos_group;
+      if (absl::Status st = m->AttachQosGroup(*e, group); !st.ok()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("export ", e->name(), ": ", st.message(),
+                         " (give it with --qos-group)"));
+      }
+    }
+  }
   if (m->options_.state_dir.empty()) return m;
-  absl::StatusOr<std::unique_ptr<StateStore>> store =
-      StateStore::Open(m->options_.state_dir);
-  if (!store.ok()) return store.status();
-  m->store_ = std::move(*store);
   m->bitmap_store_ = std::make_unique<BitmapStore>(
       absl::StrCat(m->options_.state_dir, "/bitmaps"));
   absl::StatusOr<std::vector<ExportConfig>> saved = m->store_->Load();
@@ -97,6 +115,11 @@ absl::StatusOr<std::unique_ptr<ExportManager>> ExportManager::Create(
       absl::StatusOr<std::shared_ptr<Export>>& e = opened[i];
       if (e.ok()) m->RestoreBitmaps(**e);
       MutexLock lock(&m->mu_);
+      if (e.ok()) {
+        if (absl::Status st = m->AttachQosGroup(**e, c.qos_group); !st.ok()) {
+          e = st;
+        }
+      }
       if (!e.ok()) {
         spdlog::error(
             "export \"{}\" is FAILED and not served: {} (fix it, then "
@@ -423,6 +446,9 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config,
       return absl::AlreadyExistsError(
           absl::StrCat("export \"", config.name, "\" already exists"));
     }
+    if (absl::Status st = CheckQosGroup(config.qos_group); !st.ok()) {
+      return st;
+    }
     const size_t count =
         registry_.List().size() + failed_.size() + pending_.size();
     if (count >= options_.max_exports) {
@@ -455,6 +481,12 @@ absl::StatusOr<ExportInfo> ExportManager::CreateExport(ExportConfig config,
   MutexLock lock(&mu_);
   pending_.erase(config.name);
   if (!e.ok()) return e.status();
+  // The group may have been deleted while the backend opened.
+  if (absl::Status st = AttachQosGroup(**e, config.qos_group); !st.ok()) {
+    lock.Release();
+    (*e)->RemoveCreatedFile();
+    return st;
+  }
   if (absl::Status st = PersistPut((*e)->current_config()); !st.ok()) {
     lock.Release();
     (*e)->RemoveCreatedFile();  // nothing may remain of a failed call
@@ -787,6 +819,7 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
   if (auto it = failed_.find(name); it != failed_.end()) {
     ExportConfig next = Updated(it->second.config, update);
     if (absl::Status st = ValidateExportConfig(next); !st.ok()) return st;
+    if (absl::Status st = CheckQosGroup(next.qos_group); !st.ok()) return st;
     if (update.tls) {
       if (absl::Status st = CheckTls(*update.tls); !st.ok()) return st;
     }
@@ -812,6 +845,7 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
   }
   ExportConfig next = Updated(e->current_config(), update);
   if (absl::Status st = ValidateExportConfig(next); !st.ok()) return st;
+  if (absl::Status st = CheckQosGroup(next.qos_group); !st.ok()) return st;
   if (update.tls) {
     if (absl::Status st = CheckTls(*update.tls); !st.ok()) return st;
   }
@@ -824,6 +858,13 @@ absl::StatusOr<ExportInfo> ExportManager::UpdateExport(
   if (update.tls) e->set_tls_mode(next.tls);
   if (update.max_clients) e->set_max_clients(next.max_clients);
   if (update.stall_timeout) e->set_stall_timeout(next.stall_timeout);
+  if (!update.qos.empty()) e->set_qos_limits(next.qos);
+  if (update.qos_group) {
+    // Checked above, under the same lock: cannot fail.
+    if (absl::Status st = AttachQosGroup(*e, next.qos_group); !st.ok()) {
+      return st;
+    }
+  }
   e->buffers().Update(next.buffers);
   lock.Release();
   if (update.changes_fields()) {
@@ -844,6 +885,11 @@ absl::StatusOr<ExportInfo> ExportManager::Retry(const std::string& name,
   pending_.erase(name);
   auto it = failed_.find(name);  // still there: nothing else touches a
                                  // pending name
+  if (e.ok()) {
+    if (absl::Status st = AttachQosGroup(**e, config.qos_group); !st.ok()) {
+      e = st;
+    }
+  }
   if (!e.ok()) {
     it->second.reason = std::string(e.status().message());
     return absl::Status(e.status().code(),
@@ -945,6 +991,161 @@ absl::StatusOr<int> ExportManager::DeleteExport(
   }
   spdlog::info("deleted export \"{}\" ({} connection(s) closed)", name, closed);
   return closed;
+}
+
+absl::Status ExportManager::LoadQosGroups() {
+  for (const QosGroupConfig& g : options_.qos_groups) {
+    if (absl::Status st = ValidateQosGroupConfig(g); !st.ok()) return st;
+    if (qos_groups_.contains(g.name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("QoS group \"", g.name, "\" is given twice"));
+    }
+    qos_groups_[g.name] = {std::make_shared<QosGroup>(g.name, g.limits), false};
+  }
+  if (qos_store_ == nullptr) return absl::OkStatus();
+  absl::StatusOr<std::vector<QosGroupConfig>> saved = qos_store_->Load();
+  if (!saved.ok()) return saved.status();
+  for (const QosGroupConfig& g : *saved) {
+    if (qos_groups_.contains(g.name)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          qos_store_->path(), ": QoS group \"", g.name,
+          "\" is also given on the command line; remove one of them"));
+    }
+    qos_groups_[g.name] = {std::make_shared<QosGroup>(g.name, g.limits), true};
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExportManager::CheckQosGroup(const std::string& group) const {
+  if (group.empty() || qos_groups_.contains(group)) return absl::OkStatus();
+  return absl::NotFoundError(
+      absl::StrCat("QoS group \"", group, "\" does not exist"));
+}
+
+absl::Status ExportManager::AttachQosGroup(Export& e,
+                                           const std::string& group) {
+  if (group.empty()) {
+    e.set_qos_group(nullptr);
+    return absl::OkStatus();
+  }
+  auto it = qos_groups_.find(group);
+  if (it == qos_groups_.end()) return CheckQosGroup(group);
+  e.set_qos_group(it->second.group);
+  return absl::OkStatus();
+}
+
+absl::Status ExportManager::PersistQosGroups(
+    const std::string& name, const std::optional<QosGroupConfig>& config) {
+  if (qos_store_ == nullptr) return absl::OkStatus();
+  std::vector<QosGroupConfig> saved;
+  for (const auto& [n, entry] : qos_groups_) {
+    if (n == name || !entry.persistent) continue;
+    saved.push_back({n, entry.group->limits()});
+  }
+  if (config) saved.push_back(*config);
+  std::sort(saved.begin(), saved.end(),
+            [](const QosGroupConfig& a, const QosGroupConfig& b) {
+              return a.name < b.name;
+            });
+  return Saving(qos_store_->Save(saved));
+}
+
+std::vector<std::string> ExportManager::QosGroupMembers(
+    const std::string& group) const {
+  std::vector<std::string> out;
+  for (const auto& e : registry_.List()) {
+    if (e->current_config().qos_group == group) out.push_back(e->name());
+  }
+  for (const auto& [name, f] : failed_) {
+    if (f.config.qos_group == group) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+QosGroupInfo ExportManager::DescribeQosGroup(const QosGroupEntry& entry) const {
+  QosGroupInfo info;
+  info.name = entry.group->name();
+  info.limits = entry.group->limits();
+  info.exports = QosGroupMembers(info.name);
+  info.persistent = entry.persistent;
+  info.stats = entry.group->throttle().stats();
+  return info;
+}
+
+absl::StatusOr<QosGroupInfo> ExportManager::CreateQosGroup(
+    const QosGroupConfig& group) {
+  if (absl::Status st = ValidateQosGroupConfig(group); !st.ok()) return st;
+  MutexLock lock(&mu_);
+  if (qos_groups_.contains(group.name)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("QoS group \"", group.name, "\" already exists"));
+  }
+  if (qos_groups_.size() >= kMaxQosGroups) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the daemon holds ", qos_groups_.size(),
+                     " QoS groups, the most it allows"));
+  }
+  if (absl::Status st = PersistQosGroups(group.name, group); !st.ok()) {
+    return st;
+  }
+  QosGroupEntry& entry = qos_groups_[group.name];
+  entry = {std::make_shared<QosGroup>(group.name, group.limits), true};
+  spdlog::info("created QoS group \"{}\"", group.name);
+  return DescribeQosGroup(entry);
+}
+
+absl::StatusOr<QosGroupInfo> ExportManager::GetQosGroup(
+    const std::string& name) const {
+  MutexLock lock(&mu_);
+  auto it = qos_groups_.find(name);
+  if (it == qos_groups_.end()) return CheckQosGroup(name);
+  return DescribeQosGroup(it->second);
+}
+
+std::vector<QosGroupInfo> ExportManager::ListQosGroups() const {
+  MutexLock lock(&mu_);
+  std::vector<QosGroupInfo> out;
+  for (const auto& [name, entry] : qos_groups_) {
+    out.push_back(DescribeQosGroup(entry));
+  }
+  return out;
+}
+
+absl::StatusOr<QosGroupInfo> ExportManager::UpdateQosGroup(
+    const std::string& name, const QosLimitsUpdate& update) {
+  MutexLock lock(&mu_);
+  auto it = qos_groups_.find(name);
+  if (it == qos_groups_.end()) return CheckQosGroup(name);
+  QosGroupConfig next{name, update.AppliedTo(it->second.group->limits())};
+  if (absl::Status st = ValidateQosGroupConfig(next); !st.ok()) return st;
+  if (it->second.persistent) {
+    if (absl::Status st = PersistQosGroups(name, next); !st.ok()) return st;
+  }
+  it->second.group->SetLimits(next.limits);
+  spdlog::info("updated QoS group \"{}\"", name);
+  return DescribeQosGroup(it->second);
+}
+
+absl::Status ExportManager::DeleteQosGroup(const std::string& name) {
+  MutexLock lock(&mu_);
+  auto it = qos_groups_.find(name);
+  if (it == qos_groups_.end()) return CheckQosGroup(name);
+  if (std::vector<std::string> members = QosGroupMembers(name);
+      !members.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "QoS group \"", name, "\" has exports: ", absl::StrJoin(members, ", "),
+        " (move them out first)"));
+  }
+  // An export being created may name it: it fails when it attaches.
+  if (it->second.persistent) {
+    if (absl::Status st = PersistQosGroups(name, std::nullopt); !st.ok()) {
+      return st;
+    }
+  }
+  qos_groups_.erase(it);
+  spdlog::info("deleted QoS group \"{}\"", name);
+  return absl::OkStatus();
 }
 
 }  // namespace nbdmgr

@@ -20,6 +20,7 @@
 #include "lib/export/export_registry.h"
 #include "lib/qos/qos_gate.h"
 #include "lib/state/bitmap_store.h"
+#include "lib/state/qos_group_store.h"
 #include "lib/state/state_store.h"
 #include "lib/util/mutex.h"
 
@@ -219,6 +220,10 @@ class ExportManager {
  private:
   struct SavedOpens;
   struct BoundedOpen;
+  struct QosGroupEntry {
+    std::shared_ptr<QosGroup> group;
+    bool persistent = false;  // created over the API
+  };
   struct FailedExport {
     ExportConfig config;
     std::string reason;
@@ -293,6 +298,26 @@ class ExportManager {
   absl::StatusOr<ExportInfo> Retry(const std::string& name, ExportConfig config,
                                    bool save);
 
+  // Loads the groups given to the daemon and the saved ones (a name in
+  // both: FailedPrecondition naming the file).
+  absl::Status LoadQosGroups() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Joins `e` to the group its config names (none: leaves any). NotFound
+  // for a group that does not exist.
+  absl::Status AttachQosGroup(Export& e, const std::string& group)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckQosGroup(const std::string& group) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Saves the API-created groups with `name` set to `config` (nullopt:
+  // removed); no-op without a state directory.
+  absl::Status PersistQosGroups(const std::string& name,
+                                const std::optional<QosGroupConfig>& config)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Exports (served or FAILED) whose configuration names `group`, sorted.
+  std::vector<std::string> QosGroupMembers(const std::string& group) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  QosGroupInfo DescribeQosGroup(const QosGroupEntry& entry) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const ExportManagerOptions options_;
   ExportRegistry& registry_;
   BufferSystem& buffers_;
@@ -322,6 +347,9 @@ class ExportManager {
   Mutex mu_bitmaps_;
   // Serializes overlay resets and commits (taken before mu_).
   Mutex mu_overlays_;
+  // QoS groups, by name.
+  std::map<std::string, QosGroupEntry> qos_groups_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<QosGroupStore> qos_store_;  // null without a state dir
   // Names whose backend is being opened outside the lock (a create or a
   // retry): taken, but in neither the registry nor failed_ yet.
   std::set<std::string> pending_ ABSL_GUARDED_BY(mu_);

@@ -213,7 +213,7 @@ ReadPieces RequestHandler::PlanRead(const RequestHeader& h) const {
     uint64_t pos = h.offset;
     bool too_many = false;
     absl::Status es =
-        call_.backend().Extents(h.offset, h.length, [&](Extent e) {
+        call_.backend().ReadExtents(h.offset, h.length, [&](Extent e) {
           bool zero = (e.flags & kExtentZero) != 0;
           if (!pieces.empty() && pieces.back().zero == zero) {
             pieces.back().length += static_cast<uint32_t>(e.length);
@@ -321,6 +321,8 @@ asio::awaitable<absl::Status> RequestHandler::WriteZeroes(
 }
 
 asio::awaitable<absl::Status> RequestHandler::Cache(const RequestHeader& h) {
+  // Inline for backends that never block (memory, null: nothing to
+  // prefetch), on the pool for the rest (fadvise may wait for the disk).
   return call_(
       [&be = call_.backend(), h] { return be.Cache(h.offset, h.length); });
 }

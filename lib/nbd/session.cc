@@ -218,6 +218,7 @@ asio::awaitable<void> Session::Transmit(const NegotiationResult& agreed) {
 
 void Session::Stop() {
   stopped_ = true;
+  if (tx_ != nullptr) tx_->CancelQosWaits();
   if (transmitting_) {
     conn_.ShutdownRead();
   } else {
@@ -227,6 +228,7 @@ void Session::Stop() {
 
 void Session::Abort() {
   stopped_ = true;
+  if (tx_ != nullptr) tx_->CancelQosWaits();
   conn_.Close();
 }
 

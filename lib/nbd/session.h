@@ -87,7 +87,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool timed_out_ = false;
   asio::steady_timer timer_;  // handshake deadline, then idle checks
   // Set while transmitting, for the idle check.
-  const Transmission* tx_ = nullptr;
+  Transmission* tx_ = nullptr;
   const ReplyWriter* writer_ = nullptr;
   uint64_t idle_seen_ = 0;  // requests read at the last check
   std::chrono::steady_clock::time_point idle_since_;

@@ -38,6 +38,25 @@ class AwaitingPayload {
   Connection& c_;
 };
 
+// Whether requests of this type count against QoS limits, and what they
+// cost (see QosLimitKind).
+bool QosLimited(uint16_t type) {
+  return type == kCmdRead || type == kCmdWrite || type == kCmdWriteZeroes ||
+         type == kCmdTrim || type == kCmdCache;
+}
+QosCost QosCostOf(const RequestHeader& h) {
+  switch (h.type) {
+    case kCmdRead:
+    case kCmdCache:
+      return {false, h.length};
+    case kCmdWrite:
+    case kCmdWriteZeroes:
+      return {true, h.length};
+    default:  // TRIM: one operation, no bytes
+      return {true, 0};
+  }
+}
+
 RequestLimits LimitsOf(const Export& e, const NegotiationResult& agreed) {
   RequestLimits l;
   l.export_size = e.size();
@@ -113,6 +132,11 @@ asio::awaitable<bool> Transmission::Admit(const RequestHeader& h) {
     handler_.SendError(h, check.error, check.message, start, std::move(ticket));
     co_return true;
   }
+  // Limits delay a request here, before it holds memory and before its
+  // payload is read: the reader stops reading, so the client's further
+  // requests wait in its socket, and each connection has at most one
+  // request waiting (round-robin across connections).
+  if (export_->qos().engaged() && QosLimited(h.type)) co_await PassQos(h);
   // Memory is only ever tried for, never waited for: when the caps (or
   // this connection's share) are full, the request streams through a
   // chunk, so no request can wait on memory held by one that waits on its
@@ -149,6 +173,37 @@ asio::awaitable<bool> Transmission::Admit(const RequestHeader& h) {
         if (e) spdlog::error("{}: request failed with an exception", peer);
       });
   co_return true;
+}
+
+void Transmission::CancelQosWaits() {
+  qos_cancelled_ = true;
+  if (qos_waiter_ != nullptr) qos_waiter_->Cancel();
+}
+
+asio::awaitable<void> Transmission::PassQos(const RequestHeader& h) {
+  if (qos_cancelled_) co_return;
+  if (qos_waiter_ == nullptr) {
+    qos_waiter_ = std::make_shared<QosWaiter>(conn_.socket().get_executor());
+  }
+  QosGate& gate = export_->qos();
+  const QosCost cost = QosCostOf(h);
+  int64_t waited = 0;
+  if (gate.own().limited()) {
+    const int64_t ns = co_await qos_waiter_->Pass(gate.own(), cost);
+    if (ns > 0) {
+      gate.own().RecordWait(ns);
+      waited += ns;
+    }
+  }
+  // Held across the wait: a group deleted meanwhile lives until it ends.
+  if (std::shared_ptr<QosGroup> group = gate.group(); group != nullptr) {
+    const int64_t ns = co_await qos_waiter_->Pass(group->throttle(), cost);
+    if (ns > 0) {
+      group->throttle().RecordWait(ns);
+      waited += ns;
+    }
+  }
+  if (waited > 0) gate.RecordWait(waited);
 }
 
 BufferLease Transmission::AttemptLease(const RequestHeader& h, bool count) {

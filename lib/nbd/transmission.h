@@ -12,6 +12,7 @@
 #include "lib/buffer/buffer_source.h"
 #include "lib/nbd/connection.h"
 #include "lib/nbd/negotiation.h"
+#include "lib/nbd/qos_waiter.h"
 #include "lib/nbd/reply_writer.h"
 #include "lib/nbd/request_handler.h"
 #include "lib/nbd/validation.h"
@@ -50,6 +51,11 @@ class Transmission {
   // failed), and writer.Finish() has been called.
   asio::awaitable<void> ReadLoop();
 
+  // The session is stopping: a request waiting on QoS limits goes on at
+  // once, and later ones do not wait (so a drain is never held up by
+  // limits). Call on the session's executor.
+  void CancelQosWaits();
+
   // Why ReadLoop ended, for logs: "disconnect", "closed", or an error.
   std::string_view end_reason() const { return end_reason_; }
   // Request headers read so far.
@@ -62,6 +68,9 @@ class Transmission {
   // Takes one request from its header to its handler (or its error reply);
   // false if the stream broke while its payload was read.
   asio::awaitable<bool> Admit(const RequestHeader& h);
+  // Waits until `h` passes the export's own QoS limits, then its group's;
+  // counts the time waited in the export's and the group's metrics.
+  asio::awaitable<void> PassQos(const RequestHeader& h);
   // The buffer (or, for zero-copy READs, the pin charge) of a READ or WRITE
   // if the caps grant it now; empty if it must stream. Never waits for
   // memory. `count`: count a refusal as a streamed request.
@@ -84,6 +93,9 @@ class Transmission {
   RequestLimits limits_;
   TransmissionOptions options_;
   RequestHandler handler_;
+  // Made at the first request that meets a limit.
+  std::shared_ptr<QosWaiter> qos_waiter_;
+  bool qos_cancelled_ = false;
   std::string_view end_reason_ = "closed";
   uint64_t requests_read_ = 0;
 };

@@ -37,7 +37,12 @@ RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l) {
   }
   if (h.type == kCmdFlush) return {};
   if (h.length == 0) return {kEinval, "zero-length request"};
-  if ((h.type == kCmdRead || h.type == kCmdWrite) && h.length > l.max_payload) {
+  // The NBD spec bounds READ, WRITE and CACHE by the advertised maximum
+  // block size and asks for EINVAL above it (a CACHE prefetches what a READ
+  // of it would read); TRIM and WRITE_ZEROES may be longer.
+  const bool sized =
+      h.type == kCmdRead || h.type == kCmdWrite || h.type == kCmdCache;
+  if (sized && h.length > l.max_payload) {
     return {kEinval, "request longer than the maximum payload"};
   }
   if (h.offset > l.export_size || h.length > l.export_size - h.offset) {
@@ -45,7 +50,7 @@ RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l) {
         h.type == kCmdWrite || h.type == kCmdWriteZeroes ? kEnospc : kEinval,
         "request past the end of the export"};
   }
-  if ((h.type == kCmdRead || h.type == kCmdWrite) && l.min_block > 1 &&
+  if (sized && l.min_block > 1 &&
       (h.offset % l.min_block != 0 || h.length % l.min_block != 0)) {
     return {kEinval, "not aligned to the minimum block size"};
   }

@@ -16,7 +16,8 @@ struct RequestLimits {
   bool structured_replies = false;
   bool meta_context = false;  // SET_META_CONTEXT selected one or more
   uint32_t max_payload = 32 * 1024 * 1024;
-  uint32_t min_block = 1;  // READ/WRITE offset and length must be multiples
+  uint32_t min_block = 1;  // READ/WRITE/CACHE offset and length must be
+                           // multiples
 };
 
 // The verdict on one request: error is kOk or the NBD error to reply with;
@@ -30,9 +31,10 @@ struct RequestCheck {
 // anything is allocated or read for it; code below it (handlers, backends)
 // may assume what it checked: known command, flags valid for that command
 // and advertised, writes on a read-only export (EPERM), zero length
-// (EINVAL), payload above the maximum (EINVAL), range past the end (ENOSPC
-// for writes, EINVAL otherwise), READ/WRITE not aligned to the minimum block
-// size (EINVAL), BLOCK_STATUS without a negotiated context (EINVAL).
+// (EINVAL), READ/WRITE/CACHE longer than the maximum payload (EINVAL), range
+// past the end (ENOSPC for writes, EINVAL otherwise), READ/WRITE/CACHE not
+// aligned to the minimum block size (EINVAL), BLOCK_STATUS without a
+// negotiated context (EINVAL). CACHE is allowed on read-only exports.
 // DISC is not checked here.
 RequestCheck ValidateRequest(const RequestHeader& h, const RequestLimits& l);
 

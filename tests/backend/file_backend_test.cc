@@ -2,12 +2,14 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
-
+#include <random>
 
 namespace nbdmgr {
 namespace {
@@ -110,6 +112,180 @@ TEST_F(FileBackendTest, FifoAndDirectoryAreRefusedWithoutBlocking) {
   }
   auto d = FileBackend::Open({dir_, true, std::nullopt, false});
   EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Known zeroes: what Extents reports after each kind of zeroing.
+class FileExtentsTest : public FileBackendTest {
+ protected:
+  static constexpr uint64_t kMiB = 1 << 20;
+  static constexpr uint32_t kHoleZero = kExtentHole | kExtentZero;
+
+  void SetUp() override {
+    FileBackendTest::SetUp();
+    auto b = FileBackend::Open({path_, false, 8 * kMiB});
+    ASSERT_TRUE(b.ok()) << b.status();
+    b_ = std::move(*b);
+    struct statfs fs;
+    ASSERT_EQ(::statfs(dir_.c_str(), &fs), 0);
+    // File systems whose ZERO_RANGE leaves unwritten extents that SEEK_DATA
+    // skips and FIEMAP lists: there allocated zeroes are told apart.
+    unwritten_ = fs.f_type == EXT4_SUPER_MAGIC || fs.f_type == XFS_SUPER_MAGIC;
+  }
+  std::vector<Extent> Map(uint64_t off, uint64_t len, bool for_read = false) {
+    std::vector<Extent> out;
+    auto each = [&](Extent e) {
+      out.push_back(e);
+      return true;
+    };
+    EXPECT_TRUE((for_read ? b_->ReadExtents(off, len, each)
+                          : b_->Extents(off, len, each))
+                    .ok());
+    uint64_t total = 0;
+    for (const Extent& e : out) total += e.length;
+    EXPECT_EQ(total, len);
+    return out;
+  }
+  // The flags of the byte at `at`.
+  uint32_t FlagsAt(uint64_t at) {
+    uint64_t pos = 0;
+    for (const Extent& e : Map(0, b_->size())) {
+      if (at < pos + e.length) return e.flags;
+      pos += e.length;
+    }
+    ADD_FAILURE() << at << " not mapped";
+    return 0xff;
+  }
+  // Every range reported zero reads as zeroes: the one promise that must
+  // never break.
+  void ExpectZeroesReadZero() {
+    uint64_t pos = 0;
+    std::vector<uint8_t> buf;
+    for (const Extent& e : Map(0, b_->size())) {
+      if (e.flags & kExtentZero) {
+        buf.assign(e.length, 1);
+        ASSERT_TRUE(b_->Read(pos, buf).ok());
+        for (uint64_t i = 0; i < e.length; ++i) {
+          ASSERT_EQ(buf[i], 0) << "reported zero at " << pos + i;
+        }
+      }
+      pos += e.length;
+    }
+  }
+  void WriteData(uint64_t off, uint64_t len, uint8_t v) {
+    std::vector<uint8_t> d(len, v);
+    ASSERT_TRUE(b_->Write(off, d, false).ok());
+  }
+
+  std::unique_ptr<FileBackend> b_;
+  bool unwritten_ = false;
+};
+
+TEST_F(FileExtentsTest, PunchZeroRangeAndData) {
+  WriteData(0, 8 * kMiB, 0x5a);
+  ASSERT_TRUE(b_->Flush().ok());
+  ZeroOptions punch;  // may_trim: a hole
+  ASSERT_TRUE(b_->Zero(0, kMiB, punch).ok());
+  ZeroOptions no_hole;
+  no_hole.may_trim = false;
+  ASSERT_TRUE(b_->Zero(2 * kMiB, kMiB, no_hole).ok());
+  EXPECT_EQ(FlagsAt(0), kHoleZero);
+  EXPECT_EQ(FlagsAt(kMiB), 0u);  // data
+  EXPECT_EQ(FlagsAt(2 * kMiB) & kExtentZero, kExtentZero);
+  if (unwritten_) {
+    EXPECT_EQ(FlagsAt(2 * kMiB), kExtentZero);  // allocated, not a hole
+    EXPECT_EQ(FlagsAt(3 * kMiB - 1), kExtentZero);
+  }
+  EXPECT_EQ(FlagsAt(3 * kMiB), 0u);
+  // A trimmed range is a hole too.
+  ASSERT_TRUE(b_->Trim(5 * kMiB, kMiB, false).ok());
+  EXPECT_EQ(FlagsAt(5 * kMiB), kHoleZero);
+  // A READ's plan skips FIEMAP: zero ranges are holes, data is data.
+  std::vector<Extent> r = Map(0, 4 * kMiB, /*for_read=*/true);
+  ASSERT_EQ(r.size(), 4u);
+  EXPECT_EQ(r[0].flags, kHoleZero);
+  EXPECT_EQ(r[1].flags, 0u);
+  EXPECT_EQ(r[2].flags, kHoleZero);
+  EXPECT_EQ(r[3].flags, 0u);
+  // Last: reading the zeroes caches their pages, which SEEK_DATA then
+  // counts as data (ext4): data from then on, never the other way round.
+  ExpectZeroesReadZero();
+}
+
+TEST_F(FileExtentsTest, WriteIntoZeroRangeStillInThePageCacheIsData) {
+  ZeroOptions no_hole;
+  no_hole.may_trim = false;
+  ASSERT_TRUE(b_->Zero(0, 4 * kMiB, no_hole).ok());
+  ASSERT_TRUE(b_->Flush().ok());
+  // Not written back yet: the unwritten extent is still unwritten on disk
+  // (FIEMAP says so) while the page cache holds the data.
+  WriteData(kMiB + 8192, 4096, 0xee);
+  EXPECT_EQ(FlagsAt(kMiB + 8192), 0u);
+  EXPECT_EQ(FlagsAt(kMiB + 8192 + 4095), 0u);
+  EXPECT_EQ(FlagsAt(0) & kExtentZero, kExtentZero);
+  if (unwritten_) {
+    EXPECT_EQ(FlagsAt(3 * kMiB), kExtentZero);
+  }
+  ExpectZeroesReadZero();
+  ASSERT_TRUE(b_->Flush().ok());  // written back: still data
+  EXPECT_EQ(FlagsAt(kMiB + 8192), 0u);
+  ExpectZeroesReadZero();
+}
+
+TEST_F(FileExtentsTest, DataWrittenAfterZeroIsNeverReportedZero) {
+  ZeroOptions no_hole;
+  no_hole.may_trim = false;
+  std::mt19937_64 rng(7);
+  for (int round = 0; round < 20; ++round) {
+    ASSERT_TRUE(b_->Zero(0, 8 * kMiB, no_hole).ok());
+    if (round % 2 == 0) {
+      ASSERT_TRUE(b_->Flush().ok());
+    }
+    std::vector<std::pair<uint64_t, uint64_t>> written;
+    for (int i = 0; i < 8; ++i) {
+      const uint64_t len = 1 + rng() % 20000;
+      const uint64_t off = rng() % (8 * kMiB - len);
+      WriteData(off, len, static_cast<uint8_t>(1 + rng() % 255));
+      written.emplace_back(off, len);
+    }
+    for (const auto& [off, len] : written) {
+      uint64_t pos = 0;
+      for (const Extent& e : Map(0, 8 * kMiB)) {
+        const bool overlaps = pos < off + len && off < pos + e.length;
+        ASSERT_FALSE(overlaps && (e.flags & kExtentZero))
+            << "round " << round << ": data at " << off << "+" << len
+            << " reported zero in " << pos << "+" << e.length;
+        pos += e.length;
+      }
+    }
+    ExpectZeroesReadZero();
+  }
+}
+
+TEST_F(FileExtentsTest, ExtentsCanStopEarlyInsideZeroes) {
+  ZeroOptions no_hole;
+  no_hole.may_trim = false;
+  // Alternating allocated zeroes and holes: many extents in one zero range.
+  for (uint64_t m = 0; m < 8; m += 2) {
+    ASSERT_TRUE(b_->Zero(m * kMiB, kMiB, no_hole).ok());
+  }
+  int calls = 0;
+  ASSERT_TRUE(
+      b_->Extents(0, 8 * kMiB, [&](Extent) { return ++calls < 3; }).ok());
+  EXPECT_EQ(calls, 3);
+  if (unwritten_) {
+    std::vector<Extent> all = Map(0, 8 * kMiB);
+    ASSERT_EQ(all.size(), 8u);
+    for (size_t i = 0; i < all.size(); ++i) {
+      EXPECT_EQ(all[i].flags, i % 2 == 0 ? kExtentZero : kHoleZero) << i;
+    }
+  }
+}
+
+TEST_F(FileExtentsTest, CacheReadsAheadAndIsAdvertised) {
+  EXPECT_TRUE(b_->caps().can_cache);
+  WriteData(0, kMiB, 0x11);
+  EXPECT_TRUE(b_->Cache(0, 8 * kMiB).ok());
+  EXPECT_TRUE(b_->Cache(8 * kMiB - 1, 1).ok());
 }
 
 class ConfinedFileTest : public FileBackendTest {

@@ -7,7 +7,6 @@
 #include <thread>
 #include <vector>
 
-
 namespace nbdmgr {
 namespace {
 
@@ -200,6 +199,162 @@ TEST(MemoryBackendTest, ConcurrentPinnersAndTrimmersNeverSeeFreedMemory) {
   trimmer.join();
   EXPECT_EQ(b->allocated_bytes(), 0u);
   (void)checked;
+}
+
+// What Extents reports for each page of [0, pages * kPage), one flags value
+// per page.
+std::vector<uint32_t> PageFlags(Backend& b, uint64_t pages) {
+  std::vector<uint32_t> out;
+  for (const Extent& e : AllExtents(b, 0, pages * kPage)) {
+    EXPECT_EQ(e.length % kPage, 0u);
+    out.insert(out.end(), e.length / kPage, e.flags);
+  }
+  return out;
+}
+
+constexpr uint32_t kHoleZero = kExtentHole | kExtentZero;
+constexpr ZeroOptions kNoHole{/*may_trim=*/false, /*fast=*/false,
+                              /*fua=*/false};
+
+TEST(MemoryBackendTest, CacheIsAdvertisedAndAnsweredInline) {
+  auto b = *MemoryBackend::Create(4 * kPage);
+  EXPECT_TRUE(b->caps().can_cache);
+  EXPECT_FALSE(b->caps().blocking);
+  EXPECT_TRUE(b->Cache(0, 4 * kPage).ok());
+  EXPECT_EQ(b->allocated_bytes(), 0u);  // a hint: allocates nothing
+}
+
+TEST(MemoryBackendTest, NoHoleZeroOfWholePagesIsKnownZeroAndAllocated) {
+  auto b = *MemoryBackend::Create(6 * kPage);
+  std::vector<uint8_t> data(4 * kPage, 0x33);
+  ASSERT_TRUE(b->Write(0, data, false).ok());
+  ASSERT_TRUE(b->Zero(kPage, 2 * kPage, kNoHole).ok());
+  EXPECT_EQ(b->allocated_bytes(), 4 * kPage);  // still allocated
+  EXPECT_EQ(PageFlags(*b, 6),
+            (std::vector<uint32_t>{0, kExtentZero, kExtentZero, 0, kHoleZero,
+                                   kHoleZero}));
+  std::vector<uint8_t> back(2 * kPage, 1);
+  ASSERT_TRUE(b->Read(kPage, back).ok());
+  EXPECT_EQ(back, std::vector<uint8_t>(2 * kPage, 0));
+}
+
+TEST(MemoryBackendTest, PartialPageZeroDoesNotMarkAWrittenPage) {
+  auto b = *MemoryBackend::Create(4 * kPage);
+  std::vector<uint8_t> data(3 * kPage, 0x44);
+  ASSERT_TRUE(b->Write(0, data, false).ok());
+  // Half of page 0, all of page 1, half of page 2.
+  ASSERT_TRUE(b->Zero(kPage / 2, 2 * kPage, kNoHole).ok());
+  EXPECT_EQ(PageFlags(*b, 4),
+            (std::vector<uint32_t>{0, kExtentZero, 0, kHoleZero}));
+  // Zeroing the rest of page 0 in two pieces still does not mark it: only
+  // a zero of the whole page at once does.
+  ASSERT_TRUE(b->Zero(0, kPage / 2, kNoHole).ok());
+  EXPECT_EQ(PageFlags(*b, 1), std::vector<uint32_t>{0});
+  ASSERT_TRUE(b->Zero(0, kPage, kNoHole).ok());
+  EXPECT_EQ(PageFlags(*b, 1), std::vector<uint32_t>{kExtentZero});
+}
+
+TEST(MemoryBackendTest, NoHoleZeroOfAHoleAllocatesAKnownZeroPage) {
+  auto b = *MemoryBackend::Create(2 * kPage);
+  ASSERT_TRUE(b->Zero(100, 200, kNoHole).ok());  // part of a hole page
+  EXPECT_EQ(b->allocated_bytes(), kPage);
+  EXPECT_EQ(PageFlags(*b, 2), (std::vector<uint32_t>{kExtentZero, kHoleZero}));
+}
+
+TEST(MemoryBackendTest, AnyWriteClearsKnownZero) {
+  auto b = *MemoryBackend::Create(3 * kPage);
+  ASSERT_TRUE(b->Zero(0, 3 * kPage, kNoHole).ok());
+  EXPECT_EQ(PageFlags(*b, 3), std::vector<uint32_t>(3, kExtentZero));
+  std::vector<uint8_t> one(1, 0x99);
+  ASSERT_TRUE(b->Write(kPage + kPage - 1, one, false).ok());  // last byte
+  std::vector<uint8_t> zero_byte(1, 0);
+  ASSERT_TRUE(b->Write(2 * kPage, zero_byte, false).ok());  // even zeroes
+  EXPECT_EQ(PageFlags(*b, 3), (std::vector<uint32_t>{kExtentZero, 0, 0}));
+  // A trim frees the page: a hole again; a write there is data.
+  ASSERT_TRUE(b->Trim(0, kPage, false).ok());
+  EXPECT_EQ(PageFlags(*b, 1), std::vector<uint32_t>{kHoleZero});
+  ASSERT_TRUE(b->Write(10, one, false).ok());
+  EXPECT_EQ(PageFlags(*b, 1), std::vector<uint32_t>{0});
+  // A partial zero of a page known zero leaves it known zero.
+  ASSERT_TRUE(b->Zero(kPage, kPage, kNoHole).ok());
+  ASSERT_TRUE(b->Zero(kPage + 10, 10, kNoHole).ok());
+  ASSERT_TRUE(b->Trim(kPage + 20, 10, false).ok());
+  EXPECT_EQ(PageFlags(*b, 2), (std::vector<uint32_t>{0, kExtentZero}));
+}
+
+TEST(MemoryBackendTest, PinnedPageZeroedWithNoHole) {
+  auto b = *MemoryBackend::Create(2 * kPage);
+  std::vector<uint8_t> data(kPage, 0x77);
+  ASSERT_TRUE(b->Write(0, data, false).ok());
+  Lent got = ReadLent(*b, 0, kPage);
+  ASSERT_EQ(got.pins.size(), 1u);
+  ASSERT_TRUE(b->Zero(0, kPage, kNoHole).ok());
+  EXPECT_EQ(PageFlags(*b, 1), std::vector<uint32_t>{kExtentZero});
+  // The page is zeroed in place (the lent view shows it, as any overlapping
+  // write would) and stays allocated; the pin still keeps it alive.
+  for (uint8_t x : got.views[0]) ASSERT_EQ(x, 0);
+  ASSERT_TRUE(b->Trim(0, kPage, false).ok());
+  EXPECT_EQ(b->allocated_bytes(), 0u);
+  got.ReleaseAll();  // frees it now (ASan: exactly once)
+}
+
+TEST(MemoryBackendTest, KnownZeroUnderConcurrentWritersZeroersAndReaders) {
+  // Each writer owns the pages p % 4 == t (so it knows what each of them
+  // must report) while sharing tables and stripes with the others; a
+  // reader asks for extents all along (TSan: no data race).
+  constexpr uint64_t kPages = 64;
+  auto b = *MemoryBackend::Create(kPages * kPage);
+  std::atomic<bool> stop{false};
+  std::thread reader([&] {
+    while (!stop) (void)AllExtents(*b, 0, kPages * kPage);
+  });
+  std::vector<std::thread> threads;
+  for (uint64_t t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<uint8_t> d(kPage, static_cast<uint8_t>(t + 1));
+      std::vector<uint8_t> back(kPage);
+      for (int i = 0; i < 400; ++i) {
+        const uint64_t page = (static_cast<uint64_t>(i) * 5 % 16) * 4 + t;
+        const uint64_t at = page * kPage;
+        uint32_t want = 0;
+        switch (i % 5) {
+          case 0:
+          case 3:
+            ASSERT_TRUE(
+                b->Write(at + (i % 3) * 100, std::span(d).first(100), false)
+                    .ok());
+            want = 0;
+            break;
+          case 1:
+            ASSERT_TRUE(b->Zero(at, kPage, kNoHole).ok());
+            want = kExtentZero;
+            break;
+          case 2:
+            ASSERT_TRUE(b->Trim(at, kPage, false).ok());
+            want = kHoleZero;
+            break;
+          case 4: {
+            // Part of the page: what it was stays, except a hole becomes
+            // an allocated page known zero.
+            const auto before = AllExtents(*b, at, kPage);
+            ASSERT_TRUE(b->Zero(at + 10, 100, kNoHole).ok());
+            want = before[0].flags == kHoleZero ? kExtentZero : before[0].flags;
+            break;
+          }
+        }
+        const auto ex = AllExtents(*b, at, kPage);
+        ASSERT_EQ(ex.size(), 1u);
+        ASSERT_EQ(ex[0].flags, want) << "page " << page << " op " << i;
+        if (want & kExtentZero) {
+          ASSERT_TRUE(b->Read(at, back).ok());
+          for (uint8_t x : back) ASSERT_EQ(x, 0);
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  stop = true;
+  reader.join();
 }
 
 }  // namespace

@@ -116,6 +116,54 @@ TEST_F(OverlayTest, TrimAndZeroHideTheBase) {
             absl::StatusCode::kUnimplemented);
 }
 
+TEST_F(OverlayTest, NoHoleZeroesAreKnownZeroAndNeverHideData) {
+  ZeroOptions no_hole;
+  no_hole.may_trim = false;
+  // Whole clusters: allocated zeroes in the overlay file (ext4 and XFS list
+  // them as unwritten extents: zero, not a hole; elsewhere zeroes written
+  // as data, which is honest too).
+  ASSERT_TRUE(ov_->Zero(kMiB, 256 * kKiB, no_hole).ok());
+  std::fill(model_.begin() + kMiB, model_.begin() + kMiB + 256 * kKiB, 0);
+  Write(kMiB + 64 * kKiB + 100, 50, 9);            // data into a zeroed cluster
+  std::vector<std::pair<uint64_t, uint32_t>> ext;  // start, flags
+  uint64_t pos = 0;
+  ASSERT_TRUE(ov_->Extents(0, kSize,
+                           [&](Extent e) {
+                             ext.emplace_back(pos, e.flags);
+                             pos += e.length;
+                             return true;
+                           })
+                  .ok());
+  ASSERT_EQ(pos, kSize);
+  auto flags_at = [&](uint64_t at) {
+    uint32_t f = 0xff;
+    for (const auto& [start, flags] : ext) {
+      if (start <= at) f = flags;
+    }
+    return f;
+  };
+  EXPECT_EQ(flags_at(0), 0u);  // the base's data
+  EXPECT_EQ(flags_at(kMiB + 64 * kKiB + 120), 0u);
+  EXPECT_EQ(flags_at(kMiB) & kExtentHole, 0u);  // the overlay's own
+  EXPECT_EQ(flags_at(kMiB + 200 * kKiB) & kExtentHole, 0u);
+  // Every range reported zero reads as zeroes.
+  std::vector<uint8_t> all = ReadAll();
+  EXPECT_EQ(all, model_);
+  for (size_t i = 0; i < ext.size(); ++i) {
+    if (!(ext[i].second & kExtentZero)) continue;
+    const uint64_t end = i + 1 < ext.size() ? ext[i + 1].first : kSize;
+    for (uint64_t b = ext[i].first; b < end; ++b) ASSERT_EQ(all[b], 0) << b;
+  }
+}
+
+TEST_F(OverlayTest, CacheCoversEveryKindOfRun) {
+  EXPECT_TRUE(ov_->caps().can_cache);
+  Write(0, 64 * kKiB, 1);
+  Zero(128 * kKiB, 64 * kKiB);
+  EXPECT_TRUE(ov_->Cache(0, kSize).ok());
+  EXPECT_EQ(ReadAll(), model_);
+}
+
 TEST_F(OverlayTest, RandomOperationsMatchAModelAcrossFlushedReopens) {
   std::mt19937_64 rng(42);
   for (int round = 0; round < 4; ++round) {

@@ -25,5 +25,11 @@ TEST(TransmissionFlagsTest, FromCapsAndReadOnly) {
   EXPECT_FALSE(g & (kTxSendFua | kTxSendTrim | kTxSendWriteZeroes));
 }
 
+TEST(TransmissionFlagsTest, CacheIsAdvertisedReadOnlyToo) {
+  EXPECT_TRUE(TransmissionFlags(*MemoryExport("rw"), true) & kTxSendCache);
+  EXPECT_TRUE(TransmissionFlags(*MemoryExport("ro", true), false) &
+              kTxSendCache);
+}
+
 }  // namespace
 }  // namespace nbdmgr::nbd

@@ -262,8 +262,34 @@ TEST_F(TransmissionTest, NoHoleZeroStaysAllocated) {
   auto c = peer().ReadChunk();
   ASSERT_TRUE(c.has_value());
   ASSERT_EQ(c->payload.size(), 4u + 2 * 8);
-  EXPECT_EQ(GetU32(c->payload.data() + 8), 0u);  // allocated
+  // Allocated, and known to read as zeroes.
+  EXPECT_EQ(GetU32(c->payload.data() + 8), kStateZero);
   EXPECT_EQ(GetU32(c->payload.data() + 16), kStateHole | kStateZero);
+  // Data written over it is data again.
+  Expect(kOk, kCmdWrite, 100, 4, 0, Pattern(4, 1));
+  peer().SendRequest(kCmdBlockStatus, 23, 0, page);
+  auto d = peer().ReadChunk();
+  ASSERT_TRUE(d.has_value());
+  ASSERT_EQ(d->payload.size(), 4u + 8);
+  EXPECT_EQ(GetU32(d->payload.data() + 8), 0u);
+}
+
+TEST_F(TransmissionTest, CacheIsAnsweredAndCheckedLikeRead) {
+  Go();
+  Expect(kOk, kCmdCache, 0, kSize);
+  Expect(kOk, kCmdCache, kSize - 1, 1);
+  Expect(kEinval, kCmdCache, kSize - 1, 2);          // past the end
+  Expect(kEinval, kCmdCache, 0, 0);                  // zero length
+  Expect(kEinval, kCmdCache, 0, 1, kCmdFlagNoHole);  // not its flag
+  auto data = Pattern(512, 4);
+  Expect(kOk, kCmdWrite, 0, 512, 0, data);
+  EXPECT_EQ(SimpleRead(0, 512), data);  // still usable
+}
+
+TEST_F(TransmissionTest, CacheIsAllowedReadOnly) {
+  Go(false, false, /*read_only=*/true);
+  Expect(kOk, kCmdCache, 0, 4096);
+  Expect(kEperm, kCmdWrite, 0, 1, 0, {1});
 }
 
 }  // namespace

@@ -104,6 +104,29 @@ TEST(ValidateRequestTest, MinimumBlockSizeAlignment) {
   EXPECT_EQ(Check({0, kCmdTrim, 1, 100, 100}, l), kOk);  // trim may be rounded
 }
 
+// CACHE is checked like READ: allowed read-only, EINVAL for a zero length,
+// past the end, above the maximum payload (the spec bounds it by the
+// maximum block size), unaligned, or with a flag other than FUA.
+TEST(ValidateRequestTest, CacheIsCheckedLikeRead) {
+  EXPECT_EQ(Check({0, kCmdCache, 1, 0, kSize}), kOk);
+  EXPECT_EQ(Check({0, kCmdCache, 1, kSize - 1, 1}, ReadOnly()), kOk);
+  EXPECT_EQ(Check({0, kCmdCache, 1, 0, 0}), kEinval);
+  EXPECT_EQ(Check({0, kCmdCache, 1, kSize, 1}), kEinval);
+  EXPECT_EQ(Check({0, kCmdCache, 1, kSize - 1, 2}), kEinval);
+  EXPECT_EQ(Check({0, kCmdCache, 1, ~0ull, 2}), kEinval);
+  EXPECT_EQ(Check({kCmdFlagNoHole, kCmdCache, 1, 0, 1}), kEinval);
+  EXPECT_EQ(Check({kCmdFlagFua, kCmdCache, 1, 0, 1}), kOk);
+  RequestLimits big = Writable();
+  big.export_size = 1ull << 40;
+  EXPECT_EQ(Check({0, kCmdCache, 1, 0, 32u << 20}, big), kOk);
+  EXPECT_EQ(Check({0, kCmdCache, 1, 0, (32u << 20) + 1}, big), kEinval);
+  RequestLimits aligned = Writable();
+  aligned.min_block = 512;
+  EXPECT_EQ(Check({0, kCmdCache, 1, 512, 1024}, aligned), kOk);
+  EXPECT_EQ(Check({0, kCmdCache, 1, 100, 512}, aligned), kEinval);
+  EXPECT_EQ(Check({0, kCmdCache, 1, 0, 100}, aligned), kEinval);
+}
+
 TEST(ValidateRequestTest, BlockStatusNeedsContext) {
   EXPECT_EQ(Check({0, kCmdBlockStatus, 1, 0, 1}, Writable(true, false)),
             kEinval);
