@@ -20,7 +20,7 @@ struct Command {
   std::function<int()> run;
 };
 
-// A command that groups subcommands (`bitmap`, `overlay`): `group`
+// A command that groups subcommands (`bitmap`, `overlay`, `qos-group`): `group`
 // requires one of `commands` (its subcommands), and the run returned runs
 // the one parsed.
 Command GroupCommand(CLI::App* group, std::vector<Command> commands);
@@ -38,6 +38,8 @@ Command AddRemoveCommand(CLI::App& app, const Global& g);
 Command AddBitmapCommand(CLI::App& app, const Global& g);
 // `overlay` and its subcommands (reset, commit, list).
 Command AddOverlayCommand(CLI::App& app, const Global& g);
+// `qos-group` and its subcommands (create, list, get, update, delete).
+Command AddQosGroupCommand(CLI::App& app, const Global& g);
 Command AddDaemonCommand(CLI::App& app, const Global& g);
 Command AddStatsCommand(CLI::App& app, const Global& g);
 Command AddHealthCommand(CLI::App& app, const Global& g);

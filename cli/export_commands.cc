@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
+#include "cli/qos_flags.h"
 #include "lib/backend/file_backend.h"
 #include "lib/buffer/buffer_policy.h"
 #include "lib/convert/proto_convert.h"
@@ -23,6 +24,8 @@ namespace {
 struct CommonFlags {
   std::optional<std::string> description, buffer_strategy, memory_cap,
       pool_idle_release, tls, max_clients, stall_timeout;
+  QosFlags qos;
+  std::optional<std::string> qos_group;
 };
 
 struct CreateFlags {
@@ -66,6 +69,10 @@ void AddCommonFlags(CLI::App* cmd, CommonFlags* f) {
               "disconnect a client that stops sending a payload\n"
               "or reading replies for DUR (0 = never; 'default':\n"
               "the daemon's --stall-timeout)");
+  AddQosFlags(cmd, &f->qos);
+  AddOptional(cmd, "--qos-group", "NAME", &f->qos_group,
+              "share the limits of this QoS group (see\n"
+              "'nbdctl qos-group'); \"\" = leave the group");
 }
 
 // Applies the common flags to `e`; records the field-mask paths it set.
@@ -118,6 +125,15 @@ std::string ApplyCommonFlags(const CommonFlags& f, v1::Export* e,
       *e->mutable_stall_timeout() = DurationToProto(*d);
     }
     paths->push_back("stall_timeout");
+  }
+  if (std::string m = ApplyQosFlags(f.qos, "qos", e->mutable_qos(), paths);
+      !m.empty()) {
+    return m;
+  }
+  if (f.qos_group) {
+    e->set_qos_group(f.qos_group->empty() ? ""
+                                          : QosGroupResourceName(*f.qos_group));
+    paths->push_back("qos_group");
   }
   return "";
 }
@@ -206,6 +222,16 @@ void PrintTable(const std::vector<const v1::Export*>& exports) {
     }
   }
   for (const v1::Export* e : exports) PrintOverlayLines(*e);
+  for (const v1::Export* e : exports) {
+    const bool limited = QosLimitsText(e->qos()) != "none";
+    if (!limited && e->qos_group().empty()) continue;
+    std::printf("%s: QoS limits %s", ResourceId(e->name()).c_str(),
+                QosLimitsText(e->qos()).c_str());
+    if (!e->qos_group().empty()) {
+      std::printf(", group %s", ResourceId(e->qos_group()).c_str());
+    }
+    std::printf("\n");
+  }
 }
 
 void PrintOne(const Global& g, const v1::Export& e) {
@@ -527,7 +553,10 @@ Command AddUpdateCommand(CLI::App& app, const Global& g) {
       "Changes a live export.\n"
       "New requests use the new buffer settings; requests in flight finish\n"
       "with theirs; --tls and --max-clients apply to new clients; no client\n"
-      "is disconnected. The change is saved before it is applied.");
+      "is disconnected. QoS limits apply at once, to requests already\n"
+      "waiting too; a limit flag changes that number only (--iops 5000\n"
+      "keeps --iops-burst and the bandwidth limits; --iops 0 removes the\n"
+      "limit). The change is saved before it is applied.");
   auto f = std::make_shared<UpdateFlags>();
   AddNameArgument(cmd, &f->name);
   AddCommonFlags(cmd, &f->common);

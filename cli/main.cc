@@ -56,8 +56,9 @@ std::vector<Command> AddCommands(CLI::App& app, const Global& g) {
       AddCreateCommand(app, g),  AddListCommand(app, g),
       AddGetCommand(app, g),     AddUpdateCommand(app, g),
       AddRemoveCommand(app, g),  AddBitmapCommand(app, g),
-      AddOverlayCommand(app, g), AddDaemonCommand(app, g),
-      AddStatsCommand(app, g),   AddHealthCommand(app, g)};
+      AddOverlayCommand(app, g), AddQosGroupCommand(app, g),
+      AddDaemonCommand(app, g),  AddStatsCommand(app, g),
+      AddHealthCommand(app, g)};
   CLI::App* help = app.add_subcommand("help", "")->group("");
   commands.push_back({help, [&app] {
                         std::printf("%s", HelpOf(app).c_str());

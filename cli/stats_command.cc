@@ -29,7 +29,9 @@ in the format the global -o flag names:
                  errors per second (all, and those the backend returned),
                  requests in flight, mean latency,
                  buffer memory and cap-full counts, as rates between two samples
-                 taken --watch apart (1s if not given)
+                 taken --watch apart (1s if not given); for exports with QoS
+                 limits and for QoS groups, requests throttled per second,
+                 seconds waited per second, and requests waiting now
   -o json        the raw counters (nbdmgr.v1.Stats) as JSON
   -o prometheus  the raw counters in Prometheus text format, as /metrics)";
 
@@ -79,6 +81,56 @@ Rates RatesBetween(const IoCounts& a, const IoCounts& b, double seconds) {
   return r;
 }
 
+// Throttled requests and the time they waited, per second between `a`
+// and `b`, then the totals and what waits now.
+void PrintQosRow(const char* name, const std::string& extra, const QosCounts& a,
+                 const QosCounts& b, double seconds) {
+  auto per_second = [seconds](uint64_t x, uint64_t y) {
+    return seconds > 0 && y >= x ? static_cast<double>(y - x) / seconds : 0.0;
+  };
+  std::printf("%-16s %-16s %12.1f %10.3f %12llu %11.3f %7llu\n", name,
+              extra.c_str(),
+              per_second(a.throttled_requests, b.throttled_requests),
+              per_second(a.throttled_ns, b.throttled_ns) / 1e9,
+              static_cast<unsigned long long>(b.throttled_requests),
+              static_cast<double>(b.throttled_ns) / 1e9,
+              static_cast<unsigned long long>(b.waiting));
+}
+
+// The QoS sections: exports with limits (or that were throttled), and
+// the QoS groups; nothing if there are neither.
+void PrintQos(const StatsSnapshot& before, const StatsSnapshot& now,
+              double seconds) {
+  bool header = false;
+  for (const ExportStats& e : now.exports) {
+    if (e.failed || (!e.qos.limited && e.qos.throttled_requests == 0)) {
+      continue;
+    }
+    if (!header) {
+      std::printf("%-16s %-16s %12s %10s %12s %11s %7s\n", "QOS EXPORT",
+                  "GROUP", "THROTTLED/s", "WAITED s/s", "THROTTLED", "WAITED s",
+                  "WAITING");
+      header = true;
+    }
+    QosCounts prev;
+    for (const ExportStats& b : before.exports) {
+      if (b.name == e.name) prev = b.qos;
+    }
+    PrintQosRow(e.name.c_str(), e.qos.group.empty() ? "-" : e.qos.group, prev,
+                e.qos, seconds);
+  }
+  if (now.qos_groups.empty()) return;
+  std::printf("%-16s %-16s %12s %10s %12s %11s %7s\n", "QOS GROUP", "MEMBERS",
+              "THROTTLED/s", "WAITED s/s", "THROTTLED", "WAITED s", "WAITING");
+  for (const QosGroupStats& g : now.qos_groups) {
+    QosCounts prev;
+    for (const QosGroupStats& b : before.qos_groups) {
+      if (b.name == g.name) prev = b.qos;
+    }
+    PrintQosRow(g.name.c_str(), absl::StrCat(g.members), prev, g.qos, seconds);
+  }
+}
+
 void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
   const double seconds =
       static_cast<double>(now.time_ns - before.time_ns) / 1e9;
@@ -105,6 +157,7 @@ void PrintTable(const StatsSnapshot& before, const StatsSnapshot& now) {
         r.mean_latency_ms, FormatSize(e.buffers.bytes_in_use).c_str(),
         static_cast<unsigned long long>(e.buffers.cap_full));
   }
+  PrintQos(before, now, seconds);
   const DaemonStats& d = now.daemon;
   uint64_t open = 0;
   for (uint64_t c : d.server.connections) open += c;

@@ -191,8 +191,8 @@ absl::StatusOr<std::unique_ptr<ControlServer>> ControlServer::Start(
   if (auto* health = server->GetHealthCheckService()) {
     for (const char* name :
          {"nbdmgr.v1.ExportService", "nbdmgr.v1.BitmapService",
-          "nbdmgr.v1.OverlayService", "nbdmgr.v1.DaemonService",
-          "nbdmgr.v1.StatsService"}) {
+          "nbdmgr.v1.OverlayService", "nbdmgr.v1.QosService",
+          "nbdmgr.v1.DaemonService", "nbdmgr.v1.StatsService"}) {
       health->SetServingStatus(name, true);
     }
   }

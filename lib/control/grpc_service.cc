@@ -5,6 +5,7 @@
 #include "lib/convert/bitmap_convert.h"
 #include "lib/convert/proto_convert.h"
 #include "lib/convert/stats_convert.h"
+#include "lib/util/strings.h"
 
 namespace nbdmgr {
 
@@ -29,6 +30,65 @@ grpc::Status OnExport(
   *out = ExportInfoToProto(*info);
   return grpc::Status::OK;
 }
+
+// The QoS paths an update_mask takes below a QosLimits field `f`, for
+// messages.
+std::string QosPathsText(std::string_view f) {
+  return absl::StrCat(ToAbsl(f), ", ", ToAbsl(f), ".LIMIT, ", ToAbsl(f),
+                      ".LIMIT.rate, ", ToAbsl(f),
+                      ".LIMIT.burst; LIMIT: iops_total, iops_read, iops_write, "
+                      "bps_total, bps_read, bps_write");
+}
+
+// Adds to `update` the change the update_mask path `path` asks of the
+// QosLimits field `field` ("qos", "limits") of a message, whose value is
+// `p`: `field` (every limit), `field`.LIMIT (its rate and burst) or
+// `field`.LIMIT.rate|burst (that one number). Returns false if `path` is
+// not `field` or below it; InvalidArgument for an unknown limit or part
+// (`valid` lists the message's other paths for the message).
+absl::StatusOr<bool> AddQosPath(std::string_view path, std::string_view field,
+                                std::string_view valid, const v1::QosLimits& p,
+                                QosLimitsUpdate& update) {
+  if (!path.starts_with(field)) return false;
+  std::string_view rest = path.substr(field.size());
+  if (rest.empty()) {
+    for (QosLimitKind k : kAllQosLimitKinds) {
+      const v1::RateLimit& r = RateLimitOf(p, k);
+      update.set(k, RateLimit{r.rate(), r.burst()});
+    }
+    return true;
+  }
+  if (!rest.starts_with('.')) return false;
+  rest.remove_prefix(1);
+  const size_t dot = rest.find('.');
+  const std::string_view limit = rest.substr(0, dot);
+  const std::string_view part =
+      dot == std::string_view::npos ? "" : rest.substr(dot + 1);
+  for (QosLimitKind k : kAllQosLimitKinds) {
+    if (FieldNameOf(k) != limit) continue;
+    const v1::RateLimit& r = RateLimitOf(p, k);
+    if (dot == std::string_view::npos) {
+      update.set(k, RateLimit{r.rate(), r.burst()});
+      return true;
+    }
+    if (part == "rate") {
+      update.set_rate(k, r.rate());
+      return true;
+    }
+    if (part == "burst") {
+      update.set_burst(k, r.burst());
+      return true;
+    }
+    break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("field \"", ToAbsl(path), "\" cannot be updated (",
+                   ToAbsl(valid), QosPathsText(field), ")"));
+}
+
+constexpr char kUpdatableExportFields[] =
+    "description, buffer_strategy, memory_cap_bytes, pool_idle_release, tls, "
+    "max_clients, stall_timeout, qos_group, ";
 
 }  // namespace
 
@@ -73,15 +133,27 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
   if (!id.ok()) return ToGrpcStatus(id.status());
   if (req->update_mask().paths().empty() && !req->retry()) {
     return ToGrpcStatus(absl::InvalidArgumentError(
-        "update_mask is required (description, buffer_strategy, "
-        "memory_cap_bytes, pool_idle_release, tls, max_clients, "
-        "stall_timeout) unless retry is set"));
+        absl::StrCat("update_mask is required (", kUpdatableExportFields,
+                     QosPathsText("qos"), ") unless retry is set")));
   }
   ExportUpdate update;
   update.retry = req->retry();
   const v1::Export& e = req->export_();
   for (const std::string& path : req->update_mask().paths()) {
-    if (path == "description") {
+    absl::StatusOr<bool> qos =
+        AddQosPath(path, "qos", kUpdatableExportFields, e.qos(), update.qos);
+    if (!qos.ok()) return ToGrpcStatus(qos.status());
+    if (*qos) continue;
+    if (path == "qos_group") {
+      // "" leaves the group; otherwise "qosGroups/{group}" or "{group}".
+      if (e.qos_group().empty()) {
+        update.qos_group = "";
+      } else {
+        absl::StatusOr<std::string> g = QosGroupIdFromName(e.qos_group());
+        if (!g.ok()) return ToGrpcStatus(g.status());
+        update.qos_group = *g;
+      }
+    } else if (path == "description") {
       update.description = e.description();
     } else if (path == "buffer_strategy") {
       absl::StatusOr<BufferStrategy> s = StrategyFromProto(e.buffer_strategy());
@@ -111,10 +183,8 @@ grpc::Status ExportServiceImpl::UpdateExport(grpc::ServerContext*,
       }
     } else {
       return ToGrpcStatus(absl::InvalidArgumentError(
-          absl::StrCat("field \"", path,
-                       "\" cannot be updated (description, buffer_strategy, "
-                       "memory_cap_bytes, pool_idle_release, tls, "
-                       "max_clients, stall_timeout)")));
+          absl::StrCat("field \"", path, "\" cannot be updated (",
+                       kUpdatableExportFields, QosPathsText("qos"), ")")));
     }
   }
   absl::StatusOr<ExportInfo> info = manager_.UpdateExport(*id, update);
@@ -246,6 +316,85 @@ grpc::Status OverlayServiceImpl::ListOverlays(
     *out->add_overlays() = ExportInfoToProto(info);
   }
   return grpc::Status::OK;
+}
+
+namespace {
+
+// "qosGroups/{group}" -> group. InvalidArgument for anything else.
+absl::StatusOr<std::string> QosGroupIdOf(const std::string& name) {
+  if (!name.starts_with("qosGroups/")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "QoS group name \"", name, "\" must be \"qosGroups/{group}\""));
+  }
+  return QosGroupIdFromName(name);
+}
+
+}  // namespace
+
+grpc::Status QosServiceImpl::CreateQosGroup(
+    grpc::ServerContext*, const v1::CreateQosGroupRequest* req,
+    v1::QosGroup* out) {
+  absl::StatusOr<QosGroupConfig> config =
+      QosGroupConfigFromProto(req->qos_group(), req->qos_group_id());
+  if (!config.ok()) return ToGrpcStatus(config.status());
+  absl::StatusOr<QosGroupInfo> info = manager_.CreateQosGroup(*config);
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *out = QosGroupInfoToProto(*info);
+  return grpc::Status::OK;
+}
+
+grpc::Status QosServiceImpl::GetQosGroup(grpc::ServerContext*,
+                                         const v1::GetQosGroupRequest* req,
+                                         v1::QosGroup* out) {
+  absl::StatusOr<std::string> id = QosGroupIdOf(req->name());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  absl::StatusOr<QosGroupInfo> info = manager_.GetQosGroup(*id);
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *out = QosGroupInfoToProto(*info);
+  return grpc::Status::OK;
+}
+
+grpc::Status QosServiceImpl::ListQosGroups(grpc::ServerContext*,
+                                           const v1::ListQosGroupsRequest*,
+                                           v1::ListQosGroupsResponse* out) {
+  for (const QosGroupInfo& info : manager_.ListQosGroups()) {
+    *out->add_qos_groups() = QosGroupInfoToProto(info);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status QosServiceImpl::UpdateQosGroup(
+    grpc::ServerContext*, const v1::UpdateQosGroupRequest* req,
+    v1::QosGroup* out) {
+  absl::StatusOr<std::string> id = QosGroupIdOf(req->qos_group().name());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  if (req->update_mask().paths().empty()) {
+    return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+        "update_mask is required (", QosPathsText("limits"), ")")));
+  }
+  QosLimitsUpdate update;
+  for (const std::string& path : req->update_mask().paths()) {
+    absl::StatusOr<bool> qos =
+        AddQosPath(path, "limits", "", req->qos_group().limits(), update);
+    if (!qos.ok()) return ToGrpcStatus(qos.status());
+    if (!*qos) {
+      return ToGrpcStatus(absl::InvalidArgumentError(
+          absl::StrCat("field \"", path, "\" cannot be updated (",
+                       QosPathsText("limits"), ")")));
+    }
+  }
+  absl::StatusOr<QosGroupInfo> info = manager_.UpdateQosGroup(*id, update);
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  *out = QosGroupInfoToProto(*info);
+  return grpc::Status::OK;
+}
+
+grpc::Status QosServiceImpl::DeleteQosGroup(
+    grpc::ServerContext*, const v1::DeleteQosGroupRequest* req,
+    v1::DeleteQosGroupResponse*) {
+  absl::StatusOr<std::string> id = QosGroupIdOf(req->name());
+  if (!id.ok()) return ToGrpcStatus(id.status());
+  return ToGrpcStatus(manager_.DeleteQosGroup(*id));
 }
 
 namespace {

@@ -18,6 +18,7 @@
 #include "nbdmgr/v1/daemon.grpc.pb.h"
 #include "nbdmgr/v1/export.grpc.pb.h"
 #include "nbdmgr/v1/overlay.grpc.pb.h"
+#include "nbdmgr/v1/qos.grpc.pb.h"
 #include "nbdmgr/v1/stats.grpc.pb.h"
 
 namespace nbdmgr {
@@ -87,6 +88,31 @@ class OverlayServiceImpl final : public v1::OverlayService::Service {
   grpc::Status ListOverlays(grpc::ServerContext*,
                             const v1::ListOverlaysRequest* req,
                             v1::ListOverlaysResponse* out) override;
+
+ private:
+  ExportManager& manager_;
+};
+
+// QosService over the manager's QoS group calls.
+class QosServiceImpl final : public v1::QosService::Service {
+ public:
+  explicit QosServiceImpl(ExportManager& manager) : manager_(manager) {}
+
+  grpc::Status CreateQosGroup(grpc::ServerContext*,
+                              const v1::CreateQosGroupRequest* req,
+                              v1::QosGroup* out) override;
+  grpc::Status GetQosGroup(grpc::ServerContext*,
+                           const v1::GetQosGroupRequest* req,
+                           v1::QosGroup* out) override;
+  grpc::Status ListQosGroups(grpc::ServerContext*,
+                             const v1::ListQosGroupsRequest* req,
+                             v1::ListQosGroupsResponse* out) override;
+  grpc::Status UpdateQosGroup(grpc::ServerContext*,
+                              const v1::UpdateQosGroupRequest* req,
+                              v1::QosGroup* out) override;
+  grpc::Status DeleteQosGroup(grpc::ServerContext*,
+                              const v1::DeleteQosGroupRequest* req,
+                              v1::DeleteQosGroupResponse* out) override;
 
  private:
   ExportManager& manager_;

@@ -1,5 +1,6 @@
 #include "lib/convert/stats_convert.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "google/protobuf/util/time_util.h"
@@ -64,6 +65,33 @@ void CountsFromMap(const Map& m, size_t n, uint64_t* counts) {
   }
 }
 
+void QosToProto(const QosCounts& q, v1::QosStats* p) {
+  p->set_limited(q.limited);
+  if (!q.group.empty()) p->set_group(QosGroupResourceName(q.group));
+  p->set_throttled_requests(q.throttled_requests);
+  p->set_throttled_seconds(static_cast<double>(q.throttled_ns) / 1e9);
+  p->set_waiting_requests(q.waiting);
+}
+
+// The group id of "qosGroups/{group}" (anything else as it is).
+std::string GroupIdOf(const std::string& name) {
+  absl::StatusOr<std::string> id = QosGroupIdFromName(name);
+  return id.ok() ? *id : name;
+}
+
+QosCounts QosFromProto(bool limited, const std::string& group,
+                       uint64_t throttled_requests, double throttled_seconds,
+                       uint64_t waiting) {
+  QosCounts q;
+  q.limited = limited;
+  q.group = group.empty() ? "" : GroupIdOf(group);
+  q.throttled_requests = throttled_requests;
+  q.throttled_ns = static_cast<uint64_t>(
+      std::llround(std::max(0.0, throttled_seconds) * 1e9));
+  q.waiting = waiting;
+  return q;
+}
+
 }  // namespace
 
 v1::Stats StatsToProto(const StatsSnapshot& s) {
@@ -98,6 +126,7 @@ v1::Stats StatsToProto(const StatsSnapshot& s) {
     pe->set_bytes_written(e.io.bytes_written);
     pe->set_requests_in_flight(e.io.in_flight);
     *pe->mutable_buffers() = BuffersToProto(e.buffers);
+    QosToProto(e.qos, pe->mutable_qos());
     for (size_t op = 0; op < kNumIoOps; ++op) {
       v1::OperationStats* o = pe->add_operations();
       o->set_op(std::string(NameOf(static_cast<IoOp>(op))));
@@ -115,6 +144,14 @@ v1::Stats StatsToProto(const StatsSnapshot& s) {
       o->set_latency_sum_seconds(static_cast<double>(e.io.latency_sum_ns[op]) /
                                  1e9);
     }
+  }
+  for (const QosGroupStats& g : s.qos_groups) {
+    v1::QosGroupStats* pg = p.add_qos_groups();
+    pg->set_name(QosGroupResourceName(g.name));
+    pg->set_members(g.members);
+    pg->set_throttled_requests(g.qos.throttled_requests);
+    pg->set_throttled_seconds(static_cast<double>(g.qos.throttled_ns) / 1e9);
+    pg->set_waiting_requests(g.qos.waiting);
   }
   return p;
 }
@@ -152,6 +189,9 @@ StatsSnapshot StatsFromProto(const v1::Stats& p) {
     e.io.bytes_written = pe.bytes_written();
     e.io.in_flight = pe.requests_in_flight();
     e.buffers = BuffersFromProto(pe.buffers());
+    const v1::QosStats& q = pe.qos();
+    e.qos = QosFromProto(q.limited(), q.group(), q.throttled_requests(),
+                         q.throttled_seconds(), q.waiting_requests());
     for (const v1::OperationStats& o : pe.operations()) {
       size_t op = IndexOf<IoOp>(o.op(), kNumIoOps);
       if (op == kNumIoOps) continue;
@@ -169,6 +209,15 @@ StatsSnapshot StatsFromProto(const v1::Stats& p) {
       }
     }
     s.exports.push_back(std::move(e));
+  }
+  for (const v1::QosGroupStats& pg : p.qos_groups()) {
+    QosGroupStats g;
+    g.name = GroupIdOf(pg.name());
+    g.members = pg.members();
+    // A group is always limited (QosCounts' rule), named by `name`.
+    g.qos = QosFromProto(true, "", pg.throttled_requests(),
+                         pg.throttled_seconds(), pg.waiting_requests());
+    s.qos_groups.push_back(std::move(g));
   }
   return s;
 }

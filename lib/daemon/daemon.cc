@@ -132,6 +132,7 @@ absl::Status Daemon::StartControl() {
   export_service_ = std::make_unique<ExportServiceImpl>(*manager_);
   bitmap_service_ = std::make_unique<BitmapServiceImpl>(*manager_);
   overlay_service_ = std::make_unique<OverlayServiceImpl>(*manager_);
+  qos_service_ = std::make_unique<QosServiceImpl>(*manager_);
   daemon_service_ = std::make_unique<DaemonServiceImpl>(
       [this] { return Snapshot(); },
       [this](uint64_t cap) {
@@ -149,7 +150,7 @@ absl::Status Daemon::StartControl() {
   o.insecure = config_.control_insecure;
   absl::StatusOr<std::unique_ptr<ControlServer>> control = ControlServer::Start(
       o, {export_service_.get(), bitmap_service_.get(), overlay_service_.get(),
-          daemon_service_.get(), stats_service_.get()});
+          qos_service_.get(), daemon_service_.get(), stats_service_.get()});
   if (!control.ok()) return control.status();
   control_ = std::move(*control);
   return absl::OkStatus();

@@ -101,6 +101,7 @@ class Daemon {
   std::unique_ptr<ExportServiceImpl> export_service_;
   std::unique_ptr<BitmapServiceImpl> bitmap_service_;
   std::unique_ptr<OverlayServiceImpl> overlay_service_;
+  std::unique_ptr<QosServiceImpl> qos_service_;
   std::unique_ptr<DaemonServiceImpl> daemon_service_;
   std::unique_ptr<StatsServiceImpl> stats_service_;
   std::unique_ptr<MetricsServer> metrics_;

@@ -46,8 +46,9 @@ class Converter {
     for (Step step :
          {&Converter::Listeners, &Converter::ThreadsAndTimeouts,
           &Converter::Memory, &Converter::Limits, &Converter::Control,
-          &Converter::Observability, &Converter::Exports, &Converter::Tls,
-          &Converter::ExportRules, &Converter::DefaultExport}) {
+          &Converter::Observability, &Converter::QosGroups, &Converter::Exports,
+          &Converter::Tls, &Converter::ExportRules,
+          &Converter::DefaultExport}) {
       if (absl::Status st = (this->*step)(); !st.ok()) return st;
     }
     return std::move(c_);
@@ -84,6 +85,7 @@ class Converter {
   absl::Status Limits();
   absl::Status Control();
   absl::Status Observability();
+  absl::Status QosGroups();
   absl::Status Exports();
   absl::Status Tls();
   absl::Status ExportRules();
@@ -260,6 +262,38 @@ absl::Status Converter::Observability() {
   return absl::OkStatus();
 }
 
+absl::Status Converter::QosGroups() {
+  for (int i = 0; i < p_.qos_groups_size(); ++i) {
+    const v1::QosGroup& g = p_.qos_groups(i);
+    auto error = [&](absl::string_view message) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(m_.file.empty() ? "" : absl::StrCat(m_.file, ": "),
+                       "qos_groups[", i, "] (\"", g.name(), "\"): ", message));
+    };
+    absl::StatusOr<std::string> id = QosGroupIdFromName(g.name());
+    if (!id.ok()) return error(id.status().message());
+    absl::StatusOr<QosGroupConfig> c = QosGroupConfigFromProto(g, *id);
+    if (!c.ok()) return error(c.status().message());
+    c_.qos_groups.push_back(std::move(*c));
+  }
+  c_.qos_groups.insert(c_.qos_groups.end(), m_.flag_qos_groups.begin(),
+                       m_.flag_qos_groups.end());
+  if (c_.qos_groups.size() > kMaxQosGroups) {
+    return Error("qos_groups", "--qos-group",
+                 absl::StrCat(c_.qos_groups.size(),
+                              " QoS groups given; at most ", kMaxQosGroups));
+  }
+  std::set<std::string> names;
+  for (const QosGroupConfig& g : c_.qos_groups) {
+    if (!names.insert(g.name).second) {
+      return Error(
+          "qos_groups", "--qos-group",
+          absl::StrCat("QoS group \"", g.name, "\" is declared twice"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Converter::Exports() {
   for (int i = 0; i < p_.exports_size(); ++i) {
     const v1::Export& e = p_.exports(i);
@@ -367,15 +401,23 @@ std::string DescribeConfig(const DaemonConfig& c) {
                             : absl::StrCat(c.stall_timeout.count(), " ms"));
   for (const ExportConfig& e : c.exports) {
     line("export",
-         absl::StrCat(e.name, " (", ToAbsl(NameOf(e.backend)),
-                      e.path.empty() ? "" : " ", e.path,
-                      e.size ? absl::StrCat(" ", FormatSize(*e.size)) : "",
-                      e.base.empty() ? "" : ", overlay of ", e.base,
-                      e.read_only ? ", read-only" : "",
-                      e.tls != TlsMode::kOff
-                          ? absl::StrCat(", tls=", ToAbsl(NameOf(e.tls)))
-                          : "",
-                      e.name == c.default_export ? ", default" : "", ")"));
+         absl::StrCat(
+             e.name, " (", ToAbsl(NameOf(e.backend)), e.path.empty() ? "" : " ",
+             e.path, e.size ? absl::StrCat(" ", FormatSize(*e.size)) : "",
+             e.base.empty() ? "" : ", overlay of ", e.base,
+             e.read_only ? ", read-only" : "",
+             e.tls != TlsMode::kOff
+                 ? absl::StrCat(", tls=", ToAbsl(NameOf(e.tls)))
+                 : "",
+             e.qos.any() ? absl::StrCat(", ", FormatQosSpec(e.qos)) : "",
+             e.qos_group.empty() ? "" : ", QoS group ", e.qos_group,
+             e.name == c.default_export ? ", default" : "", ")"));
+  }
+  for (const QosGroupConfig& g : c.qos_groups) {
+    line("qos group",
+         absl::StrCat(g.name, " (",
+                      g.limits.any() ? FormatQosSpec(g.limits) : "no limits",
+                      ")"));
   }
   return out;
 }

@@ -86,6 +86,9 @@ struct MergedConfig {
   // The --export specs (parsed and validated by ParseExportSpec), served
   // after the file's exports.
   std::vector<ExportConfig> flag_exports;
+  // The --qos-group specs (parsed and validated by ParseQosGroupSpec),
+  // after the file's groups.
+  std::vector<QosGroupConfig> flag_qos_groups;
   // The --config path, "" if none: errors in a value that came from the
   // file name the file and the field.
   std::string file;
@@ -100,8 +103,9 @@ struct MergedConfig {
 // given, the file's exports (ExportConfigFromProto), and the rules across
 // fields (TLS files that go together, a TCP control address needs TLS,
 // export TLS needs daemon TLS, unique export names, --max-exports, the
-// default export). InvalidArgument naming the flag (and the file and field
-// when the value came from the file).
+// default export), and the file's QoS groups (QosGroupConfigFromProto)
+// with unique names, at most kMaxQosGroups. InvalidArgument naming the flag
+// (and the file and field when the value came from the file).
 absl::StatusOr<DaemonConfig> DaemonConfigFromMerged(const MergedConfig& m);
 
 // A human summary of the effective configuration (--check-config).

@@ -26,16 +26,17 @@ using google::protobuf::Message;
 
 // How a flag's text becomes its field's value.
 enum class Kind {
-  kText,        // a string (a repeated one gets one element per flag)
-  kInt,         // int32
-  kCount,       // uint32
-  kPercent,     // uint32 from "25" or "25%"
-  kDuration,    // google.protobuf.Duration from "30s", "250ms", "0"
-  kMemoryCap,   // uint64 from a size, none (0) or auto (unset)
-  kSizeOrNone,  // uint64 from a size or none (0)
-  kOnOff,       // bool from on or off
-  kSwitch,      // bool, set by the flag alone (no value)
-  kExportSpec,  // an --export spec: not a field, see ParseExportSpec
+  kText,          // a string (a repeated one gets one element per flag)
+  kInt,           // int32
+  kCount,         // uint32
+  kPercent,       // uint32 from "25" or "25%"
+  kDuration,      // google.protobuf.Duration from "30s", "250ms", "0"
+  kMemoryCap,     // uint64 from a size, none (0) or auto (unset)
+  kSizeOrNone,    // uint64 from a size or none (0)
+  kOnOff,         // bool from on or off
+  kSwitch,        // bool, set by the flag alone (no value)
+  kExportSpec,    // an --export spec: not a field, see ParseExportSpec
+  kQosGroupSpec,  // a --qos-group spec: not a field, see ParseQosGroupSpec
 };
 
 // One flag: where --help shows it, and the v1::DaemonConfig field it sets.
@@ -58,6 +59,9 @@ constexpr FlagDef kFlags[] = {
     {"Serving", "--export", "SPEC", "", Kind::kExportSpec, "",
      "An export to serve (see EXPORT SPEC below).\n"
      "Repeatable."},
+    {"Serving", "--qos-group", "SPEC", "", Kind::kQosGroupSpec, "",
+     "A QoS group exports may join with qos-group=NAME\n"
+     "(see QOS GROUP SPEC below). Repeatable."},
     {"Serving", "--default-export", "NAME", "default_export", Kind::kText, "",
      "Export served to clients that ask for the empty\n"
      "name (nbd://host/). Default: the first export."},
@@ -184,10 +188,25 @@ constexpr char kExportSpecHelp[] =
   pool-idle-release=DUR  free idle pool buffers after DUR (default 5s)
   min-block-size=N, preferred-block-size=N, max-payload=N
                      advertised block sizes (defaults 1, 4KiB, 32MiB)
+  iops=N             operations per second, reads and writes (QoS;
+                     requests beyond a limit wait, none fail)
+  iops-read=N, iops-write=N
+                     operations per second of reads, of writes
+  bandwidth=SIZE     bytes per second, reads and writes (e.g. 200MiB)
+  bandwidth-read=SIZE, bandwidth-write=SIZE
+                     bytes per second of reads, of writes
+  KEY-burst=N|SIZE   how much of a limit may go at once after a quiet
+                     spell (iops-burst=, bandwidth-read-burst=, ...;
+                     default a tenth of a second's worth)
+  qos-group=NAME     also share the limits of this QoS group
   Example: --export name=scratch,backend=memory,size=1GiB
 
+QOS GROUP SPEC (--qos-group): name=NAME plus the QoS keys above
+  Example: --qos-group name=tenant1,iops=5000,bandwidth=200MiB
+
 --config FILE: flags override the file's values; --nbd-listen and
---allow-path replace its lists, --export adds to its exports.)";
+--allow-path replace its lists, --export and --qos-group add to its
+exports and QoS groups.)";
 
 // Where CLI11 leaves the command line, before it becomes proto fields.
 struct FlagValues {
@@ -215,7 +234,9 @@ const FieldDescriptor* FieldOf(std::string_view path) {
 }
 
 bool IsList(const FlagDef& def) {
-  if (def.kind == Kind::kExportSpec) return true;
+  if (def.kind == Kind::kExportSpec || def.kind == Kind::kQosGroupSpec) {
+    return true;
+  }
   if (def.kind == Kind::kSwitch) return false;
   return FieldOf(def.field)->is_repeated();
 }
@@ -390,13 +411,14 @@ absl::Status SetField(const FlagDef& def, const std::string& value,
       r->SetBool(m, f, true);
       return absl::OkStatus();
     case Kind::kExportSpec:
+    case Kind::kQosGroupSpec:
       break;
   }
   return absl::InternalError(absl::StrCat(def.flag, ": not a field"));
 }
 
-// The given flags as proto fields (flags.settings, flags.from_flags) and
-// exports (flags.flag_exports).
+// The given flags as proto fields (flags.settings, flags.from_flags),
+// exports (flags.flag_exports) and QoS groups (flags.flag_qos_groups).
 absl::Status ApplyFlags(const FlagValues& v, MergedConfig& flags) {
   for (size_t i = 0; i < std::size(kFlags); ++i) {
     const FlagDef& d = kFlags[i];
@@ -406,6 +428,14 @@ absl::Status ApplyFlags(const FlagValues& v, MergedConfig& flags) {
         absl::StatusOr<ExportConfig> e = ParseExportSpec(spec);
         if (!e.ok()) return FlagError(d.flag, ToStd(e.status().message()));
         flags.flag_exports.push_back(std::move(*e));
+      }
+      continue;
+    }
+    if (d.kind == Kind::kQosGroupSpec) {
+      for (const std::string& spec : v.values[i]) {
+        absl::StatusOr<QosGroupConfig> g = ParseQosGroupSpec(spec);
+        if (!g.ok()) return FlagError(d.flag, ToStd(g.status().message()));
+        flags.flag_qos_groups.push_back(std::move(*g));
       }
       continue;
     }
@@ -428,7 +458,8 @@ absl::StatusOr<MergedConfig> MergeOverFile(const std::string& path,
   absl::StatusOr<v1::DaemonConfig> file = LoadConfigFile(path);
   if (!file.ok()) return file.status();
   // Each field a flag set replaces the file's, lists included; the flags'
-  // exports (flag_exports) are added to the file's when converted.
+  // exports and QoS groups (flag_exports, flag_qos_groups) are added to the
+  // file's when converted.
   using google::protobuf::util::FieldMaskUtil;
   FieldMaskUtil::MergeOptions replace;
   replace.set_replace_message_fields(true);

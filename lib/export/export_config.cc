@@ -29,6 +29,65 @@ std::vector<std::string> SplitSpec(std::string_view spec) {
   return parts;
 }
 
+struct KeyValue {
+  std::string key;
+  std::string value;
+};
+
+// The key=value pairs of `spec` (empty parts skipped). InvalidArgument
+// naming the part that is not key=value, in "`what` spec ..." terms.
+absl::StatusOr<std::vector<KeyValue>> SplitKeyValues(std::string_view what,
+                                                     std::string_view spec) {
+  std::vector<KeyValue> out;
+  for (std::string& part : SplitSpec(spec)) {
+    if (part.empty()) continue;
+    const size_t eq = part.find('=');
+    if (eq == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(ToAbsl(what), " spec \"", ToAbsl(spec), "\": \"", part,
+                       "\" is not key=value"));
+    }
+    out.push_back({part.substr(0, eq), part.substr(eq + 1)});
+  }
+  return out;
+}
+
+// The QoS keys (iops=..., bandwidth-read-burst=...) as one sentence part.
+constexpr char kQosKeys[] =
+    "iops, iops-read, iops-write, bandwidth, bandwidth-read, "
+    "bandwidth-write, each with a -burst twin";
+
+// If `key` is a QoS key, sets its rate or burst in `limits` from `value`
+// (a count for IOPS, a size for bandwidth, per second) and returns true;
+// false for another key. InvalidArgument "`what` key KEY: ..." for a bad
+// value. Ranges are ValidateQosLimits'.
+absl::StatusOr<bool> ParseQosKey(std::string_view what, std::string_view key,
+                                 const std::string& value, QosLimits& limits) {
+  for (QosLimitKind kind : kAllQosLimitKinds) {
+    const std::string_view name = SpecKeyOf(kind);
+    if (!key.starts_with(name)) continue;
+    const std::string_view rest = key.substr(name.size());
+    if (!rest.empty() && rest != "-burst") continue;
+    uint64_t n = 0;
+    if (IsBytes(kind)) {
+      absl::StatusOr<uint64_t> size = ParseSize(value);
+      if (!size.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(ToAbsl(what), " key ", ToAbsl(key), ": ",
+                         size.status().message(), " (bytes per second)"));
+      }
+      n = *size;
+    } else if (!absl::SimpleAtoi(value, &n)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          ToAbsl(what), " key ", ToAbsl(key),
+          ": expected a count of operations per second, got \"", value, "\""));
+    }
+    (rest.empty() ? limits[kind].rate : limits[kind].burst) = n;
+    return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::string_view NameOf(TlsMode mode) {
@@ -361,16 +420,12 @@ absl::Status ValidateExportConfig(const ExportConfig& c) {
 absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
   ExportConfig c;
   bool have_name = false, have_backend = false, have_read_only = false;
-  for (const std::string& part : SplitSpec(spec)) {
-    if (part.empty()) continue;
-    size_t eq = part.find('=');
-    if (eq == std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("export spec \"", ToAbsl(spec), "\": \"", part,
-                       "\" is not key=value"));
-    }
-    std::string key = part.substr(0, eq);
-    std::string value = part.substr(eq + 1);
+  absl::StatusOr<std::vector<KeyValue>> pairs = SplitKeyValues("export", spec);
+  if (!pairs.ok()) return pairs.status();
+  for (const auto& [key, value] : *pairs) {
+    absl::StatusOr<bool> qos = ParseQosKey("export", key, value, c.qos);
+    if (!qos.ok()) return qos.status();
+    if (*qos) continue;
     if (key == "name") {
       c.name = value;
       have_name = true;
@@ -401,6 +456,8 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
             "export key cluster-size: at most 2MiB");
       }
       c.cluster_size = static_cast<uint32_t>(*n);
+    } else if (key == "qos-group") {
+      c.qos_group = value;
     } else if (key == "pool") {
       c.rbd.pool = value;
     } else if (key == "image") {
@@ -474,7 +531,8 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
           "max-clients, stall-timeout, io, pool, image, namespace, "
           "snapshot, ceph-conf, ceph-user, "
           "buffer-strategy, memory-cap, pool-idle-release, min-block-size, "
-          "preferred-block-size, max-payload)"));
+          "preferred-block-size, max-payload, qos-group, ",
+          kQosKeys, ")"));
     }
   }
   if (!have_name) {
@@ -491,6 +549,57 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec) {
   if (!c.rbd.snapshot.empty() && !have_read_only) c.read_only = true;
   if (absl::Status st = ValidateExportConfig(c); !st.ok()) return st;
   return c;
+}
+
+std::string FormatQosSpec(const QosLimits& limits) {
+  std::string out;
+  auto add = [&out](QosLimitKind kind, std::string_view suffix, uint64_t v) {
+    std::string text = absl::StrCat(v);
+    if (IsBytes(kind)) {
+      // FormatSize rounds sizes that are no whole number of units.
+      std::string size = FormatSize(v);
+      if (absl::StatusOr<uint64_t> back = ParseSize(size);
+          back.ok() && *back == v) {
+        text = std::move(size);
+      }
+    }
+    absl::StrAppend(&out, out.empty() ? "" : ",", ToAbsl(SpecKeyOf(kind)),
+                    ToAbsl(suffix), "=", text);
+  };
+  for (QosLimitKind kind : kAllQosLimitKinds) {
+    const RateLimit& l = limits[kind];
+    if (l.rate == 0) continue;
+    add(kind, "", l.rate);
+    if (l.burst != 0) add(kind, "-burst", l.burst);
+  }
+  return out;
+}
+
+absl::StatusOr<QosGroupConfig> ParseQosGroupSpec(std::string_view spec) {
+  QosGroupConfig g;
+  bool have_name = false;
+  absl::StatusOr<std::vector<KeyValue>> pairs =
+      SplitKeyValues("QoS group", spec);
+  if (!pairs.ok()) return pairs.status();
+  for (const auto& [key, value] : *pairs) {
+    absl::StatusOr<bool> qos = ParseQosKey("QoS group", key, value, g.limits);
+    if (!qos.ok()) return qos.status();
+    if (*qos) continue;
+    if (key == "name") {
+      g.name = value;
+      have_name = true;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("QoS group spec \"", ToAbsl(spec), "\": unknown key \"",
+                       key, "\" (name, ", kQosKeys, ")"));
+    }
+  }
+  if (!have_name) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("QoS group spec \"", ToAbsl(spec), "\": missing name="));
+  }
+  if (absl::Status st = ValidateQosGroupConfig(g); !st.ok()) return st;
+  return g;
 }
 
 }  // namespace nbdmgr

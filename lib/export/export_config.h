@@ -147,6 +147,9 @@ absl::StatusOr<ExportConfig> ParseExportSpec(std::string_view spec);
 // "name=tenant1,iops=5000,bandwidth=200MiB". InvalidArgument naming the
 // bad key or value; the result is validated.
 absl::StatusOr<QosGroupConfig> ParseQosGroupSpec(std::string_view spec);
+// The limits set in `limits` as spec keys, e.g.
+// "iops=5000,iops-burst=500,bandwidth=200MiB" (sizes exact); "" for none.
+std::string FormatQosSpec(const QosLimits& limits);
 
 }  // namespace nbdmgr
 

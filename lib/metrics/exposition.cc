@@ -225,6 +225,58 @@ void AddExportFamilies(Builder& b, const StatsSnapshot& s) {
             [](const ExportStats& e) { return e.buffers.streamed; });
 }
 
+// Exports with QoS limits (or that had them: their counters stay) and QoS
+// groups; unlimited exports get no series.
+void AddQosFamilies(Builder& b, const StatsSnapshot& s) {
+  MetricFamily& seconds = b.Family(
+      "nbdmgr_qos_throttled_seconds_total",
+      "Time the export's requests waited for QoS limits (its own and its "
+      "group's), in total; requests wait, never fail.",
+      MetricType::Counter);
+  MetricFamily& requests = b.Family(
+      "nbdmgr_qos_throttled_requests_total",
+      "Requests of the export that waited for QoS limits (its own or its "
+      "group's).",
+      MetricType::Counter);
+  MetricFamily& waiting =
+      b.Family("nbdmgr_qos_waiting_requests",
+               "Requests of the export waiting for its own QoS limits now.",
+               MetricType::Gauge);
+  for (const ExportStats& e : s.exports) {
+    if (e.failed) continue;
+    const QosCounts& q = e.qos;
+    if (!q.limited && q.throttled_requests == 0 && q.throttled_ns == 0) {
+      continue;
+    }
+    const Labels l = {{"export", e.name}};
+    Builder::Add(seconds, l, static_cast<double>(q.throttled_ns) / 1e9);
+    Builder::Add(requests, l, static_cast<double>(q.throttled_requests));
+    Builder::Add(waiting, l, static_cast<double>(q.waiting));
+  }
+  MetricFamily& g_seconds =
+      b.Family("nbdmgr_qos_group_throttled_seconds_total",
+               "Time requests waited for the QoS group's limits, in total "
+               "over its members.",
+               MetricType::Counter);
+  MetricFamily& g_requests = b.Family(
+      "nbdmgr_qos_group_throttled_requests_total",
+      "Requests of the QoS group's members that waited for its limits.",
+      MetricType::Counter);
+  MetricFamily& g_waiting = b.Family(
+      "nbdmgr_qos_group_waiting_requests",
+      "Requests waiting for the QoS group's limits now.", MetricType::Gauge);
+  MetricFamily& g_members =
+      b.Family("nbdmgr_qos_group_members", "Served exports in the QoS group.",
+               MetricType::Gauge);
+  for (const QosGroupStats& g : s.qos_groups) {
+    const Labels l = {{"group", g.name}};
+    Builder::Add(g_seconds, l, static_cast<double>(g.qos.throttled_ns) / 1e9);
+    Builder::Add(g_requests, l, static_cast<double>(g.qos.throttled_requests));
+    Builder::Add(g_waiting, l, static_cast<double>(g.qos.waiting));
+    Builder::Add(g_members, l, static_cast<double>(g.members));
+  }
+}
+
 void AddDaemonFamilies(Builder& b, const StatsSnapshot& s) {
   const DaemonStats& d = s.daemon;
   MetricFamily& conns =
@@ -305,6 +357,7 @@ std::vector<MetricFamily> ToMetricFamilies(const StatsSnapshot& s) {
   Builder b;
   AddRequestFamilies(b, s);
   AddExportFamilies(b, s);
+  AddQosFamilies(b, s);
   AddDaemonFamilies(b, s);
   return b.Take();
 }

@@ -1,4 +1,5 @@
-// Export <-> ExportConfig / ExportInfo: the fields of overlays.
+// Export <-> ExportConfig / ExportInfo: the fields of overlays and QoS;
+// QoS groups.
 
 #include "lib/convert/proto_convert.h"
 
@@ -131,6 +132,141 @@ TEST(ProtoConvertTest, InfoOfABaseCountsItsOverlays) {
   v1::Export p = ExportInfoToProto(info);
   EXPECT_FALSE(p.has_overlay());
   EXPECT_EQ(p.overlays(), 3u);
+}
+
+v1::Export MemoryProto() {
+  v1::Export p;
+  p.mutable_memory()->set_size_bytes(1 << 20);
+  return p;
+}
+
+TEST(ProtoConvertTest, QosLimitsRoundTrip) {
+  v1::Export p = MemoryProto();
+  p.mutable_qos()->mutable_iops_total()->set_rate(5000);
+  p.mutable_qos()->mutable_iops_total()->set_burst(500);
+  p.mutable_qos()->mutable_iops_read()->set_rate(1);
+  p.mutable_qos()->mutable_iops_write()->set_rate(2);
+  p.mutable_qos()->mutable_bps_total()->set_rate(200 << 20);
+  p.mutable_qos()->mutable_bps_read()->set_rate(3);
+  p.mutable_qos()->mutable_bps_write()->set_rate(4);
+  p.mutable_qos()->mutable_bps_write()->set_burst(8);
+  p.set_qos_group("qosGroups/tenant1");
+  absl::StatusOr<ExportConfig> c = ExportConfigFromProto(p, "vm1");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->qos[QosLimitKind::kIopsTotal], (RateLimit{5000, 500}));
+  EXPECT_EQ(c->qos[QosLimitKind::kIopsRead], (RateLimit{1, 0}));
+  EXPECT_EQ(c->qos[QosLimitKind::kIopsWrite], (RateLimit{2, 0}));
+  EXPECT_EQ(c->qos[QosLimitKind::kBpsTotal], (RateLimit{200 << 20, 0}));
+  EXPECT_EQ(c->qos[QosLimitKind::kBpsRead], (RateLimit{3, 0}));
+  EXPECT_EQ(c->qos[QosLimitKind::kBpsWrite], (RateLimit{4, 8}));
+  EXPECT_EQ(c->qos_group, "tenant1");
+  v1::Export back = ExportConfigToProto(*c);
+  EXPECT_EQ(back.qos().SerializeAsString(), p.qos().SerializeAsString());
+  EXPECT_EQ(back.qos_group(), "qosGroups/tenant1");
+  // Each limit lands in its own field.
+  for (QosLimitKind k : kAllQosLimitKinds) {
+    EXPECT_EQ(RateLimitOf(back.qos(), k).rate(), c->qos[k].rate)
+        << FieldNameOf(k);
+  }
+}
+
+TEST(ProtoConvertTest, NoQosIsUnsetAndABareGroupNameIsTaken) {
+  absl::StatusOr<ExportConfig> c = ExportConfigFromProto(MemoryProto(), "a");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->qos.any());
+  EXPECT_EQ(c->qos_group, "");
+  v1::Export back = ExportConfigToProto(*c);
+  EXPECT_FALSE(back.has_qos());
+  EXPECT_EQ(back.qos_group(), "");
+  v1::Export p = MemoryProto();
+  p.set_qos_group("tenant1");
+  c = ExportConfigFromProto(p, "a");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->qos_group, "tenant1");
+}
+
+TEST(ProtoConvertTest, BadQosFieldsAreInvalidArgument) {
+  struct Case {
+    void (*set)(v1::Export*);
+    const char* mentions;
+  } cases[] = {
+      {[](v1::Export* p) { p->set_qos_group("exports/tenant1"); },
+       "qosGroups/{group}"},
+      {[](v1::Export* p) { p->set_qos_group("qosGroups/"); }, "empty"},
+      {[](v1::Export* p) { p->set_qos_group("qosGroups/a b"); }, "only"},
+      {[](v1::Export* p) {
+         p->mutable_qos()->mutable_iops_read()->set_burst(5);
+       },
+       "iops-read burst needs"},
+      {[](v1::Export* p) {
+         p->mutable_qos()->mutable_bps_total()->set_rate(kMaxQosRate + 1);
+       },
+       "bandwidth"},
+  };
+  for (const Case& k : cases) {
+    v1::Export p = MemoryProto();
+    k.set(&p);
+    absl::StatusOr<ExportConfig> c = ExportConfigFromProto(p, "a");
+    ASSERT_FALSE(c.ok()) << k.mentions;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(c.status().message(), k.mentions))
+        << c.status().message();
+  }
+}
+
+TEST(ProtoConvertTest, QosGroupNames) {
+  EXPECT_EQ(QosGroupResourceName("g"), "qosGroups/g");
+  EXPECT_EQ(*QosGroupIdFromName("qosGroups/g"), "g");
+  EXPECT_EQ(*QosGroupIdFromName("g"), "g");
+  for (const char* bad :
+       {"", "qosGroups/", "exports/g", "qosGroups/g/h", "qosGroups/-g"}) {
+    EXPECT_EQ(QosGroupIdFromName(bad).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+}
+
+TEST(ProtoConvertTest, QosGroupConfigAndInfo) {
+  v1::QosGroup p;
+  p.set_name("ignored");
+  p.mutable_limits()->mutable_iops_write()->set_rate(10);
+  p.mutable_limits()->mutable_iops_write()->set_burst(2);
+  absl::StatusOr<QosGroupConfig> g = QosGroupConfigFromProto(p, "tenant1");
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->name, "tenant1");
+  EXPECT_EQ(g->limits[QosLimitKind::kIopsWrite], (RateLimit{10, 2}));
+  v1::QosGroup back = QosGroupConfigToProto(*g);
+  EXPECT_EQ(back.name(), "qosGroups/tenant1");
+  EXPECT_EQ(back.limits().iops_write().rate(), 10u);
+  EXPECT_EQ(back.limits().iops_write().burst(), 2u);
+  EXPECT_FALSE(back.limits().has_iops_total());
+  EXPECT_EQ(back.exports_size(), 0);
+  // Bad names and limits.
+  EXPECT_EQ(QosGroupConfigFromProto(p, "").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(QosGroupConfigFromProto(p, "a/b").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  p.mutable_limits()->mutable_iops_write()->set_rate(0);
+  EXPECT_EQ(QosGroupConfigFromProto(p, "g").status().code(),
+            absl::StatusCode::kInvalidArgument);  // a burst without a rate
+
+  QosGroupInfo info;
+  info.name = "tenant1";
+  info.limits = g->limits;
+  info.exports = {"vm1", "vm2"};
+  info.persistent = true;
+  info.stats = {
+      .throttled_requests = 5, .throttled_ns = 1'500'000'000, .waiting = 2};
+  v1::QosGroup out = QosGroupInfoToProto(info);
+  EXPECT_EQ(out.name(), "qosGroups/tenant1");
+  ASSERT_EQ(out.exports_size(), 2);
+  EXPECT_EQ(out.exports(0), "exports/vm1");
+  EXPECT_EQ(out.exports(1), "exports/vm2");
+  EXPECT_TRUE(out.persistent());
+  EXPECT_EQ(out.throttled_requests(), 5u);
+  EXPECT_DOUBLE_EQ(out.throttled_seconds(), 1.5);
+  EXPECT_EQ(out.waiting_requests(), 2u);
+  EXPECT_EQ(out.limits().iops_write().burst(), 2u);
 }
 
 }  // namespace

@@ -80,6 +80,61 @@ TEST(StatsConvertTest, RoundTripKeepsEveryCounter) {
   EXPECT_EQ(b.buffers.streamed, 8u);
 }
 
+TEST(StatsConvertTest, QosCountersRoundTrip) {
+  StatsSnapshot s;
+  ExportStats limited;
+  limited.name = "vm1";
+  limited.qos.limited = true;
+  limited.qos.group = "tenant1";
+  limited.qos.throttled_requests = 42;
+  limited.qos.throttled_ns = 2'500'000'001;
+  limited.qos.waiting = 3;
+  s.exports.push_back(limited);
+  ExportStats plain;
+  plain.name = "vm2";
+  s.exports.push_back(plain);
+  QosGroupStats g;
+  g.name = "tenant1";
+  g.members = 2;
+  g.qos.limited = true;
+  g.qos.throttled_requests = 7;
+  g.qos.throttled_ns = 500'000'000;
+  g.qos.waiting = 1;
+  s.qos_groups.push_back(g);
+
+  v1::Stats p = StatsToProto(s);
+  const v1::QosStats& q = p.exports(0).qos();
+  EXPECT_TRUE(q.limited());
+  EXPECT_EQ(q.group(), "qosGroups/tenant1");
+  EXPECT_EQ(q.throttled_requests(), 42u);
+  EXPECT_DOUBLE_EQ(q.throttled_seconds(), 2.500000001);  // from nanoseconds
+  EXPECT_EQ(q.waiting_requests(), 3u);
+  EXPECT_FALSE(p.exports(1).qos().limited());
+  EXPECT_EQ(p.exports(1).qos().group(), "");
+  ASSERT_EQ(p.qos_groups_size(), 1);
+  EXPECT_EQ(p.qos_groups(0).name(), "qosGroups/tenant1");
+  EXPECT_EQ(p.qos_groups(0).members(), 2u);
+  EXPECT_EQ(p.qos_groups(0).throttled_requests(), 7u);
+  EXPECT_DOUBLE_EQ(p.qos_groups(0).throttled_seconds(), 0.5);
+  EXPECT_EQ(p.qos_groups(0).waiting_requests(), 1u);
+
+  StatsSnapshot back = StatsFromProto(p);
+  ASSERT_EQ(back.exports.size(), 2u);
+  EXPECT_TRUE(back.exports[0].qos.limited);
+  EXPECT_EQ(back.exports[0].qos.group, "tenant1");
+  EXPECT_EQ(back.exports[0].qos.throttled_requests, 42u);
+  EXPECT_EQ(back.exports[0].qos.throttled_ns, 2'500'000'001u);
+  EXPECT_EQ(back.exports[0].qos.waiting, 3u);
+  EXPECT_FALSE(back.exports[1].qos.limited);
+  ASSERT_EQ(back.qos_groups.size(), 1u);
+  EXPECT_EQ(back.qos_groups[0].name, "tenant1");
+  EXPECT_EQ(back.qos_groups[0].members, 2u);
+  EXPECT_TRUE(back.qos_groups[0].qos.limited);
+  EXPECT_EQ(back.qos_groups[0].qos.throttled_requests, 7u);
+  EXPECT_EQ(back.qos_groups[0].qos.throttled_ns, 500'000'000u);
+  EXPECT_EQ(back.qos_groups[0].qos.waiting, 1u);
+}
+
 TEST(StatsConvertTest, UnknownNamesAreSkipped) {
   v1::Stats p;
   (*p.mutable_daemon()->mutable_connections())["carrier-pigeon"] = 1;

@@ -102,6 +102,88 @@ TEST(ConfigFileTest, BadExportNamesTheExport) {
               HasSubstr("f.conf: exports[1]"));
 }
 
+TEST(ConfigFileTest, QosGroupsAndExportLimits) {
+  auto c = FromFile(R"pb(
+    qos_groups {
+      name: "qosGroups/g1"
+      limits {
+        iops_total { rate: 5000 burst: 500 }
+        bps_read { rate: 1048576 }
+      }
+    }
+    qos_groups { name: "g2" }
+    exports {
+      name: "a"
+      memory { size_bytes: 1048576 }
+      qos { bps_write { rate: 4096 } }
+      qos_group: "qosGroups/g1"
+    }
+    exports {
+      name: "b"
+      memory { size_bytes: 1048576 }
+      qos_group: "g2"
+    }
+  )pb");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->qos_groups.size(), 2u);
+  EXPECT_EQ(c->qos_groups[0].name, "g1");
+  EXPECT_EQ(c->qos_groups[0].limits[QosLimitKind::kIopsTotal],
+            (RateLimit{5000, 500}));
+  EXPECT_EQ(c->qos_groups[0].limits[QosLimitKind::kBpsRead],
+            (RateLimit{1048576, 0}));
+  EXPECT_EQ(c->qos_groups[1].name, "g2");
+  EXPECT_FALSE(c->qos_groups[1].limits.any());
+  ASSERT_EQ(c->exports.size(), 2u);
+  EXPECT_EQ(c->exports[0].qos[QosLimitKind::kBpsWrite].rate, 4096u);
+  EXPECT_EQ(c->exports[0].qos_group, "g1");
+  EXPECT_EQ(c->exports[1].qos_group, "g2");
+}
+
+TEST(ConfigFileTest, BadQosGroupsNameTheGroup) {
+  struct Case {
+    const char* text;
+    const char* mentions;
+  } cases[] = {
+      {R"pb(qos_groups { name: "" })pb",
+       "f.conf: qos_groups[0] (\"\"): QoS group name is empty"},
+      {R"pb(qos_groups { name: "exports/x" })pb",
+       "f.conf: qos_groups[0] (\"exports/x\"): QoS group name"},
+      {R"pb(qos_groups { name: "ok" }
+            qos_groups {
+              name: "g"
+              limits { iops_read { burst: 3 } }
+            })pb",
+       "f.conf: qos_groups[1] (\"g\"): QoS group g: iops-read burst needs"},
+      {R"pb(qos_groups {
+              name: "g"
+              limits { bps_total { rate: 2000000000000 } }
+            })pb",
+       "bandwidth 2000000000000 is out of range"},
+      {R"pb(qos_groups { name: "g" }
+            qos_groups { name: "qosGroups/g" })pb",
+       "f.conf: qos_groups (--qos-group): QoS group \"g\" is declared twice"},
+      {R"pb(exports {
+              name: "a"
+              memory { size_bytes: 1 }
+              qos { iops_write { burst: 1 } }
+            })pb",
+       "f.conf: exports[0] (\"a\"): "},
+      {R"pb(exports {
+              name: "a"
+              memory { size_bytes: 1 }
+              qos_group: "other/g"
+            })pb",
+       "f.conf: exports[0] (\"a\"): QoS group name"},
+  };
+  for (const Case& k : cases) {
+    auto c = FromFile(k.text);
+    ASSERT_FALSE(c.ok()) << k.text;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(c.status().message()), HasSubstr(k.mentions))
+        << k.text;
+  }
+}
+
 TEST(ConfigFileTest, OverlayExportsKeepTheirBaseAndClusterSize) {
   auto c = FromFile(R"pb(
     exports {

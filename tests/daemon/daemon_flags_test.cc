@@ -187,6 +187,57 @@ TEST_F(ConfigFileFlagsTest, FileErrorsNameTheFile) {
               ::testing::HasSubstr("--config: given more than once"));
 }
 
+TEST(DaemonFlagsTest, QosGroupsAndExportLimits) {
+  auto f =
+      Parse({"--qos-group", "name=tenant1,iops=5000,bandwidth=200MiB",
+             "--qos-group=name=tenant2", "--export",
+             "name=a,backend=null,size=1M,iops-read=10,qos-group=tenant1"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_EQ(f->config.qos_groups.size(), 2u);
+  EXPECT_EQ(f->config.qos_groups[0].name, "tenant1");
+  EXPECT_EQ(f->config.qos_groups[0].limits[QosLimitKind::kIopsTotal].rate,
+            5000u);
+  EXPECT_EQ(f->config.qos_groups[0].limits[QosLimitKind::kBpsTotal].rate,
+            200ull << 20);
+  EXPECT_EQ(f->config.qos_groups[1].name, "tenant2");
+  EXPECT_FALSE(f->config.qos_groups[1].limits.any());
+  ASSERT_EQ(f->config.exports.size(), 1u);
+  EXPECT_EQ(f->config.exports[0].qos_group, "tenant1");
+  EXPECT_EQ(f->config.exports[0].qos[QosLimitKind::kIopsRead].rate, 10u);
+  // --check-config shows them.
+  const std::string d = DescribeConfig(f->config);
+  EXPECT_THAT(d, ::testing::HasSubstr(
+                     "qos group: tenant1 (iops=5000,bandwidth=200MiB)"));
+  EXPECT_THAT(d, ::testing::HasSubstr("qos group: tenant2 (no limits)"));
+  EXPECT_THAT(d, ::testing::HasSubstr("iops-read=10, QoS group tenant1"));
+}
+
+TEST_F(ConfigFileFlagsTest, QosGroupFlagsAddToTheFilesGroups) {
+  const std::string conf = Write(R"pb(
+    qos_groups {
+      name: "qosGroups/file1"
+      limits { iops_total { rate: 100 burst: 10 } }
+    }
+    qos_groups { name: "file2" }
+  )pb");
+  auto f = Parse({"--config", conf.c_str(), "--qos-group",
+                  "name=flag,bandwidth-write=1MiB"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_EQ(f->config.qos_groups.size(), 3u);
+  EXPECT_EQ(f->config.qos_groups[0].name, "file1");
+  EXPECT_EQ(f->config.qos_groups[0].limits[QosLimitKind::kIopsTotal],
+            (RateLimit{100, 10}));
+  EXPECT_EQ(f->config.qos_groups[1].name, "file2");
+  EXPECT_EQ(f->config.qos_groups[2].name, "flag");
+  EXPECT_EQ(f->config.qos_groups[2].limits[QosLimitKind::kBpsWrite].rate,
+            1u << 20);
+  // A flag naming a group of the file is a duplicate.
+  f = Parse({"--config", conf.c_str(), "--qos-group", "name=file2"});
+  ASSERT_FALSE(f.ok());
+  EXPECT_THAT(std::string(f.status().message()),
+              ::testing::HasSubstr("QoS group \"file2\" is declared twice"));
+}
+
 TEST(DaemonFlagsTest, EqualsFormTakesTheValue) {
   auto f = Parse({"--io-threads=3", "--state-dir=none", "--log-level=warn",
                   "--default-export=", "--export=name=a,backend=null,size=1M",
@@ -296,6 +347,7 @@ TEST(DaemonFlagsTest, HelpListsEveryFlag) {
   const std::string help = DaemonUsage();
   for (const char* flag : {"--nbd-listen",
                            "--export",
+                           "--qos-group",
                            "--default-export",
                            "--io-threads",
                            "--blocking-threads",
@@ -327,7 +379,11 @@ TEST(DaemonFlagsTest, HelpListsEveryFlag) {
                            "--check-config",
                            "--help",
                            "--version",
-                           "buffer-strategy="}) {
+                           "buffer-strategy=",
+                           "iops=N",
+                           "bandwidth-read=SIZE",
+                           "qos-group=NAME",
+                           "QOS GROUP SPEC"}) {
     EXPECT_THAT(help, ::testing::HasSubstr(flag));
   }
 }
@@ -352,6 +408,22 @@ TEST(DaemonFlagsTest, UnknownFlagsAndBadValuesNameTheFlag) {
       {{"--control-listen", "ftp:x"}, "--control-listen: "},
       {{"--metrics-listen", "nowhere"}, "--metrics-listen: expected HOST:PORT"},
       {{"--export", "name=a,backend=memory"}, "needs a size"},
+      {{"--export", "name=a,backend=null,size=1M,iops=lots"},
+       "--export: export key iops: expected a count"},
+      {{"--qos-group", "name=g,bandwidth=1Q"},
+       "--qos-group: QoS group key bandwidth:"},
+      {{"--qos-group", "iops=5"},
+       "--qos-group: QoS group spec \"iops=5\": "
+       "missing name="},
+      {{"--qos-group", "name=g,iops-burst=5"},
+       "--qos-group: QoS group g: iops burst needs a iops limit"},
+      {{"--qos-group", "name=g/h"}, "--qos-group: QoS group name \"g/h\""},
+      {{"--qos-group", "name=g,colour=red"},
+       "--qos-group: QoS group spec \"name=g,colour=red\": unknown key"},
+      {{"--qos-group", "name=g", "--qos-group", "name=h,iops=1",
+        "--qos-group=name=g,iops=2"},
+       "--qos-group: QoS group \"g\" is declared twice"},
+      {{"--qos-group"}, "--qos-group: missing value"},
       {{"--config"}, "--config: missing value"},
       {{"--log-level="}, "--log-level: unknown level \"\""},
   };

@@ -4,6 +4,8 @@
 
 #include <span>
 
+#include "absl/strings/str_cat.h"
+
 namespace nbdmgr {
 namespace {
 
@@ -128,6 +130,133 @@ TEST(ParseExportSpecTest, BlockSizes) {
   EXPECT_EQ(c->block_sizes.minimum, 512u);
   EXPECT_EQ(c->block_sizes.preferred, 4096u);
   EXPECT_EQ(c->block_sizes.maximum_payload, 1u << 20);
+}
+
+TEST(ParseExportSpecTest, QosKeys) {
+  auto c = ParseExportSpec(
+      "name=a,backend=memory,size=1MiB,iops=5000,iops-burst=500,"
+      "iops-read=3000,iops-write=2000,iops-write-burst=20,"
+      "bandwidth=200MiB,bandwidth-burst=16MiB,bandwidth-read=100MB,"
+      "bandwidth-read-burst=1MiB,bandwidth-write=4096,qos-group=tenant1");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->qos[QosLimitKind::kIopsTotal], (RateLimit{5000, 500}));
+  EXPECT_EQ(c->qos[QosLimitKind::kIopsRead], (RateLimit{3000, 0}));
+  EXPECT_EQ(c->qos[QosLimitKind::kIopsWrite], (RateLimit{2000, 20}));
+  EXPECT_EQ(c->qos[QosLimitKind::kBpsTotal],
+            (RateLimit{200ull << 20, 16ull << 20}));
+  EXPECT_EQ(c->qos[QosLimitKind::kBpsRead], (RateLimit{100000000, 1 << 20}));
+  EXPECT_EQ(c->qos[QosLimitKind::kBpsWrite], (RateLimit{4096, 0}));
+  EXPECT_EQ(c->qos_group, "tenant1");
+}
+
+TEST(ParseExportSpecTest, NoQosKeysIsUnlimited) {
+  auto c = ParseExportSpec("name=a,backend=memory,size=1MiB");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->qos.any());
+  EXPECT_EQ(c->qos_group, "");
+  // 0 is no limit.
+  c = ParseExportSpec("name=a,backend=memory,size=1MiB,iops=0,bandwidth=0");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->qos.any());
+}
+
+TEST(ParseExportSpecTest, QosErrorsNameTheKey) {
+  const RefusedSpec cases[] = {
+      {"name=a,backend=memory,size=1M,iops=fast", "export key iops:"},
+      {"name=a,backend=memory,size=1M,iops=-1", "export key iops:"},
+      {"name=a,backend=memory,size=1M,iops=1.5", "export key iops:"},
+      {"name=a,backend=memory,size=1M,iops-read=10k", "export key iops-read:"},
+      {"name=a,backend=memory,size=1M,iops-write-burst=x",
+       "export key iops-write-burst:"},
+      {"name=a,backend=memory,size=1M,bandwidth=lots", "export key bandwidth:"},
+      {"name=a,backend=memory,size=1M,bandwidth-write-burst=1XB",
+       "export key bandwidth-write-burst:"},
+      // Ranges and rules: ValidateQosLimits names the limit.
+      {"name=a,backend=memory,size=1M,iops-burst=10", "iops burst needs"},
+      {"name=a,backend=memory,size=1M,bandwidth-read-burst=1M",
+       "bandwidth-read burst needs"},
+      {"name=a,backend=memory,size=1M,iops=2000000000000", "iops"},
+      {"name=a,backend=memory,size=1M,bandwidth=2TiB", "out of range"},
+      {"name=a,backend=memory,size=1M,iops=1,iops-burst=2000000000000",
+       "iops burst"},
+      {"name=a,backend=memory,size=1M,qos-group=a/b", "QoS group name"},
+      {"name=a,backend=memory,size=1M,iopsy=1", "unknown key \"iopsy\""},
+      {"name=a,backend=memory,size=1M,iops-total=1", "unknown key"},
+      {"name=a,backend=memory,size=1M,iops-burst-burst=1", "unknown key"},
+  };
+  ExpectAllRefused(cases);
+  // The unknown-key message lists the QoS keys.
+  auto r = ParseExportSpec("name=a,backend=memory,size=1M,colour=red");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("qos-group"), absl::string_view::npos);
+  EXPECT_NE(r.status().message().find("bandwidth-write"),
+            absl::string_view::npos);
+}
+
+TEST(ParseQosGroupSpecTest, NameAndLimits) {
+  auto g = ParseQosGroupSpec(
+      "name=tenant1,iops=5000,bandwidth=200MiB,bandwidth-burst=1GiB,"
+      "iops-read=100,iops-read-burst=10,iops-write=50,bandwidth-read=1M,"
+      "bandwidth-write=2M,bandwidth-write-burst=4M,iops-write-burst=7,"
+      "iops-burst=9,bandwidth-read-burst=3M");
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->name, "tenant1");
+  EXPECT_EQ(g->limits[QosLimitKind::kIopsTotal], (RateLimit{5000, 9}));
+  EXPECT_EQ(g->limits[QosLimitKind::kIopsRead], (RateLimit{100, 10}));
+  EXPECT_EQ(g->limits[QosLimitKind::kIopsWrite], (RateLimit{50, 7}));
+  EXPECT_EQ(g->limits[QosLimitKind::kBpsTotal],
+            (RateLimit{200ull << 20, 1ull << 30}));
+  EXPECT_EQ(g->limits[QosLimitKind::kBpsRead], (RateLimit{1 << 20, 3 << 20}));
+  EXPECT_EQ(g->limits[QosLimitKind::kBpsWrite], (RateLimit{2 << 20, 4 << 20}));
+  // A group without limits is allowed (limits can be set over the API).
+  g = ParseQosGroupSpec("name=empty");
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_FALSE(g->limits.any());
+  // Empty parts are skipped, as in --export.
+  g = ParseQosGroupSpec("iops=1,,name=b,");
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->name, "b");
+}
+
+TEST(ParseQosGroupSpecTest, ErrorsNameTheProblem) {
+  const struct {
+    const char* spec;
+    const char* mentions;
+  } cases[] = {
+      {"iops=5", "missing name="},
+      {"", "missing name="},
+      {"name=", "QoS group name is empty"},
+      {"name=-x", "must start with a letter or digit"},
+      {"name=a/b", "may contain only"},
+      {"name=a,size=1G", "unknown key \"size\""},
+      {"name=a,qos-group=b", "unknown key \"qos-group\""},
+      {"name=a,junk", "not key=value"},
+      {"name=a,iops=many", "QoS group key iops:"},
+      {"name=a,bandwidth-read=1Q", "QoS group key bandwidth-read:"},
+      {"name=a,iops-write-burst=5", "QoS group a: iops-write burst needs"},
+      {"name=a,bandwidth=2TiB", "bandwidth"},
+  };
+  for (const auto& c : cases) {
+    auto r = ParseQosGroupSpec(c.spec);
+    ASSERT_FALSE(r.ok()) << c.spec;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(c.mentions), absl::string_view::npos)
+        << c.spec << " -> " << r.status().message();
+  }
+}
+
+TEST(FormatQosSpecTest, RoundTripsThroughTheSpecKeys) {
+  EXPECT_EQ(FormatQosSpec({}), "");
+  QosLimits l;
+  l[QosLimitKind::kIopsTotal] = {5000, 500};
+  l[QosLimitKind::kBpsTotal] = {200ull << 20, 0};
+  l[QosLimitKind::kBpsWrite] = {100000000, 1000001};  // no whole unit
+  EXPECT_EQ(FormatQosSpec(l),
+            "iops=5000,iops-burst=500,bandwidth=200MiB,"
+            "bandwidth-write=100000000,bandwidth-write-burst=1000001");
+  auto g = ParseQosGroupSpec(absl::StrCat("name=g,", FormatQosSpec(l)));
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->limits, l);
 }
 
 TEST(ValidateBlockSizesTest, SpecRules) {

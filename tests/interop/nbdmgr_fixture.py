@@ -27,7 +27,7 @@ PROTO_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "proto")
 def grpc_api(control_sock):
     """Raw gRPC to the daemon with message classes made by protoc --python_out.
 
-    Returns (grpc module, namespace of export/daemon/stats _pb2 modules,
+    Returns (grpc module, namespace of export/daemon/stats/qos _pb2 modules,
     call(service, method, request, response_cls)).
     """
     import importlib
@@ -36,11 +36,11 @@ def grpc_api(control_sock):
     import grpc  # python3-grpcio
     out = tempfile.mkdtemp(prefix="nbdmgr-pb-")
     run("protoc", f"-I{PROTO_DIR}", f"--python_out={out}", "nbdmgr/v1/export.proto",
-        "nbdmgr/v1/daemon.proto", "nbdmgr/v1/stats.proto")
+        "nbdmgr/v1/daemon.proto", "nbdmgr/v1/stats.proto", "nbdmgr/v1/qos.proto")
     sys.path.insert(0, out)
     pb = types.SimpleNamespace(
         **{m: importlib.import_module(f"nbdmgr.v1.{m}_pb2")
-           for m in ("export", "daemon", "stats")})
+           for m in ("export", "daemon", "stats", "qos")})
     channel = grpc.insecure_channel(f"unix:{control_sock}")
 
     def call(service, method, request, response_cls):

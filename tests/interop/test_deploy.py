@@ -40,6 +40,7 @@ class ConfigFileTest(unittest.TestCase):
         self.assertIn("nbd listen: tcp:0.0.0.0:10809", p.stdout)
         self.assertIn("export: scratch (memory 1GiB, default)", p.stdout)
         self.assertIn("memory cap: 1GiB", p.stdout)
+        self.assertIn("qos group: tenants (iops=20000,bandwidth=1GiB)", p.stdout)
 
     def test_flags_override_the_file(self):
         p = self.check("--config", os.path.join(DEPLOY, "nbdmgrd.conf"),

@@ -120,6 +120,67 @@ TEST(ExpositionTest, DaemonAndProcessFamilies) {
   EXPECT_THAT(text, HasSubstr("process_start_time_seconds 1700000000"));
 }
 
+TEST(ExpositionTest, QosSeriesOnlyForLimitedExportsAndGroups) {
+  StatsSnapshot s = Sample();  // disk0: unlimited, never throttled
+  ExportStats limited;
+  limited.name = "vm1";
+  limited.backend = "memory";
+  limited.qos.limited = true;
+  limited.qos.group = "tenant1";
+  limited.qos.throttled_requests = 42;
+  limited.qos.throttled_ns = 2'500'000'000;
+  limited.qos.waiting = 3;
+  s.exports.push_back(limited);
+  ExportStats was_limited;  // limits removed; its counters stay
+  was_limited.name = "vm2";
+  was_limited.backend = "memory";
+  was_limited.qos.throttled_requests = 1;
+  was_limited.qos.throttled_ns = 1'000'000;
+  s.exports.push_back(was_limited);
+  ExportStats failed;
+  failed.name = "vm3";
+  failed.failed = true;
+  failed.qos.limited = true;
+  s.exports.push_back(failed);
+  QosGroupStats g;
+  g.name = "tenant1";
+  g.members = 2;
+  g.qos.limited = true;
+  g.qos.throttled_requests = 7;
+  g.qos.throttled_ns = 500'000'000;
+  g.qos.waiting = 1;
+  s.qos_groups.push_back(g);
+  const std::string text = ToPrometheusText(s);
+  EXPECT_THAT(text, HasSubstr("# TYPE nbdmgr_qos_throttled_seconds_total "
+                              "counter"));
+  EXPECT_THAT(text, HasSubstr("# TYPE nbdmgr_qos_waiting_requests gauge"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_qos_throttled_seconds_total{export="
+                              "\"vm1\"} 2.5"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_qos_throttled_requests_total{export="
+                              "\"vm1\"} 42"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_qos_waiting_requests{export=\"vm1\"} 3"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_qos_throttled_seconds_total{export="
+                              "\"vm2\"} 0.001"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_qos_throttled_requests_total{export="
+                              "\"vm2\"} 1"));
+  EXPECT_THAT(text, Not(HasSubstr("nbdmgr_qos_throttled_requests_total{"
+                                  "export=\"disk0\"}")));
+  EXPECT_THAT(text, Not(HasSubstr("nbdmgr_qos_waiting_requests{export="
+                                  "\"disk0\"}")));
+  EXPECT_THAT(text, Not(HasSubstr("nbdmgr_qos_throttled_requests_total{"
+                                  "export=\"vm3\"}")));
+  EXPECT_THAT(text, HasSubstr("# TYPE nbdmgr_qos_group_throttled_seconds_total"
+                              " counter"));
+  EXPECT_THAT(text, HasSubstr("# TYPE nbdmgr_qos_group_members gauge"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_qos_group_throttled_seconds_total{group="
+                              "\"tenant1\"} 0.5"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_qos_group_throttled_requests_total{"
+                              "group=\"tenant1\"} 7"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_qos_group_waiting_requests{group="
+                              "\"tenant1\"} 1"));
+  EXPECT_THAT(text, HasSubstr("nbdmgr_qos_group_members{group=\"tenant1\"} 2"));
+}
+
 TEST(HandshakeFailureTest, ReasonFollowsTheStatusCode) {
   EXPECT_EQ(HandshakeFailureFromStatus(absl::CancelledError("abort")),
             HandshakeFailure::kClientClosed);
