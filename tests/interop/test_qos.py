@@ -267,8 +267,9 @@ class QosStopTest(unittest.TestCase):
         self.assertLess(len(times), 4)
         d.nbdctl("update", "crawl", "--iops", "0")
         t.join(timeout=30)
-        # At 1 IOPS the 16 would take 15 s; released, they are all done now.
-        self.assertEqual(len(times), 16)
+        # At 1 IOPS the 16 (and the one sent after the burst's) would take
+        # 16 s; released, they are all done now.
+        self.assertGreaterEqual(len(times), 16)
         self.assertLess(max(times) - start, 8.0)
         self.assertEqual(d.stop(), 0, d.logs())
 
