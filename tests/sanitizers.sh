@@ -23,7 +23,7 @@ cmake --build "$PREFIX-asan" -j "$JOBS"
   ctest -j "$JOBS" --output-on-failure --timeout 900)
 
 echo "== TSan: concurrency tests" >&2
-TSAN_TESTS=(nbd_test backend_test buffer_test metrics_test export_test control_test)
+TSAN_TESTS=(nbd_test backend_test buffer_test metrics_test export_test control_test qos_test)
 cmake -S "$ROOT" -B "$PREFIX-tsan" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DNBDMGR_SANITIZE=thread >/dev/null
 cmake --build "$PREFIX-tsan" -j "$JOBS" --target "${TSAN_TESTS[@]}"

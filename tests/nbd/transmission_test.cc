@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "lib/qos/qos_gate.h"
 #include "tests/nbd/harness.h"
 
 namespace nbdmgr::nbd {
@@ -138,6 +139,76 @@ TEST_F(TransmissionTest, ManyRequestsInFlight) {
   writer.join();
   EXPECT_EQ(cookies.size(), static_cast<size_t>(kN));
   EXPECT_EQ(SimpleRead(299 * 4096, 4096), Pattern(4096, 299 % 256));
+}
+
+TEST_F(TransmissionTest, QosLimitsDelayRequestsAndLiveChangesReachWaiters) {
+  Go();
+  QosLimits slow;
+  slow[QosLimitKind::kIopsTotal] = {50, 1};
+  export_->set_qos_limits(slow);
+  // 40 pipelined reads: at 50 IOPS most must wait (0.8 s in all). Halfway,
+  // another thread lifts the limit: the waiting reader is woken across
+  // threads and the rest go at once. Every request is answered, none fails.
+  constexpr int kN = 40;
+  std::thread sender([&] {
+    for (int i = 0; i < kN; ++i) peer().SendRequest(kCmdRead, 500 + i, 0, 4096);
+  });
+  std::set<uint64_t> cookies;
+  for (int i = 0; i < kN; ++i) {
+    auto r = peer().ReadSimpleReply();
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->first, kOk);
+    cookies.insert(r->second);
+    ASSERT_TRUE(peer().Read(4096).has_value());
+    if (i == 5) {
+      QosLimits fast;
+      fast[QosLimitKind::kIopsTotal] = {1000000, 1000};
+      export_->set_qos_limits(fast);
+    }
+    if (i == 10) export_->set_qos_limits({});
+  }
+  sender.join();
+  EXPECT_EQ(cookies.size(), static_cast<size_t>(kN));
+  const ThrottleStats st = export_->qos().stats();
+  EXPECT_GE(st.throttled_requests, 4u);
+  EXPECT_EQ(st.waiting, 0u);
+  EXPECT_FALSE(export_->qos().engaged());
+}
+
+TEST_F(TransmissionTest, QosGroupLimitsAreSharedAndStopEndsAWait) {
+  Go();
+  auto group = std::make_shared<QosGroup>("g", QosLimits{});
+  QosLimits crawl;
+  crawl[QosLimitKind::kIopsTotal] = {1, 1};
+  group->SetLimits(crawl);
+  export_->set_qos_group(group);
+  EXPECT_EQ(export_->current_config().qos_group, "g");
+  SimpleRead(0, 512);  // the burst
+  // The next waits a second in the group's queue; FLUSH and BLOCK_STATUS
+  // are not limited but queue behind it on this connection.
+  peer().SendRequest(kCmdRead, 77, 0, 512);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(group->throttle().stats().waiting, 1u);
+  group->SetLimits({});  // lifted: it goes at once
+  auto r = peer().ReadSimpleReply();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->second, 77u);
+  ASSERT_TRUE(peer().Read(512).has_value());
+  EXPECT_GE(group->throttle().stats().throttled_requests, 1u);
+  // Limited again; a request waits, and the session is stopped (a drain):
+  // the wait ends at once, the request is answered, the session ends.
+  group->SetLimits(crawl);
+  SimpleRead(0, 512);
+  peer().SendRequest(kCmdRead, 78, 0, 512);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(group->throttle().stats().waiting, 1u);
+  boost::asio::post(server_.ioc(), [s = session_] { s->Stop(); });
+  r = peer().ReadSimpleReply();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->second, 78u);
+  EXPECT_EQ(group->throttle().stats().waiting, 0u);
+  export_->set_qos_group(nullptr);
+  EXPECT_EQ(group->members(), 0);
 }
 
 TEST_F(TransmissionTest, TrimAndZeroReadBackAsZeroes) {
