@@ -1050,24 +1050,30 @@ absl::Status ExportManager::PersistQosGroups(
   return Saving(qos_store_->Save(saved));
 }
 
-std::vector<std::string> ExportManager::QosGroupMembers(
-    const std::string& group) const {
-  std::vector<std::string> out;
+std::map<std::string, std::vector<std::string>>
+ExportManager::QosGroupMembers() const {
+  std::map<std::string, std::vector<std::string>> out;
   for (const auto& e : registry_.List()) {
-    if (e->current_config().qos_group == group) out.push_back(e->name());
+    std::string group = e->current_config().qos_group;
+    if (!group.empty()) out[group].push_back(e->name());
   }
   for (const auto& [name, f] : failed_) {
-    if (f.config.qos_group == group) out.push_back(name);
+    if (!f.config.qos_group.empty()) out[f.config.qos_group].push_back(name);
   }
-  std::sort(out.begin(), out.end());
+  for (auto& [group, names] : out) std::sort(names.begin(), names.end());
   return out;
 }
 
-QosGroupInfo ExportManager::DescribeQosGroup(const QosGroupEntry& entry) const {
+QosGroupInfo ExportManager::DescribeQosGroup(
+    const QosGroupEntry& entry,
+    const std::map<std::string, std::vector<std::string>>& members) const {
   QosGroupInfo info;
   info.name = entry.group->name();
   info.limits = entry.group->limits();
-  info.exports = QosGroupMembers(info.name);
+  if (auto it = members.find(info.name); it != members.end()) {
+    info.exports = it->second;
+  }
+  info.served_members = entry.group->members();
   info.persistent = entry.persistent;
   info.stats = entry.group->throttle().stats();
   return info;
@@ -1092,7 +1098,7 @@ absl::StatusOr<QosGroupInfo> ExportManager::CreateQosGroup(
   QosGroupEntry& entry = qos_groups_[group.name];
   entry = {std::make_shared<QosGroup>(group.name, group.limits), true};
   spdlog::info("created QoS group \"{}\"", group.name);
-  return DescribeQosGroup(entry);
+  return DescribeQosGroup(entry, {});
 }
 
 absl::StatusOr<QosGroupInfo> ExportManager::GetQosGroup(
@@ -1100,14 +1106,16 @@ absl::StatusOr<QosGroupInfo> ExportManager::GetQosGroup(
   MutexLock lock(&mu_);
   auto it = qos_groups_.find(name);
   if (it == qos_groups_.end()) return CheckQosGroup(name);
-  return DescribeQosGroup(it->second);
+  return DescribeQosGroup(it->second, QosGroupMembers());
 }
 
 std::vector<QosGroupInfo> ExportManager::ListQosGroups() const {
   MutexLock lock(&mu_);
   std::vector<QosGroupInfo> out;
+  const std::map<std::string, std::vector<std::string>> members =
+      QosGroupMembers();
   for (const auto& [name, entry] : qos_groups_) {
-    out.push_back(DescribeQosGroup(entry));
+    out.push_back(DescribeQosGroup(entry, members));
   }
   return out;
 }
@@ -1124,18 +1132,18 @@ absl::StatusOr<QosGroupInfo> ExportManager::UpdateQosGroup(
   }
   it->second.group->SetLimits(next.limits);
   spdlog::info("updated QoS group \"{}\"", name);
-  return DescribeQosGroup(it->second);
+  return DescribeQosGroup(it->second, QosGroupMembers());
 }
 
 absl::Status ExportManager::DeleteQosGroup(const std::string& name) {
   MutexLock lock(&mu_);
   auto it = qos_groups_.find(name);
   if (it == qos_groups_.end()) return CheckQosGroup(name);
-  if (std::vector<std::string> members = QosGroupMembers(name);
-      !members.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "QoS group \"", name, "\" has exports: ", absl::StrJoin(members, ", "),
-        " (move them out first)"));
+  const auto members = QosGroupMembers();
+  if (auto m = members.find(name); m != members.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("QoS group \"", name, "\" has exports: ",
+                     absl::StrJoin(m->second, ", "), " (move them out first)"));
   }
   // An export being created may name it: it fails when it attaches.
   if (it->second.persistent) {

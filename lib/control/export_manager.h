@@ -312,10 +312,13 @@ class ExportManager {
   absl::Status PersistQosGroups(const std::string& name,
                                 const std::optional<QosGroupConfig>& config)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Exports (served or FAILED) whose configuration names `group`, sorted.
-  std::vector<std::string> QosGroupMembers(const std::string& group) const
+  // The exports (served or FAILED) whose configuration names each group,
+  // sorted, by group.
+  std::map<std::string, std::vector<std::string>> QosGroupMembers() const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  QosGroupInfo DescribeQosGroup(const QosGroupEntry& entry) const
+  QosGroupInfo DescribeQosGroup(
+      const QosGroupEntry& entry,
+      const std::map<std::string, std::vector<std::string>>& members) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ExportManagerOptions options_;

@@ -218,6 +218,15 @@ StatsSnapshot Daemon::CollectStats() const {
       es.bitmaps.push_back(
           {bi.name, bi.active, bi.consistent, bi.dirty_bytes, bi.memory_bytes});
     }
+    {
+      const ThrottleStats q = e->qos().stats();
+      std::shared_ptr<QosGroup> group = e->qos().group();
+      es.qos.limited = e->qos().engaged();
+      es.qos.group = group != nullptr ? group->name() : "";
+      es.qos.throttled_requests = q.throttled_requests;
+      es.qos.throttled_ns = q.throttled_ns;
+      es.qos.waiting = q.waiting;
+    }
     ExportBufferStats eb = e->buffers().stats();
     es.buffers.bytes_in_use = eb.in_use;
     es.buffers.bytes_cached = eb.cached;
@@ -226,6 +235,15 @@ StatsSnapshot Daemon::CollectStats() const {
     es.buffers.allocations = eb.allocations;
     es.buffers.reuses = eb.reuses;
     es.buffers.streamed = eb.streamed;
+  }
+  for (const QosGroupInfo& g : manager_->ListQosGroups()) {
+    QosGroupStats& gs = s.qos_groups.emplace_back();
+    gs.name = g.name;
+    gs.members = static_cast<uint64_t>(std::max(0, g.served_members));
+    gs.qos.limited = true;
+    gs.qos.throttled_requests = g.stats.throttled_requests;
+    gs.qos.throttled_ns = g.stats.throttled_ns;
+    gs.qos.waiting = g.stats.waiting;
   }
   for (const ExportInfo& f : manager_->FailedExports()) {
     ExportStats& es = s.exports.emplace_back();

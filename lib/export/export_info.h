@@ -47,6 +47,7 @@ struct QosGroupInfo {
   QosLimits limits;
   // Exports that name the group (served or FAILED), sorted.
   std::vector<std::string> exports;
+  int served_members = 0;   // of them, served now
   bool persistent = false;  // created over the API (survives restarts)
   ThrottleStats stats;      // waits at the group's limits
 };

@@ -39,9 +39,9 @@ int64_t Throttle::Bucket::ReadyAt(double cost, int64_t now) const {
   // Room for `cost` once level(t) + cost <= max(capacity, cost): a request
   // larger than the burst goes once the bucket is empty.
   const double room = std::max(capacity, cost) - cost;
-  const double wait_ns =
-      static_cast<double>(empty_at - now) - std::floor(room / per_ns);
-  if (wait_ns <= 0) return now;
+  const double wait_ns = static_cast<double>(empty_at - now) - room / per_ns;
+  // Below a nanosecond is rounding (Take rounds up), not a wait.
+  if (wait_ns < 1) return now;
   return now + static_cast<int64_t>(std::ceil(wait_ns));
 }
 
