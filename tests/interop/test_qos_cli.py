@@ -637,6 +637,15 @@ class QosDaemonConfigTest(unittest.TestCase):
                 self.assertEqual(p.returncode, 2, (args, p.stderr))
                 self.assertIn(message, p.stderr, args)
 
+    def test_an_export_naming_an_unknown_group_exits_1_naming_it(self):
+        # The group could come from the state directory (created over the
+        # API), so only the start can tell.
+        p = self.nbdmgrd("--export", "name=a,backend=memory,size=1M,qos-group=nope",
+                         "--nbd-listen", "tcp:127.0.0.1:0", "--control-listen", "none",
+                         "--metrics-listen", "none", "--state-dir", "none")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn('QoS group "nope"', p.stderr)
+
     def test_bad_config_file_groups_exit_2_naming_them(self):
         cases = [
             ('qos_groups { name: "a b" }\n', "qos_groups[0] (\"a b\")"),
