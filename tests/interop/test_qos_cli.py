@@ -427,6 +427,7 @@ class QosCliTest(NbdctlChecks, unittest.TestCase):
         self.assertTrue(p.stdout.startswith("Usage: nbdctl qos-group "), p.stdout)
         for command in ("create", "list", "get", "update", "delete"):
             self.assertIn(command, p.stdout)
+        for command in ("create", "list", "get", "update", "delete"):
             for args in (["qos-group", command, "--help"],
                          ["--help", "qos-group", command]):
                 p = run(NBDCTL, *args)
@@ -436,7 +437,7 @@ class QosCliTest(NbdctlChecks, unittest.TestCase):
         for command in ("create", "update"):
             p = run(NBDCTL, "qos-group", command, "--help")
             self.assertIn("--bandwidth-write-burst SIZE", p.stdout)
-            self.assertNotIn("--qos-group", p.stdout)
+            self.assertNotIn("--qos-group NAME", p.stdout)
 
     # --- the API's update masks ---
 
@@ -635,6 +636,15 @@ class QosDaemonConfigTest(unittest.TestCase):
                 p = self.nbdmgrd(*args, *extra)
                 self.assertEqual(p.returncode, 2, (args, p.stderr))
                 self.assertIn(message, p.stderr, args)
+
+    def test_an_export_naming_an_unknown_group_exits_1_naming_it(self):
+        # The group could come from the state directory (created over the
+        # API), so only the start can tell.
+        p = self.nbdmgrd("--export", "name=a,backend=memory,size=1M,qos-group=nope",
+                         "--nbd-listen", "tcp:127.0.0.1:0", "--control-listen", "none",
+                         "--metrics-listen", "none", "--state-dir", "none")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn('QoS group "nope"', p.stderr)
 
     def test_bad_config_file_groups_exit_2_naming_them(self):
         cases = [
