@@ -55,16 +55,11 @@ void QosGate::UpdateEngaged() {
                  std::memory_order_relaxed);
 }
 
-void QosGate::RecordWait(int64_t ns) {
-  throttled_requests_.fetch_add(1, std::memory_order_relaxed);
-  throttled_ns_.fetch_add(static_cast<uint64_t>(std::max<int64_t>(ns, 0)),
-                          std::memory_order_relaxed);
-}
+void QosGate::RecordWait(int64_t ns) { waits_.Record(ns); }
 
 ThrottleStats QosGate::stats() const {
   ThrottleStats s;
-  s.throttled_requests = throttled_requests_.load(std::memory_order_relaxed);
-  s.throttled_ns = throttled_ns_.load(std::memory_order_relaxed);
+  waits_.AddTo(s);
   s.waiting = own_.stats().waiting;
   return s;
 }

@@ -69,8 +69,7 @@ class QosGate {
   std::atomic<bool> engaged_{false};
   mutable Mutex mu_;
   std::shared_ptr<QosGroup> group_ ABSL_GUARDED_BY(mu_);
-  std::atomic<uint64_t> throttled_requests_{0};
-  std::atomic<uint64_t> throttled_ns_{0};
+  WaitCounter waits_;
 };
 
 }  // namespace nbdmgr

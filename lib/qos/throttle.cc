@@ -171,16 +171,22 @@ void Throttle::AdmitReady(int64_t now) {
   }
 }
 
-void Throttle::RecordWait(int64_t ns) {
-  throttled_requests_.fetch_add(1, std::memory_order_relaxed);
-  throttled_ns_.fetch_add(static_cast<uint64_t>(std::max<int64_t>(ns, 0)),
-                          std::memory_order_relaxed);
+void WaitCounter::Record(int64_t ns) {
+  requests_.fetch_add(1, std::memory_order_relaxed);
+  ns_.fetch_add(static_cast<uint64_t>(std::max<int64_t>(ns, 0)),
+                std::memory_order_relaxed);
 }
+
+void WaitCounter::AddTo(ThrottleStats& s) const {
+  s.throttled_requests = requests_.load(std::memory_order_relaxed);
+  s.throttled_ns = ns_.load(std::memory_order_relaxed);
+}
+
+void Throttle::RecordWait(int64_t ns) { waits_.Record(ns); }
 
 ThrottleStats Throttle::stats() const {
   ThrottleStats s;
-  s.throttled_requests = throttled_requests_.load(std::memory_order_relaxed);
-  s.throttled_ns = throttled_ns_.load(std::memory_order_relaxed);
+  waits_.AddTo(s);
   MutexLock lock(&mu_);
   s.waiting = waiting_;
   return s;

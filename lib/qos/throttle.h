@@ -25,6 +25,18 @@ struct ThrottleStats {
   uint64_t waiting = 0;             // requests waiting now
 };
 
+// Requests that waited, and for how long in all; lock-free.
+class WaitCounter {
+ public:
+  void Record(int64_t ns);
+  // Fills throttled_requests and throttled_ns of `s`.
+  void AddTo(ThrottleStats& s) const;
+
+ private:
+  std::atomic<uint64_t> requests_{0};
+  std::atomic<uint64_t> ns_{0};
+};
+
 class Throttle;
 
 // A request waiting in a Throttle's queue. The throttle calls Wake() when
@@ -126,8 +138,7 @@ class Throttle {
   ThrottleWaiter* tail_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint64_t waiting_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<bool> limited_{false};
-  std::atomic<uint64_t> throttled_requests_{0};
-  std::atomic<uint64_t> throttled_ns_{0};
+  WaitCounter waits_;
 };
 
 }  // namespace nbdmgr
