@@ -1098,7 +1098,7 @@ absl::StatusOr<QosGroupInfo> ExportManager::CreateQosGroup(
   QosGroupEntry& entry = qos_groups_[group.name];
   entry = {std::make_shared<QosGroup>(group.name, group.limits), true};
   spdlog::info("created QoS group \"{}\"", group.name);
-  return DescribeQosGroup(entry, {});
+  return DescribeQosGroup(entry, QosGroupMembers());
 }
 
 absl::StatusOr<QosGroupInfo> ExportManager::GetQosGroup(
