@@ -71,6 +71,10 @@ std::string ApplyQosFlags(const QosFlags& f, const std::string& field,
                             "got \"",
                             *value, "\"");
       }
+      if (n > kMaxQosRate) {
+        return absl::StrCat(flag, ": ", *value, " is out of range (at most ",
+                            kMaxQosRate, " per second)");
+      }
       v1::RateLimit* r = MutableRateLimitOf(limits, kind);
       burst ? r->set_burst(n) : r->set_rate(n);
       paths->push_back(absl::StrCat(field, ".", ToAbsl(FieldNameOf(kind)),

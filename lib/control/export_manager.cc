@@ -1004,6 +1004,12 @@ absl::Status ExportManager::LoadQosGroups() {
   }
   if (qos_store_ == nullptr) return absl::OkStatus();
   absl::StatusOr<std::vector<QosGroupConfig>> saved = qos_store_->Load();
+  if (saved.ok() && saved->size() + qos_groups_.size() > kMaxQosGroups) {
+    spdlog::warn(
+        "{} QoS groups saved and given, more than {}: all are kept, but no "
+        "more can be created",
+        saved->size() + qos_groups_.size(), kMaxQosGroups);
+  }
   if (!saved.ok()) return saved.status();
   for (const QosGroupConfig& g : *saved) {
     if (qos_groups_.contains(g.name)) {
@@ -1050,8 +1056,8 @@ absl::Status ExportManager::PersistQosGroups(
   return Saving(qos_store_->Save(saved));
 }
 
-std::map<std::string, std::vector<std::string>>
-ExportManager::QosGroupMembers() const {
+std::map<std::string, std::vector<std::string>> ExportManager::QosGroupMembers()
+    const {
   std::map<std::string, std::vector<std::string>> out;
   for (const auto& e : registry_.List()) {
     std::string group = e->current_config().qos_group;
@@ -1145,12 +1151,25 @@ absl::Status ExportManager::DeleteQosGroup(const std::string& name) {
         absl::StrCat("QoS group \"", name, "\" has exports: ",
                      absl::StrJoin(m->second, ", "), " (move them out first)"));
   }
+  // A command-line export configured with the group would not start again
+  // without it, even if it was moved out since (that move is not saved).
+  for (const auto& e : registry_.List()) {
+    if (!persistent_.contains(e->name()) && e->config().qos_group == name) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "QoS group \"", name, "\" is named by export ", e->name(),
+          " on nbdmgrd's command line or config file; it would not start "
+          "again without the group"));
+    }
+  }
   // An export being created may name it: it fails when it attaches.
   if (it->second.persistent) {
     if (absl::Status st = PersistQosGroups(name, std::nullopt); !st.ok()) {
       return st;
     }
   }
+  // Requests still waiting there (their export left it while they
+  // waited) go on.
+  it->second.group->SetLimits({});
   qos_groups_.erase(it);
   spdlog::info("deleted QoS group \"{}\"", name);
   return absl::OkStatus();

@@ -85,8 +85,10 @@ void Session::DropStalled(Refusal why, std::chrono::milliseconds timeout) {
                          : "client stopped reading replies",
                      " for ", timeout.count(), " ms; disconnected"));
   }
-  // Everything pending fails: the reader ends, the writer fails and drops
-  // what is queued, and every lease and pin comes back.
+  // Everything pending fails: the reader ends (a request waiting on QoS
+  // limits too), the writer fails and drops what is queued, and every
+  // lease and pin comes back.
+  if (tx_ != nullptr) tx_->DropQosWaits();
   conn_.Close();
 }
 
@@ -218,7 +220,7 @@ asio::awaitable<void> Session::Transmit(const NegotiationResult& agreed) {
 
 void Session::Stop() {
   stopped_ = true;
-  if (tx_ != nullptr) tx_->CancelQosWaits();
+  if (tx_ != nullptr) tx_->StopReading();
   if (transmitting_) {
     conn_.ShutdownRead();
   } else {
@@ -228,7 +230,7 @@ void Session::Stop() {
 
 void Session::Abort() {
   stopped_ = true;
-  if (tx_ != nullptr) tx_->CancelQosWaits();
+  if (tx_ != nullptr) tx_->DropQosWaits();
   conn_.Close();
 }
 

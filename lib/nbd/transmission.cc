@@ -85,6 +85,10 @@ Transmission::Transmission(Connection& conn, ReplyWriter& writer,
 asio::awaitable<void> Transmission::ReadLoop() {
   for (;;) {
     co_await writer_.WaitInFlightBelow(options_.max_in_flight);
+    if (stopping_) {
+      end_reason_ = "stopped";
+      break;
+    }
     if (writer_.failed()) {
       end_reason_ = "reply write failed";
       break;
@@ -136,7 +140,23 @@ asio::awaitable<bool> Transmission::Admit(const RequestHeader& h) {
   // payload is read: the reader stops reading, so the client's further
   // requests wait in its socket, and each connection has at most one
   // request waiting (round-robin across connections).
-  if (export_->qos().engaged() && QosLimited(h.type)) co_await PassQos(h);
+  if (export_->qos().engaged() && QosLimited(h.type)) {
+    switch (co_await PassQos(h)) {
+      case QosVerdict::kRun:
+        break;
+      case QosVerdict::kNotFastZero:
+        handler_.SendError(h, kEnotsup, "fast zero would wait for QoS limits",
+                           start, std::move(ticket));
+        co_return true;
+      case QosVerdict::kDrop:
+        // Nobody reads the reply; a WRITE's payload stays unread, so the
+        // stream ends here.
+        handler_.SendError(h, kEshutdown, "client gone", start,
+                           std::move(ticket));
+        end_reason_ = "client gone while its request waited for QoS limits";
+        co_return false;
+    }
+  }
   // Memory is only ever tried for, never waited for: when the caps (or
   // this connection's share) are full, the request streams through a
   // chunk, so no request can wait on memory held by one that waits on its
@@ -175,35 +195,61 @@ asio::awaitable<bool> Transmission::Admit(const RequestHeader& h) {
   co_return true;
 }
 
-void Transmission::CancelQosWaits() {
-  qos_cancelled_ = true;
-  if (qos_waiter_ != nullptr) qos_waiter_->Cancel();
+void Transmission::StopReading() {
+  stopping_ = true;
+  if (qos_waiter_ != nullptr) qos_waiter_->Cancel(/*drop=*/false);
 }
 
-asio::awaitable<void> Transmission::PassQos(const RequestHeader& h) {
-  if (qos_cancelled_) co_return;
+void Transmission::DropQosWaits() {
+  qos_dropped_ = true;
+  if (qos_waiter_ != nullptr) qos_waiter_->Cancel(/*drop=*/true);
+}
+
+asio::awaitable<Transmission::QosVerdict> Transmission::PassQos(
+    const RequestHeader& h) {
+  if (qos_dropped_) co_return QosVerdict::kDrop;
+  if (stopping_) co_return QosVerdict::kRun;
   if (qos_waiter_ == nullptr) {
-    qos_waiter_ = std::make_shared<QosWaiter>(conn_.socket().get_executor());
+    qos_waiter_ = std::make_shared<QosWaiter>(conn_.socket().get_executor(),
+                                              conn_.socket().native_handle());
   }
   QosGate& gate = export_->qos();
   const QosCost cost = QosCostOf(h);
+  // Held across the wait: a group deleted meanwhile lives until it ends.
+  std::shared_ptr<QosGroup> group = gate.group();
+  if (h.type == kCmdWriteZeroes && (h.flags & kCmdFlagFastZero)) {
+    // A fast zero must fail at once rather than be slow (NBD spec): it
+    // goes only if every limit lets it through now.
+    const int64_t now = QosNowNs();
+    const bool fits =
+        (!gate.own().limited() || gate.own().TryEnter(cost, now)) &&
+        (group == nullptr || group->throttle().TryEnter(cost, now));
+    co_return fits ? QosVerdict::kRun : QosVerdict::kNotFastZero;
+  }
   int64_t waited = 0;
+  QosOutcome outcome = QosOutcome::kAdmitted;
   if (gate.own().limited()) {
-    const int64_t ns = co_await qos_waiter_->Pass(gate.own(), cost);
-    if (ns > 0) {
-      gate.own().RecordWait(ns);
-      waited += ns;
+    const QosPassResult r = co_await qos_waiter_->Pass(gate.own(), cost);
+    outcome = r.outcome;
+    if (r.waited_ns > 0) {
+      gate.own().RecordWait(r.waited_ns);
+      waited += r.waited_ns;
     }
   }
-  // Held across the wait: a group deleted meanwhile lives until it ends.
-  if (std::shared_ptr<QosGroup> group = gate.group(); group != nullptr) {
-    const int64_t ns = co_await qos_waiter_->Pass(group->throttle(), cost);
-    if (ns > 0) {
-      group->throttle().RecordWait(ns);
-      waited += ns;
+  if (group != nullptr && outcome == QosOutcome::kAdmitted) {
+    // Stops waiting if the export leaves the group meanwhile.
+    const QosPassResult r = co_await qos_waiter_->Pass(
+        group->throttle(), cost,
+        [&gate, g = group.get()] { return gate.group().get() == g; });
+    outcome = r.outcome;
+    if (r.waited_ns > 0) {
+      group->throttle().RecordWait(r.waited_ns);
+      waited += r.waited_ns;
     }
   }
   if (waited > 0) gate.RecordWait(waited);
+  co_return outcome == QosOutcome::kDropped ? QosVerdict::kDrop
+                                            : QosVerdict::kRun;
 }
 
 BufferLease Transmission::AttemptLease(const RequestHeader& h, bool count) {

@@ -51,10 +51,15 @@ class Transmission {
   // failed), and writer.Finish() has been called.
   asio::awaitable<void> ReadLoop();
 
-  // The session is stopping: a request waiting on QoS limits goes on at
-  // once, and later ones do not wait (so a drain is never held up by
-  // limits). Call on the session's executor.
-  void CancelQosWaits();
+  // The session is stopping (a drain, a delete, SIGTERM): no further
+  // request is read (even one already in the socket's buffer), and a
+  // request waiting on QoS limits goes on at once, so limits never hold a
+  // stop up and a stop never lets requests past them. Call on the
+  // session's executor.
+  void StopReading();
+  // The connection was closed (a stall, an abort): a request waiting on
+  // QoS limits is dropped, not run. Call on the session's executor.
+  void DropQosWaits();
 
   // Why ReadLoop ended, for logs: "disconnect", "closed", or an error.
   std::string_view end_reason() const { return end_reason_; }
@@ -68,9 +73,15 @@ class Transmission {
   // Takes one request from its header to its handler (or its error reply);
   // false if the stream broke while its payload was read.
   asio::awaitable<bool> Admit(const RequestHeader& h);
+  // What the QoS limits let a request do.
+  enum class QosVerdict {
+    kRun,
+    kDrop,        // the client hung up or the connection closed
+    kNotFastZero  // a FAST_ZERO that would have to wait: ENOTSUP at once
+  };
   // Waits until `h` passes the export's own QoS limits, then its group's;
   // counts the time waited in the export's and the group's metrics.
-  asio::awaitable<void> PassQos(const RequestHeader& h);
+  asio::awaitable<QosVerdict> PassQos(const RequestHeader& h);
   // The buffer (or, for zero-copy READs, the pin charge) of a READ or WRITE
   // if the caps grant it now; empty if it must stream. Never waits for
   // memory. `count`: count a refusal as a streamed request.
@@ -95,7 +106,8 @@ class Transmission {
   RequestHandler handler_;
   // Made at the first request that meets a limit.
   std::shared_ptr<QosWaiter> qos_waiter_;
-  bool qos_cancelled_ = false;
+  bool stopping_ = false;     // StopReading() was called
+  bool qos_dropped_ = false;  // DropQosWaits() was called
   std::string_view end_reason_ = "closed";
   uint64_t requests_read_ = 0;
 };

@@ -40,14 +40,21 @@ std::shared_ptr<QosGroup> QosGate::group() const {
 }
 
 void QosGate::SetGroup(std::shared_ptr<QosGroup> group) {
-  MutexLock lock(&mu_);
-  if (group_ == group) return;
-  if (group_ != nullptr)
-    group_->members_.fetch_sub(1, std::memory_order_relaxed);
-  group_ = std::move(group);
-  if (group_ != nullptr)
-    group_->members_.fetch_add(1, std::memory_order_relaxed);
-  UpdateEngaged();
+  std::shared_ptr<QosGroup> old;
+  {
+    MutexLock lock(&mu_);
+    if (group_ == group) return;
+    old = std::move(group_);
+    group_ = std::move(group);
+    if (old != nullptr) old->members_.fetch_sub(1, std::memory_order_relaxed);
+    if (group_ != nullptr) {
+      group_->members_.fetch_add(1, std::memory_order_relaxed);
+    }
+    UpdateEngaged();
+  }
+  // Requests of this export waiting in the old group look again: it no
+  // longer applies to them (QosWaiter::Pass).
+  if (old != nullptr) old->throttle_.WakeAll();
 }
 
 void QosGate::UpdateEngaged() {

@@ -51,7 +51,8 @@ class QosGate {
   Throttle& own() { return own_; }
   QosLimits limits() const { return own_.limits(); }
   void SetLimits(const QosLimits& limits);
-  // The group (null: none). Changes apply to requests not yet waiting.
+  // The group (null: none). Requests waiting in the old group are woken
+  // (and no longer wait for it, see QosWaiter::Pass).
   std::shared_ptr<QosGroup> group() const;
   void SetGroup(std::shared_ptr<QosGroup> group);
 

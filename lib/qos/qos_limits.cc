@@ -69,7 +69,7 @@ absl::Status ValidateQosLimits(const QosLimits& limits) {
     }
     if (l.rate == 0 && l.burst != 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat(key, " burst needs a ", key, " limit"));
+          absl::StrCat(key, " burst needs a rate (", key, " is not set)"));
     }
   }
   return absl::OkStatus();

@@ -118,6 +118,13 @@ int64_t Throttle::Enter(ThrottleWaiter& w, QosCost cost, int64_t now) {
   return head_ == &w ? ReadyAt(cost, now) : kNever;
 }
 
+bool Throttle::TryEnter(QosCost cost, int64_t now) {
+  MutexLock lock(&mu_);
+  if (head_ != nullptr || ReadyAt(cost, now) > now) return false;
+  Take(cost, now);
+  return true;
+}
+
 int64_t Throttle::Poll(ThrottleWaiter& w, int64_t now) {
   MutexLock lock(&mu_);
   if (w.admitted_) return kAdmitted;
@@ -180,6 +187,11 @@ void WaitCounter::Record(int64_t ns) {
 void WaitCounter::AddTo(ThrottleStats& s) const {
   s.throttled_requests = requests_.load(std::memory_order_relaxed);
   s.throttled_ns = ns_.load(std::memory_order_relaxed);
+}
+
+void Throttle::WakeAll() {
+  MutexLock lock(&mu_);
+  for (ThrottleWaiter* w = head_; w != nullptr; w = w->next_) w->Wake();
 }
 
 void Throttle::RecordWait(int64_t ns) { waits_.Record(ns); }

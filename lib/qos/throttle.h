@@ -99,12 +99,20 @@ class Throttle {
   // deadline if it heads the queue, else kNever (it is woken when it gets
   // there). `w` must not be queued already.
   int64_t Enter(ThrottleWaiter& w, QosCost cost, int64_t now);
+  // Admits `cost` at `now` only if Enter would at once (nothing waits,
+  // every bucket has room); never queues. For requests that must fail
+  // rather than wait (NBD's FAST_ZERO).
+  bool TryEnter(QosCost cost, int64_t now);
   // For a queued waiter that was woken or reached its deadline: kAdmitted
   // (it has left the queue), or when to Poll next.
   int64_t Poll(ThrottleWaiter& w, int64_t now);
   // Takes `w` out of the queue (its wait was cancelled); a no-op if it was
   // admitted meanwhile. The next waiter moves up.
   void Leave(ThrottleWaiter& w, int64_t now);
+
+  // Wakes every waiter, to look again whether this throttle still applies
+  // to it (its export left the group).
+  void WakeAll();
 
   // Counts one request that waited `ns` (callers report their waits).
   void RecordWait(int64_t ns);

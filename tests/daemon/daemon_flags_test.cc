@@ -416,7 +416,7 @@ TEST(DaemonFlagsTest, UnknownFlagsAndBadValuesNameTheFlag) {
        "--qos-group: QoS group spec \"iops=5\": "
        "missing name="},
       {{"--qos-group", "name=g,iops-burst=5"},
-       "--qos-group: QoS group g: iops burst needs a iops limit"},
+       "--qos-group: QoS group g: iops burst needs a rate (iops is not set)"},
       {{"--qos-group", "name=g/h"}, "--qos-group: QoS group name \"g/h\""},
       {{"--qos-group", "name=g,colour=red"},
        "--qos-group: QoS group spec \"name=g,colour=red\": unknown key"},

@@ -11,13 +11,14 @@ stopping daemon is never held up by requests waiting on limits."""
 import json
 import random
 import signal
+import struct
 import threading
 import time
 import unittest
 
 import nbd
 
-from nbdmgr_fixture import Daemon, scrape_metrics
+from nbdmgr_fixture import Daemon, RawClient, scrape_metrics, wait_for
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -272,6 +273,106 @@ class QosStopTest(unittest.TestCase):
         self.assertGreaterEqual(len(times), 16)
         self.assertLess(max(times) - start, 8.0)
         self.assertEqual(d.stop(), 0, d.logs())
+
+
+class QosHostileTest(unittest.TestCase):
+    """What a client can do to a limited export: hang up with requests
+    waiting, pipeline requests past a drain, ask for fast zeroes; and an
+    export leaving a group while its request waits there."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = Daemon([
+            f"name=bw,backend=memory,size={SIZE},bandwidth=1MiB",
+            f"name=crawl,backend=memory,size={SIZE},iops=2,iops-burst=1",
+            f"name=free,backend=memory,size={SIZE}",
+        ], extra=["--max-connections", "12"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.finish()
+
+    def waiting(self, export):
+        m = scrape_metrics(self.d)
+        return m.get(f'nbdmgr_qos_waiting_requests{{export="{export}"}}', 0)
+
+    def clients(self, export):
+        return int(json.loads(self.d.nbdctl("get", export, "-o", "json").stdout)
+                   .get("connectedClients", 0))
+
+    def test_clients_that_hang_up_while_waiting_hold_nothing(self):
+        # Ten clients each ask for 32 MiB of zeroes at 1 MiB/s (half a
+        # minute each, five minutes queued) and hang up at once. Their
+        # sessions end within seconds; the connection slots come back.
+        for _ in range(10):
+            c = RawClient(self.d, "bw")
+            c.request(6, 0, 32 * MiB, cookie=9)  # WRITE_ZEROES
+            c.close()
+        wait_for(lambda: self.clients("bw") == 0 and self.waiting("bw") == 0,
+                 "the sessions of clients that hung up to end", timeout=15)
+        # Every slot is free again: 12 new connections are all served.
+        hs = []
+        for _ in range(12):
+            h = nbd.NBD()
+            h.connect_uri(self.d.uri("free"))
+            hs.append(h)
+        for h in hs:
+            h.pread(512, 0)
+            h.shutdown()
+
+    def test_a_drain_does_not_let_pipelined_requests_past_the_limit(self):
+        self.d.nbdctl("create", "drainme", "--memory", "64MiB", "--iops", "2",
+                      "--iops-burst", "1")
+        c = RawClient(self.d, "drainme")
+        c.s.settimeout(30)
+        # 500 READ headers (14 KB), in the socket at once.
+        c.s.sendall(b"".join(struct.pack(">IHHQQI", 0x25609513, 0, 0, i, 0, 4096)
+                             for i in range(500)))
+        time.sleep(1.0)
+        self.d.nbdctl("remove", "drainme", "--mode", "drain", "--timeout", "10s")
+        got = 0
+        try:
+            while True:
+                err, _ = c.simple_reply()
+                self.assertEqual(err, 0)
+                c.recv(4096)
+                got += 1
+        except (EOFError, ConnectionError, OSError):
+            pass
+        c.close()
+        # The burst, about two a second while it ran, and the one waiting
+        # when the drain began: not the 500 in the socket.
+        self.assertLessEqual(got, 8)
+
+    def test_fast_zero_fails_at_once_instead_of_waiting(self):
+        h = nbd.NBD()
+        h.connect_uri(self.d.uri("bw"))
+        start = time.monotonic()
+        with self.assertRaises(nbd.Error) as e:
+            h.zero(32 * MiB, 0, nbd.CMD_FLAG_FAST_ZERO)
+        self.assertLess(time.monotonic() - start, 5.0)
+        self.assertEqual(e.exception.errnum, 95)  # ENOTSUP: not fast here
+        h.pread(512, 0)  # the connection goes on
+        h.shutdown()
+
+    def test_leaving_a_group_ends_a_wait_in_it(self):
+        # A group at 1 byte/s (a typo for 1MiB): a 4 KiB read would wait an
+        # hour. Moving the export out of the group releases it.
+        self.d.nbdctl("qos-group", "create", "typo", "--bandwidth", "1")
+        self.d.nbdctl("update", "free", "--qos-group", "typo")
+        h = nbd.NBD()
+        h.connect_uri(self.d.uri("free"))
+        h.pread(4096, 0)  # goes at once (the bucket is empty), then fills it
+        done = []
+        t = threading.Thread(target=lambda: done.append(len(h.pread(4096, 0))))
+        t.start()
+        time.sleep(1.0)
+        self.assertEqual(done, [], "the second read should wait an hour")
+        self.d.nbdctl("update", "free", "--qos-group", "")
+        t.join(timeout=10)
+        self.assertTrue(done, "the read still waits in a group its export left")
+        self.d.nbdctl("qos-group", "delete", "typo")
+        h.shutdown()
 
 
 def _quietly(fn, *args):

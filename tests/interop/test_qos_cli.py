@@ -619,7 +619,7 @@ class QosDaemonConfigTest(unittest.TestCase):
             (["--qos-group", "iops=5"], "--qos-group: QoS group spec \"iops=5\": missing name="),
             (["--qos-group", "name=g,iops=lots"], "--qos-group: QoS group key iops:"),
             (["--qos-group", "name=g,bandwidth=1Q"], "--qos-group: QoS group key bandwidth:"),
-            (["--qos-group", "name=g,iops-burst=5"], "iops burst needs a iops limit"),
+            (["--qos-group", "name=g,iops-burst=5"], "iops burst needs a rate (iops is not set)"),
             (["--qos-group", "name=a/b"], "QoS group name \"a/b\""),
             (["--qos-group", "name=g,size=1G"], "unknown key \"size\""),
             (["--qos-group", "name=g", "--qos-group", "name=g"],
