@@ -354,13 +354,15 @@ class QosCliTest(NbdctlChecks, unittest.TestCase):
         self.fails("ALREADY_EXISTS", "qos-group", "create", "g1")
         self.fails("ALREADY_EXISTS", "qos-group", "create", "daemon-g")
         # Bad limits: a burst without a rate, out of range.
-        for args in (["create", "vm2", "--memory", "1MiB", "--iops-burst", "10"],
-                     ["create", "vm2", "--memory", "1MiB", "--bandwidth", "2TiB"],
+        # Out of range: nbdctl refuses before sending anything.
+        for args in (["create", "vm2", "--memory", "1MiB", "--bandwidth", "2TiB"],
                      ["create", "vm2", "--memory", "1MiB", "--iops", "2000000000000"],
+                     ["qos-group", "create", "g2", "--bandwidth-write", "2TiB"]):
+            self.assertIn("out of range", self.usage_error(*args))
+        for args in (["create", "vm2", "--memory", "1MiB", "--iops-burst", "10"],
                      ["update", "vm1", "--bandwidth-read-burst", "1MiB"],
                      ["update", "vm1", "--iops", "0", "--iops-burst", "3"],
                      ["qos-group", "create", "g2", "--iops-write-burst", "5"],
-                     ["qos-group", "create", "g2", "--bandwidth-write", "2TiB"],
                      ["qos-group", "update", "g1", "--iops", "0", "--iops-burst", "5"],
                      ["qos-group", "update", "g1", "--bandwidth-burst", "1MiB"]):
             message = self.fails("INVALID_ARGUMENT", *args)
