@@ -8,6 +8,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <chrono>
 
+#include "lib/util/clock.h"
+
 namespace nbdmgr::nbd {
 namespace {
 
@@ -19,7 +21,7 @@ constexpr int64_t kPeerCheckNs = 1'000'000'000;
 class LeaveOnExit {
  public:
   LeaveOnExit(Throttle& t, ThrottleWaiter& w) : t_(t), w_(w) {}
-  ~LeaveOnExit() { t_.Leave(w_, QosNowNs()); }
+  ~LeaveOnExit() { t_.Leave(w_, SteadyNowNs()); }
   LeaveOnExit(const LeaveOnExit&) = delete;
   LeaveOnExit& operator=(const LeaveOnExit&) = delete;
 
@@ -30,36 +32,30 @@ class LeaveOnExit {
 
 }  // namespace
 
-int64_t QosNowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 QosWaiter::QosWaiter(asio::any_io_executor executor, int fd)
     : executor_(executor), timer_(executor), fd_(fd) {}
 
 asio::awaitable<QosPassResult> QosWaiter::Pass(Throttle& throttle, QosCost cost,
                                                std::function<bool()> applies) {
   if (cancelled_) co_return QosPassResult{CancelledOutcome(), 0};
-  const int64_t start = QosNowNs();
+  const int64_t start = SteadyNowNs();
   int64_t when = throttle.Enter(*this, cost, start);
   if (when == Throttle::kAdmitted) co_return QosPassResult{};
   LeaveOnExit leave(throttle, *this);
   for (;;) {
-    const int64_t until = std::min(when, QosNowNs() + kPeerCheckNs);
+    const int64_t until = std::min(when, SteadyNowNs() + kPeerCheckNs);
     timer_.expires_at(
         asio::steady_timer::time_point(std::chrono::nanoseconds(until)));
     // Expiry, or a cancel from Wake() or Cancel(): either way, look again.
     co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-    const int64_t now = QosNowNs();
+    const int64_t now = SteadyNowNs();
     if (cancelled_) co_return QosPassResult{CancelledOutcome(), now - start};
     if (PeerGone()) co_return QosPassResult{QosOutcome::kDropped, now - start};
     if (applies && !applies())
       co_return QosPassResult{QosOutcome::kAdmitted, now - start};
     when = throttle.Poll(*this, now);
     if (when == Throttle::kAdmitted) {
-      co_return QosPassResult{QosOutcome::kAdmitted, QosNowNs() - start};
+      co_return QosPassResult{QosOutcome::kAdmitted, SteadyNowNs() - start};
     }
   }
 }

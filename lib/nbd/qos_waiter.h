@@ -68,10 +68,6 @@ class QosWaiter final : public ThrottleWaiter,
   bool drop_ = false;
 };
 
-// Steady-clock nanoseconds, the time base of every Throttle on the data
-// path.
-int64_t QosNowNs();
-
 }  // namespace nbdmgr::nbd
 
 #endif  // NBDMGR_LIB_NBD_QOS_WAITER_H_

@@ -15,6 +15,7 @@
 #include "lib/buffer/buffer_lease.h"
 #include "lib/metrics/io_stats.h"
 #include "lib/nbd/codec.h"
+#include "lib/util/clock.h"
 
 namespace nbdmgr::nbd {
 
@@ -32,12 +33,7 @@ struct RequestRecord {
   int64_t start_ns = 0;  // steady clock, when the request header was read
 };
 
-// Nanoseconds on the steady clock, for request latencies.
-inline int64_t SteadyNowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+using ::nbdmgr::SteadyNowNs;  // lib/util/clock.h
 
 class ReplyWriter;
 

@@ -220,7 +220,7 @@ asio::awaitable<Transmission::QosVerdict> Transmission::PassQos(
   if (h.type == kCmdWriteZeroes && (h.flags & kCmdFlagFastZero)) {
     // A fast zero must fail at once rather than be slow (NBD spec): it
     // goes only if every limit lets it through now.
-    const int64_t now = QosNowNs();
+    const int64_t now = SteadyNowNs();
     const bool fits =
         (!gate.own().limited() || gate.own().TryEnter(cost, now)) &&
         (group == nullptr || group->throttle().TryEnter(cost, now));

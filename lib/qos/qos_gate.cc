@@ -1,27 +1,18 @@
 #include "lib/qos/qos_gate.h"
 
-#include <chrono>
 #include <utility>
 
+#include "lib/util/clock.h"
+
 namespace nbdmgr {
-namespace {
-
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
-
 QosGroup::QosGroup(std::string name, const QosLimits& limits)
-    : name_(std::move(name)), throttle_(limits, NowNs()) {}
+    : name_(std::move(name)), throttle_(limits, SteadyNowNs()) {}
 
 void QosGroup::SetLimits(const QosLimits& limits) {
-  throttle_.SetLimits(limits, NowNs());
+  throttle_.SetLimits(limits, SteadyNowNs());
 }
 
-QosGate::QosGate(const QosLimits& limits) : own_(limits, NowNs()) {
+QosGate::QosGate(const QosLimits& limits) : own_(limits, SteadyNowNs()) {
   MutexLock lock(&mu_);
   UpdateEngaged();
 }
@@ -29,7 +20,7 @@ QosGate::QosGate(const QosLimits& limits) : own_(limits, NowNs()) {
 QosGate::~QosGate() { SetGroup(nullptr); }
 
 void QosGate::SetLimits(const QosLimits& limits) {
-  own_.SetLimits(limits, NowNs());
+  own_.SetLimits(limits, SteadyNowNs());
   MutexLock lock(&mu_);
   UpdateEngaged();
 }

@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "lib/qos/qos_gate.h"
+#include "lib/util/clock.h"
 
 namespace {
 
@@ -24,12 +25,6 @@ double NsPerCall(long n, Fn fn) {
   auto t1 = std::chrono::steady_clock::now();
   return std::chrono::duration<double, std::nano>(t1 - t0).count() /
          static_cast<double>(n);
-}
-
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
 }
 
 struct NeverWaits : nbdmgr::ThrottleWaiter {
@@ -56,7 +51,7 @@ int main(int argc, char** argv) {
   NeverWaits w;
   const double fits = NsPerCall(n, [&](long i) {
     if (limited.engaged() &&
-        limited.own().Enter(w, {(i & 1) != 0, 4096}, NowNs()) !=
+        limited.own().Enter(w, {(i & 1) != 0, 4096}, nbdmgr::SteadyNowNs()) !=
             nbdmgr::Throttle::kAdmitted) {
       sink = sink + 1;
     }
@@ -66,7 +61,7 @@ int main(int argc, char** argv) {
   limited.SetGroup(group);
   const double with_group = NsPerCall(n, [&](long i) {
     if (!limited.engaged()) return;
-    const int64_t now = NowNs();
+    const int64_t now = nbdmgr::SteadyNowNs();
     if (limited.own().Enter(w, {(i & 1) != 0, 4096}, now) !=
         nbdmgr::Throttle::kAdmitted) {
       sink = sink + 1;
