@@ -50,6 +50,11 @@ Helpers
   ``ceph(*args, check=True)``  runs the ceph CLI as client.admin, returns stdout (~0.3 s a call:
         for rare calls; loops should use ``mon_command``)
   ``log_tail(lines=30)``  the end of every daemon log, for failure messages
+  ``freeze(name)`` / ``thaw(name)``  SIGSTOP / SIGCONT a daemon ("osd.0"), returning only
+        once every one of its threads has stopped / left the stopped state. kill() returns
+        before the stop takes effect: on a loaded machine a messenger thread can go on
+        answering for milliseconds after SIGSTOP, so a test that sends I/O right after a bare
+        kill() may see it answered.
 """
 import atexit
 import base64
@@ -193,6 +198,42 @@ class CephCluster:
     @property
     def pids(self):
         return {name: p.pid for name, p in self._procs.items() if p.poll() is None}
+
+    def freeze(self, name, timeout=10.0):
+        """SIGSTOPs daemon ``name`` and waits until all its threads are stopped."""
+        pid = self._procs[name].pid
+        os.kill(pid, signal.SIGSTOP)
+        self._wait_thread_states(name, pid, lambda s: s in "Tt", "stopped", timeout)
+
+    def thaw(self, name, timeout=10.0):
+        """SIGCONTs daemon ``name`` and waits until none of its threads is stopped."""
+        pid = self._procs[name].pid
+        os.kill(pid, signal.SIGCONT)
+        self._wait_thread_states(name, pid, lambda s: s not in "Tt", "running", timeout)
+
+    @staticmethod
+    def _thread_states(pid):
+        states = []
+        task_dir = f"/proc/{pid}/task"
+        for tid in os.listdir(task_dir):
+            try:
+                with open(f"{task_dir}/{tid}/stat") as f:
+                    stat = f.read()
+            except OSError:  # the thread has just exited
+                continue
+            states.append(stat[stat.rindex(")") + 2])  # field 3, after "(comm)"
+        return states
+
+    def _wait_thread_states(self, name, pid, ok, what, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self._thread_states(pid)
+            if states and all(ok(s) for s in states):
+                return
+            if time.monotonic() > deadline:
+                raise CephClusterError(f"{name} (pid {pid}): threads not all {what} after "
+                                       f"{timeout} s: states {''.join(states)}")
+            time.sleep(0.001)
 
     @property
     def running(self):

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+import time
 import unittest
 
 import rados
@@ -112,6 +113,36 @@ class ClusterIO(unittest.TestCase):
         # a second connection sees the data
         _, img2 = self.open("io", read_only=True)
         self.assertEqual(img2.read(3 * MiB, MiB), data)
+
+    def test_freeze_and_thaw(self):
+        # Every thread of a frozen OSD is stopped, so I/O sent right after
+        # freeze() stays unanswered (a bare SIGSTOP did not guarantee that on
+        # a loaded machine); after thaw() it completes.
+        self.c.create_image("frozen", 8 * MiB)
+        _, img = self.open("frozen")
+        img.write(b"\x01" * 4096, 0)
+        pid = self.c.pids["osd.0"]
+        self.c.freeze("osd.0")
+        thawed = False
+        try:
+            states = CephCluster._thread_states(pid)
+            self.assertTrue(states and all(s in "Tt" for s in states), states)
+            done = []
+            comps = [img.aio_write(b"\x02" * 4096, 4096 * (i + 1),
+                                   lambda c: done.append(c.get_return_value()))
+                     for i in range(8)]
+            time.sleep(1)
+            self.assertEqual(done, [], "a write completed while the OSD was frozen")
+            self.c.thaw("osd.0")
+            thawed = True
+            self.assertNotIn("T", "".join(CephCluster._thread_states(pid)))
+            for comp in comps:
+                comp.wait_for_complete_and_cb()
+            self.assertEqual(sorted(done), [0] * 8)
+            self.assertEqual(img.read(4096, 4096 * 8), b"\x02" * 4096 * 8)
+        finally:
+            if not thawed:
+                self.c.thaw("osd.0")
 
     def test_exclusive_lock_and_fencing(self):
         self.c.create_image("lock", 64 * MiB)

@@ -312,9 +312,8 @@ class RbdUnreachableTest(RbdTestBase):
         h = nbd.NBD()
         h.connect_uri(a.uri("stuck"))
         h.pwrite(b"\x05" * 65536, 0)
-        osd = CLUSTER.pids["osd.0"]
-        os.kill(osd, signal.SIGSTOP)
-        self.addCleanup(os.kill, osd, signal.SIGCONT)
+        CLUSTER.freeze("osd.0")
+        self.addCleanup(CLUSTER.thaw, "osd.0")
         cookies = [h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(b"\x06" * 65536)),
                                 65536 * (i + 1)) for i in range(4)]
         cookies.append(h.aio_flush())
@@ -398,8 +397,7 @@ class RbdUnreachableTest(RbdTestBase):
         self.create(d, "late", "late")
         run("nbdsh", "-u", d.uri("late"), "-c", "h.pwrite(b'\\x07' * 4096, 0); h.flush()")
         self.assertEqual(d.stop(), 0, d.logs())
-        osd = CLUSTER.pids["osd.0"]
-        os.kill(osd, signal.SIGSTOP)
+        CLUSTER.freeze("osd.0")
         stopped = True
         try:
             d.start()
@@ -416,14 +414,14 @@ class RbdUnreachableTest(RbdTestBase):
                 self.assertIn("UNAVAILABLE", p.stderr)
                 self.assertIn("still opening", p.stderr)
             run("nbdinfo", d.uri("mem"))
-            os.kill(osd, signal.SIGCONT)
+            CLUSTER.thaw("osd.0")
             stopped = False
             wait_for(lambda: "opened only after the start stopped waiting" in d.logs()
                      and d.logs().count("opened only after its call stopped waiting") == 2,
                      "the late opens to finish and be closed", timeout=60)
         finally:
             if stopped:
-                os.kill(osd, signal.SIGCONT)
+                CLUSTER.thaw("osd.0")
         d.nbdctl("update", "late", "--retry")
         run("nbdsh", "-u", d.uri("late"), "-c",
             "assert h.pread(4096, 0) == b'\\x07' * 4096; h.pwrite(b'\\x08' * 4096, 0); h.flush()")
