@@ -32,6 +32,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (flags->check_config) {
+    if (absl::Status st = nbdmgr::CheckConfigAgainstState(flags->config);
+        !st.ok()) {
+      std::fprintf(stderr, "nbdmgrd: %s\n", std::string(st.message()).c_str());
+      return 1;
+    }
     std::fputs(nbdmgr::DescribeConfig(flags->config).c_str(), stdout);
     return 0;
   }

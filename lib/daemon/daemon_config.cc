@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "lib/convert/proto_convert.h"
+#include "lib/state/qos_group_store.h"
 #include "lib/util/duration.h"
 #include "lib/util/size.h"
 #include "lib/util/strings.h"
@@ -420,6 +421,38 @@ std::string DescribeConfig(const DaemonConfig& c) {
                       ")"));
   }
   return out;
+}
+
+absl::Status CheckConfigAgainstState(const DaemonConfig& c) {
+  std::set<std::string> groups;
+  for (const QosGroupConfig& g : c.qos_groups) groups.insert(g.name);
+  bool loaded = false;
+  std::string saved_in;
+  for (const ExportConfig& e : c.exports) {
+    if (e.qos_group.empty() || groups.count(e.qos_group)) continue;
+    if (!loaded && !c.state_dir.empty()) {
+      loaded = true;
+      QosGroupStore store(c.state_dir);
+      saved_in = absl::StrCat(", nor saved in ", store.path());
+      absl::StatusOr<std::vector<QosGroupConfig>> saved = store.Load();
+      if (!saved.ok()) {
+        return absl::Status(
+            saved.status().code(),
+            absl::StrCat("export ", e.name, ": QoS group \"", e.qos_group,
+                         "\" is not in the configuration, and the saved "
+                         "groups could not be read: ",
+                         saved.status().message()));
+      }
+      for (const QosGroupConfig& g : *saved) groups.insert(g.name);
+      if (groups.count(e.qos_group)) continue;
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "export ", e.name, ": QoS group \"", e.qos_group,
+        "\" does not exist: not given with --qos-group or in the config "
+        "file",
+        saved_in));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace nbdmgr

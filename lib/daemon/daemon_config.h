@@ -111,6 +111,15 @@ absl::StatusOr<DaemonConfig> DaemonConfigFromMerged(const MergedConfig& m);
 // A human summary of the effective configuration (--check-config).
 std::string DescribeConfig(const DaemonConfig& c);
 
+// What --check-config can check beyond the configuration itself, without
+// changing anything: every configured export's QoS group is one the daemon
+// would find at start, given on the command line, in the config file, or
+// saved in `<state_dir>/qos-groups.textproto` (read, never written; a
+// missing state directory or file holds none). FailedPrecondition naming
+// the export and group; the saved file's own error (naming it) if it
+// cannot be read.
+absl::Status CheckConfigAgainstState(const DaemonConfig& c);
+
 }  // namespace nbdmgr
 
 #endif  // NBDMGR_LIB_DAEMON_DAEMON_CONFIG_H_

@@ -599,6 +599,46 @@ class QosCliTest(NbdctlChecks, unittest.TestCase):
         self.d.start()
         self.assertEqual(sorted(self.groups()), ["daemon-g"])
 
+    def test_check_config_finds_groups_saved_in_the_state_dir(self):
+        # --check-config answers as the start would: a group saved over the
+        # API is found in the state directory; one nowhere is named; a
+        # corrupt file of saved groups is named and left as it was.
+        self.ctl("qos-group", "create", "saved", "--iops", "100")
+        self.assertEqual(self.d.stop(), 0, self.d.logs())
+        state = self.d.state_dir
+
+        def check(group, state_dir=state):
+            return subprocess.run(
+                [NBDMGRD, "--state-dir", state_dir, "--check-config", "--export",
+                 f"name=x,backend=memory,size=1M,qos-group={group}"],
+                capture_output=True, text=True, timeout=30)
+
+        p = check("saved")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("QoS group saved", p.stdout)
+        p = check("daemon-g")  # given only on the daemon's own command line
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn('export x: QoS group "daemon-g" does not exist', p.stderr)
+        self.assertIn(os.path.join(state, "qos-groups.textproto"), p.stderr)
+        p = check("saved", state_dir=os.path.join(self.d.dir, "no-such-dir"))
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn('QoS group "saved" does not exist', p.stderr)
+        path = os.path.join(state, "qos-groups.textproto")
+        with open(path) as f:
+            saved = f.read()
+        with open(path, "w") as f:
+            f.write("groups { bogus")
+        p = check("saved")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("could not be read", p.stderr)
+        self.assertIn(path, p.stderr)
+        with open(path) as f:
+            self.assertEqual(f.read(), "groups { bogus")
+        with open(path, "w") as f:
+            f.write(saved)
+        self.d.start()
+        self.assertEqual(limits(self.groups()["saved"]["limits"]), {"iops_total": (100, 0)})
+
 
 class QosDaemonConfigTest(unittest.TestCase):
     """--qos-group and the config file's qos_groups."""
@@ -641,7 +681,11 @@ class QosDaemonConfigTest(unittest.TestCase):
 
     def test_an_export_naming_an_unknown_group_exits_1_naming_it(self):
         # The group could come from the state directory (created over the
-        # API), so only the start can tell.
+        # API): --check-config and the start look there.
+        p = self.nbdmgrd("--export", "name=a,backend=memory,size=1M,qos-group=nope",
+                         "--state-dir", "none", "--check-config")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn('export a: QoS group "nope" does not exist', p.stderr)
         p = self.nbdmgrd("--export", "name=a,backend=memory,size=1M,qos-group=nope",
                          "--nbd-listen", "tcp:127.0.0.1:0", "--control-listen", "none",
                          "--metrics-listen", "none", "--state-dir", "none")
