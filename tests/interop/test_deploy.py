@@ -247,6 +247,7 @@ class KubernetesTest(unittest.TestCase):
         self.assertIn("control listen: unix:/run/nbdmgr/control.sock", p.stdout)
         self.assertIn("metrics listen: 0.0.0.0:9810", p.stdout)
         self.assertIn("state dir: /var/lib/nbdmgr", p.stdout)
+        self.assertIn("qos group: node (iops=200000,bandwidth=4GiB)", p.stdout)
 
     def test_monitoring_matches_the_service_and_the_rules(self):
         svc = self.docs[("Service", "nbdmgrd-metrics")]
