@@ -36,10 +36,11 @@ QosWaiter::QosWaiter(asio::any_io_executor executor, int fd)
     : executor_(executor), timer_(executor), fd_(fd) {}
 
 asio::awaitable<QosPassResult> QosWaiter::Pass(Throttle& throttle, QosCost cost,
-                                               std::function<bool()> applies) {
+                                               std::function<bool()> applies,
+                                               const void* flow) {
   if (cancelled_) co_return QosPassResult{CancelledOutcome(), 0};
   const int64_t start = SteadyNowNs();
-  int64_t when = throttle.Enter(*this, cost, start);
+  int64_t when = throttle.Enter(*this, cost, start, flow);
   if (when == Throttle::kAdmitted) co_return QosPassResult{};
   LeaveOnExit leave(throttle, *this);
   for (;;) {

@@ -42,12 +42,14 @@ class QosWaiter final : public ThrottleWaiter,
   // `fd`: the connection's socket, polled for the client hanging up.
   QosWaiter(asio::any_io_executor executor, int fd);
 
-  // Waits until `throttle` admits `cost`, `applies` (if set) turns false
-  // (the throttle is no longer the request's: kAdmitted), or the wait is
-  // cancelled or the client hangs up. The waiter is out of the throttle's
-  // queue when it returns, however it returns (also by an exception).
+  // Waits until `throttle` admits `cost` (queued as part of `flow`, see
+  // Throttle::Enter), `applies` (if set) turns false (the throttle is no
+  // longer the request's: kAdmitted), or the wait is cancelled or the
+  // client hangs up. The waiter is out of the throttle's queue when it
+  // returns, however it returns (also by an exception).
   asio::awaitable<QosPassResult> Pass(Throttle& throttle, QosCost cost,
-                                      std::function<bool()> applies = {});
+                                      std::function<bool()> applies = {},
+                                      const void* flow = nullptr);
   // Ends the wait in progress, and makes later ones end at once: with
   // `drop`, as kDropped (the connection is closed), else as kCancelled.
   void Cancel(bool drop);

@@ -237,10 +237,12 @@ asio::awaitable<Transmission::QosVerdict> Transmission::PassQos(
     }
   }
   if (group != nullptr && outcome == QosOutcome::kAdmitted) {
-    // Stops waiting if the export leaves the group meanwhile.
+    // One flow per export: the group takes its members in turn, however
+    // many connections each has. Stops waiting if the export leaves the
+    // group meanwhile.
     const QosPassResult r = co_await qos_waiter_->Pass(
         group->throttle(), cost,
-        [&gate, g = group.get()] { return gate.group().get() == g; });
+        [&gate, g = group.get()] { return gate.group().get() == g; }, &gate);
     outcome = r.outcome;
     if (r.waited_ns > 0) {
       group->throttle().RecordWait(r.waited_ns);

@@ -14,8 +14,9 @@
 namespace nbdmgr {
 
 // A named limit shared by several exports (as qemu's throttle groups): the
-// requests of all its members together stay within its limits, in arrival
-// order across their connections. Thread-safe.
+// requests of all its members together stay within its limits, and members
+// with requests waiting are admitted in turn (each export is one flow of
+// the group's throttle), however many connections each has. Thread-safe.
 class QosGroup {
  public:
   QosGroup(std::string name, const QosLimits& limits);

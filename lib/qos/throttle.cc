@@ -97,7 +97,8 @@ void Throttle::Take(const QosCost& c, int64_t now) {
   }
 }
 
-int64_t Throttle::Enter(ThrottleWaiter& w, QosCost cost, int64_t now) {
+int64_t Throttle::Enter(ThrottleWaiter& w, QosCost cost, int64_t now,
+                        const void* flow) {
   MutexLock lock(&mu_);
   w.cost_ = cost;
   w.admitted_ = false;
@@ -105,16 +106,8 @@ int64_t Throttle::Enter(ThrottleWaiter& w, QosCost cost, int64_t now) {
     Take(cost, now);
     return kAdmitted;
   }
-  w.queued_ = true;
-  w.prev_ = tail_;
-  w.next_ = nullptr;
-  if (tail_ != nullptr) {
-    tail_->next_ = &w;
-  } else {
-    head_ = &w;
-  }
-  tail_ = &w;
-  ++waiting_;
+  w.flow_ = flow;
+  Link(w);
   return head_ == &w ? ReadyAt(cost, now) : kNever;
 }
 
@@ -133,6 +126,7 @@ int64_t Throttle::Poll(ThrottleWaiter& w, int64_t now) {
   if (ready > now) return ready;
   Take(w.cost_, now);
   w.admitted_ = true;
+  round_ = w.round_;
   Unlink(w);
   // Those behind may fit now too (limits raised or removed); the new head
   // arms its own deadline.
@@ -146,6 +140,33 @@ void Throttle::Leave(ThrottleWaiter& w, int64_t now) {
   const bool was_head = head_ == &w;
   Unlink(w);
   if (was_head) AdmitReady(now);
+}
+
+void Throttle::Link(ThrottleWaiter& w) {
+  Flow& f = flows_[w.flow_];
+  // A flow already waiting takes the round after its last; a new one joins
+  // the round being served (the head's).
+  w.round_ = f.queued > 0       ? f.last_round + 1
+             : head_ != nullptr ? head_->round_
+                                : round_;
+  f.last_round = w.round_;
+  ++f.queued;
+  ThrottleWaiter* after = tail_;
+  while (after != nullptr && after->round_ > w.round_) after = after->prev_;
+  w.prev_ = after;
+  w.next_ = after != nullptr ? after->next_ : head_;
+  if (w.prev_ != nullptr) {
+    w.prev_->next_ = &w;
+  } else {
+    head_ = &w;
+  }
+  if (w.next_ != nullptr) {
+    w.next_->prev_ = &w;
+  } else {
+    tail_ = &w;
+  }
+  w.queued_ = true;
+  ++waiting_;
 }
 
 void Throttle::Unlink(ThrottleWaiter& w) {
@@ -162,6 +183,8 @@ void Throttle::Unlink(ThrottleWaiter& w) {
   w.prev_ = w.next_ = nullptr;
   w.queued_ = false;
   --waiting_;
+  auto f = flows_.find(w.flow_);
+  if (f != flows_.end() && --f->second.queued == 0) flows_.erase(f);
 }
 
 void Throttle::AdmitReady(int64_t now) {
@@ -173,6 +196,7 @@ void Throttle::AdmitReady(int64_t now) {
     }
     Take(h.cost_, now);
     h.admitted_ = true;
+    round_ = h.round_;
     Unlink(h);
     h.Wake();
   }

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "lib/qos/qos_limits.h"
 #include "lib/util/mutex.h"
 
@@ -48,6 +49,9 @@ class Throttle;
 class ThrottleWaiter {
  public:
   virtual void Wake() = 0;
+  // Whether it is in a throttle's queue (read under no lock: for the
+  // waiter's own thread, and tests).
+  bool queued() const { return queued_; }
 
  protected:
   ~ThrottleWaiter() = default;
@@ -55,6 +59,8 @@ class ThrottleWaiter {
  private:
   friend class Throttle;
   QosCost cost_;
+  const void* flow_ = nullptr;
+  uint64_t round_ = 0;
   bool queued_ = false;
   bool admitted_ = false;
   ThrottleWaiter* prev_ = nullptr;
@@ -68,12 +74,17 @@ class ThrottleWaiter {
 // fills them. So in any window of W seconds a limit admits at most
 // rate * W + max(burst, the largest request) units.
 //
-// Requests are admitted in arrival order: one that arrives while others
-// wait queues behind them. Callers that queue at most one request per
-// connection (the NBD reader stops reading while its request waits) get
-// round-robin fairness across connections. Nothing spins and no thread
-// waits: only the head of the queue has a deadline (when the buckets will
-// hold it); the rest are woken when they reach the head.
+// Waiters are admitted in rounds, round-robin across flows (a flow is what
+// the caller names with Enter's `flow`: a group passes each member export's
+// requests as one flow). A flow's first waiter joins the round now being
+// served; each further waiter of the same flow the round after its last.
+// So with one flow (an export's own throttle) the queue is FIFO, and in a
+// group every member with requests waiting gets one admission per round,
+// however many connections it has. Callers that queue at most one request
+// per connection (the NBD reader stops reading while its request waits)
+// get round-robin fairness across the connections of a flow too. Nothing
+// spins and no thread waits: only the head of the queue has a deadline
+// (when the buckets will hold it); the rest are woken when they reach it.
 //
 // Times are steady-clock nanoseconds supplied by the caller (tests pass
 // their own). Thread-safe.
@@ -95,10 +106,13 @@ class Throttle {
   bool limited() const { return limited_.load(std::memory_order_relaxed); }
 
   // Admits `cost` at `now` if nothing waits and every bucket has room:
-  // kAdmitted. Otherwise queues `w` and returns when it should Poll: its
-  // deadline if it heads the queue, else kNever (it is woken when it gets
-  // there). `w` must not be queued already.
-  int64_t Enter(ThrottleWaiter& w, QosCost cost, int64_t now);
+  // kAdmitted. Otherwise queues `w` (in its flow's next round) and
+  // returns when it should Poll: its deadline if it heads the queue, else
+  // kNever (it is woken when it gets there). `w` must not be queued
+  // already. `flow` is only compared (never dereferenced); it must stay
+  // distinct from other flows' while `w` is queued.
+  int64_t Enter(ThrottleWaiter& w, QosCost cost, int64_t now,
+                const void* flow = nullptr);
   // Admits `cost` at `now` only if Enter would at once (nothing waits,
   // every bucket has room); never queues. For requests that must fail
   // rather than wait (NBD's FAST_ZERO).
@@ -134,6 +148,8 @@ class Throttle {
   int64_t ReadyAt(const QosCost& c, int64_t now) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Take(const QosCost& c, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues `w` after every waiter of its round or an earlier one.
+  void Link(ThrottleWaiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unlink(ThrottleWaiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Admits waiters from the head while they fit, waking each; wakes the
   // first that does not, to arm its deadline.
@@ -145,6 +161,16 @@ class Throttle {
   ThrottleWaiter* head_ ABSL_GUARDED_BY(mu_) = nullptr;
   ThrottleWaiter* tail_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint64_t waiting_ ABSL_GUARDED_BY(mu_) = 0;
+  // The flows with waiters queued: the round of the last one queued, and
+  // how many are queued (an entry goes when none is).
+  struct Flow {
+    uint64_t last_round = 0;
+    uint64_t queued = 0;
+  };
+  absl::flat_hash_map<const void*, Flow> flows_ ABSL_GUARDED_BY(mu_);
+  // The round of the last waiter admitted: where a flow's first waiter
+  // goes when none waits.
+  uint64_t round_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<bool> limited_{false};
   WaitCounter waits_;
 };

@@ -6,7 +6,8 @@ slack: in any window of W seconds a limited export completes at most
 rate * W + burst requests (plus what was in flight when the window opened),
 a live change applies to connected clients without reconnecting, limits are
 shared fairly across connections, an unlimited export next to a saturated
-limited one is not held back, a group caps its members together, and a
+limited one is not held back, a group caps its members together and shares
+itself equally among them (not by connections), and a
 stopping daemon is never held up by requests waiting on limits."""
 import json
 import random
@@ -218,6 +219,21 @@ class QosGroupTest(unittest.TestCase):
         self.assertEqual(m['nbdmgr_qos_group_members{group="tenant"}'], 2)
         # The members' own metrics count their waits in the group too.
         self.assertGreater(m['nbdmgr_qos_throttled_seconds_total{export="a"}'], 0)
+
+    def test_members_share_equally_whatever_their_connections(self):
+        # a with four connections, b with one: the group takes its members
+        # in turn, so b still gets about half (per connection, a fifth).
+        seconds = 3.0
+        *a_conns, b = run_load([(self.d.uri("a"), 8, 4 * KiB, False)] * 4 +
+                               [(self.d.uri("b"), 8, 4 * KiB, False)], seconds)
+        a = sorted(sum(a_conns, []))
+        both = sorted(a + b)
+        self.assertLessEqual(max_in_window(both, 1.0), 300 + 30 + 40)
+        self.assertGreater(len(b), 0.4 * len(both), (len(a), len(b)))
+        self.assertGreater(len(a), 0.4 * len(both), (len(a), len(b)))
+        # Within a, its connections take turns too.
+        self.assertGreater(min(len(t) for t in a_conns), 0.15 * len(a),
+                           [len(t) for t in a_conns])
 
     def test_group_created_over_the_api_and_joined_live(self):
         self.d.nbdctl("qos-group", "create", "slow", "--iops", "40", "--iops-burst", "4")

@@ -73,20 +73,27 @@ struct Sim {
   int64_t now = 0;
   std::vector<int64_t> admitted_at{};
   std::vector<uint64_t> bytes{};
+  std::vector<uint64_t> per_client{};  // admissions of each client
 
-  void Run(int clients, QosCost cost, int64_t until) {
+  // `flows[i]`: client i's flow (default: all one flow).
+  void Run(int clients, QosCost cost, int64_t until,
+           const std::vector<const void*>& flows = {}) {
     struct Client {
       FakeWaiter w;
       int64_t due = 0;
       bool waiting = false;
     };
     std::deque<Client> cs(clients);
+    per_client.assign(clients, 0);
     while (now < until) {
       int64_t next = Throttle::kNever;
-      for (Client& c : cs) {
+      for (int i = 0; i < clients; ++i) {
+        Client& c = cs[i];
         if (!c.waiting) {
-          int64_t r = t.Enter(c.w, cost, now);
+          int64_t r =
+              t.Enter(c.w, cost, now, flows.empty() ? nullptr : flows[i]);
           if (r == Throttle::kAdmitted) {
+            ++per_client[i];
             admitted_at.push_back(now);
             bytes.push_back(cost.bytes);
             next = std::min(next, now);
@@ -99,6 +106,7 @@ struct Sim {
           int64_t r = t.Poll(c.w, now);
           if (r == Throttle::kAdmitted) {
             c.waiting = false;
+            ++per_client[i];
             admitted_at.push_back(now);
             bytes.push_back(cost.bytes);
             next = std::min(next, now);
@@ -206,6 +214,69 @@ TEST(ThrottleTest, WaitersAreServedInArrivalOrder) {
       EXPECT_GE(ws[i + 1].wakes, 1) << "the new head is woken";
     }
   }
+}
+
+TEST(ThrottleTest, FlowsAreServedInTurns) {
+  // Flow A queues four requests, then flow B one, then A a fifth: B's goes
+  // second, in the round being served, not behind all of A's.
+  Throttle t(Limit(QosLimitKind::kIopsTotal, 100, 1), 0);
+  FakeWaiter first;
+  ASSERT_EQ(t.Enter(first, kRead4k, 0), Throttle::kAdmitted);
+  const int a = 0, b = 0;
+  std::vector<FakeWaiter> ws(6);
+  const std::vector<const void*> flow = {&a, &a, &a, &a, &b, &a};
+  for (int i = 0; i < 6; ++i) t.Enter(ws[i], kRead4k, 0, flow[i]);
+  EXPECT_EQ(t.stats().waiting, 6u);
+  const std::vector<int> expected = {0, 4, 1, 2, 3, 5};
+  int64_t now = 0;
+  for (int i : expected) {
+    now += 10 * kMs;
+    for (int j = 0; j < 6; ++j) {
+      if (j != i && ws[j].queued()) {
+        EXPECT_EQ(t.Poll(ws[j], now), Throttle::kNever) << i << " " << j;
+      }
+    }
+    EXPECT_EQ(t.Poll(ws[i], now), Throttle::kAdmitted) << i;
+  }
+  EXPECT_EQ(t.stats().waiting, 0u);
+  // A flow that comes back after the queue emptied starts afresh.
+  FakeWaiter late_a, late_b;
+  EXPECT_EQ(t.Enter(late_a, kRead4k, now, &a), 10 * kMs + now);
+  EXPECT_EQ(t.Enter(late_b, kRead4k, now, &b), Throttle::kNever);
+  t.Leave(late_a, now);
+  EXPECT_EQ(t.Poll(late_b, now + 10 * kMs), Throttle::kAdmitted);
+}
+
+TEST(ThrottleTest, FlowsShareEquallyWhateverTheirConnections) {
+  // A group's members in closed loops: one export with 8 connections, one
+  // with 1. Each gets half, as qemu's throttle groups share per device.
+  Throttle t(Limit(QosLimitKind::kIopsTotal, 1000), 0);
+  const int big = 0, small = 0;
+  std::vector<const void*> flows(8, &big);
+  flows.push_back(&small);
+  Sim sim{t};
+  sim.Run(9, kRead4k, 10 * kSec, flows);
+  uint64_t big_total = 0;
+  for (int i = 0; i < 8; ++i) big_total += sim.per_client[i];
+  const uint64_t small_total = sim.per_client[8];
+  const uint64_t total = big_total + small_total;
+  EXPECT_NEAR(static_cast<double>(small_total) / total, 0.5, 0.02)
+      << big_total << " " << small_total;
+  // Within the 8-connection export, its connections share alike.
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_NEAR(static_cast<double>(sim.per_client[i]) / big_total, 1.0 / 8,
+                0.01)
+        << i;
+  }
+  // And the limit holds as before.
+  EXPECT_LE(sim.MaxInWindow(kSec, false), 1000u + 100u + 1u);
+  // One flow for all 9 (an export's own throttle): per connection.
+  Throttle t2(Limit(QosLimitKind::kIopsTotal, 1000), 0);
+  Sim one{t2};
+  one.Run(9, kRead4k, 10 * kSec);
+  EXPECT_NEAR(static_cast<double>(one.per_client[8]) /
+                  static_cast<double>(one.admitted_at.size()),
+              1.0 / 9, 0.01);
 }
 
 TEST(ThrottleTest, RaisingTheLimitWakesTheHeadAndAdmitsAtOnce) {
