@@ -124,10 +124,7 @@ int64_t Throttle::Poll(ThrottleWaiter& w, int64_t now) {
   if (head_ != &w) return kNever;
   const int64_t ready = ReadyAt(w.cost_, now);
   if (ready > now) return ready;
-  Take(w.cost_, now);
-  w.admitted_ = true;
-  round_ = w.round_;
-  Unlink(w);
+  Admit(w, now);
   // Those behind may fit now too (limits raised or removed); the new head
   // arms its own deadline.
   AdmitReady(now);
@@ -139,16 +136,24 @@ void Throttle::Leave(ThrottleWaiter& w, int64_t now) {
   if (w.admitted_ || !w.queued_) return;
   const bool was_head = head_ == &w;
   Unlink(w);
+  // Its flow did not get this round's turn: let its next waiter take it.
+  auto f = flows_.find(w.flow_);
+  if (f != flows_.end() && f->second.last_round == w.round_ &&
+      f->second.last_round > 0) {
+    --f->second.last_round;
+  }
   if (was_head) AdmitReady(now);
 }
 
 void Throttle::Link(ThrottleWaiter& w) {
-  Flow& f = flows_[w.flow_];
-  // A flow already waiting takes the round after its last; a new one joins
-  // the round being served (the head's).
-  w.round_ = f.queued > 0       ? f.last_round + 1
-             : head_ != nullptr ? head_->round_
-                                : round_;
+  // The round after the flow's last (queued or admitted), but not one
+  // already served: a flow comes back at the earliest in the round being
+  // served (the head's), and never twice in one round, so every round ends
+  // and no flow waits more than one round per other flow.
+  const uint64_t serving = head_ != nullptr ? head_->round_ : round_;
+  auto [it, fresh] = flows_.try_emplace(w.flow_);
+  Flow& f = it->second;
+  w.round_ = fresh ? serving : std::max(serving, f.last_round + 1);
   f.last_round = w.round_;
   ++f.queued;
   ThrottleWaiter* after = tail_;
@@ -184,7 +189,22 @@ void Throttle::Unlink(ThrottleWaiter& w) {
   w.queued_ = false;
   --waiting_;
   auto f = flows_.find(w.flow_);
-  if (f != flows_.end() && --f->second.queued == 0) flows_.erase(f);
+  if (f != flows_.end()) --f->second.queued;
+}
+
+void Throttle::Admit(ThrottleWaiter& w, int64_t now) {
+  Take(w.cost_, now);
+  w.admitted_ = true;
+  Unlink(w);
+  if (w.round_ > round_) {
+    round_ = w.round_;
+    // A flow with nothing queued whose last round is over would come back
+    // in the round being served anyway: forget it (so flows_ holds at most
+    // the flows queued or admitted in this round).
+    absl::erase_if(flows_, [this](const auto& e) {
+      return e.second.queued == 0 && e.second.last_round < round_;
+    });
+  }
 }
 
 void Throttle::AdmitReady(int64_t now) {
@@ -194,12 +214,14 @@ void Throttle::AdmitReady(int64_t now) {
       h.Wake();  // to arm its (new) deadline
       return;
     }
-    Take(h.cost_, now);
-    h.admitted_ = true;
-    round_ = h.round_;
-    Unlink(h);
+    Admit(h, now);
     h.Wake();
   }
+}
+
+bool Throttle::queued(const ThrottleWaiter& w) const {
+  MutexLock lock(&mu_);
+  return w.queued_;
 }
 
 void WaitCounter::Record(int64_t ns) {

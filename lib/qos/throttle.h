@@ -49,9 +49,6 @@ class Throttle;
 class ThrottleWaiter {
  public:
   virtual void Wake() = 0;
-  // Whether it is in a throttle's queue (read under no lock: for the
-  // waiter's own thread, and tests).
-  bool queued() const { return queued_; }
 
  protected:
   ~ThrottleWaiter() = default;
@@ -76,8 +73,9 @@ class ThrottleWaiter {
 //
 // Waiters are admitted in rounds, round-robin across flows (a flow is what
 // the caller names with Enter's `flow`: a group passes each member export's
-// requests as one flow). A flow's first waiter joins the round now being
-// served; each further waiter of the same flow the round after its last.
+// requests as one flow). A waiter joins the round after its flow's last
+// one, or the round now being served if that is later: a flow has at most
+// one waiter admitted per round.
 // So with one flow (an export's own throttle) the queue is FIFO, and in a
 // group every member with requests waiting gets one admission per round,
 // however many connections it has. Callers that queue at most one request
@@ -128,6 +126,9 @@ class Throttle {
   // to it (its export left the group).
   void WakeAll();
 
+  // Whether `w` is in this throttle's queue.
+  bool queued(const ThrottleWaiter& w) const;
+
   // Counts one request that waited `ns` (callers report their waits).
   void RecordWait(int64_t ns);
   ThrottleStats stats() const;
@@ -151,6 +152,9 @@ class Throttle {
   // Queues `w` after every waiter of its round or an earlier one.
   void Link(ThrottleWaiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unlink(ThrottleWaiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes the head's cost, marks it admitted and unlinks it; a new round
+  // forgets the flows that are done.
+  void Admit(ThrottleWaiter& w, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Admits waiters from the head while they fit, waking each; wakes the
   // first that does not, to arm its deadline.
   void AdmitReady(int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -161,8 +165,8 @@ class Throttle {
   ThrottleWaiter* head_ ABSL_GUARDED_BY(mu_) = nullptr;
   ThrottleWaiter* tail_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint64_t waiting_ ABSL_GUARDED_BY(mu_) = 0;
-  // The flows with waiters queued: the round of the last one queued, and
-  // how many are queued (an entry goes when none is).
+  // The flows with waiters queued, or admitted in the round being served:
+  // the round of the last one queued, and how many are queued now.
   struct Flow {
     uint64_t last_round = 0;
     uint64_t queued = 0;
@@ -170,7 +174,8 @@ class Throttle {
   absl::flat_hash_map<const void*, Flow> flows_ ABSL_GUARDED_BY(mu_);
   // The round of the last waiter admitted: where a flow's first waiter
   // goes when none waits.
-  uint64_t round_ ABSL_GUARDED_BY(mu_) = 0;
+  // (From 1: a flow's last_round 0 means "none yet".)
+  uint64_t round_ ABSL_GUARDED_BY(mu_) = 1;
   std::atomic<bool> limited_{false};
   WaitCounter waits_;
 };
