@@ -136,11 +136,17 @@ void Throttle::Leave(ThrottleWaiter& w, int64_t now) {
   if (w.admitted_ || !w.queued_) return;
   const bool was_head = head_ == &w;
   Unlink(w);
-  // Its flow did not get this round's turn: let its next waiter take it.
+  // Its flow did not use this turn: give it back. With nothing left queued
+  // the flow goes on from the round it was last admitted in; else its next
+  // waiter may take the round the leaver had, if that was its last.
   auto f = flows_.find(w.flow_);
-  if (f != flows_.end() && f->second.last_round == w.round_ &&
-      f->second.last_round > 0) {
-    --f->second.last_round;
+  if (f != flows_.end()) {
+    Flow& flow = f->second;
+    if (flow.queued == 0) {
+      flow.last_round = flow.admitted_round;
+    } else if (flow.last_round == w.round_) {
+      --flow.last_round;
+    }
   }
   if (was_head) AdmitReady(now);
 }
@@ -196,11 +202,14 @@ void Throttle::Admit(ThrottleWaiter& w, int64_t now) {
   Take(w.cost_, now);
   w.admitted_ = true;
   Unlink(w);
+  if (auto f = flows_.find(w.flow_); f != flows_.end()) {
+    f->second.admitted_round = w.round_;
+  }
   if (w.round_ > round_) {
     round_ = w.round_;
     // A flow with nothing queued whose last round is over would come back
-    // in the round being served anyway: forget it (so flows_ holds at most
-    // the flows queued or admitted in this round).
+    // in the round being served anyway: forget it (so flows_ holds only
+    // flows queued, or admitted in this round or, after a Leave, later).
     absl::erase_if(flows_, [this](const auto& e) {
       return e.second.queued == 0 && e.second.last_round < round_;
     });

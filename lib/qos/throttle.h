@@ -107,8 +107,8 @@ class Throttle {
   // kAdmitted. Otherwise queues `w` (in its flow's next round) and
   // returns when it should Poll: its deadline if it heads the queue, else
   // kNever (it is woken when it gets there). `w` must not be queued
-  // already. `flow` is only compared (never dereferenced); it must stay
-  // distinct from other flows' while `w` is queued.
+  // already. `flow` is only compared (never dereferenced); a new flow at
+  // the address of an old one may inherit its place for a round or so.
   int64_t Enter(ThrottleWaiter& w, QosCost cost, int64_t now,
                 const void* flow = nullptr);
   // Admits `cost` at `now` only if Enter would at once (nothing waits,
@@ -165,16 +165,17 @@ class Throttle {
   ThrottleWaiter* head_ ABSL_GUARDED_BY(mu_) = nullptr;
   ThrottleWaiter* tail_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint64_t waiting_ ABSL_GUARDED_BY(mu_) = 0;
-  // The flows with waiters queued, or admitted in the round being served:
-  // the round of the last one queued, and how many are queued now.
+  // The flows with waiters queued or a turn in a round not over yet: the
+  // round of the last one queued (or given back, see Leave), of the last
+  // one admitted, and how many are queued now.
   struct Flow {
     uint64_t last_round = 0;
+    uint64_t admitted_round = 0;
     uint64_t queued = 0;
   };
   absl::flat_hash_map<const void*, Flow> flows_ ABSL_GUARDED_BY(mu_);
   // The round of the last waiter admitted: where a flow's first waiter
-  // goes when none waits.
-  // (From 1: a flow's last_round 0 means "none yet".)
+  // goes when none waits. From 1: a flow's rounds 0 mean "none yet".
   uint64_t round_ ABSL_GUARDED_BY(mu_) = 1;
   std::atomic<bool> limited_{false};
   WaitCounter waits_;

@@ -239,7 +239,8 @@ TEST(ThrottleTest, FlowsAreServedInTurns) {
     EXPECT_EQ(t.Poll(ws[i], now), Throttle::kAdmitted) << i;
   }
   EXPECT_EQ(t.stats().waiting, 0u);
-  // A flow that comes back after the queue emptied starts afresh.
+  // After the queue emptied, a request heads it; when it leaves, the next
+  // moves up.
   FakeWaiter late_a, late_b;
   EXPECT_EQ(t.Enter(late_a, kRead4k, now, &a), 10 * kMs + now);
   EXPECT_EQ(t.Enter(late_b, kRead4k, now, &b), Throttle::kNever);
@@ -313,6 +314,31 @@ TEST(ThrottleTest, AFlowWhoseWaiterLeftKeepsItsTurn) {
   EXPECT_EQ(t.Poll(a2, 20 * kMs), Throttle::kNever);
   EXPECT_EQ(t.Poll(b2, 20 * kMs), Throttle::kAdmitted);
   EXPECT_EQ(t.Poll(a2, 30 * kMs), Throttle::kAdmitted);
+}
+
+TEST(ThrottleTest, AFlowWhoseWaitersAllLeftGetsItsTurnsBack) {
+  // a's queued requests all leave (say its export left the group): its
+  // next one goes in the round after its last admission, not behind the
+  // turns it gave up.
+  Throttle t(Limit(QosLimitKind::kIopsTotal, 100, 1), 0);
+  FakeWaiter first;
+  ASSERT_EQ(t.Enter(first, kRead4k, 0), Throttle::kAdmitted);
+  static char a, b;
+  std::vector<FakeWaiter> as(3), bs(3);
+  for (int i = 0; i < 3; ++i) {
+    t.Enter(as[i], kRead4k, 0, &a);
+    t.Enter(bs[i], kRead4k, 0, &b);
+  }
+  EXPECT_EQ(t.Poll(as[0], 10 * kMs), Throttle::kAdmitted);
+  t.Leave(as[1], 10 * kMs);
+  t.Leave(as[2], 10 * kMs);
+  FakeWaiter a4;
+  EXPECT_EQ(t.Enter(a4, kRead4k, 10 * kMs, &a), Throttle::kNever);
+  EXPECT_EQ(t.Poll(bs[0], 20 * kMs), Throttle::kAdmitted);
+  EXPECT_EQ(t.Poll(bs[1], 30 * kMs), Throttle::kAdmitted);
+  EXPECT_EQ(t.Poll(bs[2], 40 * kMs), Throttle::kNever);
+  EXPECT_EQ(t.Poll(a4, 40 * kMs), Throttle::kAdmitted);
+  EXPECT_EQ(t.Poll(bs[2], 50 * kMs), Throttle::kAdmitted);
 }
 
 TEST(ThrottleTest, RaisingTheLimitWakesTheHeadAndAdmitsAtOnce) {
