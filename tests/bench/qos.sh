@@ -15,6 +15,12 @@
 # medians and with / without (target >= 0.95). The order alternates every
 # round.
 #
+# Group fairness: two exports in one group limited to 2k IOPS, one read by
+# 4 connections and one by 1 (randread 4 KiB qd8 each), at once; prints the
+# single-connection export's share (a fair group by export: 0.5; by
+# connection it would be 0.2) and the total / limit, against a qsd throttle
+# group with the same two members.
+#
 # The per-request cost of the limiter check is a micro-benchmark:
 # build/tests/bench_qos.
 #
@@ -49,7 +55,10 @@ head -c 1G /dev/urandom >"$WORK/data.img"
   --export "name=bw500,backend=memory,size=$SIZE,bandwidth=500MiB" \
   --export "name=free,backend=memory,size=$SIZE" \
   --export "name=noisy-iops,backend=memory,size=$SIZE,iops=1000" \
-  --export "name=noisy-bw,backend=memory,size=$SIZE,bandwidth=50MiB" >/dev/null &
+  --export "name=noisy-bw,backend=memory,size=$SIZE,bandwidth=50MiB" \
+  --qos-group "name=shared,iops=2000" \
+  --export "name=grp-a,backend=memory,size=$SIZE,qos-group=shared" \
+  --export "name=grp-b,backend=memory,size=$SIZE,qos-group=shared" >/dev/null &
 PIDS+=($!)
 
 qsd_args=()
@@ -59,6 +68,12 @@ for spec in iops1k:x-iops-total=1000 iops10k:x-iops-total=10000 \
   qsd_args+=(--object "throttle-group,id=tg-$name,${spec#*:}"
              --blockdev "driver=file,node-name=f-$name,filename=$WORK/data.img,read-only=on"
              --blockdev "driver=throttle,node-name=t-$name,throttle-group=tg-$name,file=f-$name,read-only=on"
+             --export "type=nbd,id=e-$name,node-name=t-$name,name=$name")
+done
+qsd_args+=(--object "throttle-group,id=tg-shared,x-iops-total=2000")
+for name in grp-a grp-b; do
+  qsd_args+=(--blockdev "driver=file,node-name=f-$name,filename=$WORK/data.img,read-only=on"
+             --blockdev "driver=throttle,node-name=t-$name,throttle-group=tg-shared,file=f-$name,read-only=on"
              --export "type=nbd,id=e-$name,node-name=t-$name,name=$name")
 done
 qemu-storage-daemon --nbd-server "addr.type=unix,addr.path=$WORK/qsd.sock" \
@@ -94,6 +109,16 @@ for round in $(seq 1 "$ROUNDS"); do
       R[$name,$s]+="$($PY -c "print($v/$limit)") "
     done
   done
+  # Group fairness: 4 connections on grp-a, 1 on grp-b, at once.
+  for s in "${order[@]}"; do
+    fio_total "$(uri "$s" grp-a)" randread 4k 8 4 "$SECS" iops >"$WORK/grp-a" &
+    bg=$!
+    b=$(fio_total "$(uri "$s" grp-b)" randread 4k 8 1 "$SECS" iops)
+    wait "$bg"
+    a=$(cat "$WORK/grp-a")
+    R[share,$s]+="$($PY -c "print($b/($a+$b))") "
+    R[total,$s]+="$($PY -c "print(($a+$b)/2000)") "
+  done
   # The neighbour: alone, then beside a saturated limited export.
   for noisy in noisy-iops noisy-bw; do
     for mode in alone beside; do
@@ -122,6 +147,15 @@ for row in "${rows[@]}"; do
   printf '%-10s %-22s %10.3f %10.3f\n' "$name" "$rw $bs qd$qd" \
     "$(median_raw ${R[$name,nbdmgr]})" "$(median_raw ${R[$name,qsd]})"
 done
+echo
+echo "Group fairness: 2k IOPS group, export A with 4 connections, B with 1 (randread 4k qd8)"
+printf '%-34s %10s %10s\n' measure nbdmgr qsd
+# shellcheck disable=SC2086
+printf '%-34s %10.3f %10.3f\n' "B's share (fair by export: 0.5)" \
+  "$(median_raw ${R[share,nbdmgr]})" "$(median_raw ${R[share,qsd]})"
+# shellcheck disable=SC2086
+printf '%-34s %10.3f %10.3f\n' "A + B / limit" \
+  "$(median_raw ${R[total,nbdmgr]})" "$(median_raw ${R[total,qsd]})"
 echo
 echo "Unlimited neighbour: randread 4k qd32 IOPS, alone and beside a saturated limited export"
 printf '%-28s %10s %10s %8s\n' neighbour alone beside ratio
