@@ -210,8 +210,9 @@ void Throttle::Admit(ThrottleWaiter& w, int64_t now) {
     // A flow with nothing queued whose last round is over would come back
     // in the round being served anyway: forget it (so flows_ holds only
     // flows queued, or admitted in this round or, after a Leave, later).
-    absl::erase_if(flows_, [this](const auto& e) {
-      return e.second.queued == 0 && e.second.last_round < round_;
+    const uint64_t serving = round_;
+    absl::erase_if(flows_, [serving](const auto& e) {
+      return e.second.queued == 0 && e.second.last_round < serving;
     });
   }
 }
