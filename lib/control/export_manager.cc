@@ -1004,13 +1004,13 @@ absl::Status ExportManager::LoadQosGroups() {
   }
   if (qos_store_ == nullptr) return absl::OkStatus();
   absl::StatusOr<std::vector<QosGroupConfig>> saved = qos_store_->Load();
-  if (saved.ok() && saved->size() + qos_groups_.size() > kMaxQosGroups) {
+  if (!saved.ok()) return saved.status();
+  if (saved->size() + qos_groups_.size() > kMaxQosGroups) {
     spdlog::warn(
         "{} QoS groups saved and given, more than {}: all are kept, but no "
         "more can be created",
         saved->size() + qos_groups_.size(), kMaxQosGroups);
   }
-  if (!saved.ok()) return saved.status();
   for (const QosGroupConfig& g : *saved) {
     if (qos_groups_.contains(g.name)) {
       return absl::FailedPreconditionError(absl::StrCat(

@@ -424,35 +424,38 @@ std::string DescribeConfig(const DaemonConfig& c) {
 }
 
 absl::Status CheckConfigAgainstState(const DaemonConfig& c) {
-  std::set<std::string> groups;
-  for (const QosGroupConfig& g : c.qos_groups) groups.insert(g.name);
-  bool loaded = false;
-  std::string saved_in;
-  for (const ExportConfig& e : c.exports) {
-    if (e.qos_group.empty() || groups.count(e.qos_group)) continue;
-    if (!loaded && !c.state_dir.empty()) {
-      loaded = true;
-      QosGroupStore store(c.state_dir);
-      saved_in = absl::StrCat(", nor saved in ", store.path());
-      absl::StatusOr<std::vector<QosGroupConfig>> saved = store.Load();
-      if (!saved.ok()) {
-        return absl::Status(
-            saved.status().code(),
-            absl::StrCat("export ", e.name, ": QoS group \"", e.qos_group,
-                         "\" is not in the configuration, and the saved "
-                         "groups could not be read: ",
-                         saved.status().message()));
-      }
-      for (const QosGroupConfig& g : *saved) groups.insert(g.name);
-      if (groups.count(e.qos_group)) continue;
+  std::set<std::string> known;
+  for (const QosGroupConfig& g : c.qos_groups) known.insert(g.name);
+  // The first export naming a group not known (null: none).
+  auto missing = [&c, &known]() -> const ExportConfig* {
+    for (const ExportConfig& e : c.exports) {
+      if (!e.qos_group.empty() && !known.count(e.qos_group)) return &e;
     }
-    return absl::FailedPreconditionError(absl::StrCat(
-        "export ", e.name, ": QoS group \"", e.qos_group,
-        "\" does not exist: not given with --qos-group or in the config "
-        "file",
-        saved_in));
+    return nullptr;
+  };
+  const ExportConfig* e = missing();
+  if (e == nullptr) return absl::OkStatus();
+  std::string saved_in;
+  if (!c.state_dir.empty()) {
+    QosGroupStore store(c.state_dir);
+    absl::StatusOr<std::vector<QosGroupConfig>> saved = store.Load();
+    if (!saved.ok()) {
+      return absl::Status(
+          saved.status().code(),
+          absl::StrCat("export ", e->name, ": QoS group \"", e->qos_group,
+                       "\" is not in the configuration, and the saved "
+                       "groups could not be read: ",
+                       saved.status().message()));
+    }
+    for (const QosGroupConfig& g : *saved) known.insert(g.name);
+    e = missing();
+    if (e == nullptr) return absl::OkStatus();
+    saved_in = absl::StrCat(", nor saved in ", store.path());
   }
-  return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "export ", e->name, ": QoS group \"", e->qos_group,
+      "\" does not exist: not given with --qos-group or in the config file",
+      saved_in));
 }
 
 }  // namespace nbdmgr

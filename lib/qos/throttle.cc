@@ -135,18 +135,14 @@ void Throttle::Leave(ThrottleWaiter& w, int64_t now) {
   MutexLock lock(&mu_);
   if (w.admitted_ || !w.queued_) return;
   const bool was_head = head_ == &w;
-  Unlink(w);
   // Its flow did not use this turn: give it back. With nothing left queued
   // the flow goes on from the round it was last admitted in; else its next
   // waiter may take the round the leaver had, if that was its last.
-  auto f = flows_.find(w.flow_);
-  if (f != flows_.end()) {
-    Flow& flow = f->second;
-    if (flow.queued == 0) {
-      flow.last_round = flow.admitted_round;
-    } else if (flow.last_round == w.round_) {
-      --flow.last_round;
-    }
+  Flow& flow = Unlink(w);
+  if (flow.queued == 0) {
+    flow.last_round = flow.admitted_round;
+  } else if (flow.last_round == w.round_) {
+    --flow.last_round;
   }
   if (was_head) AdmitReady(now);
 }
@@ -180,7 +176,7 @@ void Throttle::Link(ThrottleWaiter& w) {
   ++waiting_;
 }
 
-void Throttle::Unlink(ThrottleWaiter& w) {
+Throttle::Flow& Throttle::Unlink(ThrottleWaiter& w) {
   if (w.prev_ != nullptr) {
     w.prev_->next_ = w.next_;
   } else {
@@ -194,17 +190,16 @@ void Throttle::Unlink(ThrottleWaiter& w) {
   w.prev_ = w.next_ = nullptr;
   w.queued_ = false;
   --waiting_;
-  auto f = flows_.find(w.flow_);
-  if (f != flows_.end()) --f->second.queued;
+  // Link made the entry; it is not pruned while it counts `w` as queued.
+  Flow& flow = flows_[w.flow_];
+  --flow.queued;
+  return flow;
 }
 
 void Throttle::Admit(ThrottleWaiter& w, int64_t now) {
   Take(w.cost_, now);
   w.admitted_ = true;
-  Unlink(w);
-  if (auto f = flows_.find(w.flow_); f != flows_.end()) {
-    f->second.admitted_round = w.round_;
-  }
+  Unlink(w).admitted_round = w.round_;
   if (w.round_ > round_) {
     round_ = w.round_;
     // A flow with nothing queued whose last round is over would come back

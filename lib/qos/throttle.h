@@ -75,13 +75,12 @@ class ThrottleWaiter {
 // the caller names with Enter's `flow`: a group passes each member export's
 // requests as one flow). A waiter joins the round after its flow's last
 // one, or the round now being served if that is later: a flow has at most
-// one waiter admitted per round.
-// So with one flow (an export's own throttle) the queue is FIFO, and in a
-// group every member with requests waiting gets one admission per round,
-// however many connections it has. Callers that queue at most one request
-// per connection (the NBD reader stops reading while its request waits)
-// get round-robin fairness across the connections of a flow too. Nothing
-// spins and no thread waits: only the head of the queue has a deadline
+// one waiter admitted per round. So with one flow (an export's own throttle)
+// the queue is FIFO, and in a group every member with requests waiting gets one
+// admission per round, however many connections it has. Callers that queue at
+// most one request per connection (the NBD reader stops reading while its
+// request waits) get round-robin fairness across the connections of a flow too.
+// Nothing spins and no thread waits: only the head of the queue has a deadline
 // (when the buckets will hold it); the rest are woken when they reach it.
 //
 // Times are steady-clock nanoseconds supplied by the caller (tests pass
@@ -151,7 +150,9 @@ class Throttle {
   void Take(const QosCost& c, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues `w` after every waiter of its round or an earlier one.
   void Link(ThrottleWaiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Unlink(ThrottleWaiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  struct Flow;
+  // Takes `w` out of the queue; returns its flow (still in flows_).
+  Flow& Unlink(ThrottleWaiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes the head's cost, marks it admitted and unlinks it; a new round
   // forgets the flows that are done.
   void Admit(ThrottleWaiter& w, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
